@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from approvals import configfile, services
+from approvals.models import ApiKey, Service
+
+DEMO_FILE = Path(settings.BASE_DIR) / "config" / "demo.yaml"
+DEMO_PASSWORD = "gatehouse-demo"  # noqa: S105 - the demo's own login, printed for the newcomer
+
+
+class Command(BaseCommand):
+    help = "Load the demo configuration, a demo service with a fresh key, and demo logins."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with transaction.atomic():
+            configfile.apply(DEMO_FILE.read_text(), source=str(DEMO_FILE))
+            reviewer = self._user("reviewer", staff=False, groups=["support", "trust-and-safety"])
+            self._user("reviewer2", staff=False, groups=["support", "trust-and-safety"])
+            self._user("admin", staff=True, groups=[])
+            service = Service.objects.filter(name="demo-shop").first()
+            if service is None:
+                service, api_key = services.service_create(
+                    name="demo-shop",
+                    action_type_keys=["refund.issue", "email.send", "account.close"],
+                )
+            else:
+                ApiKey.objects.filter(service=service, revoked_at__isnull=True).update(
+                    revoked_at=service.created_at
+                )
+                _, api_key = services.api_key_create(service=service, label="demo")
+        self.stdout.write(f"Demo reviewer login: {reviewer.username} / {DEMO_PASSWORD}")
+        self.stdout.write(f"Admin login:         admin / {DEMO_PASSWORD}")
+        self.stdout.write(f"Demo service key:    {api_key}")
+        (Path(settings.BASE_DIR) / ".demo-key").write_text(api_key + "\n")
+
+    def _user(self, name: str, *, staff: bool, groups: list[str]) -> User:
+        user, created = User.objects.get_or_create(
+            username=name, defaults={"is_staff": staff, "is_superuser": staff}
+        )
+        if created:
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        for group_name in groups:
+            user.groups.add(Group.objects.get_or_create(name=group_name)[0])
+        return user

@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.utils import timezone
+
+
+class Risk(models.TextChoices):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class ExecutorKind(models.TextChoices):
+    WEBHOOK = "webhook"
+    CALLABLE = "callable"
+    NONE = "none"
+
+
+class ActionType(models.Model):
+    """A kind of action a model may propose, with the JSON Schema its payload must match."""
+
+    key = models.CharField(max_length=100, unique=True, help_text="Dotted name such as refund.issue")
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    payload_schema = models.JSONField(default=dict, help_text="JSON Schema of the payload")
+    irreversible = models.BooleanField(default=False)
+    risk = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1, choices=[(1, "1"), (2, "2 (four-eyes)")]
+    )
+    review_ttl = models.DurationField(default=timedelta(hours=24))
+    executor_kind = models.CharField(
+        max_length=10, choices=ExecutorKind.choices, default=ExecutorKind.NONE
+    )
+    executor_target = models.CharField(
+        max_length=500, blank=True, help_text="Webhook URL or dotted path of a callable"
+    )
+    reviewer_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="action_types"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Service(models.Model):
+    """A calling system that proposes actions through the API."""
+
+    name = models.CharField(max_length=100, unique=True)
+    action_types = models.ManyToManyField(ActionType, blank=True, related_name="services")
+    callback_url = models.URLField(max_length=500, blank=True)
+    webhook_secret = models.CharField(max_length=100, help_text="whsec_… used to sign callbacks")
+    previous_webhook_secret = models.CharField(
+        max_length=100, blank=True, help_text="Also signs during a rotation; clear it when done"
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """`gh_<prefix>_<secret>`; only a SHA-256 of the secret is stored."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="api_keys")
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    label = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"gh_{self.prefix}_…"
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class Proposal(models.Model):
+    """One proposed action and where it is in its life.
+
+    received → (rules) → approved | rejected | pending_review
+    pending_review → (reviewer) approved | rejected; (service) cancelled; (time) expired
+    approved → executing → executed | failed
+    Every move is a compare-and-set on `state` (see services.transition) with its AuditEvent.
+    """
+
+    class State(models.TextChoices):
+        RECEIVED = "received"
+        PENDING_REVIEW = "pending_review"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        CANCELLED = "cancelled"
+        EXPIRED = "expired"
+        EXECUTING = "executing"
+        EXECUTED = "executed"
+        FAILED = "failed"
+
+    class Outcome(models.TextChoices):
+        APPROVE = "approve"
+        REVIEW = "review"
+        REJECT = "reject"
+
+    class DecidedBy(models.TextChoices):
+        RULE = "rule"
+        REVIEWER = "reviewer"
+        POLICY = "policy"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="proposals")
+    action_type = models.ForeignKey(ActionType, on_delete=models.PROTECT, related_name="proposals")
+    payload = models.JSONField()
+    payload_hash = models.CharField(max_length=64)
+    final_payload = models.JSONField(null=True, blank=True, help_text="The reviewer's edit, if any")
+    confidence = models.FloatField()
+    summary = models.CharField(max_length=200)
+    rationale = models.TextField(blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    prompt_version = models.CharField(max_length=200, blank=True)
+    feature = models.CharField(max_length=200, blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    llm_call_id = models.UUIDField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True)
+    first_response = models.JSONField(null=True, blank=True, editable=False)
+
+    state = models.CharField(max_length=20, choices=State.choices, default=State.RECEIVED)
+    decision_outcome = models.CharField(max_length=10, choices=Outcome.choices, blank=True)
+    decided_by = models.CharField(max_length=10, choices=DecidedBy.choices, blank=True)
+    decision_rule = models.CharField(max_length=200, blank=True)
+    decision_rule_version = models.PositiveIntegerField(null=True, blank=True)
+    decision_reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decision_reason = models.TextField(blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    rule_trace = models.JSONField(default=list, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="proposal_unique_idempotency_key",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(confidence__gte=0) & models.Q(confidence__lte=1),
+                name="proposal_confidence_0_1",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "created_at", "id"], name="proposal_state_created"),
+            models.Index(fields=["service", "created_at", "id"], name="proposal_service_created"),
+            models.Index(
+                fields=["service", "action_type", "state", "decided_at"], name="proposal_velocity"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action_type_id}:{self.summary[:50]}"
+
+    @property
+    def effective_payload(self) -> Any:
+        return self.final_payload if self.final_payload is not None else self.payload
+
+    @property
+    def is_decided(self) -> bool:
+        return self.state not in {self.State.RECEIVED, self.State.PENDING_REVIEW}
+
+
+def payload_hash(payload: Any) -> str:
+    """A stable hash of a JSON value (sorted keys, no whitespace)."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Review(models.Model):
+    class Verdict(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    proposal = models.ForeignKey(Proposal, on_delete=models.PROTECT, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    comment = models.TextField(blank=True)
+    edited_payload = models.JSONField(null=True, blank=True)
+    payload_hash = models.CharField(max_length=64, help_text="Hash of the payload the reviewer saw")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["proposal", "reviewer"], name="review_once_per_reviewer")
+        ]
+
+
+class AuditEvent(models.Model):
+    """Append-only. On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE."""
+
+    proposal = models.ForeignKey(
+        Proposal, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="events",
+        db_constraint=True,
+    )
+    kind = models.CharField(max_length=60)
+    from_state = models.CharField(max_length=20, blank=True)
+    to_state = models.CharField(max_length=20, blank=True)
+    actor = models.CharField(max_length=200, help_text="service:NAME, user:NAME, rule:NAME, system")
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["proposal", "id"], name="audit_proposal")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.from_state}→{self.to_state} by {self.actor}"

@@ -1,0 +1,195 @@
+"""RFC 9457 problem+json responses, and a JSON parser that refuses what it cannot store."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+
+from approvals.errors import ApplicationError
+
+PROBLEM_TYPE = "urn:gatehouse:problem:"
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+}
+MAX_DEPTH = 64
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + code,
+        "title": title or TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    if extra:
+        body.update(extra)
+    response = HttpResponse(
+        json.dumps(body), status=status, content_type="application/problem+json"
+    )
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _clean_loc(loc: Any) -> list[Any]:
+    # ninja reports body fields as ["body", "<argument name>", field, …]; callers know
+    # only the field names, so drop the argument name.
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] == "body" and parts[1] == "data":
+        parts = ["body", *parts[2:]]
+    return parts
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"][1:]) or first["loc"][0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def install(api: NinjaAPI) -> None:
+    """Map every error the API can raise to one problem+json shape."""
+
+    @api.exception_handler(ApplicationError)
+    def application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+        return problem(
+            exc.status, exc.code, exc.message, title=exc.title, errors=exc.errors, extra=exc.extra
+        )
+
+    @api.exception_handler(ValidationError)
+    def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+        errors = [
+            {"loc": _clean_loc(e.get("loc", [])), "msg": e.get("msg", "invalid")}
+            for e in exc.errors
+        ]
+        return problem(
+            422, "validation-error", f"The request is invalid: {_describe(errors)}", errors=errors
+        )
+
+    @api.exception_handler(AuthenticationError)
+    def authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+        return problem(
+            401,
+            "unauthorized",
+            "A valid service key is required: send 'Authorization: Bearer gh_<prefix>_<secret>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="gatehouse"'},
+        )
+
+    @api.exception_handler(HttpError)
+    def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        return problem(exc.status_code, "http-error", str(exc))
+
+    @api.exception_handler(RequestDataTooBig)
+    def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+        return _too_large()
+
+
+def _too_large() -> HttpResponse:
+    limit = settings.API_MAX_BODY_BYTES
+    return problem(413, "payload-too-large", f"The request body is larger than {limit} bytes.")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
+def _check_depth_and_nul(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings may not contain the NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ValueError("keys may not contain the NUL character")
+            _check_depth_and_nul(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth_and_nul(item, depth + 1)
+
+
+def parse_json_body(request: HttpRequest) -> Any:
+    """Parse a JSON request body strictly; raise ApplicationError with a usable message."""
+    content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApplicationError(
+            f"Send the body as application/json (got {content_type or 'no content type'}).",
+            status=415, code="unsupported-media-type",
+        )
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if length.isdigit() and int(length) > settings.API_MAX_BODY_BYTES:
+        raise ApplicationError(
+            f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
+            status=413, code="payload-too-large",
+        )
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise ApplicationError(
+            f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
+            status=413, code="payload-too-large",
+        ) from None
+    if len(raw) > settings.API_MAX_BODY_BYTES:
+        raise ApplicationError(
+            f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
+            status=413, code="payload-too-large",
+        )
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        _check_depth_and_nul(value)
+    except (ValueError, RecursionError) as exc:
+        message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        position = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ApplicationError(
+            f"The body is not valid JSON{position}: {message}.",
+            status=400, code="malformed-json",
+        ) from None
+    return value
+
+
+class StrictJSONParser(Parser):
+    def parse_body(self, request: HttpRequest) -> Any:
+        value = parse_json_body(request)
+        if not isinstance(value, dict):
+            raise ApplicationError(
+                "The body must be a JSON object.", status=422, code="validation-error",
+                errors=[{"loc": ["body"], "msg": "must be an object"}],
+            )
+        return value

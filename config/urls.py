@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.urls import path
+
+from approvals.api import api
+from config import health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/v1/", api.urls),
+    path("admin/", admin.site.urls),
+]
+
+if settings.BENCH_FLOOR_ENDPOINT:
+    from config import bench_floor
+
+    urlpatterns.append(path("bench/floor", bench_floor.floor))

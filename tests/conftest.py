@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.db.backends.signals import connection_created
+from django.test import Client
+
+from approvals import services
+from approvals.models import ActionType, Service
+
+REFUND_SCHEMA = {
+    "type": "object",
+    "required": ["order_id", "amount"],
+    "additionalProperties": False,
+    "properties": {
+        "order_id": {"type": "string", "minLength": 1},
+        "amount": {"type": "number", "minimum": 0},
+        "currency": {"type": "string", "enum": ["EUR", "USD"]},
+    },
+}
+
+
+def _allow_audit_maintenance(sender: Any, connection: Any, **kwargs: Any) -> None:
+    # Transactional tests empty every table with TRUNCATE between tests; the audit table's
+    # triggers refuse that unless the session opts in (see migration 0002).
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET gatehouse.audit_maintenance = 'on'")
+
+
+connection_created.connect(_allow_audit_maintenance)
+
+
+class ServiceClient(Client):
+    """A test client that speaks for one service: its bearer key and JSON bodies."""
+
+    def __init__(self, service: Service, key: str) -> None:
+        super().__init__(HTTP_AUTHORIZATION=f"Bearer {key}")
+        self.service = service
+        self.key = key
+
+    def post_json(self, path: str, body: Any, **headers: Any) -> Any:
+        return self.post(path, body, content_type="application/json", headers=headers)
+
+
+@pytest.fixture
+def refund_type(db: None) -> ActionType:
+    return ActionType.objects.create(
+        key="refund.issue", title="Issue a refund", payload_schema=REFUND_SCHEMA, risk="medium",
+        reviewer_group=Group.objects.get_or_create(name="support")[0],
+    )
+
+
+@pytest.fixture
+def email_type(db: None) -> ActionType:
+    return ActionType.objects.create(
+        key="email.send", title="Send an email", irreversible=True,
+        payload_schema={"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+    )
+
+
+@pytest.fixture
+def make_service(db: None) -> Callable[..., ServiceClient]:
+    def make(name: str, *types: ActionType) -> ServiceClient:
+        service, key = services.service_create(
+            name=name, action_type_keys=[t.key for t in types]
+        )
+        return ServiceClient(service, key)
+
+    return make
+
+
+@pytest.fixture
+def shop(make_service: Callable[..., ServiceClient], refund_type: ActionType) -> ServiceClient:
+    """The service under test, allowed to propose refunds."""
+    return make_service("shop", refund_type)
+
+
+@pytest.fixture
+def other_shop(make_service: Callable[..., ServiceClient], refund_type: ActionType) -> ServiceClient:
+    """Another service, also allowed refunds: it must never see the first one's proposals."""
+    return make_service("other-shop", refund_type)
+
+
+@pytest.fixture
+def reviewer(db: None) -> User:
+    user = User.objects.create_user("rita", password="pw-rita-123456")
+    user.groups.add(Group.objects.get_or_create(name="support")[0])
+    return user
+
+
+def refund_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action_type": "refund.issue",
+        "payload": {"order_id": "ORD-1", "amount": 25.0, "currency": "EUR"},
+        "confidence": 0.91,
+        "summary": "Refund a late delivery",
+        "rationale": "The parcel arrived 9 days late; policy allows a full refund.",
+        "model": "gpt-4o-mini",
+        "prompt_version": "refunds@3",
+        "feature": "support-refunds",
+    }
+    body.update(overrides)
+    return body
