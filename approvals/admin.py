@@ -16,8 +16,24 @@ from approvals.schemas_cache import check_schema
 class ActionTypeForm(forms.ModelForm):
     class Meta:
         model = ActionType
-        fields = "__all__"
-        widgets = {"payload_schema": forms.Textarea(attrs={"rows": 16, "cols": 90, "class": "vLargeTextField"})}
+        fields = [
+            "key",
+            "title",
+            "description",
+            "payload_schema",
+            "irreversible",
+            "risk",
+            "approvals_required",
+            "review_ttl",
+            "executor_kind",
+            "executor_target",
+            "reviewer_group",
+        ]
+        widgets = {
+            "payload_schema": forms.Textarea(
+                attrs={"rows": 16, "cols": 90, "class": "vLargeTextField"}
+            )
+        }
 
     def clean_payload_schema(self) -> Any:
         schema = self.cleaned_data["payload_schema"]
@@ -39,7 +55,15 @@ class ActionTypeForm(forms.ModelForm):
 @admin.register(ActionType)
 class ActionTypeAdmin(admin.ModelAdmin):
     form = ActionTypeForm
-    list_display = ["key", "title", "risk", "irreversible", "approvals_required", "executor_kind", "review_ttl"]
+    list_display = [
+        "key",
+        "title",
+        "risk",
+        "irreversible",
+        "approvals_required",
+        "executor_kind",
+        "review_ttl",
+    ]
     list_filter = ["risk", "irreversible", "executor_kind"]
     search_fields = ["key", "title"]
 
@@ -65,7 +89,8 @@ class ServiceAdmin(admin.ModelAdmin):
         for service in queryset:
             _, plain = services.api_key_create(service=service, label=f"issued by {request.user}")
             self.message_user(
-                request, f"New key for {service.name} (copy it now, it is not shown again): {plain}",
+                request,
+                f"New key for {service.name} (copy it now, it is not shown again): {plain}",
                 messages.WARNING,
             )
 

@@ -25,7 +25,7 @@ from approvals.representation import proposal_representation
 
 
 class ServiceKeyAuth(HttpBearer):
-    """Sets the calling service as `request.auth` (and `request.service`)."""
+    """Sets the calling service as `_service(request)` (and `request.service`)."""
 
     def authenticate(self, request: HttpRequest, token: str) -> Service | None:
         service = services.api_key_authenticate(token=token)
@@ -154,6 +154,12 @@ ERRORS: dict[int, type[Schema]] = {
 }
 
 
+def _service(request: HttpRequest) -> Service:
+    """The calling service, set by ServiceKeyAuth."""
+    service: Service = request.auth  # type: ignore[attr-defined]
+    return service
+
+
 def _json(body: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(json.dumps(body), status=status, content_type="application/json")
 
@@ -168,7 +174,8 @@ def _idempotency_key(request: HttpRequest) -> str | None:
     if not key or len(key) > 255 or not key.isprintable():
         raise ApplicationError(
             "Idempotency-Key must be 1 to 255 printable characters (quoted or bare).",
-            status=400, code="invalid-idempotency-key",
+            status=400,
+            code="invalid-idempotency-key",
             errors=[{"loc": ["header", "Idempotency-Key"], "msg": "1 to 255 printable characters"}],
         )
     return key
@@ -179,7 +186,7 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     """Submit a proposed action. 201 when new, 200 when an idempotent replay."""
     key = _idempotency_key(request)
     result = services.proposal_submit(
-        service=request.auth, data=data.model_dump(), idempotency_key=key
+        service=_service(request), data=data.model_dump(), idempotency_key=key
     )
     response = _json(result.response, status=200 if result.replayed else 201)
     response["Location"] = f"/api/v1/proposals/{result.proposal.id}"
@@ -203,7 +210,7 @@ async def get_proposal(
     wait: Annotated[float, Field(ge=0)] = 0,
 ) -> HttpResponse:
     """One of your proposals. `?wait=SECONDS` (at most 30) holds the request until it is decided."""
-    service = request.auth
+    service = _service(request)
     load = sync_to_async(_load)
     proposal = await load(service, proposal_id)
     if proposal is None:
@@ -229,7 +236,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created), uuid.UUID(pk)
     except ValueError:
         raise ApplicationError(
-            "The cursor is not one this API returned.", status=400, code="invalid-cursor",
+            "The cursor is not one this API returned.",
+            status=400,
+            code="invalid-cursor",
             errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
         ) from None
 
@@ -238,7 +247,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpResponse:
     """Your proposals, newest first, `limit` at a time; pass `next_cursor` back as `cursor`."""
     qs = Proposal.objects.select_related("action_type", "decision_reviewer").filter(
-        service=request.auth
+        service=_service(request)
     )
     if filters.state:
         qs = qs.filter(state=filters.state)
@@ -260,21 +269,29 @@ def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpRes
     )
 
 
-@api.post("/proposals/{proposal_id}/cancel", response={200: ProposalOut, **ERRORS}, tags=["proposals"])
-def cancel_proposal(request: HttpRequest, proposal_id: uuid.UUID, data: CancelIn | None = None) -> HttpResponse:
+@api.post(
+    "/proposals/{proposal_id}/cancel", response={200: ProposalOut, **ERRORS}, tags=["proposals"]
+)
+def cancel_proposal(
+    request: HttpRequest, proposal_id: uuid.UUID, data: CancelIn | None = None
+) -> HttpResponse:
     """Withdraw a proposal that is still pending."""
     proposal = services.proposal_cancel(
-        service=request.auth, proposal_id=proposal_id, reason=data.reason if data else ""
+        service=_service(request), proposal_id=proposal_id, reason=data.reason if data else ""
     )
     return _json(proposal_representation(proposal))
 
 
-@api.post("/proposals/{proposal_id}/result", response={200: ProposalOut, **ERRORS}, tags=["proposals"])
+@api.post(
+    "/proposals/{proposal_id}/result", response={200: ProposalOut, **ERRORS}, tags=["proposals"]
+)
 def report_result(request: HttpRequest, proposal_id: uuid.UUID, data: ResultIn) -> HttpResponse:
     """For executor `none`: report that you executed the approved action, or that it failed."""
     proposal = services.proposal_report_result(
-        service=request.auth, proposal_id=proposal_id,
-        succeeded=data.status == "executed", detail=data.detail,
+        service=_service(request),
+        proposal_id=proposal_id,
+        succeeded=data.status == "executed",
+        detail=data.detail,
     )
     return _json(proposal_representation(proposal))
 
@@ -282,14 +299,18 @@ def report_result(request: HttpRequest, proposal_id: uuid.UUID, data: ResultIn) 
 @api.get("/action-types", response={200: list[ActionTypeOut], **ERRORS}, tags=["action types"])
 def list_action_types(request: HttpRequest) -> list[dict[str, Any]]:
     """The action types this service may propose, with the JSON Schema of their payloads."""
-    types = ActionType.objects.filter(services=request.auth).order_by("key")
+    types = ActionType.objects.filter(services=_service(request)).order_by("key")
     return [
         {
-            "key": t.key, "title": t.title, "description": t.description,
-            "irreversible": t.irreversible, "risk": t.risk,
+            "key": t.key,
+            "title": t.title,
+            "description": t.description,
+            "irreversible": t.irreversible,
+            "risk": t.risk,
             "approvals_required": t.approvals_required,
             "review_ttl_seconds": int(t.review_ttl.total_seconds()),
-            "executor": t.executor_kind, "payload_schema": t.payload_schema,
+            "executor": t.executor_kind,
+            "payload_schema": t.payload_schema,
         }
         for t in types
     ]

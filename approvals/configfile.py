@@ -183,7 +183,9 @@ class ExecutorSpec(StrictItem):
 
     @property
     def target(self) -> str:
-        return (self.url if self.kind == "webhook" else self.path if self.kind == "callable" else "") or ""
+        return (
+            self.url if self.kind == "webhook" else self.path if self.kind == "callable" else ""
+        ) or ""
 
 
 class ActionTypeSpec(StrictItem):
@@ -216,7 +218,11 @@ def apply_action_types(items: list[ActionTypeSpec]) -> list[str]:
 
     report = []
     for spec in items:
-        group = Group.objects.get_or_create(name=spec.reviewer_group)[0] if spec.reviewer_group else None
+        group = (
+            Group.objects.get_or_create(name=spec.reviewer_group)[0]
+            if spec.reviewer_group
+            else None
+        )
         values = {
             "title": spec.title,
             "description": spec.description,

@@ -27,7 +27,9 @@ class ExecutorKind(models.TextChoices):
 class ActionType(models.Model):
     """A kind of action a model may propose, with the JSON Schema its payload must match."""
 
-    key = models.CharField(max_length=100, unique=True, help_text="Dotted name such as refund.issue")
+    key = models.CharField(
+        max_length=100, unique=True, help_text="Dotted name such as refund.issue"
+    )
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     payload_schema = models.JSONField(default=dict, help_text="JSON Schema of the payload")
@@ -144,7 +146,7 @@ class Proposal(models.Model):
     llm_call_id = models.UUIDField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
 
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - NULL means no key; unique only when set
     request_hash = models.CharField(max_length=64, blank=True)
     first_response = models.JSONField(null=True, blank=True, editable=False)
 
@@ -209,7 +211,9 @@ class Review(models.Model):
         REJECT = "reject"
 
     proposal = models.ForeignKey(Proposal, on_delete=models.PROTECT, related_name="reviews")
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews"
+    )
     verdict = models.CharField(max_length=10, choices=Verdict.choices)
     comment = models.TextField(blank=True)
     edited_payload = models.JSONField(null=True, blank=True)
@@ -219,15 +223,24 @@ class Review(models.Model):
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["proposal", "reviewer"], name="review_once_per_reviewer")
+            models.UniqueConstraint(
+                fields=["proposal", "reviewer"], name="review_once_per_reviewer"
+            )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} by {self.reviewer_id} on {self.proposal_id}"
 
 
 class AuditEvent(models.Model):
     """Append-only. On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE."""
 
     proposal = models.ForeignKey(
-        Proposal, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="events",
+        Proposal,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="events",
         db_constraint=True,
     )
     kind = models.CharField(max_length=60)

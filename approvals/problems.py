@@ -151,35 +151,44 @@ def parse_json_body(request: HttpRequest) -> Any:
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApplicationError(
             f"Send the body as application/json (got {content_type or 'no content type'}).",
-            status=415, code="unsupported-media-type",
+            status=415,
+            code="unsupported-media-type",
         )
     length = request.META.get("CONTENT_LENGTH") or "0"
     if length.isdigit() and int(length) > settings.API_MAX_BODY_BYTES:
         raise ApplicationError(
             f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
-            status=413, code="payload-too-large",
+            status=413,
+            code="payload-too-large",
         )
     try:
         raw = request.body
     except RequestDataTooBig:
         raise ApplicationError(
             f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
-            status=413, code="payload-too-large",
+            status=413,
+            code="payload-too-large",
         ) from None
     if len(raw) > settings.API_MAX_BODY_BYTES:
         raise ApplicationError(
             f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
-            status=413, code="payload-too-large",
+            status=413,
+            code="payload-too-large",
         )
     try:
         value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
         _check_depth_and_nul(value)
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        position = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        position = (
+            f" at line {exc.lineno} column {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
         raise ApplicationError(
             f"The body is not valid JSON{position}: {message}.",
-            status=400, code="malformed-json",
+            status=400,
+            code="malformed-json",
         ) from None
     return value
 
@@ -189,7 +198,9 @@ class StrictJSONParser(Parser):
         value = parse_json_body(request)
         if not isinstance(value, dict):
             raise ApplicationError(
-                "The body must be a JSON object.", status=422, code="validation-error",
+                "The body must be a JSON object.",
+                status=422,
+                code="validation-error",
                 errors=[{"loc": ["body"], "msg": "must be an object"}],
             )
         return value

@@ -7,12 +7,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
 from approvals.models import ActionType
 
 _lock = threading.Lock()
-_validators: dict[tuple[int, str], Draft202012Validator] = {}
+_validators: dict[tuple[int, str], Validator] = {}
 MAX_ERRORS = 20
 
 
@@ -23,20 +24,23 @@ def check_schema(schema: Any) -> str | None:
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
-        return f"invalid JSON Schema at {'/'.join(map(str, exc.path)) or 'top level'}: {exc.message}"
+        return (
+            f"invalid JSON Schema at {'/'.join(map(str, exc.path)) or 'top level'}: {exc.message}"
+        )
     return None
 
 
-def _validator(action_type: ActionType) -> Draft202012Validator:
+def _validator(action_type: ActionType) -> Validator:
     key = (action_type.pk, action_type.updated_at.isoformat())
-    validator = _validators.get(key)
-    if validator is None:
-        cls = validator_for(action_type.payload_schema, default=Draft202012Validator)
-        validator = cls(action_type.payload_schema, format_checker=cls.FORMAT_CHECKER)
-        with _lock:
-            for stale in [k for k in _validators if k[0] == action_type.pk]:
-                del _validators[stale]
-            _validators[key] = validator
+    cached = _validators.get(key)
+    if cached is not None:
+        return cached
+    cls = validator_for(action_type.payload_schema, default=Draft202012Validator)
+    validator = cls(action_type.payload_schema, format_checker=cls.FORMAT_CHECKER)
+    with _lock:
+        for stale in [k for k in _validators if k[0] == action_type.pk]:
+            del _validators[stale]
+        _validators[key] = validator
     return validator
 
 

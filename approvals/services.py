@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -51,7 +51,9 @@ def service_create(
     found = {t.key: t for t in ActionType.objects.filter(key__in=keys)}
     missing = sorted(set(keys) - set(found))
     if missing:
-        raise ApplicationError(f"Unknown action types: {', '.join(missing)}", code="unknown-action-type")
+        raise ApplicationError(
+            f"Unknown action types: {', '.join(missing)}", code="unknown-action-type"
+        )
     if Service.objects.filter(name=name).exists():
         raise ApplicationError(f"A service named {name!r} exists already.", code="duplicate")
     service = Service.objects.create(
@@ -73,7 +75,8 @@ def api_key_revoke(*, prefix: str) -> ApiKey:
             raise NotFound(f"No API key with prefix {prefix!r}.")
         if updated:
             AuditEvent.objects.create(
-                kind="api_key.revoked", actor="system",
+                kind="api_key.revoked",
+                actor="system",
                 data={"service": key.service.name, "prefix": prefix},
             )
     return key
@@ -137,14 +140,18 @@ def _allowed_action_type(*, service: Service, key: str) -> ActionType:
     if action_type is None:
         raise ApplicationError(
             f"There is no action type {key!r}. GET /api/v1/action-types lists the ones you may propose.",
-            status=422, code="unknown-action-type",
+            status=422,
+            code="unknown-action-type",
             errors=[{"loc": ["body", "action_type"], "msg": f"unknown action type {key!r}"}],
         )
     if not service.action_types.filter(pk=action_type.pk).exists():
         raise ApplicationError(
             f"Service {service.name!r} may not propose {key!r}; an admin can allow it.",
-            status=403, code="action-type-not-allowed",
-            errors=[{"loc": ["body", "action_type"], "msg": f"not allowed for this service: {key!r}"}],
+            status=403,
+            code="action-type-not-allowed",
+            errors=[
+                {"loc": ["body", "action_type"], "msg": f"not allowed for this service: {key!r}"}
+            ],
         )
     return action_type
 
@@ -164,7 +171,9 @@ def proposal_submit(
     if schema_errors:
         raise ApplicationError(
             f"The payload does not match the schema of {action_type.key!r}: {schema_errors[0]['msg']}",
-            status=422, code="validation-error", errors=schema_errors,
+            status=422,
+            code="validation-error",
+            errors=schema_errors,
         )
     try:
         with transaction.atomic():
@@ -195,7 +204,8 @@ def _idempotent_replay(service: Service, key: str, request_hash: str) -> SubmitR
     if first.request_hash != request_hash:
         raise ApplicationError(
             "This Idempotency-Key was used with a different request body. Use a new key for a new request.",
-            status=422, code="idempotency-key-reused",
+            status=422,
+            code="idempotency-key-reused",
             errors=[{"loc": ["header", "Idempotency-Key"], "msg": "reused with a different body"}],
         )
     return SubmitResult(proposal=first, response=first.first_response or {}, replayed=True)
@@ -242,17 +252,24 @@ def _create_proposal(
     AuditEvent.objects.bulk_create(
         [
             AuditEvent(
-                proposal=proposal, kind="proposal.received", to_state=State.RECEIVED, actor=actor,
+                proposal=proposal,
+                kind="proposal.received",
+                to_state=State.RECEIVED,
+                actor=actor,
                 data={"payload_hash": proposal.payload_hash, "confidence": proposal.confidence},
                 created_at=now,
             ),
             AuditEvent(
-                proposal=proposal, kind="proposal.routed", from_state=State.RECEIVED,
+                proposal=proposal,
+                kind="proposal.routed",
+                from_state=State.RECEIVED,
                 to_state=routed_state,
                 actor=f"rule:{decision.rule}" if decision.rule else "policy",
                 data={
-                    "outcome": decision.outcome, "rule": decision.rule,
-                    "rule_version": decision.rule_version, "reason": decision.reason,
+                    "outcome": decision.outcome,
+                    "rule": decision.rule,
+                    "rule_version": decision.rule_version,
+                    "reason": decision.reason,
                 },
                 created_at=now,
             ),
@@ -312,16 +329,23 @@ def transition(
         )
         if won:
             AuditEvent.objects.create(
-                proposal_id=proposal_id, kind=kind, from_state=current, to_state=to_state,
-                actor=actor, data=data or {}, created_at=now,
+                proposal_id=proposal_id,
+                kind=kind,
+                from_state=current,
+                to_state=to_state,
+                actor=actor,
+                data=data or {},
+                created_at=now,
             )
         return won
 
 
 def _own_proposal(service: Service, proposal_id: uuid.UUID) -> Proposal:
-    proposal = Proposal.objects.select_related("action_type").filter(
-        pk=proposal_id, service=service
-    ).first()
+    proposal = (
+        Proposal.objects.select_related("action_type")
+        .filter(pk=proposal_id, service=service)
+        .first()
+    )
     if proposal is None:
         raise NotFound("No such proposal for this service.")
     return proposal
@@ -330,8 +354,11 @@ def _own_proposal(service: Service, proposal_id: uuid.UUID) -> Proposal:
 def proposal_cancel(*, service: Service, proposal_id: uuid.UUID, reason: str = "") -> Proposal:
     proposal = _own_proposal(service, proposal_id)
     won = transition(
-        proposal_id=proposal.pk, from_states=[State.RECEIVED, State.PENDING_REVIEW],
-        to_state=State.CANCELLED, kind="proposal.cancelled", actor=f"service:{service.name}",
+        proposal_id=proposal.pk,
+        from_states=[State.RECEIVED, State.PENDING_REVIEW],
+        to_state=State.CANCELLED,
+        kind="proposal.cancelled",
+        actor=f"service:{service.name}",
         fields={"decision_reason": reason or "Withdrawn by the service."},
         data={"reason": reason},
     )
@@ -339,7 +366,8 @@ def proposal_cancel(*, service: Service, proposal_id: uuid.UUID, reason: str = "
     if not won:
         raise Conflict(
             f"Only a pending proposal can be cancelled; this one is {proposal.state}.",
-            code="invalid-state", extra={"state": proposal.state},
+            code="invalid-state",
+            extra={"state": proposal.state},
         )
     return proposal
 
@@ -353,18 +381,24 @@ def proposal_report_result(
         raise ApplicationError(
             f"{proposal.action_type.key!r} is executed by Gatehouse ({proposal.action_type.executor_kind}); "
             "only executor 'none' takes results from the service.",
-            status=409, code="executor-not-none",
+            status=409,
+            code="executor-not-none",
         )
     to_state = State.EXECUTED if succeeded else State.FAILED
     won = transition(
-        proposal_id=proposal.pk, from_states=[State.APPROVED, State.EXECUTING], to_state=to_state,
-        kind=f"proposal.{to_state}", actor=f"service:{service.name}", data={"detail": detail[:2000]},
+        proposal_id=proposal.pk,
+        from_states=[State.APPROVED, State.EXECUTING],
+        to_state=to_state,
+        kind=f"proposal.{to_state}",
+        actor=f"service:{service.name}",
+        data={"detail": detail[:2000]},
     )
     proposal.refresh_from_db()
     if not won:
         raise Conflict(
             f"Only an approved proposal can take a result; this one is {proposal.state}.",
-            code="invalid-state", extra={"state": proposal.state},
+            code="invalid-state",
+            extra={"state": proposal.state},
         )
     return proposal
 
@@ -372,7 +406,7 @@ def proposal_report_result(
 def proposal_decide(
     *,
     proposal: Proposal,
-    reviewer: AbstractBaseUser,
+    reviewer: User,
     verdict: str,
     comment: str = "",
     seen_payload_hash: str | None = None,
@@ -382,7 +416,9 @@ def proposal_decide(
         raise ApplicationError(f"Unknown verdict {verdict!r}.", code="invalid-verdict")
     if verdict == Review.Verdict.REJECT and not comment.strip():
         raise ApplicationError(
-            "A rejection needs a reason.", status=422, code="reason-required",
+            "A rejection needs a reason.",
+            status=422,
+            code="reason-required",
             errors=[{"loc": ["comment"], "msg": "required when rejecting"}],
         )
     if seen_payload_hash is not None and seen_payload_hash != proposal.payload_hash:
@@ -391,11 +427,17 @@ def proposal_decide(
     now = timezone.now()
     with transaction.atomic():
         won = transition(
-            proposal_id=proposal.pk, from_states=[State.PENDING_REVIEW], to_state=to_state,
-            kind=f"proposal.{to_state}", actor=f"user:{reviewer.get_username()}",
+            proposal_id=proposal.pk,
+            from_states=[State.PENDING_REVIEW],
+            to_state=to_state,
+            kind=f"proposal.{to_state}",
+            actor=f"user:{reviewer.get_username()}",
             fields={
-                "decision_outcome": verdict, "decided_by": Proposal.DecidedBy.REVIEWER,
-                "decision_reviewer_id": reviewer.pk, "decision_reason": comment, "decided_at": now,
+                "decision_outcome": verdict,
+                "decided_by": Proposal.DecidedBy.REVIEWER,
+                "decision_reviewer_id": reviewer.pk,
+                "decision_reason": comment,
+                "decided_at": now,
             },
             data={"verdict": verdict, "comment": comment},
         )
@@ -403,8 +445,12 @@ def proposal_decide(
             proposal.refresh_from_db()
             raise Conflict(f"This proposal was decided already: it is {proposal.state}.")
         Review.objects.create(
-            proposal=proposal, reviewer=reviewer, verdict=verdict, comment=comment,
-            payload_hash=proposal.payload_hash, created_at=now,
+            proposal=proposal,
+            reviewer=reviewer,
+            verdict=verdict,
+            comment=comment,
+            payload_hash=proposal.payload_hash,
+            created_at=now,
         )
     proposal.refresh_from_db()
     return proposal

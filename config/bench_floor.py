@@ -19,6 +19,4 @@ from approvals.models import AuditEvent
 def floor(request: HttpRequest) -> HttpResponse:
     body = json.loads(request.body)
     event = AuditEvent.objects.create(kind="bench.floor", actor="bench", data=body)
-    return HttpResponse(
-        json.dumps({"id": event.pk}), status=201, content_type="application/json"
-    )
+    return HttpResponse(json.dumps({"id": event.pk}), status=201, content_type="application/json")

@@ -27,7 +27,9 @@ def env_bool(name: str, default: bool = False) -> bool:
         return True
     if value in FALSE:
         return False
-    raise ImproperlyConfigured(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+    raise ImproperlyConfigured(
+        f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}"
+    )
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
@@ -96,7 +98,11 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
     if scheme in {"postgres", "postgresql", "pgsql"}:
         options: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         if pool:
-            options["pool"] = {"min_size": 1, "max_size": env_int("DB_POOL_MAX", 20, minimum=1), "timeout": 10}
+            options["pool"] = {
+                "min_size": 1,
+                "max_size": env_int("DB_POOL_MAX", 20, minimum=1),
+                "timeout": 10,
+            }
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path.lstrip("/")) or "gatehouse",

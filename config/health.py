@@ -30,7 +30,9 @@ def _check_redis() -> str | None:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        )
         client.ping()
         client.close()
     except Exception as exc:
@@ -49,4 +51,6 @@ def readyz(request: HttpRequest) -> HttpResponse:
         "status": "ok" if ok else "unavailable",
         "checks": {name: error or "ok" for name, error in checks.items()},
     }
-    return HttpResponse(json.dumps(body), status=200 if ok else 503, content_type="application/json")
+    return HttpResponse(
+        json.dumps(body), status=200 if ok else 503, content_type="application/json"
+    )

@@ -49,7 +49,10 @@ class ServiceClient(Client):
 @pytest.fixture
 def refund_type(db: None) -> ActionType:
     return ActionType.objects.create(
-        key="refund.issue", title="Issue a refund", payload_schema=REFUND_SCHEMA, risk="medium",
+        key="refund.issue",
+        title="Issue a refund",
+        payload_schema=REFUND_SCHEMA,
+        risk="medium",
         reviewer_group=Group.objects.get_or_create(name="support")[0],
     )
 
@@ -57,17 +60,21 @@ def refund_type(db: None) -> ActionType:
 @pytest.fixture
 def email_type(db: None) -> ActionType:
     return ActionType.objects.create(
-        key="email.send", title="Send an email", irreversible=True,
-        payload_schema={"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+        key="email.send",
+        title="Send an email",
+        irreversible=True,
+        payload_schema={
+            "type": "object",
+            "required": ["to"],
+            "properties": {"to": {"type": "string"}},
+        },
     )
 
 
 @pytest.fixture
 def make_service(db: None) -> Callable[..., ServiceClient]:
     def make(name: str, *types: ActionType) -> ServiceClient:
-        service, key = services.service_create(
-            name=name, action_type_keys=[t.key for t in types]
-        )
+        service, key = services.service_create(name=name, action_type_keys=[t.key for t in types])
         return ServiceClient(service, key)
 
     return make
@@ -80,7 +87,9 @@ def shop(make_service: Callable[..., ServiceClient], refund_type: ActionType) ->
 
 
 @pytest.fixture
-def other_shop(make_service: Callable[..., ServiceClient], refund_type: ActionType) -> ServiceClient:
+def other_shop(
+    make_service: Callable[..., ServiceClient], refund_type: ActionType
+) -> ServiceClient:
     """Another service, also allowed refunds: it must never see the first one's proposals."""
     return make_service("other-shop", refund_type)
 

@@ -29,10 +29,16 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(
                 json.dumps(
-                    {"name": service.name, "api_key": api_key, "webhook_secret": service.webhook_secret}
+                    {
+                        "name": service.name,
+                        "api_key": api_key,
+                        "webhook_secret": service.webhook_secret,
+                    }
                 )
             )
             return
-        self.stdout.write(f"Service {service.name} created. Store these now; they are not shown again.")
+        self.stdout.write(
+            f"Service {service.name} created. Store these now; they are not shown again."
+        )
         self.stdout.write(f"  API key:        {api_key}")
         self.stdout.write(f"  Webhook secret: {service.webhook_secret}")
