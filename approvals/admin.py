@@ -8,8 +8,18 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from approvals import services
-from approvals.models import ActionType, ApiKey, AuditEvent, Proposal, Review, Service
+from approvals import execution, services
+from approvals.models import (
+    ActionType,
+    ApiKey,
+    Attempt,
+    AuditEvent,
+    OutboxMessage,
+    Proposal,
+    Review,
+    Service,
+    WebhookEndpoint,
+)
 from approvals.schemas_cache import check_schema
 
 
@@ -145,3 +155,43 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="data")
     def pretty_data(self, obj: AuditEvent) -> str:
         return json.dumps(obj.data, indent=2)
+
+
+# --- execution: the outbox, its attempts, and endpoints disabled by a 410 ----------------------
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "status", "status_code", "error", "started_at", "duration_ms"]
+    readonly_fields = ["number", "status", "status_code", "error", "started_at", "duration_ms"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(ReadOnlyAdmin):
+    list_display = ["id", "event", "proposal", "status", "attempts", "next_attempt_at", "target"]
+    list_filter = ["status", "kind", "event"]
+    search_fields = ["webhook_id", "target"]
+    inlines = [AttemptInline]
+
+
+@admin.register(Attempt)
+class AttemptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "message", "number", "status", "status_code", "started_at", "duration_ms"]
+    list_filter = ["status"]
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(ReadOnlyAdmin):
+    list_display = ["url", "disabled_at", "disabled_reason"]
+    actions = ["enable"]
+
+    @admin.action(description="Re-enable the selected endpoints")
+    def enable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset:
+            execution.webhook_endpoint_enable(url=endpoint.url, by=str(request.user))
+        self.message_user(request, f"Re-enabled {queryset.count()} endpoint(s).")

@@ -24,6 +24,7 @@ from django.utils import timezone
 from approvals import executors, outbox, services
 from approvals.models import (
     Attempt,
+    AuditEvent,
     OutboxMessage,
     Proposal,
     WebhookEndpoint,
@@ -174,6 +175,15 @@ def _disable_endpoint(url: str, *, reason: str, at: datetime) -> None:
     WebhookEndpoint.objects.update_or_create(
         url=url, defaults={"disabled_at": at, "disabled_reason": reason[:500]}
     )
+
+
+def webhook_endpoint_enable(*, url: str, by: str) -> None:
+    """Send to a URL again after it answered 410 (messages that failed meanwhile stay failed)."""
+    with transaction.atomic():
+        if WebhookEndpoint.objects.filter(url=url).delete()[0]:
+            AuditEvent.objects.create(
+                kind="webhook_endpoint.enabled", actor=f"user:{by}", data={"url": url}
+            )
 
 
 def outbox_reconcile(*, now: datetime | None = None, limit: int = 1000) -> int:

@@ -160,7 +160,7 @@ BENCH_FLOOR_ENDPOINT = env_bool("BENCH_FLOOR_ENDPOINT", False)
 # The broker is Redis when REDIS_URL is set; otherwise a folder on disk, which needs no server
 # (the embedded default: web, worker and beat on one machine, started by `manage.py run_stack`).
 BROKER_DIR = Path(env_str("BROKER_DIR", str(BASE_DIR / ".broker")))
-CELERY_BROKER_URL = REDIS_URL or "filesystem://"
+CELERY_BROKER_URL = REDIS_URL or "filesystem://localhost/"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
     {"socket_timeout": 5, "socket_connect_timeout": 2}
     if REDIS_URL
