@@ -114,3 +114,12 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hot_path_cache() -> Any:
+    from approvals import localcache
+
+    localcache.clear_all()
+    yield
+    localcache.clear_all()
