@@ -116,6 +116,15 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hot_path_cache() -> Any:
+    from approvals import localcache
+
+    localcache.clear_all()
+    yield
+    localcache.clear_all()
+
+
 # --- execution: a real worker process and a real webhook receiver (tests/execution_support.py) --
 
 
