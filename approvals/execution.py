@@ -63,11 +63,12 @@ def outbox_deliver(*, message_id: int) -> str:
         "proposal__service", "proposal__action_type"
     ).get(pk=message_id)
     proposal = message.proposal
-    Attempt.objects.filter(message=message, status=Attempt.Status.RUNNING).update(
-        status=Attempt.Status.ABANDONED,
-        finished_at=now,
-        error="The worker stopped before this attempt finished.",
-    )
+    if message.attempts > 1:
+        Attempt.objects.filter(message=message, status=Attempt.Status.RUNNING).update(
+            status=Attempt.Status.ABANDONED,
+            finished_at=now,
+            error="The worker stopped before this attempt finished.",
+        )
     if message.kind == Kind.EXECUTE and not _start_execution(proposal):
         _finish_message(message, lease, MessageStatus.FAILED, f"The proposal is {proposal.state}.")
         return f"proposal {proposal.state}: nothing to execute"
@@ -84,7 +85,16 @@ def outbox_deliver(*, message_id: int) -> str:
         attempt.error = outcome.error
         attempt.finished_at = finished
         attempt.duration_ms = int((finished - now).total_seconds() * 1000)
-        attempt.save()
+        attempt.save(
+            update_fields=[
+                "status",
+                "status_code",
+                "response_excerpt",
+                "error",
+                "finished_at",
+                "duration_ms",
+            ]
+        )
         if outcome.ok:
             result = _finish_message(message, lease, MessageStatus.DELIVERED, "")
         elif outcome.retry and message.attempts < settings.EXECUTION_MAX_ATTEMPTS:
@@ -103,13 +113,15 @@ def outbox_deliver(*, message_id: int) -> str:
 def _start_execution(proposal: Proposal) -> bool:
     """Approved → executing; a retry finds it executing already. False if there is nothing to do."""
     if proposal.state == State.APPROVED:
-        services.transition(
+        started = services.transition(
             proposal_id=proposal.pk,
             from_states=[State.APPROVED],
             to_state=State.EXECUTING,
             kind="proposal.executing",
             actor="system",
         )
+        if started:
+            return True
         proposal.refresh_from_db(fields=["state", "updated_at"])
     return proposal.state == State.EXECUTING
 
@@ -137,10 +149,8 @@ def _finish_message(message: OutboxMessage, lease: datetime, status: str, error:
         )
         if not kept:
             return "lease lost to another worker; its result stands"
-        proposal_state = Proposal.objects.values_list("state", flat=True).get(
-            pk=message.proposal_id
-        )
-        if message.kind == Kind.EXECUTE and proposal_state == State.EXECUTING:
+        if message.kind == Kind.EXECUTE:
+            # A no-op unless the proposal is executing (a message failed before it started).
             to_state = State.EXECUTED if status == MessageStatus.DELIVERED else State.FAILED
             services.transition(
                 proposal_id=message.proposal_id,

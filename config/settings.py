@@ -151,7 +151,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # One line per webhook comes from gatehouse.execution already.
+        "httpx": {"level": "WARNING"},
+    },
 }
 
 # Benchmarks only: mounts /bench/floor (see bench/api_submit.py). Never on in production.
