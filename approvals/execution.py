@@ -54,28 +54,33 @@ def outbox_deliver(*, message_id: int) -> str:
     """Make one attempt at one outbox message; returns what happened, for the worker's log."""
     now = timezone.now()
     lease = now + lease_duration()
-    taken = OutboxMessage.objects.filter(
-        _available(now), pk=message_id, next_attempt_at__lte=now + _EARLY
-    ).update(locked_until=lease, attempts=F("attempts") + 1)
-    if not taken:
-        return "not due, taken by another worker, or done"
-    message = OutboxMessage.objects.select_related(
-        "proposal__service", "proposal__action_type"
-    ).get(pk=message_id)
-    proposal = message.proposal
-    if message.attempts > 1:
-        Attempt.objects.filter(message=message, status=Attempt.Status.RUNNING).update(
-            status=Attempt.Status.ABANDONED,
-            finished_at=now,
-            error="The worker stopped before this attempt finished.",
-        )
-    if message.kind == Kind.EXECUTE and not _start_execution(proposal):
+    # Taking the lease, starting the execution and recording the attempt commit together, and
+    # before the call: a crash during the call leaves a visible `running` attempt.
+    with transaction.atomic():
+        taken = OutboxMessage.objects.filter(
+            _available(now), pk=message_id, next_attempt_at__lte=now + _EARLY
+        ).update(locked_until=lease, attempts=F("attempts") + 1)
+        if not taken:
+            return "not due, taken by another worker, or done"
+        message = OutboxMessage.objects.select_related(
+            "proposal__service", "proposal__action_type"
+        ).get(pk=message_id)
+        proposal = message.proposal
+        if message.attempts > 1:
+            Attempt.objects.filter(message=message, status=Attempt.Status.RUNNING).update(
+                status=Attempt.Status.ABANDONED,
+                finished_at=now,
+                error="The worker stopped before this attempt finished.",
+            )
+        startable = message.kind != Kind.EXECUTE or _start_execution(proposal)
+        if startable:
+            attempt = Attempt.objects.create(
+                message=message, proposal=proposal, number=message.attempts, started_at=now
+            )
+    if not startable:
         _finish_message(message, lease, MessageStatus.FAILED, f"The proposal is {proposal.state}.")
         return f"proposal {proposal.state}: nothing to execute"
 
-    attempt = Attempt.objects.create(
-        message=message, proposal=proposal, number=message.attempts, started_at=now
-    )
     outcome = _attempt(message)
     finished = timezone.now()
     with transaction.atomic():
