@@ -190,7 +190,7 @@ def main() -> None:
     worker = start(
         [PYTHON, "-m", "celery", "-A", "config", "worker", "--concurrency", "2",
          "--pool", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat",
-         "--include", "bench.execution_floor", "--loglevel", "WARNING"],
+         "--include", "bench.execution_floor", "--loglevel", os.environ.get("BENCH_WORKER_LOG", "WARNING")],
         env, logs / "gh-bench-worker.log",
     )  # fmt: skip
     client = httpx.Client(
