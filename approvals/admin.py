@@ -248,9 +248,6 @@ class RuleAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Rule, form: Any, change: bool) -> None:
         services.rule_save(rule=obj, actor=f"user:{request.user.get_username()}")
 
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        pass  # versions are written by rule_save, never through the inline
-
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view(self.backtest_view)
         return [

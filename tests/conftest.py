@@ -114,3 +114,26 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+@pytest.fixture
+def make_rule(db: None) -> Callable[..., Any]:
+    """Create a rule through the service that versions it: make_rule("name", when=…, outcome=…)."""
+    from approvals.models import Rule
+
+    def make(name: str, *, action_type: ActionType | None = None, **fields: Any) -> Rule:
+        fields.setdefault("outcome", "approve")
+        fields.setdefault("when", "true")
+        rule = Rule(name=name, action_type=action_type, **fields)
+        services.rule_save(rule=rule, actor="test")
+        return rule
+
+    return make
+
+
+@pytest.fixture
+def admin_client_logged_in(db: None) -> Client:
+    User.objects.create_superuser("ada", password="pw-ada-123456")
+    client = Client()
+    client.login(username="ada", password="pw-ada-123456")
+    return client
