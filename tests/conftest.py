@@ -137,3 +137,12 @@ def admin_client_logged_in(db: None) -> Client:
     client = Client()
     client.login(username="ada", password="pw-ada-123456")
     return client
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hot_path_cache() -> Any:
+    from approvals import localcache
+
+    localcache.clear_all()
+    yield
+    localcache.clear_all()
