@@ -8,13 +8,18 @@ Evaluation walks the enabled rules that apply to the action type in priority ord
    stops the walk with `review`: rules fail closed;
 4. no enforced match: `review`.
 
-Compiled programs are cached per process under a generation read from the database on every
-evaluation (count and highest id of rule versions, one index-only query), so a rule saved in any
-process is picked up by every other one at its next proposal.
+Compiled programs are cached per process. On PostgreSQL a trigger on the rules table sends
+NOTIFY gatehouse_rules when any rule changes (delivered at commit); each process LISTENs on its
+own connection from a small thread and reloads on the next proposal after a notification, so the
+submit path asks the database nothing about rules. While that listener is not connected (start,
+lost connection, SQLite), every evaluation compares a generation read from the database (count
+and highest id of rule versions, one index-only query) instead.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +29,7 @@ from typing import Any
 
 import cel
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
@@ -123,11 +129,88 @@ class RuleSet:
 
 _lock = threading.Lock()
 _cached: tuple[tuple[int, int | None], RuleSet] | None = None
+log = logging.getLogger(__name__)
+CHANNEL = "gatehouse_rules"
 
 
 def _generation() -> tuple[int, int | None]:
     row = RuleVersion.objects.aggregate(n=Count("id"), top=Max("id"))
     return row["n"], row["top"]
+
+
+class _Listener:
+    """LISTEN gatehouse_rules on a dedicated connection; `fresh` while nothing has changed."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.connected = False
+        self.changed = True
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def ensure_started(self) -> None:
+        if self.pid == os.getpid() and self.thread is not None:
+            return
+        with _lock:
+            if self.pid == os.getpid() and self.thread is not None:
+                return
+            # A forked child inherits no thread: start its own.
+            self.pid, self.connected, self.changed = os.getpid(), False, True
+            self.stopping = threading.Event()
+            params = {
+                "dbname": connection.settings_dict["NAME"],
+                "user": connection.settings_dict["USER"] or None,
+                "password": connection.settings_dict["PASSWORD"] or None,
+                "host": connection.settings_dict["HOST"] or None,
+                "port": connection.settings_dict["PORT"] or None,
+            }
+            self.thread = threading.Thread(
+                target=self._run,
+                args=(params, self.stopping),
+                name="gatehouse-rules-listener",
+                daemon=True,
+            )
+            self.thread.start()
+
+    def _run(self, params: dict[str, Any], stopping: threading.Event) -> None:
+        import psycopg
+
+        while not stopping.is_set():
+            try:
+                with psycopg.connect(
+                    **{k: v for k, v in params.items() if v}, autocommit=True, connect_timeout=5
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Anything may have changed while not listening.
+                    self.changed, self.connected = True, True
+                    while not stopping.is_set():
+                        for _ in conn.notifies(timeout=2):
+                            self.changed = True
+                        conn.execute("SELECT 1")  # notice a dead connection
+            except Exception as exc:
+                log.warning("rules listener lost its connection (%s); checking per request", exc)
+            self.connected, self.changed = False, True
+            stopping.wait(1)
+
+    def stop(self) -> None:
+        """Close the listening connection (tests do, before dropping their database)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.thread, self.pid, self.connected = None, 0, False
+
+    def fresh(self) -> bool:
+        return self.connected and not self.changed and self.pid == os.getpid()
+
+
+_listener = _Listener()
+
+
+def invalidate() -> None:
+    """Forget the cached rules in this process (other processes hear it from the database)."""
+    global _cached
+    _listener.changed = True
+    _cached = None
 
 
 def _sorted(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
@@ -150,6 +233,13 @@ def load_ruleset() -> RuleSet:
 
 def current_ruleset() -> RuleSet:
     global _cached
+    if connection.vendor == "postgresql" and getattr(settings, "RULES_LISTEN", True):
+        _listener.ensure_started()
+        cached = _cached
+        if cached is not None and _listener.fresh():
+            return cached[1]
+        # Clear the flag before reading, so a change committed meanwhile marks it again.
+        _listener.changed = False
     generation = _generation()
     cached = _cached
     if cached is not None and cached[0] == generation:

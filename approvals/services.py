@@ -508,7 +508,7 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
     Refuses (ApplicationError, field `when`) a condition that does not compile or type-check.
     Returns False, writing nothing, when nothing differs from the latest version.
     """
-    from approvals.rules import RuleCompileError, compile_condition
+    from approvals.rules import RuleCompileError, compile_condition, invalidate
 
     try:
         compile_condition(rule.when)
@@ -537,4 +537,8 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
             actor=actor,
             data={"rule": rule.name, "version": rule.version, **snapshot},
         )
+        # This process forgets its rules now and again at commit; the others hear the
+        # database's NOTIFY (see approvals/rules.py).
+        invalidate()
+        transaction.on_commit(invalidate)
     return True

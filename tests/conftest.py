@@ -146,3 +146,13 @@ def _fresh_hot_path_cache() -> Any:
     localcache.clear_all()
     yield
     localcache.clear_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_rules_listener(django_db_setup: Any) -> Any:
+    # The rules cache listens on its own connection to the test database; close it before
+    # the database is dropped.
+    yield
+    from approvals import rules
+
+    rules._listener.stop()

@@ -62,6 +62,8 @@ class Migration(migrations.Migration):
 
 
 IMMUTABLE_VERSIONS = """
+DROP TRIGGER IF EXISTS approvals_rule_notify ON approvals_rule;
+DROP FUNCTION IF EXISTS gatehouse_rules_changed();
 CREATE OR REPLACE FUNCTION gatehouse_rule_versions_are_immutable() RETURNS trigger AS $$
 BEGIN
     IF current_setting('gatehouse.audit_maintenance', true) = 'on' THEN
@@ -76,9 +78,23 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER approvals_ruleversion_immutable
     BEFORE UPDATE OR DELETE ON approvals_ruleversion
     FOR EACH ROW EXECUTE FUNCTION gatehouse_rule_versions_are_immutable();
+
+-- Every process caches compiled rules and LISTENs here (approvals/rules.py).
+CREATE OR REPLACE FUNCTION gatehouse_rules_changed() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('gatehouse_rules', TG_OP);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER approvals_rule_notify
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON approvals_rule
+    FOR EACH STATEMENT EXECUTE FUNCTION gatehouse_rules_changed();
 """
 
 MUTABLE_VERSIONS = """
+DROP TRIGGER IF EXISTS approvals_rule_notify ON approvals_rule;
+DROP FUNCTION IF EXISTS gatehouse_rules_changed();
 DROP TRIGGER IF EXISTS approvals_ruleversion_immutable ON approvals_ruleversion;
 DROP FUNCTION IF EXISTS gatehouse_rule_versions_are_immutable();
 """

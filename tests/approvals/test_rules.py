@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
-from approvals import services
+from approvals import rules, services
 from approvals.errors import ApplicationError
 from approvals.models import ActionType, Proposal, Rule, RuleVersion
 from tests.conftest import ServiceClient, refund_body
@@ -402,3 +408,81 @@ def test_rule_versions_refuse_update_and_delete(make_rule: Callable[..., Rule]) 
         with connection.cursor() as cursor:
             cursor.execute("SET gatehouse.audit_maintenance = 'on'")
     assert RuleVersion.objects.get().when == "confidence > 0.5"
+
+
+# --- the per-process cache ------------------------------------------------------------------
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rule_changed_by_another_process_applies_here_without_a_query_per_proposal(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType, tmp_path: Path
+) -> None:
+    make_rule("switch", action_type=refund_type, outcome="approve")
+    assert shop.post_json("/api/v1/proposals", refund_body()).json()["state"] == "approved"
+    assert _wait_for(lambda: rules._listener.connected)
+    rules.current_ruleset()
+    with CaptureQueriesContext(connection) as queries:
+        assert [r.spec.version for r in rules.current_ruleset().rules] == [1]
+    assert len(queries) == 0
+
+    # Another process (manage.py apply) turns the rule into a rejection.
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - name: switch\n    action_type: refund.issue\n    priority: 100\n"
+        "    when: 'true'\n    outcome: reject\n"
+    )
+    settings_dict = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:"
+        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "apply", str(path)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert _wait_for(lambda: not rules._listener.fresh(), seconds=5)
+    body = shop.post_json("/api/v1/proposals", refund_body()).json()
+    assert body["state"] == "rejected"
+    assert body["decision"]["rule_version"] == 2
+
+
+def test_without_the_listener_each_proposal_checks_the_generation(
+    shop: ServiceClient,
+    make_rule: Callable[..., Rule],
+    refund_type: ActionType,
+    settings: Any,
+) -> None:
+    settings.RULES_LISTEN = False  # as on SQLite, or while the listener reconnects
+    rule = make_rule("switch", action_type=refund_type, outcome="approve")
+    rules.current_ruleset()
+    with CaptureQueriesContext(connection) as queries:
+        assert rules.current_ruleset().rules[0].spec.outcome == "approve"
+    assert len(queries) == 1  # the generation only: the compiled rules come from the cache
+    # A change that bypasses rule_save, so nothing told this process.
+    Rule.objects.filter(pk=rule.pk).update(outcome="reject", version=2)
+    RuleVersion.objects.create(
+        rule=rule,
+        version=2,
+        name="switch",
+        priority=100,
+        when="true",
+        outcome="reject",
+        allows_irreversible=False,
+        mode="enforce",
+        enabled=True,
+    )
+    assert rules.current_ruleset().rules[0].spec.outcome == "reject"
