@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import decisions, localcache, schemas_cache
+from approvals import decisions, localcache, outbox, schemas_cache
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     ActionType,
@@ -303,6 +303,8 @@ def _create_proposal(
             ),
         ]
     )
+    if routed_state in outbox.CALLBACK_STATES:
+        outbox.outbox_record(proposal=proposal, to_state=routed_state)
     return SubmitResult(proposal=proposal, response=proposal.first_response, replayed=False)
 
 
@@ -365,6 +367,14 @@ def transition(
                 data=data or {},
                 created_at=now,
             )
+            if to_state in outbox.CALLBACK_STATES:
+                # Execution and callbacks are recorded with the change and sent after commit.
+                outbox.outbox_record(
+                    proposal=Proposal.objects.select_related(
+                        "service", "action_type", "decision_reviewer"
+                    ).get(pk=proposal_id),
+                    to_state=to_state,
+                )
         return won
 
 
