@@ -258,6 +258,81 @@ class AuditEvent(models.Model):
         return f"{self.kind} {self.from_state}→{self.to_state} by {self.actor}"
 
 
+class Rule(models.Model):
+    """A deterministic check on new proposals, written in CEL. Edits go through
+    services.rule_save, which records each one as a new immutable RuleVersion."""
+
+    class Mode(models.TextChoices):
+        ENFORCE = "enforce"
+        SHADOW = "shadow"
+
+    name = models.CharField(
+        max_length=200, unique=True, help_text="Unique; shown in traces and decisions"
+    )
+    description = models.TextField(blank=True)
+    priority = models.IntegerField(default=100, help_text="Lower runs first")
+    action_type = models.ForeignKey(
+        ActionType,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rules",
+        help_text="Empty: every action type",
+    )
+    when = models.TextField(help_text="A CEL condition; see docs/rules.md for the variables")
+    outcome = models.CharField(max_length=10, choices=Proposal.Outcome.choices)
+    reason = models.CharField(
+        max_length=500, blank=True, help_text="Shown to reviewers and returned to the service"
+    )
+    allows_irreversible = models.BooleanField(
+        default=False, help_text="Only such a rule may approve an irreversible action type"
+    )
+    mode = models.CharField(
+        max_length=10,
+        choices=Mode.choices,
+        default=Mode.ENFORCE,
+        help_text="Shadow: evaluated and traced, never decides",
+    )
+    enabled = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RuleVersion(models.Model):
+    """One immutable state of a rule. On PostgreSQL the table refuses UPDATE and DELETE."""
+
+    rule = models.ForeignKey(Rule, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    priority = models.IntegerField()
+    action_type_key = models.CharField(max_length=100, blank=True)
+    when = models.TextField()
+    outcome = models.CharField(max_length=10, choices=Proposal.Outcome.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    allows_irreversible = models.BooleanField()
+    mode = models.CharField(max_length=10, choices=Rule.Mode.choices)
+    enabled = models.BooleanField()
+    created_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["rule", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "version"], name="rule_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
 class OutboxMessage(models.Model):
     """Work that follows a committed transition: run the executor, or call the service back.
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('approvals', '0002_audit_events_are_append_only'),
+        ('approvals', '0003_rules'),
     ]
 
     operations = [
