@@ -1,18 +1,15 @@
-"""From POST /api/v1/proposals of an approved proposal to the webhook at the receiver.
+"""From POST /api/v1/proposals of an auto-approved proposal to the webhook at the receiver.
 
 Starts the web server (uvicorn), a Celery worker with 2 processes on the Redis broker, and a
-receiver on loopback that verifies every signature with the `standardwebhooks` package. Then:
+receiver on loopback that verifies every signature with the `standardwebhooks` package. A rule
+(`confidence >= 0.9 && payload.amount <= 50`) approves every proposal at submission. Then:
 
-- latency, closed loop: N times, POST a proposal, approve it, wait for its webhook; p50/p95 of
-  POST-start → webhook and of approval-commit → webhook;
-- throughput: N approved proposals queued while the worker's consumer is paused, then drained;
+- latency, closed loop: N times, POST a proposal and wait for its webhook; p50/p95 of
+  POST start → webhook and of POST response → webhook;
+- throughput: N proposals POSTed while the worker's consumer is paused, then drained;
   executions per second from the first webhook to the last;
 - the floor, in the same run and the same worker: a Celery task that POSTs the same signed body
   (broker + worker + HTTP, no database), sequentially for latency and queued for throughput.
-
-Until the rules engine lands, nothing is approved automatically (everything is routed to review),
-so each proposal is approved right after its POST with `services.proposal_decide` — the same
-call the reviewer UI makes — and that time is inside the POST-start figure.
 
     .venv/bin/python bench/execution.py [--count 500] [--database gh_exec] [--redis-db 3]
 """
@@ -28,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -54,6 +50,13 @@ action_types:
         order_id: {{type: string}}
         amount: {{type: number, exclusiveMinimum: 0}}
         currency: {{type: string, enum: [EUR, USD, GBP]}}
+rules:
+  - name: bench-small-confident
+    action_type: refund.issue
+    priority: 10
+    when: "confidence >= 0.9 && payload.amount <= 50.0"
+    outcome: approve
+    reason: Small refund, model confident.
 """
 
 
@@ -169,15 +172,12 @@ def main() -> None:
     django.setup()
     import httpx
     import redis
-    from django.contrib.auth.models import Group, User
 
-    from approvals import services, webhooks
+    from approvals import webhooks
     from approvals.models import Proposal
     from config.celery import app
 
     redis.Redis.from_url(redis_url).delete("celery")
-    rita = User.objects.create_user("bench-reviewer")
-    rita.groups.add(Group.objects.get_or_create(name="support")[0])
 
     arrivals = Arrivals(service["webhook_secret"])
     server = receiver(arrivals)
@@ -204,12 +204,8 @@ def main() -> None:
         def submit(i: int) -> str:
             response = client.post("/api/v1/proposals", json=body(i))
             assert response.status_code == 201, response.text
+            assert response.json()["state"] == "approved", response.text
             return str(response.json()["id"])
-
-        def approve(pk: str) -> float:
-            proposal = Proposal.objects.get(pk=pk)
-            services.proposal_decide(proposal=proposal, reviewer=rita, verdict="approve")
-            return time.perf_counter()
 
         def floor_send(key: str) -> float:
             payload = webhooks.encode({"type": "bench.floor", "data": {"floor_id": key}})
@@ -225,9 +221,7 @@ def main() -> None:
 
         # Warm up both paths (connections, imports, caches).
         for i in range(20):
-            pk = submit(-i - 1)
-            approve(pk)
-            arrivals.wait(pk)
+            arrivals.wait(submit(-i - 1))
             arrivals.wait(f"warm-{i}") if floor_send(f"warm-{i}") else None
 
         # Latency, closed loop.
@@ -235,17 +229,17 @@ def main() -> None:
         for i in range(args.count):
             sent = floor_send(f"floor-{i}")
             floor_ms.append((arrivals.wait(f"floor-{i}") - sent) * 1000)
-        post_ms, commit_ms = [], []
+        post_ms, answered_ms = [], []
         for i in range(args.count):
             t0 = time.perf_counter()
             pk = submit(i)
-            committed = approve(pk)
+            answered = time.perf_counter()
             arrived = arrivals.wait(pk)
             post_ms.append((arrived - t0) * 1000)
-            commit_ms.append((arrived - committed) * 1000)
+            answered_ms.append((arrived - answered) * 1000)
 
-        # Throughput: with the worker's consumer paused, approve N pending proposals (their
-        # messages queue up in Redis), resume it, and time the drain from first to last webhook.
+        # Throughput: with the worker's consumer paused, POST N proposals (their executions
+        # queue up in Redis), resume it, and time the drain from the first to the last webhook.
         # The floor drains N queued floor tasks the same way.
         def drain_rate(enqueue: Any, keys: list[str]) -> float:
             app.control.cancel_consumer("celery", reply=True, timeout=5)
@@ -255,27 +249,24 @@ def main() -> None:
             first = min(arrivals.at[k] for k in keys)
             return (len(keys) - 1) / (last - first)
 
-        pending = [submit(100_000 + i) for i in range(args.count)]
-
-        def approve_all() -> None:
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(approve, pending))
-
-        exec_rate = drain_rate(approve_all, pending)
+        queued: list[str] = []
+        exec_rate = drain_rate(
+            lambda: queued.extend(submit(100_000 + i) for i in range(args.count)), queued
+        )
         keys = [f"burst-{i}" for i in range(args.count)]
         floor_rate = drain_rate(lambda: [floor_send(k) for k in keys], keys)
 
         executed = Proposal.objects.filter(state="executed").count()
         print(f"execution benchmark: {args.count} proposals, worker --concurrency 2, Redis broker")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(summary("POST start → webhook (incl. approval)", post_ms))
-        print(summary("approval commit → webhook", commit_ms))
+        print(summary("POST start → webhook", post_ms))
+        print(summary("POST response → webhook", answered_ms))
         print(summary("floor: Celery task → same signed POST", floor_ms))
         print(
-            f"{'ratio p50 (approval commit → webhook / floor)':44} "
-            f"{statistics.median(commit_ms) / statistics.median(floor_ms):.2f}"
+            f"{'ratio p50 (POST response → webhook / floor)':44} "
+            f"{statistics.median(answered_ms) / statistics.median(floor_ms):.2f}"
         )
-        print(f"{'executions/s (draining a queue of approvals)':44} {exec_rate:7.1f}")
+        print(f"{'executions/s (draining a queue)':44} {exec_rate:7.1f}")
         print(f"{'floor tasks/s (draining a queue)':44} {floor_rate:7.1f}")
         print(f"{'ratio throughput (executions / floor)':44} {exec_rate / floor_rate:.2f}")
         print(f"{'proposals executed / signatures refused':44} {executed} / {arrivals.bad}")

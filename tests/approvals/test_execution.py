@@ -261,3 +261,32 @@ def test_expiry_turns_a_stale_review_into_expired_and_calls_back(
     assert Proposal.objects.get(pk=fresh_id).state == "pending_review"
     assert stale.events.filter(kind="proposal.expired", actor="system").count() == 1
     assert receiver.of("/execute") == []  # expiry never approves
+
+
+def test_a_proposal_a_rule_approves_is_executed_without_a_reviewer(
+    workers: Any,
+    receiver: Receiver,
+    shop_with_callbacks: ServiceClient,
+    webhook_refunds: ActionType,
+    make_rule: Callable[..., Any],
+) -> None:
+    make_rule("small-refunds", action_type=webhook_refunds, when="payload.amount <= 50.0")
+    workers()
+    response = shop_with_callbacks.post_json("/api/v1/proposals", refund_body())
+    assert response.status_code == 201
+    assert response.json()["state"] == "approved"
+    assert response.json()["execution"]["status"] == "pending"
+    proposal = Proposal.objects.get(pk=response.json()["id"])
+
+    wait_until(lambda: state_of(proposal) == "executed", timeout=20, what="executed")
+    [execution] = receiver.of("/execute")
+    assert execution.json["data"]["decision"]["by"] == "rule"
+    assert execution.json["data"]["decision"]["rule"] == "small-refunds"
+    wait_until(
+        lambda: (
+            {d.json["type"] for d in receiver.of("/callbacks")}
+            == {"proposal.approved", "proposal.executed"}
+        ),
+        timeout=20,
+        what="the approved and executed callbacks",
+    )
