@@ -321,3 +321,26 @@ def test_expired_idempotency_keys_are_purged_after_the_retention(
     assert execution.idempotency_keys_purge(now=timezone.now() + timedelta(hours=25)) == 1
     again = webhook_shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "k-1"})
     assert again.status_code == 201  # a new proposal: the key was forgotten
+
+
+@override_settings(GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=True)
+def test_during_a_rotation_a_receiver_still_on_the_old_secret_accepts_the_delivery(
+    webhook_shop: ServiceClient, reviewer: User, refund_type: ActionType, receiver: Receiver
+) -> None:
+    service = webhook_shop.service
+    service.previous_webhook_secret = service.webhook_secret
+    service.webhook_secret = services.webhook_secret_generate()
+    service.callback_url = ""
+    service.save()
+    refund_type.executor_target = receiver.url("/execute")
+    refund_type.save()
+    receiver.secret = service.previous_webhook_secret
+    proposal = pending(webhook_shop)
+    services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+
+    execution.outbox_deliver(message_id=OutboxMessage.objects.get(kind="execute").pk)
+    [delivery] = receiver.of("/execute")
+    assert delivery.verified
+    assert len(delivery.headers["webhook-signature"].split(" ")) == 2
+    proposal.refresh_from_db()
+    assert proposal.state == "executed"
