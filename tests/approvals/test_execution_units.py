@@ -344,3 +344,17 @@ def test_during_a_rotation_a_receiver_still_on_the_old_secret_accepts_the_delive
     assert len(delivery.headers["webhook-signature"].split(" ")) == 2
     proposal.refresh_from_db()
     assert proposal.state == "executed"
+
+
+def test_the_openapi_document_describes_the_execution_block(shop: ServiceClient) -> None:
+    schema = shop.get("/api/v1/openapi.json").json()
+    execution_out = schema["components"]["schemas"]["ExecutionOut"]
+    assert set(execution_out["properties"]) == {
+        "executor",
+        "status",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "completed_at",
+    }
+    assert "execution" in schema["components"]["schemas"]["ProposalOut"]["properties"]
