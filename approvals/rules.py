@@ -238,8 +238,14 @@ def current_ruleset() -> RuleSet:
         cached = _cached
         if cached is not None and _listener.fresh():
             return cached[1]
-        # Clear the flag before reading, so a change committed meanwhile marks it again.
-        _listener.changed = False
+        if _listener.connected:
+            # Told of a change (by any path, even raw SQL): reload. The flag is cleared before
+            # reading, so a change committed meanwhile marks it again.
+            _listener.changed = False
+            generation, ruleset = _generation(), load_ruleset()
+            with _lock:
+                _cached = (generation, ruleset)
+            return ruleset
     generation = _generation()
     cached = _cached
     if cached is not None and cached[0] == generation:
