@@ -213,7 +213,7 @@ def invalidate() -> None:
     _cached = None
 
 
-def _sorted(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
+def sort_rules(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
     return sorted(rules, key=lambda r: (r.spec.priority, r.spec.name))
 
 
@@ -228,7 +228,7 @@ def load_ruleset() -> RuleSet:
             # Saved rules were checked at save time; a library upgrade could still refuse one.
             # It then fails closed like an evaluation error (see evaluate).
             broken.append((spec, str(exc)))
-    return RuleSet(rules=_sorted(compiled), broken=broken)
+    return RuleSet(rules=sort_rules(compiled), broken=broken)
 
 
 def current_ruleset() -> RuleSet:
