@@ -12,17 +12,20 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from approvals import backtest, services
+from approvals import backtest, execution, services
 from approvals.errors import ApplicationError
 from approvals.models import (
     ActionType,
     ApiKey,
+    Attempt,
     AuditEvent,
+    OutboxMessage,
     Proposal,
     Review,
     Rule,
     RuleVersion,
     Service,
+    WebhookEndpoint,
 )
 from approvals.rules import RuleCompileError, RuleSpec, compile_condition
 from approvals.schemas_cache import check_schema
@@ -218,6 +221,17 @@ class RuleVersionInline(admin.TabularInline):
     readonly_fields = ["version", "created_at", "created_by", "enabled", "mode", "priority", "when"]
     ordering = ["-version"]
 
+
+# --- execution: the outbox, its attempts, and endpoints disabled by a 410 ----------------------
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "status", "status_code", "error", "started_at", "duration_ms"]
+    readonly_fields = ["number", "status", "status_code", "error", "started_at", "duration_ms"]
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -304,3 +318,29 @@ class RuleAdmin(admin.ModelAdmin):
 class RuleVersionAdmin(ReadOnlyAdmin):
     list_display = ["name", "version", "outcome", "mode", "enabled", "created_by", "created_at"]
     list_filter = ["name"]
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(ReadOnlyAdmin):
+    list_display = ["id", "event", "proposal", "status", "attempts", "next_attempt_at", "target"]
+    list_filter = ["status", "kind", "event"]
+    search_fields = ["webhook_id", "target"]
+    inlines = [AttemptInline]
+
+
+@admin.register(Attempt)
+class AttemptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "message", "number", "status", "status_code", "started_at", "duration_ms"]
+    list_filter = ["status"]
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(ReadOnlyAdmin):
+    list_display = ["url", "disabled_at", "disabled_reason"]
+    actions = ["enable"]
+
+    @admin.action(description="Re-enable the selected endpoints")
+    def enable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset:
+            execution.webhook_endpoint_enable(url=endpoint.url, by=str(request.user))
+        self.message_user(request, f"Re-enabled {queryset.count()} endpoint(s).")

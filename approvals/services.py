@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import decisions, localcache, schemas_cache
+from approvals import decisions, localcache, outbox, schemas_cache
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     ActionType,
@@ -193,7 +193,7 @@ def proposal_submit(
     returns the first response; the same key with another body is refused (422); the same key
     while the first request is still running is a conflict (409).
     """
-    request_hash = payload_hash(data)
+    request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
     schema_errors = schemas_cache.validate_payload(action_type, data["payload"])
     if schema_errors:
@@ -272,7 +272,9 @@ def _create_proposal(
     )
     proposal.rule_trace = decision.trace
     routed_state = _apply_auto_decision(proposal, action_type, decision, now)
-    proposal.first_response = proposal_representation(proposal)
+    response = proposal_representation(proposal)
+    # Only a request with an idempotency key can be replayed, so only then is its answer kept.
+    proposal.first_response = response if idempotency_key is not None else None
     # The row is invisible to everyone until this transaction commits, so it is inserted in
     # its routed state; the audit trail still records both steps.
     proposal.save(force_insert=True)
@@ -303,7 +305,9 @@ def _create_proposal(
             ),
         ]
     )
-    return SubmitResult(proposal=proposal, response=proposal.first_response, replayed=False)
+    if routed_state in outbox.CALLBACK_STATES:
+        outbox.outbox_record(proposal=proposal, to_state=routed_state)
+    return SubmitResult(proposal=proposal, response=response, replayed=False)
 
 
 def _apply_auto_decision(
@@ -365,6 +369,14 @@ def transition(
                 data=data or {},
                 created_at=now,
             )
+            if to_state in outbox.CALLBACK_STATES:
+                # Execution and callbacks are recorded with the change and sent after commit.
+                outbox.outbox_record(
+                    proposal=Proposal.objects.select_related(
+                        "service", "action_type", "decision_reviewer"
+                    ).get(pk=proposal_id),
+                    to_state=to_state,
+                )
         return won
 
 

@@ -156,3 +156,32 @@ def _stop_rules_listener(django_db_setup: Any) -> Any:
     from approvals import rules
 
     rules._listener.stop()
+
+
+# --- execution: a real worker process and a real webhook receiver (tests/execution_support.py) --
+
+
+@pytest.fixture
+def receiver() -> Any:
+    from tests.execution_support import Receiver
+
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(transactional_db: None, tmp_path: Any) -> Any:
+    """Start workers with `workers(name="w", **env)`; all are stopped before the tables empty."""
+    from tests.execution_support import Worker
+
+    started: list[Worker] = []
+
+    def start(name: str = "worker", **env: str) -> Worker:
+        worker = Worker(tmp_path, name=name, env=env)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
