@@ -241,7 +241,8 @@ def current_ruleset() -> RuleSet:
         if _listener.connected:
             # Told of a change (by any path, even raw SQL): reload. The flag is cleared before
             # reading, so a change committed meanwhile marks it again.
-            _listener.changed = False
+            # Other threads of this process reload too rather than serve the old rules.
+            _listener.changed, _cached = False, None
             generation, ruleset = _generation(), load_ruleset()
             with _lock:
                 _cached = (generation, ruleset)
