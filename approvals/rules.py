@@ -369,15 +369,24 @@ def evaluate(
                 reason=f"Rule {spec.name} could not be compiled; a reviewer decides.",
                 trace=trace,
             )
-    context = build_context(
-        proposal=proposal,
-        service=service,
-        action_type=action_type,
-        payload=proposal.payload if payload is None else payload,
-        now=now,
-        stats_as_of=stats_as_of,
-        with_stats=any(r.uses_stats for r in rules),
-    )
+    try:
+        context = build_context(
+            proposal=proposal,
+            service=service,
+            action_type=action_type,
+            payload=proposal.payload if payload is None else payload,
+            now=now,
+            stats_as_of=stats_as_of,
+            with_stats=any(r.uses_stats for r in rules),
+        )
+    except Exception as exc:  # a payload the library cannot take (too deep, …) fails closed
+        return AutoDecision(
+            outcome="review",
+            reason="The rules could not read this proposal; a reviewer decides.",
+            trace=[
+                {"rule": "(context)", "version": None, "result": "error", "error": str(exc)[:500]}
+            ],
+        )
     decision: AutoDecision | None = None
     for rule in rules:
         spec = rule.spec
