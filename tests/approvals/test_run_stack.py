@@ -92,7 +92,7 @@ def test_run_stack_executes_in_the_embedded_default_and_stops_every_child(
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, timeout=40, what="the web server")
+        wait_until(up, timeout=60, what="the web server")
         response = api.post(
             "/api/v1/proposals",
             json={
@@ -118,7 +118,7 @@ def test_run_stack_executes_in_the_embedded_default_and_stops_every_child(
             body = api.get(f"/api/v1/proposals/{pk}").json()
             return body["state"] == "executed" and body
 
-        body = wait_until(executed, timeout=40, what="execution through the folder broker")
+        body = wait_until(executed, timeout=60, what="execution through the folder broker")
         assert body["execution"]["status"] == "succeeded"
         processes = children_of(stack.pid)
         assert len(processes) >= 4  # web, worker (+ its pool), beat, idle
@@ -126,6 +126,7 @@ def test_run_stack_executes_in_the_embedded_default_and_stops_every_child(
         stack.send_signal(signal.SIGINT)
         stack.wait(timeout=40)
         log.close()
+        print((tmp_path / "stack.log").read_text()[-5000:])  # shown by pytest on a failure
     output = (tmp_path / "stack.log").read_text()
     assert "worker  |" in output and "beat    |" in output
     assert "All stopped." in output
