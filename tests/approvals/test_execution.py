@@ -176,7 +176,7 @@ def test_a_hanging_receiver_times_out_and_the_retry_succeeds(
     first, second = Attempt.objects.filter(message__kind="execute").order_by("number")
     assert first.status == "failed"
     assert first.error == "Timed out after 1.5s"
-    assert first.duration_ms is not None and 1400 <= first.duration_ms < 3000
+    assert first.duration_ms is not None and 1400 <= first.duration_ms < 5000
     assert second.status == "succeeded"
     assert receiver.distinct_ids("/execute") == {f"msg_{proposal.pk.hex}_execute"}
     assert len(receiver.effects) >= 1

@@ -62,7 +62,7 @@ def test_a_worker_killed_mid_execution_is_restarted_and_the_effect_happens_once(
     receiver.respond = lambda d, nth: Reply(
         200, delay=5 if d.path == "/execute" and nth == 1 else 0
     )
-    worker = workers("crashy")
+    worker = workers("crashy", EXECUTION_TIMEOUT="3s")  # time enough to kill it mid-call
     [proposal] = submit(shop, 1)
     services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
     assert receiver.first_request.wait(timeout=20)
