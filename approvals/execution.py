@@ -132,8 +132,8 @@ def _start_execution(proposal: Proposal) -> bool:
 
 
 def _attempt(message: OutboxMessage) -> executors.Outcome:
-    proposal = message.proposal
-    if message.kind == Kind.EXECUTE and proposal.action_type.executor_kind == "callable":
+    # The target was fixed when the message was written: a URL, or a callable's dotted path.
+    if message.kind == Kind.EXECUTE and not message.target.startswith(("http://", "https://")):
         return executors.run_callable(message)
     disabled = WebhookEndpoint.objects.filter(url=message.target, disabled_at__isnull=False).first()
     if disabled is not None:
@@ -142,7 +142,7 @@ def _attempt(message: OutboxMessage) -> executors.Outcome:
             error=f"The endpoint is disabled since {disabled.disabled_at:%Y-%m-%d %H:%M} UTC "
             f"({disabled.disabled_reason}); re-enable it in the admin.",
         )
-    return executors.send_webhook(message, service=proposal.service)
+    return executors.send_webhook(message, service=message.proposal.service)
 
 
 def _finish_message(message: OutboxMessage, lease: datetime, status: str, error: str) -> str:
