@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals import executors, outbox, services
+from approvals import executors, outbox, services, webhooks
 from approvals.models import (
     Attempt,
     AuditEvent,
@@ -173,9 +173,7 @@ def _finish_message(message: OutboxMessage, lease: datetime, status: str, error:
 def _schedule_retry(
     message: OutboxMessage, lease: datetime, outcome: executors.Outcome, finished: datetime
 ) -> str:
-    from approvals.webhooks import backoff
-
-    delay = backoff(message.attempts, retry_after=outcome.retry_after)
+    delay = webhooks.backoff(message.attempts, retry_after=outcome.retry_after)
     kept = OutboxMessage.objects.filter(pk=message.pk, locked_until=lease).update(
         locked_until=None, last_error=outcome.error, next_attempt_at=finished + delay
     )
