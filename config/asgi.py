@@ -21,11 +21,10 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from approvals.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
-)
+
+def websocket_application() -> AllowedHostsOriginValidator:
+    """Origin must be one of ALLOWED_HOSTS (read now); then the session sets scope["user"]."""
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})

@@ -166,7 +166,10 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBU
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
-SECURE_HSTS_PRELOAD = False
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Preloading commits the whole domain to HTTPS in browsers for months: the operator opts in
+# with SECURE_HSTS_PRELOAD; `check --deploy` should not nag everyone else about it.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 # Gatehouse itself.
 IDEMPOTENCY_KEY_RETENTION = env_duration("IDEMPOTENCY_KEY_RETENTION", "24h")

@@ -114,3 +114,45 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+# --- reviewer workspace (issue 5) -----------------------------------------------------------
+
+
+@pytest.fixture
+def second_reviewer(db: None) -> User:
+    """Another reviewer of the same team: the second pair of eyes."""
+    user = User.objects.create_user("sam", password="pw-sam-1234567")
+    user.groups.add(Group.objects.get_or_create(name="support")[0])
+    return user
+
+
+@pytest.fixture
+def other_team_reviewer(db: None) -> User:
+    """A reviewer of another team: must never see or decide support's proposals."""
+    user = User.objects.create_user("otto", password="pw-otto-123456")
+    user.groups.add(Group.objects.get_or_create(name="trust-and-safety")[0])
+    return user
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    """Logged in, in no reviewer group."""
+    return User.objects.create_user("olga", password="pw-olga-123456")
+
+
+@pytest.fixture
+def submit(shop: ServiceClient) -> Callable[..., Any]:
+    """Submit a refund proposal from `shop` through the service layer; returns the Proposal."""
+
+    def make(**overrides: Any) -> Any:
+        body = refund_body(**overrides)
+        return services.proposal_submit(service=shop.service, data=body).proposal
+
+    return make
+
+
+def logged_in(user: User, **defaults: Any) -> Client:
+    client = Client(**defaults)
+    client.force_login(user)
+    return client
