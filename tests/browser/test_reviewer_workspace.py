@@ -104,7 +104,12 @@ def test_hostile_model_text_is_inert_in_the_live_push_and_the_page(
     dialogs: list[str] = []
     requests: list[str] = []
     console: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.on("request", lambda r: requests.append(r.url))
     page.on("console", lambda m: console.append(m.text))
 
