@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from django.db import transaction
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from config.env import parse_duration
 
@@ -200,14 +208,15 @@ class ActionTypeSpec(StrictItem):
     reviewer_group: str | None = None
     payload_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
 
-    @model_validator(mode="after")
-    def _schema(self) -> ActionTypeSpec:
+    @field_validator("payload_schema")
+    @classmethod
+    def _schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
         from approvals.schemas_cache import check_schema
 
-        problem = check_schema(self.payload_schema)
+        problem = check_schema(schema)
         if problem:
-            raise ValueError(f"payload_schema: {problem}")
-        return self
+            raise ValueError(problem)
+        return schema
 
 
 @register("action_types", ActionTypeSpec, order=10)

@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import decisions, events, schemas_cache, selectors
+from approvals import decisions, events, localcache, schemas_cache, selectors
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     ActionType,
@@ -83,6 +83,7 @@ def api_key_revoke(*, prefix: str) -> ApiKey:
         key = ApiKey.objects.select_related("service").filter(prefix=prefix).first()
         if key is None:
             raise NotFound(f"No API key with prefix {prefix!r}.")
+        localcache.clear_all()
         if updated:
             AuditEvent.objects.create(
                 kind="api_key.revoked",
@@ -97,6 +98,10 @@ def api_key_authenticate(*, token: str) -> Service | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != "gh" or not parts[1] or not parts[2] or len(parts[1]) > 16:
         return None
+    token_hash = ApiKey.hash_secret(token)
+    cached: Service | None = localcache.api_keys.get(token_hash)
+    if cached is not None:
+        return cached
     key = (
         ApiKey.objects.select_related("service")
         .filter(prefix=parts[1], revoked_at__isnull=True, service__is_active=True)
@@ -106,7 +111,13 @@ def api_key_authenticate(*, token: str) -> Service | None:
         return None
     if not secrets.compare_digest(key.secret_hash, ApiKey.hash_secret(parts[2])):
         return None
-    return key.service
+    service = key.service
+    # Remember which action types the service may propose, so submitting needs no extra query.
+    service.allowed_action_type_ids = frozenset(  # type: ignore[attr-defined]
+        service.action_types.values_list("pk", flat=True)
+    )
+    localcache.api_keys.set(token_hash, service)
+    return service
 
 
 # --- proposals ------------------------------------------------------------------------------
@@ -146,7 +157,11 @@ def advisory_xact_lock(*parts: object) -> None:
 
 
 def _allowed_action_type(*, service: Service, key: str) -> ActionType:
-    action_type = ActionType.objects.filter(key=key).first()
+    action_type: ActionType | None = localcache.action_types.get(key)
+    if action_type is None:
+        action_type = ActionType.objects.filter(key=key).first()
+        if action_type is not None:
+            localcache.action_types.set(key, action_type)
     if action_type is None:
         raise ApplicationError(
             f"There is no action type {key!r}. GET /api/v1/action-types lists the ones you may propose.",
@@ -154,7 +169,10 @@ def _allowed_action_type(*, service: Service, key: str) -> ActionType:
             code="unknown-action-type",
             errors=[{"loc": ["body", "action_type"], "msg": f"unknown action type {key!r}"}],
         )
-    if not service.action_types.filter(pk=action_type.pk).exists():
+    allowed = getattr(service, "allowed_action_type_ids", None)
+    if allowed is None:
+        allowed = frozenset(service.action_types.values_list("pk", flat=True))
+    if action_type.pk not in allowed:
         raise ApplicationError(
             f"Service {service.name!r} may not propose {key!r}; an admin can allow it.",
             status=403,
@@ -763,6 +781,7 @@ def reviewer_create(
         if action_type.reviewer_group is None:
             action_type.reviewer_group = Group.objects.get_or_create(name=f"reviewers:{key}")[0]
             action_type.save(update_fields=["reviewer_group", "updated_at"])
+            localcache.clear_all()
         groups.append(action_type.reviewer_group)
     user, created = User.objects.get_or_create(username=username)
     generated = None

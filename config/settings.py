@@ -10,6 +10,7 @@ from config.env import (
     database_from_url,
     env_bool,
     env_duration,
+    env_float,
     env_int,
     env_list,
     env_str,
@@ -186,3 +187,8 @@ LOGGING = {
 
 # Benchmarks only: mounts /bench/floor (see bench/api_submit.py). Never on in production.
 BENCH_FLOOR_ENDPOINT = env_bool("BENCH_FLOOR_ENDPOINT", False)
+
+# Per-process cache of API keys and action types on the submit path. A revoked key or an edited
+# action type takes effect at once in the process that changed it and within this many seconds
+# in every other process. 0 turns the cache off.
+HOT_PATH_CACHE_SECONDS = env_float("HOT_PATH_CACHE_SECONDS", 5.0)

@@ -156,3 +156,20 @@ def logged_in(user: User, **defaults: Any) -> Client:
     client = Client(**defaults)
     client.force_login(user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hot_path_cache() -> Any:
+    from approvals import localcache
+
+    localcache.clear_all()
+    yield
+    localcache.clear_all()
+
+
+def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:
+    """Claim, then decide, as a reviewer does from the proposal page (a decision needs a claim)."""
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
+    return services.proposal_decide(
+        proposal=proposal, reviewer=reviewer, verdict=verdict, comment=comment
+    )

@@ -1,84 +1,144 @@
-"""create_reviewer and simulate_service."""
-
 from __future__ import annotations
 
-import io
-import random
+import json
+from io import StringIO
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from django.conf import settings
-from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from approvals import configfile, schemas_cache, selectors
-from approvals.management.commands.simulate_service import make_proposal
-from approvals.models import ActionType
+from approvals.models import ActionType, ApiKey, Service
+from tests.conftest import ServiceClient
+
+GOOD = """\
+action_types:
+  - key: refund.issue
+    title: Issue a refund
+    irreversible: false
+    risk: medium            # low | medium | high
+    approvals_required: 1   # 2 = four-eyes
+    review_ttl: 24h         # then the proposal expires
+    executor: {kind: webhook, url: "http://127.0.0.1:9000/execute"}
+    payload_schema:          # JSON Schema
+      type: object
+      required: [order_id, amount]
+      properties: {order_id: {type: string}, amount: {type: number, minimum: 0}}
+  - key: account.close
+    title: Close an account
+    irreversible: true
+    risk: high
+    approvals_required: 2
+    review_ttl: 3d
+    executor: {kind: none}
+"""
 
 
-@pytest.fixture
-def demo_types(db: None) -> dict[str, ActionType]:
-    path = Path(settings.BASE_DIR) / "config" / "demo.yaml"
-    configfile.apply(path.read_text(), source=str(path))
-    return {t.key: t for t in ActionType.objects.all()}
+def apply(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "gatehouse.yaml"
+    path.write_text(text)
+    out = StringIO()
+    call_command("apply", str(path), stdout=out)
+    return out.getvalue()
 
 
-def test_create_reviewer_reads_the_password_from_stdin(
-    demo_types: dict[str, ActionType], monkeypatch: pytest.MonkeyPatch
+def test_apply_creates_action_types(db: None, tmp_path: Path) -> None:
+    out = apply(tmp_path, GOOD)
+    assert "action type refund.issue: created" in out
+    refund = ActionType.objects.get(key="refund.issue")
+    assert refund.executor_kind == "webhook"
+    assert refund.executor_target == "http://127.0.0.1:9000/execute"
+    assert refund.review_ttl.total_seconds() == 86400
+    assert refund.payload_schema["required"] == ["order_id", "amount"]
+    close = ActionType.objects.get(key="account.close")
+    assert (close.irreversible, close.approvals_required, close.risk) == (True, 2, "high")
+    assert close.review_ttl.days == 3
+
+
+def test_applying_twice_changes_nothing(db: None, tmp_path: Path) -> None:
+    apply(tmp_path, GOOD)
+    stamp = ActionType.objects.get(key="refund.issue").updated_at
+    out = apply(tmp_path, GOOD)
+    assert "action type refund.issue: unchanged" in out
+    assert "action type account.close: unchanged" in out
+    assert ActionType.objects.get(key="refund.issue").updated_at == stamp
+
+
+def test_apply_updates_what_changed(db: None, tmp_path: Path) -> None:
+    apply(tmp_path, GOOD)
+    out = apply(tmp_path, GOOD.replace("risk: medium ", "risk: high "))
+    assert "action type refund.issue: updated (risk)" in out
+    assert ActionType.objects.get(key="refund.issue").risk == "high"
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        (GOOD.replace("risk: high", "risk: extreme"), "line 16: action_types[1].risk"),
+        (GOOD.replace("review_ttl: 3d", "review_ttl: soon"), "line 18: action_types[1].review_ttl"),
+        (
+            GOOD.replace("approvals_required: 2", "approvals_required: 3"),
+            "line 17: action_types[1].approvals_required",
+        ),
+        (
+            GOOD.replace("type: number, minimum: 0", "type: numeric"),
+            "line 9: action_types[0].payload_schema: Value error, invalid JSON Schema at properties/amount/type",
+        ),
+        (
+            GOOD.replace("    title: Close an account\n", ""),
+            "line 13: action_types[1].title: Field required",
+        ),
+        (
+            GOOD.replace("irreversible: true", "irreversable: true"),
+            "line 15: action_types[1].irreversable: Extra inputs are not permitted",
+        ),
+        (
+            GOOD.replace('url: "http://127.0.0.1:9000/execute"', "url: ftp://x"),
+            "line 8: action_types[0].executor",
+        ),
+        (GOOD + "rulez: []\n", "line 20: rulez: unknown section"),
+        (
+            GOOD.replace("  - key: account.close", "  - key: account.close\n  bad: [indent"),
+            "not valid YAML",
+        ),
+    ],
+)
+def test_a_bad_file_is_refused_whole_naming_line_and_field(
+    db: None, tmp_path: Path, broken: str, expected: str
 ) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-password-1\n"))
-    out = io.StringIO()
-    call_command(
-        "create_reviewer", "nina", "--action-types", "refund.issue", "--password-stdin", stdout=out
-    )
-    user = User.objects.get(username="nina")
-    assert user.check_password("a-long-password-1")
-    assert "Password" not in out.getvalue()
-    assert {t.key for t in selectors.visible_action_types(user=user)} == {
-        "refund.issue",
-        "email.send",  # the demo puts both in the support group
-    }
+    with pytest.raises(CommandError) as error:
+        apply(tmp_path, broken)
+    assert expected in str(error.value)
+    assert "nothing was changed" in str(error.value)
+    assert ActionType.objects.count() == 0
 
 
-def test_create_reviewer_makes_a_group_for_a_type_without_one(
-    demo_types: dict[str, ActionType],
-) -> None:
-    ActionType.objects.filter(key="account.close").update(reviewer_group=None)
-    out = io.StringIO()
-    call_command("create_reviewer", "tom", "--action-types", "account.close", stdout=out)
-    assert "reviewers:account.close" in out.getvalue()
-    assert "Password (shown once): " in out.getvalue()
-    tom = User.objects.get(username="tom")
-    assert [t.key for t in selectors.visible_action_types(user=tom)] == ["account.close"]
+def test_create_service_prints_its_key_and_secret_once_as_json(db: None, tmp_path: Path) -> None:
+    apply(tmp_path, GOOD)
+    out = StringIO()
+    call_command("create_service", "shop", "--action-types", "refund.issue", "--json", stdout=out)
+    printed = json.loads(out.getvalue())
+    assert printed["name"] == "shop"
+    assert printed["api_key"].startswith("gh_")
+    assert printed["webhook_secret"].startswith("whsec_")
+    service = Service.objects.get(name="shop")
+    key = ApiKey.objects.get(service=service)
+    assert printed["api_key"].split("_")[2] not in key.secret_hash
+    assert key.secret_hash == ApiKey.hash_secret(printed["api_key"].split("_", 2)[2])
+    client = ServiceClient(service, printed["api_key"])
+    assert [t["key"] for t in client.get("/api/v1/action-types").json()] == ["refund.issue"]
 
 
-def test_create_reviewer_refuses_unknown_types(demo_types: dict[str, ActionType]) -> None:
+def test_create_service_refuses_unknown_action_types(db: None) -> None:
     with pytest.raises(CommandError, match="Unknown action types: nope"):
-        call_command("create_reviewer", "x", "--action-types", "nope")
-    assert not User.objects.filter(username="x").exists()
+        call_command("create_service", "shop", "--action-types", "nope", stdout=StringIO())
+    assert not Service.objects.exists()
 
 
-def test_simulated_proposals_match_the_demo_schemas(demo_types: dict[str, ActionType]) -> None:
-    rng = random.Random(7)
-    kinds: set[str] = set()
-    hostile = 0
-    for i in range(300):
-        body: dict[str, Any] = make_proposal(rng, hostile=i % 10 == 0)
-        kinds.add(body["action_type"])
-        errors = schemas_cache.validate_payload(demo_types[body["action_type"]], body["payload"])
-        assert errors == [], (body, errors)
-        assert 0 <= body["confidence"] <= 1 and 0 < len(body["summary"]) <= 200
-        hostile += "<" in body["rationale"]
-    assert kinds == {"refund.issue", "email.send", "account.close"}
-    assert hostile >= 30
-
-
-def test_demo_yaml_is_what_the_simulator_was_written_against() -> None:
-    data = yaml.safe_load((Path(settings.BASE_DIR) / "config" / "demo.yaml").read_text())
-    assert {t["key"] for t in data["action_types"]} >= {
-        "refund.issue",
-        "email.send",
-        "account.close",
-    }
+def test_revoke_key_locks_the_service_out(shop: ServiceClient) -> None:
+    prefix = shop.key.split("_")[1]
+    out = StringIO()
+    call_command("revoke_key", prefix, stdout=out)
+    assert "revoked" in out.getvalue()
+    assert shop.get("/api/v1/proposals").status_code == 401
+    with pytest.raises(CommandError, match="No API key"):
+        call_command("revoke_key", "ffffffff", stdout=StringIO())
