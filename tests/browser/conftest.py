@@ -25,7 +25,17 @@ from django.db import connection
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-PORT = int(os.environ.get("BROWSER_TEST_PORT", "18410"))
+
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# A fixed port when asked (each developer has a range), else any free loopback port.
+PORT = int(os.environ.get("BROWSER_TEST_PORT") or _free_port())
 SERVER_LIFETIME = 900  # seconds; the server stops by itself after this even if pytest dies
 
 
