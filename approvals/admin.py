@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from approvals import services
-from approvals.models import ActionType, ApiKey, AuditEvent, Proposal, Review, Service
+from approvals.models import ActionType, ApiKey, AuditEvent, Claim, Proposal, Review, Service
 from approvals.schemas_cache import check_schema
 
 
@@ -145,3 +145,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="data")
     def pretty_data(self, obj: AuditEvent) -> str:
         return json.dumps(obj.data, indent=2)
+
+
+@admin.register(Claim)
+class ClaimAdmin(ReadOnlyAdmin):
+    list_display = ["proposal", "reviewer", "claimed_at", "expires_at"]

@@ -4,8 +4,8 @@ Only used with the in-memory channel layer (the embedded default, no Redis): the
 broadcast cannot cross processes, yet the Celery worker executes proposals in a separate
 process. Every change of a proposal writes an AuditEvent in the same transaction, and the
 table is append-only with increasing ids, so the web process reads new events (`id > last`)
-and broadcasts the proposals they name. It polls every RELAY_POLL seconds and at once when a
-change in this process commits (`nudge`).
+and broadcasts the proposals they name. It polls every RELAY_POLL seconds and at once when
+a change in this process commits (`nudge`).
 
 Ids are allocated before commit, so a slow transaction can commit an id lower than one already
 seen. Missing ids are remembered as gaps and re-read for GAP_PATIENCE seconds (a rolled-back
@@ -28,7 +28,7 @@ from approvals import events
 from approvals.models import AuditEvent
 
 log = logging.getLogger("gatehouse.relay")
-RELAY_POLL = 1.0
+RELAY_POLL = 0.5
 GAP_PATIENCE = 30.0
 MAX_GAP = 10_000
 BATCH = 1000

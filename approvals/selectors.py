@@ -29,6 +29,7 @@ DECIDED_STATES = [
     State.EXECUTED,
     State.FAILED,
 ]
+QUEUE_ROW_DEFERRED = ("payload", "rationale", "first_response", "rule_trace", "request_hash")
 AGE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 AnyUser = AbstractBaseUser | AnonymousUser
 LLMCALLS_APP = "llmcalls"  # optional: the model-call log, when installed
@@ -161,6 +162,8 @@ def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50)
     queryset = _not_raised_by(queryset, reviewer_identities(user=user))
     queryset = _keyset(queryset, "created_at", filters.after, descending=filters.newest_first)
     order = ["-created_at", "-id"] if filters.newest_first else ["created_at", "id"]
+    # A row shows none of the large JSON and text columns; decoding them is most of the cost.
+    queryset = queryset.defer(*QUEUE_ROW_DEFERRED)
     rows = list(_with_review_state(queryset.order_by(*order))[: limit + 1])
     next_cursor = ""
     if len(rows) > limit:

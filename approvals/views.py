@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -49,7 +50,9 @@ def _wants_rows(request: HtmxHttpRequest) -> bool:
 @require_GET
 def queue(request: HtmxHttpRequest) -> HttpResponse:
     filters = selectors.QueueFilters.from_query(request.GET)
-    page = selectors.queue_for_reviewer(user=request.user, filters=filters)
+    page = selectors.queue_for_reviewer(
+        user=request.user, filters=filters, limit=settings.REVIEW_QUEUE_PAGE_SIZE
+    )
     context = {
         "page": page,
         "filters": filters,
@@ -68,7 +71,9 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 def history(request: HtmxHttpRequest) -> HttpResponse:
     filters = selectors.HistoryFilters.from_query(request.GET)
-    page = selectors.history_for_reviewer(user=request.user, filters=filters)
+    page = selectors.history_for_reviewer(
+        user=request.user, filters=filters, limit=settings.REVIEW_QUEUE_PAGE_SIZE
+    )
     context = {
         "page": page,
         "filters": filters,
