@@ -12,9 +12,9 @@ every process wrote by tailing the audit table (approvals/relay.py); here we onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -25,6 +25,7 @@ from django.template.loader import render_to_string
 from approvals import selectors
 
 log = logging.getLogger("gatehouse.events")
+_pending: set[asyncio.Task[None]] = set()
 EVENT_TYPE = "proposal.update"  # handled by QueueConsumer.proposal_update
 
 
@@ -39,7 +40,12 @@ def uses_process_local_layer() -> bool:
 
 def proposal_changed(proposal_id: uuid.UUID) -> None:
     """Call inside the transaction that changed the proposal; broadcasts only if it commits."""
-    transaction.on_commit(partial(_after_commit, proposal_id), robust=True)
+
+    def broadcast() -> None:
+        _after_commit(proposal_id)
+
+    # robust: a broadcast that fails is logged; it never undoes or fails the committed change.
+    transaction.on_commit(broadcast, robust=True)
 
 
 def _after_commit(proposal_id: uuid.UUID) -> None:
@@ -49,8 +55,16 @@ def _after_commit(proposal_id: uuid.UUID) -> None:
         relay.nudge()  # the audit event is committed; the relay (if this is a web process) sends
         return
     message = render_update(proposal_id)
-    if message is not None:
-        async_to_sync(send_update)(message)
+    if message is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(send_update)(message)  # the usual case: a sync view, task or command
+    else:
+        task = loop.create_task(send_update(message))
+        _pending.add(task)  # keep a reference until it is done
+        task.add_done_callback(_pending.discard)
 
 
 def render_update(proposal_id: uuid.UUID) -> dict[str, Any] | None:

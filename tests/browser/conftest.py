@@ -54,8 +54,50 @@ def _wait_for_port(port: int, seconds: float) -> None:
     raise RuntimeError(f"uvicorn did not listen on 127.0.0.1:{port} within {seconds} s")
 
 
+class LiveServer:
+    """uvicorn serving the app against the test database; can be stopped and started again."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.env, self.port = env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = open(Path(settings.BASE_DIR) / ".browser-server.log", "w")  # noqa: SIM115
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "timeout",
+                str(SERVER_LIFETIME),
+                str(Path(sys.executable).parent / "uvicorn"),
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=settings.BASE_DIR,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(self.port, 30)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
 @pytest.fixture(scope="session")
-def live_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+def asgi_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
     if connection.vendor != "postgresql":
         pytest.fail("browser tests run against PostgreSQL: set DATABASE_URL")
     with django_db_blocker.unblock():
@@ -67,6 +109,8 @@ def live_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_COOKIES": "0",
         "SECURE_HSTS_SECONDS": "0",
+        # Every test starts from empty tables; a per-process cache would remember the last one.
+        "HOT_PATH_CACHE_SECONDS": "0",
         "SITE_URL": f"http://127.0.0.1:{PORT}",
     }
     subprocess.run(
@@ -76,35 +120,18 @@ def live_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
         check=True,
         timeout=120,
     )
-    log = open(Path(settings.BASE_DIR) / ".browser-server.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(
-        [
-            "timeout",
-            str(SERVER_LIFETIME),
-            str(Path(sys.executable).parent / "uvicorn"),
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(PORT),
-            "--log-level",
-            "warning",
-        ],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = LiveServer(env, PORT)
+    server.start()
     try:
-        _wait_for_port(PORT, 30)
-        yield f"http://127.0.0.1:{PORT}"
+        yield server
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
+        server.log.close()
+
+
+@pytest.fixture(scope="session")
+def live_url(asgi_server: LiveServer) -> str:
+    return asgi_server.url
 
 
 @pytest.fixture(scope="module")

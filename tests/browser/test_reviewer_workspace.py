@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group, User
 
 from approvals import configfile, services
 from approvals.management.commands.simulate_service import make_proposal
-from approvals.models import ActionType, Proposal
+from approvals.models import ActionType, Proposal, Service
 from tests.conftest import REFUND_SCHEMA, refund_body
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -132,6 +132,25 @@ def test_hostile_model_text_is_inert_in_the_live_push_and_the_page(
     assert not [u for u in requests if "pwned" in u or u.rstrip("/").endswith("/x")]
     assert not [m for m in console if "Content Security Policy" in m]
     assert page.locator("#rationale script, #rationale img, #rationale [hx-get]").count() == 0
+
+
+def test_after_a_disconnect_the_queue_resynchronises(
+    team: dict[str, Any], open_as: Callable[..., Any], asgi_server: Any
+) -> None:
+    """The server goes away (a deploy, a crash); while it is down a proposal arrives that no
+    push will ever announce. When the socket is back the page fetches its rows again."""
+    page = open_as("rita", PASSWORD)
+    page.evaluate("window.__loadedOnce = true")
+    asgi_server.stop()
+    page.wait_for_selector("#live-status[data-state=closed]")
+    missed = services.proposal_submit(
+        service=Service.objects.get(name="shop"), data=refund_body(summary="Arrived while offline")
+    ).proposal
+    asgi_server.start()
+    page.wait_for_selector("#live-status[data-state=open]", timeout=40_000)
+    row(page, str(missed.pk)).wait_for()
+    assert "Arrived while offline" in row(page, str(missed.pk)).inner_text()
+    assert page.evaluate("window.__loadedOnce") is True
 
 
 def test_a_post_without_the_csrf_token_is_refused(
