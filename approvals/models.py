@@ -191,12 +191,7 @@ class Proposal(models.Model):
             models.Index(
                 fields=["service", "action_type", "state", "decided_at"], name="proposal_velocity"
             ),
-            # The reviewer queue (keyset on created_at, id) and history (on updated_at, id).
-            models.Index(
-                fields=["created_at", "id"],
-                condition=models.Q(state="pending_review"),
-                name="proposal_pending_queue",
-            ),
+            # The reviewer queue pages on proposal_state_created; history on (updated_at, id).
             models.Index(fields=["updated_at", "id"], name="proposal_updated"),
         ]
 
