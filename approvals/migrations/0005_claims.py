@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('approvals', '0002_audit_events_are_append_only'),
+        ('approvals', '0004_execution'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
