@@ -19,6 +19,7 @@ from approvals.models import (
     ApiKey,
     Attempt,
     AuditEvent,
+    Claim,
     OutboxMessage,
     Proposal,
     Review,
@@ -163,6 +164,11 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="data")
     def pretty_data(self, obj: AuditEvent) -> str:
         return json.dumps(obj.data, indent=2)
+
+
+@admin.register(Claim)
+class ClaimAdmin(ReadOnlyAdmin):
+    list_display = ["proposal", "reviewer", "claimed_at", "expires_at"]
 
 
 class RuleForm(forms.ModelForm):

@@ -116,6 +116,42 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+# --- reviewer workspace (issue 5) -----------------------------------------------------------
+
+
+@pytest.fixture
+def second_reviewer(db: None) -> User:
+    """Another reviewer of the same team: the second pair of eyes."""
+    user = User.objects.create_user("sam", password="pw-sam-1234567")
+    user.groups.add(Group.objects.get_or_create(name="support")[0])
+    return user
+
+
+@pytest.fixture
+def other_team_reviewer(db: None) -> User:
+    """A reviewer of another team: must never see or decide support's proposals."""
+    user = User.objects.create_user("otto", password="pw-otto-123456")
+    user.groups.add(Group.objects.get_or_create(name="trust-and-safety")[0])
+    return user
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    """Logged in, in no reviewer group."""
+    return User.objects.create_user("olga", password="pw-olga-123456")
+
+
+@pytest.fixture
+def submit(shop: ServiceClient) -> Callable[..., Any]:
+    """Submit a refund proposal from `shop` through the service layer; returns the Proposal."""
+
+    def make(**overrides: Any) -> Any:
+        body = refund_body(**overrides)
+        return services.proposal_submit(service=shop.service, data=body).proposal
+
+    return make
+
+
 @pytest.fixture
 def make_rule(db: None) -> Callable[..., Any]:
     """Create a rule through the service that versions it: make_rule("name", when=…, outcome=…)."""
@@ -129,6 +165,12 @@ def make_rule(db: None) -> Callable[..., Any]:
         return rule
 
     return make
+
+
+def logged_in(user: User, **defaults: Any) -> Client:
+    client = Client(**defaults)
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture
@@ -146,6 +188,14 @@ def _fresh_hot_path_cache() -> Any:
     localcache.clear_all()
     yield
     localcache.clear_all()
+
+
+def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:
+    """Claim, then decide, as a reviewer does from the proposal page (a decision needs a claim)."""
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
+    return services.proposal_decide(
+        proposal=proposal, reviewer=reviewer, verdict=verdict, comment=comment
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
