@@ -196,7 +196,7 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     """Submit a proposed action. 201 when new, 200 when an idempotent replay."""
     key = _idempotency_key(request)
     result = services.proposal_submit(
-        service=_service(request), data=data.model_dump(), idempotency_key=key
+        service=_service(request), data=data.model_dump(mode="json"), idempotency_key=key
     )
     response = _json(result.response, status=200 if result.replayed else 201)
     response["Location"] = f"/api/v1/proposals/{result.proposal.id}"

@@ -336,7 +336,7 @@ def test_during_a_rotation_a_receiver_still_on_the_old_secret_accepts_the_delive
     refund_type.save()
     receiver.secret = service.previous_webhook_secret
     proposal = pending(webhook_shop)
-    services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, proposal)
 
     execution.outbox_deliver(message_id=OutboxMessage.objects.get(kind="execute").pk)
     [delivery] = receiver.of("/execute")

@@ -110,8 +110,10 @@ def test_run_stack_executes_in_the_embedded_default_and_stops_every_child(
             "-c",
             "from django.contrib.auth.models import User\n"
             "from approvals import services\nfrom approvals.models import Proposal\n"
-            "rita = User.objects.create_user('rita')\n"
-            f"services.proposal_decide(proposal=Proposal.objects.get(pk='{pk}'), reviewer=rita, verdict='approve')\n",
+            "rita = User.objects.create_superuser('rita')\n"
+            f"proposal = Proposal.objects.get(pk='{pk}')\n"
+            "services.claim_acquire(proposal_id=proposal.pk, reviewer=rita)\n"
+            "services.proposal_decide(proposal=proposal, reviewer=rita, verdict='approve')\n",
         )
 
         def executed() -> Any:
