@@ -237,6 +237,7 @@ class _Call:
         deadline: float | timedelta | None,
         service: str,
         stream: bool,
+        route: str | None = None,
     ) -> None:
         self.id = uuid.uuid4()
         self.started = time.monotonic()
@@ -245,16 +246,19 @@ class _Call:
         self.service = service
         self.stream = stream
         self.messages = messages
-        route = routing.route_for(feature)
-        self.route = route
+        config = routing.route_for(route or feature)
+        if route and config is not None and config.feature != route:
+            config = None  # an explicitly named route must exist; no fallback to `default`
+        self.route = config
+        self.route_name = route or feature
         self.params = {
-            **(route.params if route else {}),
+            **(config.params if config else {}),
             **{k: v for k, v in params.items() if k not in _OUR_PARAMS},
         }
         if isinstance(deadline, timedelta):
             deadline = deadline.total_seconds()
         self.deadline = float(
-            deadline if deadline is not None else route.deadline if route else 30.0
+            deadline if deadline is not None else config.deadline if config else 30.0
         )
         self.deadline_at = self.started + self.deadline
         self.attempt_log: list[dict[str, Any]] = []
@@ -276,8 +280,9 @@ class _Call:
     def targets(self) -> tuple[Target, ...]:
         if self.route is None:
             raise NoRoute(
-                f"No route for feature {self.feature!r} and no route named 'default'. "
-                "Declare one in llm_routes or in the admin.",
+                f"No route named {self.route_name!r}"
+                + ("" if self.route_name != self.feature else " and no route named 'default'")
+                + ". Declare one in llm_routes or in the admin.",
                 call_id=self.id,
             )
         if not self.route.targets:
@@ -318,6 +323,7 @@ class _Call:
             "id": self.id,
             "created_at": self.created_at,
             "feature": self.feature,
+            "route": self.route.feature if self.route else self.route_name,
             "service": self.service,
             "stream": self.stream,
             "messages": self.messages,
@@ -346,12 +352,17 @@ class _Call:
         self.log(status=status, **values)
 
 
+_warned_unpriced: set[tuple[str, str]] = set()
+
+
 def _cost(
     provider: str, model: str, usage: Usage
 ) -> tuple[Decimal | None, bool]:  # (cost, price missing)
     price = routing.price_for(provider=provider, model=model, on=timezone.now().date())
     if price is None:
-        logger.warning("no price for %s/%s: the call's cost is unknown", provider, model)
+        if (provider, model) not in _warned_unpriced:  # once per process; the log row says it too
+            _warned_unpriced.add((provider, model))
+            logger.warning("no price for %s/%s: the call's cost is unknown", provider, model)
         return None, True
     if usage.input_tokens is None and usage.output_tokens is None:
         return None, False
@@ -481,9 +492,15 @@ def complete(
     messages: list[dict[str, Any]],
     deadline: float | timedelta | None = None,
     service: str = "",
+    route: str | None = None,
     **params: Any,
 ) -> Completion:
-    """One chat completion along the feature's route. Raises LLMError (logged) when none comes."""
+    """One chat completion along the feature's route. Raises LLMError (logged) when none comes.
+
+    `route` names another route to follow (e.g. an eval trying several models); the call is
+    still logged, and budgeted, under `feature`. `deadline` (seconds or a timedelta) overrides
+    the route's. Other keyword arguments are request parameters (temperature, tools, …).
+    """
     call = _Call(
         feature=feature,
         messages=messages,
@@ -491,6 +508,7 @@ def complete(
         deadline=deadline,
         service=service,
         stream=False,
+        route=route,
     )
     try:
         target, value, hit = _run(
@@ -571,6 +589,7 @@ def stream(
     messages: list[dict[str, Any]],
     deadline: float | timedelta | None = None,
     service: str = "",
+    route: str | None = None,
     **params: Any,
 ) -> CompletionStream:
     """Start a streamed completion; iterate the result for Delta objects.
@@ -586,6 +605,7 @@ def stream(
         deadline=deadline,
         service=service,
         stream=True,
+        route=route,
     )
     try:
         target, value, hit = _run(

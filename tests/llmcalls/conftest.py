@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 
-from llmcalls import routing, services
+from llmcalls import client, routing, services
 from llmcalls.breaker import breaker
 from llmcalls.models import ModelPrice
 from tests.llmcalls.fake_provider import FakeProvider
@@ -31,6 +31,7 @@ def fake(fake_server: FakeProvider, settings: Any) -> Iterator[FakeProvider]:
     settings.LLM_CIRCUIT_FAILURES = 3
     settings.LLM_CIRCUIT_COOLDOWN = 30
     fake_server.reset()
+    client._warned_unpriced.clear()
     breaker().reset()
     cache.clear()
     routing.forget()

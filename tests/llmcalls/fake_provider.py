@@ -104,6 +104,7 @@ BEHAVIOURS = {"ok", "delay", "429", "500", "hang", "cut", "stall", "malformed", 
 def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -247,3 +248,16 @@ def _chunk(model: str, delta: dict[str, Any] | None, finish: str | None) -> dict
         "model": model,
         "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
     }
+
+
+if __name__ == "__main__":
+    # A standalone fake for benchmarks: `python -m tests.llmcalls.fake_provider PORT SECONDS`.
+    import sys
+
+    port, seconds = int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 600
+    fake = FakeProvider(port).start()
+    print("ready", flush=True)
+    try:
+        time.sleep(seconds)
+    finally:
+        fake.stop()
