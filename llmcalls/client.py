@@ -38,7 +38,6 @@ from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
 import openai
 from django.conf import settings
 from django.core.cache import cache
@@ -47,6 +46,11 @@ from django.utils import timezone
 from llmcalls import routing, services
 from llmcalls.breaker import breaker
 from llmcalls.routing import Target
+
+try:  # openai >= 3 sends through httpx2; earlier versions through httpx
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http  # type: ignore[no-redef]
 
 logger = logging.getLogger("llmcalls")
 
@@ -134,7 +138,7 @@ def _classify(exc: BaseException) -> str:
         if code in (408, 409, 429) or code >= 500:
             return RETRY
         return FATAL if code in (400, 413, 422) else FALLBACK
-    if isinstance(exc, openai.APIConnectionError | httpx.HTTPError | _EarlyEnd):
+    if isinstance(exc, openai.APIConnectionError | _http.HTTPError | _EarlyEnd):
         return RETRY
     if isinstance(exc, _Malformed | _Misconfigured | openai.APIResponseValidationError):
         return FALLBACK
@@ -402,8 +406,8 @@ def _client(target: Target) -> openai.OpenAI:
     return client
 
 
-def _timeout(remaining: float) -> httpx.Timeout:
-    return httpx.Timeout(remaining, connect=min(remaining, settings.LLM_CONNECT_TIMEOUT))
+def _timeout(remaining: float) -> openai.Timeout:
+    return openai.Timeout(remaining, connect=min(remaining, settings.LLM_CONNECT_TIMEOUT))
 
 
 def _run(
@@ -565,9 +569,10 @@ def complete(
 
 def _attempt_complete(call: _Call, target: Target, remaining: float) -> tuple[dict[str, Any], str]:
     client = _client(target)
-    raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+    messages: Any = call.messages  # plain dicts; the SDK's TypedDicts add nothing at run time
+    raw = client.chat.completions.with_raw_response.create(
         model=target.model,
-        messages=call.messages,
+        messages=messages,
         extra_body=call.params or None,
         timeout=_timeout(remaining),
     )
@@ -630,7 +635,7 @@ class _Live:
     def __init__(
         self,
         manager: Any,
-        response: httpx.Response,
+        response: _http.Response,
         events: Iterator[str],
         watchdog: threading.Timer,
     ) -> None:
@@ -724,7 +729,7 @@ def _has_token(chunk: dict[str, Any]) -> bool:
     return False
 
 
-def _shutdown(response: httpx.Response) -> None:
+def _shutdown(response: _http.Response) -> None:
     # Closing a socket does not wake a thread blocked reading it; shutting it down does.
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
@@ -736,9 +741,10 @@ def _shutdown(response: httpx.Response) -> None:
 def _open_stream(call: _Call, target: Target, remaining: float) -> _Live:
     client = _client(target)
     options = dict(call.params)
-    manager = client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+    messages: Any = call.messages
+    manager = client.chat.completions.with_streaming_response.create(
         model=target.model,
-        messages=call.messages,
+        messages=messages,
         stream=True,
         stream_options={"include_usage": True},
         extra_body=options or None,

@@ -9,7 +9,7 @@ script for its (provider, model), or else by the model's name:
     429:2         429 with Retry-After: 2
     500           an internal server error (any other status code too: 400, 401, 404 …)
     hang          never answer (until the server stops)
-    cut           stream two chunks, then drop the connection mid-body
+    cut           stream two chunks, then drop the connection mid-body (cut:0 before any chunk)
     stall         stream two chunks, then stop sending (until the server stops)
     malformed     200 with a body that is not JSON
     length        a normal answer with finish_reason "length" (truncated)
@@ -151,7 +151,7 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self._stream(
                     model,
                     body,
-                    stop_after=2 if kind in {"cut", "stall"} else None,
+                    stop_after=int(arg or 2) if kind in {"cut", "stall"} else None,
                     hang=kind == "stall",
                 )
             else:
