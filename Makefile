@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 run: install
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo
+	@echo "Gatehouse is at http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/v1/docs)"
 	@DEBUG=$${DEBUG:-1} $(VENV)/bin/uvicorn config.asgi:application --host 127.0.0.1 --port $(PORT) \
 		--log-level warning
 

@@ -106,6 +106,9 @@ def install(api: NinjaAPI) -> None:
 
     @api.exception_handler(HttpError)
     def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        # ninja wraps the body parser's errors; ours carry the precise problem.
+        if isinstance(exc.__cause__, ApplicationError):
+            return application_error(request, exc.__cause__)
         return problem(exc.status_code, "http-error", str(exc))
 
     @api.exception_handler(RequestDataTooBig)

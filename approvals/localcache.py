@@ -1,0 +1,52 @@
+"""A tiny per-process cache with a time-to-live, for lookups on the hot path of every request.
+
+Entries are plain objects; a change made in this process clears them at once, other processes
+see it within the TTL (settings.HOT_PATH_CACHE_SECONDS; 0 turns caching off).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+
+
+class TTLCache:
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._data: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def get(self, key: Any) -> Any | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires < time.monotonic():
+            self._data.pop(key, None)
+            return None
+        return value
+
+    def set(self, key: Any, value: Any) -> None:
+        ttl = settings.HOT_PATH_CACHE_SECONDS
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._data) >= self._max:
+                self._data.clear()
+            self._data[key] = (time.monotonic() + ttl, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+api_keys = TTLCache()
+action_types = TTLCache()
+
+
+def clear_all() -> None:
+    api_keys.clear()
+    action_types.clear()

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import psycopg
+import pytest
+from django.db import connection
+
+from approvals.models import AuditEvent, Proposal
+from approvals.services import _advisory_lock_key
+from tests.conftest import ServiceClient, refund_body
+
+
+def test_a_replay_returns_the_first_response(shop: ServiceClient) -> None:
+    first = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "order-1"})
+    replay = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "order-1"})
+
+    assert first.status_code == 201
+    assert replay.status_code == 200
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    assert Proposal.objects.count() == 1
+
+
+def test_the_replay_is_the_first_response_even_after_the_state_moved(shop: ServiceClient) -> None:
+    first = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "k1"}).json()
+    shop.post_json(f"/api/v1/proposals/{first['id']}/cancel", {})
+    replay = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "k1"})
+    assert replay.json()["state"] == "pending_review"
+    assert shop.get(f"/api/v1/proposals/{first['id']}").json()["state"] == "cancelled"
+
+
+def test_a_quoted_key_is_the_same_key(shop: ServiceClient) -> None:
+    shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": '"abc"'})
+    replay = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "abc"})
+    assert replay.status_code == 200
+
+
+def test_it_rejects_a_reused_key_with_a_new_body(shop: ServiceClient) -> None:
+    shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "order-1"})
+    reused = shop.post_json(
+        "/api/v1/proposals", refund_body(confidence=0.2), **{"Idempotency-Key": "order-1"}
+    )
+    assert reused.status_code == 422
+    assert reused.json()["type"].endswith("idempotency-key-reused")
+    assert Proposal.objects.count() == 1
+
+
+def test_keys_are_scoped_per_service(shop: ServiceClient, other_shop: ServiceClient) -> None:
+    a = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "same"})
+    b = other_shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "same"})
+    assert (a.status_code, b.status_code) == (201, 201)
+    assert a.json()["id"] != b.json()["id"]
+
+
+def test_without_a_key_every_post_creates_a_proposal(shop: ServiceClient) -> None:
+    shop.post_json("/api/v1/proposals", refund_body())
+    shop.post_json("/api/v1/proposals", refund_body())
+    assert Proposal.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_still_in_flight_is_a_conflict(shop: ServiceClient) -> None:
+    # Another request holding the key is simulated by a second session holding its lock.
+    settings = connection.settings_dict
+    lock = _advisory_lock_key("idempotency", shop.service.pk, "busy")
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    ) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [lock])
+        response = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "busy"})
+        assert response.status_code == 409
+        assert response.json()["type"].endswith("idempotency-key-in-flight")
+        assert Proposal.objects.count() == 0
+    after = shop.post_json("/api/v1/proposals", refund_body(), **{"Idempotency-Key": "busy"})
+    assert after.status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_posts_with_one_key_create_exactly_one_proposal(
+    shop: ServiceClient,
+) -> None:
+    barrier = threading.Barrier(20)
+    statuses: list[int] = []
+    ids: set[str] = set()
+    lock = threading.Lock()
+
+    def post() -> None:
+        client = ServiceClient(shop.service, shop.key)
+        barrier.wait()
+        try:
+            response = client.post_json(
+                "/api/v1/proposals", refund_body(), **{"Idempotency-Key": "race"}
+            )
+            with lock:
+                statuses.append(response.status_code)
+                if response.status_code in (200, 201):
+                    ids.add(response.json()["id"])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    counted = Counter(statuses)
+    assert len(statuses) == 20
+    assert counted[201] == 1, counted
+    assert set(counted) <= {200, 201, 409}, counted
+    assert len(ids) == 1
+    assert Proposal.objects.count() == 1
+    assert AuditEvent.objects.filter(kind="proposal.received").count() == 1
