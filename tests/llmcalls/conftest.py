@@ -24,6 +24,20 @@ def fake_server() -> Iterator[FakeProvider]:
     server.stop()
 
 
+def _free_port(first: int, last: int) -> int:
+    """The first port of our range that nothing listens on (another run may hold one)."""
+    import socket
+
+    for port in range(first, last):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"ports {first}-{last - 1} are all taken")
+
+
 @pytest.fixture(scope="session")
 def live_app() -> Iterator[str]:
     """The whole app under uvicorn (the production ASGI server) on loopback, in a thread.
@@ -38,8 +52,9 @@ def live_app() -> Iterator[str]:
 
     from config.asgi import application
 
+    port = _free_port(APP_PORT, APP_PORT + 10)
     config = uvicorn.Config(
-        application, host="127.0.0.1", port=APP_PORT, log_level="warning", lifespan="off"
+        application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -48,7 +63,7 @@ def live_app() -> Iterator[str]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{APP_PORT}"
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=5)
 

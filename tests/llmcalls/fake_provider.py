@@ -71,10 +71,20 @@ class FakeProvider:
     def tried(self) -> list[str]:
         return [f"{r.provider}/{r.model}" for r in self.requests]
 
-    def start(self) -> FakeProvider:
+    def start(self, *, tries: int = 10) -> FakeProvider:
+        """Listen on `port`, or on one of the next `tries - 1` ports if it is taken."""
         self._stop.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
+        for port in range(self.port, self.port + tries):
+            try:
+                self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+            except OSError:
+                continue
+            self.port = port
+            break
+        else:
+            raise OSError(f"ports {self.port}-{self.port + tries - 1} are all taken")
         self._server.daemon_threads = True
+        assert self._server is not None
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -255,7 +265,7 @@ if __name__ == "__main__":
     import sys
 
     port, seconds = int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 600
-    fake = FakeProvider(port).start()
+    fake = FakeProvider(port).start(tries=1)  # the benchmark expects exactly this port
     print("ready", flush=True)
     try:
         time.sleep(seconds)
