@@ -76,6 +76,9 @@ def route_upsert(
 def _config_changed() -> None:
     from llmcalls import routing
 
+    # Now (so this transaction, and a test inside one, sees its own change) and again after the
+    # commit (so no other thread keeps a snapshot it read in between).
+    routing.forget()
     transaction.on_commit(routing.forget)
 
 
