@@ -82,6 +82,21 @@ def test_an_unknown_price_gives_no_cost_and_a_warning_never_zero(
     assert "no price for primary/unpriced-model" in caplog.text
 
 
+def test_common_models_come_with_dated_public_prices(fake: FakeProvider, make_route: Route) -> None:
+    from llmcalls.models import ModelPrice
+
+    make_route("support", "primary/gpt-4o-mini")
+
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    # 12 in x $0.15 + 7 out x $0.60 per million tokens
+    assert result.cost_usd == Decimal("0.000006")
+    seeded = ModelPrice.objects.get(model="gpt-4o-mini", provider="")
+    assert seeded.effective_from.isoformat() == "2024-07-18" and seeded.source.startswith(
+        "https://"
+    )
+
+
 def test_a_price_is_taken_as_of_the_day_of_the_call(fake: FakeProvider, make_route: Route) -> None:
     from llmcalls import routing
     from llmcalls.models import ModelPrice
