@@ -294,7 +294,9 @@ class RuleAdmin(admin.ModelAdmin):
         error = ""
         if candidate is not None:
             try:
-                result = backtest.backtest_rule(candidate=candidate, last=last)
+                result = backtest.backtest_rule(
+                    candidate=candidate, last=last, replaces=rule.name if rule else None
+                )
             except (RuleCompileError, ApplicationError) as exc:
                 error = str(exc)
         context = {
