@@ -162,6 +162,23 @@ class LLMCall(models.Model):
         return f"{self.feature} {self.model} {self.status}"
 
     @property
+    def prompt_for_display(self) -> list[tuple[str, str]]:
+        """(role, text) per message; structured content (parts, tool calls) as JSON."""
+        import json
+
+        shown = []
+        for message in self.messages if isinstance(self.messages, list) else []:
+            if not isinstance(message, dict):
+                shown.append(("?", json.dumps(message, ensure_ascii=False)))
+                continue
+            content = message.get("content")
+            text = content if isinstance(content, str) else json.dumps(content, indent=2)
+            if message.get("tool_calls"):
+                text += "\n" + json.dumps(message["tool_calls"], indent=2, ensure_ascii=False)
+            shown.append((str(message.get("role", "?")), text))
+        return shown
+
+    @property
     def total_tokens(self) -> int | None:
         if self.input_tokens is None and self.output_tokens is None:
             return None

@@ -141,3 +141,8 @@ def price_for(*, provider: str, model: str, on: date) -> Price | None:
         if not row.provider:
             return row
     return None
+
+
+def all_models() -> list[tuple[str, str]]:
+    """(model, provider) of every route target."""
+    return [(t.model, t.provider) for r in _current().routes.values() for t in r.targets]

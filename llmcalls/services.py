@@ -67,7 +67,8 @@ def route_upsert(
                 RouteTarget(route=route, position=i, provider=providers[p], model=m)
                 for i, (p, m) in enumerate(targets)
             )
-            result = "updated (models)" if result == "unchanged" else f"{result}, models"
+            if result != "created":
+                result = "updated (models)" if result == "unchanged" else f"{result}, models"
     _config_changed()
     return result
 

@@ -38,9 +38,11 @@ class Received:
 
 
 class FakeProvider:
-    def __init__(self, port: int, *, answer: str = "Hello from the fake provider.") -> None:
+    ANSWER = "Hello from the fake provider."
+
+    def __init__(self, port: int) -> None:
         self.port = port
-        self.answer = answer
+        self.answer = self.ANSWER
         self.requests: list[Received] = []
         self._scripts: dict[tuple[str, str], deque[str]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -63,6 +65,7 @@ class FakeProvider:
         with self._lock:
             self._scripts.clear()
             self.requests.clear()
+            self.answer = self.ANSWER
             self.usage = {"prompt_tokens": 12, "completion_tokens": 7, "cached_tokens": 0}
 
     def tried(self) -> list[str]:
