@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
     path("llm/", include("llmcalls.urls")),
+    path("evals/", include("evals.urls")),
 ]
 
 if settings.BENCH_FLOOR_ENDPOINT:

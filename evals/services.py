@@ -185,6 +185,29 @@ def cases_import(*, eval_set: EvalSet, lines: Iterable[str]) -> ImportReport:
     return report
 
 
+def case_add(
+    *, eval_set: EvalSet, input: Any, ideal: Any, tags: list[str] | None = None, split: str = "dev"
+) -> EvalCase:
+    """Add one case (the admin's way in); a sealed holdout takes no new cases."""
+    data = {"input": input, "ideal": ideal, "tags": tags or [], "split": split}
+    problem = _check_case(data)
+    if problem:
+        raise ApplicationError(problem, code="bad-case")
+    if split == Split.HOLDOUT and eval_set.is_sealed:
+        raise Conflict(f"The holdout of {eval_set.name} is sealed.", code="holdout-sealed")
+    fingerprint = case_fingerprint(input=input, ideal=ideal)
+    if eval_set.cases.filter(fingerprint=fingerprint).exists():
+        raise ApplicationError("The set has this case already.", code="duplicate-case")
+    return EvalCase.objects.create(
+        eval_set=eval_set,
+        input=input,
+        ideal=ideal,
+        tags=list(dict.fromkeys(tags or [])),
+        split=split,
+        fingerprint=fingerprint,
+    )
+
+
 def _rule_of(proposal: Proposal) -> str:
     """The rule that decided or routed the proposal: its decision rule, else the trace's match."""
     if proposal.decision_rule:
@@ -360,6 +383,10 @@ def _template_messages(template: Any) -> list[dict[str, str]]:
         "A prompt template is a string or a list of {role, content} messages.",
         code="bad-template",
     )
+
+
+def prompt_template_check(*, template: Any) -> None:
+    _template_messages(template)
 
 
 @transaction.atomic
