@@ -211,7 +211,7 @@ def recent_runs(*, eval_set: EvalSet | None = None, limit: int = 50) -> QuerySet
 
 def prompt_accuracy_series(*, prompt: Prompt) -> dict[str, Any]:
     """Finished runs of every version of a prompt, for the chart: one series per
-    (set, split, version), points (time, accuracy, interval, run id)."""
+    (set, split, version, route), points (time, accuracy, interval, run id)."""
     runs = (
         EvalRun.objects.filter(prompt_version__prompt=prompt, status=EvalRun.Status.FINISHED)
         .select_related("eval_set", "prompt_version")
@@ -221,7 +221,7 @@ def prompt_accuracy_series(*, prompt: Prompt) -> dict[str, Any]:
     for run in runs:
         if run.accuracy is None:
             continue
-        name = f"{run.eval_set.name} {run.split} · v{run.prompt_version.version}"
+        name = f"{run.eval_set.name} {run.split} · v{run.prompt_version.version} on {run.route}"
         total = run.totals.get("total") or {}
         series.setdefault(name, []).append(
             {

@@ -12,6 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from approvals.errors import ApplicationError
 from evals import selectors, services
 from evals.models import EvalResult, EvalRun, EvalSet
 from llmcalls.models import LLMCall
@@ -198,3 +199,36 @@ def test_the_process_exits_non_zero_on_a_regression_and_zero_without(
     assert "REGRESSION" not in same.stdout
     unknown = run("--prompt", "refunds@9")
     assert unknown.returncode == 2
+
+
+def test_a_spent_budget_stops_the_run_and_fails_it(
+    refund_set: EvalSet, sim_routes: Callable[..., None], scripted: ScriptedProvider
+) -> None:
+    # One sim-large call costs $0.00008 (12 tokens in at $2/M, 7 out at $8/M): two calls spend
+    # the $0.0001 budget and llmcalls refuses the third.
+    sim_routes(budget=Decimal("0.0001"))
+    run = services.run_execute(
+        eval_set=refund_set,
+        version=services.prompt_resolve(ref="refunds@1"),
+        concurrency=1,
+    )
+    assert run.status == EvalRun.Status.FAILED and "budget" in run.error
+    assert len(scripted.requests) == 2
+    errors = list(run.results.exclude(error="").values_list("error", flat=True))
+    assert len(errors) == 46
+    assert sum("BudgetExceeded" in e for e in errors) == 1
+    assert sum(e.startswith("not run") for e in errors) == 45
+    assert selectors.last_finished_run(eval_set=refund_set, split="dev") is None
+
+
+def test_a_missing_route_or_empty_split_is_refused_before_any_call(
+    refund_set: EvalSet, sim_routes: Callable[..., None], scripted: ScriptedProvider
+) -> None:
+    sim_routes()
+    version = services.prompt_resolve(ref="refunds@1")
+    with pytest.raises(ApplicationError, match="No llmcalls route 'nope'"):
+        services.run_execute(eval_set=refund_set, version=version, route="nope")
+    refund_set.cases.filter(split="holdout").delete()
+    with pytest.raises(ApplicationError, match="no holdout cases"):
+        services.run_execute(eval_set=refund_set, version=version, split="holdout")
+    assert scripted.requests == [] and not EvalRun.objects.exists()

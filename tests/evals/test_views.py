@@ -165,7 +165,10 @@ def test_the_prompt_page_feeds_the_chart_through_json_script(
     assert "/static/vendor/chartjs/chart.umd" in html and "/static/evals/prompt_chart" in html
     _no_inline_script(html)
     series = response.context["chart"]["series"]
-    assert [s["name"] for s in series] == ["refunds dev · v1", "refunds dev · v2"]
+    assert [s["name"] for s in series] == [
+        "refunds dev · v1 on evals-large",
+        "refunds dev · v2 on evals-large",
+    ]
     point = series[0]["points"][0]
     assert point["run"] == runs[0].pk and point["low"] < point["y"] < point["high"]
 
