@@ -228,3 +228,28 @@ def test_the_seal_command(eval_set: EvalSet) -> None:
     assert "holdout sealed" in out.getvalue()
     eval_set.refresh_from_db()
     assert eval_set.is_sealed
+
+
+def test_the_database_refuses_changes_to_a_sealed_holdout(eval_set: EvalSet) -> None:
+    """The backstop under the services: a raw UPDATE/DELETE/INSERT is refused by PostgreSQL."""
+    from django.db import DatabaseError, transaction
+
+    services.cases_import(
+        eval_set=eval_set, lines=[line(ideal="dev"), line(ideal="held", split="holdout")]
+    )
+    services.holdout_seal(eval_set=eval_set)
+    held = eval_set.cases.filter(split="holdout")
+    attempts = [
+        lambda: held.update(ideal="tuned"),
+        lambda: held.delete(),
+        lambda: eval_set.cases.filter(split="dev").update(split="holdout"),
+        lambda: EvalCase.objects.create(
+            eval_set=eval_set, input={}, ideal=1, split="holdout", fingerprint="x"
+        ),
+        lambda: EvalSet.objects.filter(pk=eval_set.pk).update(holdout_sealed_at=None),
+    ]
+    for attempt in attempts:
+        with pytest.raises(DatabaseError, match="sealed"), transaction.atomic():
+            attempt()
+    assert held.get().ideal == "held"
+    eval_set.cases.filter(split="dev").update(ideal="fine")  # the dev split stays open

@@ -148,3 +148,14 @@ prompts:
     assert "line 3: eval_sets[0].scorer" in text and "unknown scorer" in text
     assert "eval_sets[1].scorer" in text and "field" in text
     assert "prompts[0].version" in text and "prompts[0].labels" in text
+
+
+def test_the_database_refuses_to_change_a_prompt_version() -> None:
+    from django.db import DatabaseError, transaction
+
+    version = make()
+    with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+        PromptVersion.objects.filter(pk=version.pk).update(
+            template=[{"role": "user", "content": "x"}]
+        )
+    PromptVersion.objects.filter(pk=version.pk).update(created_at=version.created_at)  # harmless
