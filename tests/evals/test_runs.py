@@ -232,3 +232,26 @@ def test_a_missing_route_or_empty_split_is_refused_before_any_call(
     with pytest.raises(ApplicationError, match="no holdout cases"):
         services.run_execute(eval_set=refund_set, version=version, split="holdout")
     assert scripted.requests == [] and not EvalRun.objects.exists()
+
+
+class _Stream(StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_the_progress_bar_redraws_on_a_terminal_and_prints_tenths_otherwise() -> None:
+    from evals.management.commands.evals import Progress
+
+    terminal, log = _Stream(True), _Stream(False)
+    for stream in (terminal, log):
+        progress = Progress(stream, "route")
+        for done in range(0, 41):
+            progress(done, 40)
+    assert terminal.getvalue().count("\r") == 41 and "\n" not in terminal.getvalue()[:-1]
+    assert terminal.getvalue().endswith("s\n")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("route [....") and "40/40" in lines[-1]
