@@ -209,16 +209,17 @@ def case_add(
 
 
 def _rule_of(proposal: Proposal) -> str:
-    """The rule that decided or routed the proposal: its decision rule, else the trace's match."""
+    """The rule that decided or routed the proposal: its decision rule, else the enforcing rule
+    that matched in the trace (entries like {"rule", "mode", "result": "matched"}); shadow rules
+    never decide, so they never name a case's rule."""
     if proposal.decision_rule:
         return proposal.decision_rule
     for step in proposal.rule_trace or []:
-        if (
-            isinstance(step, dict)
-            and step.get("matched")
-            and (step.get("rule") or step.get("name"))
-        ):
-            return str(step.get("rule") or step.get("name"))
+        if not isinstance(step, dict) or not step.get("rule"):
+            continue
+        matched = step.get("result") == "matched" or step.get("matched") is True
+        if matched and step.get("mode", "enforce") == "enforce":
+            return str(step["rule"])
     return ""
 
 
