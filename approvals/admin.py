@@ -5,11 +5,29 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 
-from approvals import services
-from approvals.models import ActionType, ApiKey, AuditEvent, Proposal, Review, Service
+from approvals import backtest, execution, services
+from approvals.errors import ApplicationError
+from approvals.models import (
+    ActionType,
+    ApiKey,
+    Attempt,
+    AuditEvent,
+    OutboxMessage,
+    Proposal,
+    Review,
+    Rule,
+    RuleVersion,
+    Service,
+    WebhookEndpoint,
+)
+from approvals.rules import RuleCompileError, RuleSpec, compile_condition
 from approvals.schemas_cache import check_schema
 
 
@@ -145,3 +163,182 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="data")
     def pretty_data(self, obj: AuditEvent) -> str:
         return json.dumps(obj.data, indent=2)
+
+
+class RuleForm(forms.ModelForm):
+    class Meta:
+        model = Rule
+        fields = [
+            "name",
+            "description",
+            "priority",
+            "action_type",
+            "when",
+            "outcome",
+            "reason",
+            "allows_irreversible",
+            "mode",
+            "enabled",
+        ]
+        widgets = {
+            "when": forms.Textarea(
+                attrs={"rows": 4, "cols": 90, "class": "vLargeTextField", "spellcheck": "false"}
+            ),
+            "description": forms.Textarea(attrs={"rows": 2, "cols": 90}),
+        }
+
+    def clean_when(self) -> str:
+        when: str = self.cleaned_data["when"]
+        try:
+            compile_condition(when)
+        except RuleCompileError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return when
+
+    def spec(self, version: int | None) -> RuleSpec:
+        """The rule as edited, unsaved."""
+        data = self.cleaned_data
+        action_type = data.get("action_type")
+        return RuleSpec(
+            name=data["name"],
+            when=data["when"],
+            outcome=data["outcome"],
+            priority=data["priority"],
+            action_type_id=action_type.pk if action_type is not None else None,
+            reason=data.get("reason") or "",
+            allows_irreversible=data.get("allows_irreversible", False),
+            mode=data["mode"],
+            enabled=data.get("enabled", False),
+            version=version,
+        )
+
+
+class RuleVersionInline(admin.TabularInline):
+    model = RuleVersion
+    extra = 0
+    can_delete = False
+    fields = ["version", "created_at", "created_by", "enabled", "mode", "priority", "when"]
+    readonly_fields = ["version", "created_at", "created_by", "enabled", "mode", "priority", "when"]
+    ordering = ["-version"]
+
+
+# --- execution: the outbox, its attempts, and endpoints disabled by a 410 ----------------------
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "status", "status_code", "error", "started_at", "duration_ms"]
+    readonly_fields = ["number", "status", "status_code", "error", "started_at", "duration_ms"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Rule)
+class RuleAdmin(admin.ModelAdmin):
+    form = RuleForm
+    change_form_template = "admin/approvals/rule/change_form.html"
+    list_display = [
+        "name",
+        "priority",
+        "action_type",
+        "outcome",
+        "mode",
+        "enabled",
+        "allows_irreversible",
+        "version",
+        "updated_at",
+    ]
+    list_filter = ["enabled", "mode", "outcome", "action_type"]
+    search_fields = ["name", "description", "when"]
+    readonly_fields = ["version"]
+    inlines = [RuleVersionInline]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # decisions name their rule version; disable a rule instead
+
+    def save_model(self, request: HttpRequest, obj: Rule, form: Any, change: bool) -> None:
+        services.rule_save(rule=obj, actor=f"user:{request.user.get_username()}")
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.backtest_view)
+        return [
+            path("backtest/", view, name="approvals_rule_backtest_new"),
+            path("<int:object_id>/backtest/", view, name="approvals_rule_backtest"),
+            *super().get_urls(),
+        ]
+
+    def backtest_view(self, request: HttpRequest, object_id: int | None = None) -> HttpResponse:
+        """ "Test against history": the stored rule (GET) or the edit in the form (POST)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rule = None if object_id is None else get_object_or_404(Rule, pk=int(object_id))
+        try:
+            last = min(
+                max(int(request.POST.get("last") or request.GET.get("last") or 0), 0), 100_000
+            )
+        except ValueError:
+            last = 0
+        last = last or backtest.DEFAULT_LAST
+        form = None
+        candidate = None
+        if request.method == "POST":
+            form = RuleForm(request.POST, instance=rule)
+            if form.is_valid():
+                candidate = form.spec(version=None)
+        elif rule is not None:
+            candidate = RuleSpec.of(rule)
+        result = None
+        error = ""
+        if candidate is not None:
+            try:
+                result = backtest.backtest_rule(candidate=candidate, last=last)
+            except (RuleCompileError, ApplicationError) as exc:
+                error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Test against history: {candidate.name if candidate else 'rule'}",
+            "rule": rule,
+            "candidate": candidate,
+            "draft": request.method == "POST",
+            "form": form,
+            "result": result,
+            "error": error,
+            "last": last,
+        }
+        return TemplateResponse(request, "admin/approvals/rule/backtest.html", context)
+
+
+@admin.register(RuleVersion)
+class RuleVersionAdmin(ReadOnlyAdmin):
+    list_display = ["name", "version", "outcome", "mode", "enabled", "created_by", "created_at"]
+    list_filter = ["name"]
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(ReadOnlyAdmin):
+    list_display = ["id", "event", "proposal", "status", "attempts", "next_attempt_at", "target"]
+    list_filter = ["status", "kind", "event"]
+    search_fields = ["webhook_id", "target"]
+    inlines = [AttemptInline]
+
+
+@admin.register(Attempt)
+class AttemptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "message", "number", "status", "status_code", "started_at", "duration_ms"]
+    list_filter = ["status"]
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(ReadOnlyAdmin):
+    list_display = ["url", "disabled_at", "disabled_reason"]
+    actions = ["enable"]
+
+    @admin.action(description="Re-enable the selected endpoints")
+    def enable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset:
+            execution.webhook_endpoint_enable(url=endpoint.url, by=str(request.user))
+        self.message_user(request, f"Re-enabled {queryset.count()} endpoint(s).")

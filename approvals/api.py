@@ -87,6 +87,15 @@ class RoutingOut(Schema):
     trace: list[dict[str, Any]]
 
 
+class ExecutionOut(Schema):
+    executor: Literal["webhook", "callable", "none"]
+    status: Literal["pending", "running", "retrying", "succeeded", "failed", "awaiting_report"]
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    completed_at: datetime | None
+
+
 class ProposalOut(Schema):
     id: uuid.UUID
     action_type: str
@@ -99,6 +108,7 @@ class ProposalOut(Schema):
     llm_call_id: uuid.UUID | None
     decision: DecisionOut | None
     routing: RoutingOut | None
+    execution: ExecutionOut | None = None
     expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -198,6 +208,7 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
 def _load(service: Service, proposal_id: uuid.UUID) -> Proposal | None:
     return (
         Proposal.objects.select_related("action_type", "decision_reviewer")
+        .prefetch_related("outbox")
         .filter(pk=proposal_id, service=service)
         .first()
     )
@@ -246,8 +257,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 @api.get("/proposals", response={200: ProposalPage, **ERRORS}, tags=["proposals"])
 def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpResponse:
     """Your proposals, newest first, `limit` at a time; pass `next_cursor` back as `cursor`."""
-    qs = Proposal.objects.select_related("action_type", "decision_reviewer").filter(
-        service=_service(request)
+    qs = (
+        Proposal.objects.select_related("action_type", "decision_reviewer")
+        .prefetch_related("outbox")
+        .filter(service=_service(request))
     )
     if filters.state:
         qs = qs.filter(state=filters.state)

@@ -1,6 +1,6 @@
 """The automatic decision on a new proposal.
 
-The rules engine replaces the body of `decide_automatically`; everything else calls only this.
+Everything else calls only this; the rules engine (approvals/rules.py) does the work.
 Fail closed: whatever cannot be decided goes to a reviewer.
 """
 
@@ -23,6 +23,27 @@ class AutoDecision:
 
 
 def decide_automatically(
-    *, proposal: Proposal, service: Service, action_type: ActionType
+    *, proposal: Proposal, service: Service, action_type: ActionType, payload: Any = None
 ) -> AutoDecision:
-    return AutoDecision(outcome="review", reason="No rules are configured; a reviewer decides.")
+    """Run the enabled rules on a proposal (or on an edited `payload` of it).
+
+    Call it inside the transaction that records the outcome (services._create_proposal does).
+    When a rule for this type reads velocity figures (a spend cap), the transaction first takes
+    an advisory lock per service and action type, so proposals arriving together are decided
+    one after the other, each seeing the approvals committed before it; without such rules,
+    nothing is locked.
+    """
+    from approvals import rules, services
+
+    ruleset = rules.current_ruleset()
+    applicable = ruleset.for_action_type(action_type.pk)
+    if any(rule.uses_stats for rule in applicable):
+        services.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
+    return rules.evaluate(
+        proposal=proposal,
+        service=service,
+        action_type=action_type,
+        rules=applicable,
+        broken=ruleset.broken,
+        payload=payload,
+    )

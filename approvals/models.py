@@ -256,3 +256,168 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.from_state}→{self.to_state} by {self.actor}"
+
+
+class Rule(models.Model):
+    """A deterministic check on new proposals, written in CEL. Edits go through
+    services.rule_save, which records each one as a new immutable RuleVersion."""
+
+    class Mode(models.TextChoices):
+        ENFORCE = "enforce"
+        SHADOW = "shadow"
+
+    name = models.CharField(
+        max_length=200, unique=True, help_text="Unique; shown in traces and decisions"
+    )
+    description = models.TextField(blank=True)
+    priority = models.IntegerField(default=100, help_text="Lower runs first")
+    action_type = models.ForeignKey(
+        ActionType,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rules",
+        help_text="Empty: every action type",
+    )
+    when = models.TextField(help_text="A CEL condition; see docs/rules.md for the variables")
+    outcome = models.CharField(max_length=10, choices=Proposal.Outcome.choices)
+    reason = models.CharField(
+        max_length=500, blank=True, help_text="Shown to reviewers and returned to the service"
+    )
+    allows_irreversible = models.BooleanField(
+        default=False, help_text="Only such a rule may approve an irreversible action type"
+    )
+    mode = models.CharField(
+        max_length=10,
+        choices=Mode.choices,
+        default=Mode.ENFORCE,
+        help_text="Shadow: evaluated and traced, never decides",
+    )
+    enabled = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RuleVersion(models.Model):
+    """One immutable state of a rule. On PostgreSQL the table refuses UPDATE and DELETE."""
+
+    rule = models.ForeignKey(Rule, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    priority = models.IntegerField()
+    action_type_key = models.CharField(max_length=100, blank=True)
+    when = models.TextField()
+    outcome = models.CharField(max_length=10, choices=Proposal.Outcome.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    allows_irreversible = models.BooleanField()
+    mode = models.CharField(max_length=10, choices=Rule.Mode.choices)
+    enabled = models.BooleanField()
+    created_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["rule", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "version"], name="rule_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class OutboxMessage(models.Model):
+    """Work that follows a committed transition: run the executor, or call the service back.
+
+    Written in the same transaction as the transition, so it exists exactly when the transition
+    does. pending → delivered | failed. A worker takes a message by a compare-and-set lease
+    (`locked_until`); the webhook id is fixed at creation and reused on every retry, so the
+    receiver can deduplicate. The reconciler re-dispatches pending messages nobody holds.
+    """
+
+    class Kind(models.TextChoices):
+        EXECUTE = "execute"
+        CALLBACK = "callback"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    proposal = models.ForeignKey(Proposal, on_delete=models.PROTECT, related_name="outbox")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    event = models.CharField(max_length=40, help_text="proposal.execute or proposal.<state>")
+    webhook_id = models.CharField(max_length=100, unique=True)
+    target = models.CharField(max_length=500, help_text="URL or dotted path, fixed at creation")
+    body = models.JSONField(help_text="What is sent, fixed at creation")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["proposal", "kind", "event"], name="outbox_once_per_proposal_event"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="pending"),
+                name="outbox_pending_due",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} for {self.proposal_id} ({self.status})"
+
+
+class Attempt(models.Model):
+    """One try of an outbox message: an executor run or a callback delivery, with its outcome."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        ABANDONED = "abandoned"  # the worker died before it finished
+
+    message = models.ForeignKey(OutboxMessage, on_delete=models.CASCADE, related_name="tries")
+    proposal = models.ForeignKey(Proposal, on_delete=models.PROTECT, related_name="attempts")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["proposal", "id"], name="attempt_proposal")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.message_id}: {self.status}"
+
+
+class WebhookEndpoint(models.Model):
+    """A webhook or callback URL that answered 410 Gone: nothing is sent to it until re-enabled."""
+
+    url = models.CharField(max_length=500, unique=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return self.url

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from approvals.models import Proposal
 
@@ -25,6 +26,48 @@ def decision_representation(proposal: Proposal) -> dict[str, Any] | None:
     }
 
 
+_EXECUTION_STATES = {"approved", "executing", "executed", "failed"}
+
+
+def execution_representation(proposal: Proposal) -> dict[str, Any] | None:
+    """How executing an approved proposal is going: status, attempts and the last error."""
+    if proposal.state not in _EXECUTION_STATES:
+        return None
+    kind = proposal.action_type.executor_kind
+    message = None
+    if not proposal._state.adding:
+        message = next((m for m in proposal.outbox.all() if m.kind == "execute"), None)
+    if message is None:
+        # Executor `none`: the service executes and reports; or the row is not written yet.
+        status = {"executed": "succeeded", "failed": "failed"}.get(proposal.state)
+        return {
+            "executor": kind,
+            "status": status or ("awaiting_report" if kind == "none" else "pending"),
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": None,
+            "completed_at": None,
+        }
+    if message.status == "delivered":
+        status = "succeeded"
+    elif message.status == "failed":
+        status = "failed"
+    elif message.locked_until is not None and message.locked_until > timezone.now():
+        status = "running"
+    else:
+        status = "retrying" if message.last_error else "pending"
+    return {
+        "executor": kind,
+        "status": status,
+        "attempts": message.attempts,
+        "last_error": message.last_error or None,
+        "next_attempt_at": message.next_attempt_at.isoformat()
+        if message.status == "pending"
+        else None,
+        "completed_at": message.completed_at.isoformat() if message.completed_at else None,
+    }
+
+
 def proposal_representation(proposal: Proposal) -> dict[str, Any]:
     return {
         "id": str(proposal.id),
@@ -40,6 +83,7 @@ def proposal_representation(proposal: Proposal) -> dict[str, Any]:
         "routing": {"reason": proposal.decision_reason, "trace": proposal.rule_trace}
         if not proposal.decided_by
         else None,
+        "execution": execution_representation(proposal),
         "expires_at": proposal.expires_at.isoformat() if proposal.expires_at else None,
         "created_at": proposal.created_at.isoformat(),
         "updated_at": proposal.updated_at.isoformat(),

@@ -15,9 +15,19 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import decisions, localcache, schemas_cache
+from approvals import decisions, localcache, outbox, schemas_cache
 from approvals.errors import ApplicationError, Conflict, NotFound
-from approvals.models import ActionType, ApiKey, AuditEvent, Proposal, Review, Service, payload_hash
+from approvals.models import (
+    ActionType,
+    ApiKey,
+    AuditEvent,
+    Proposal,
+    Review,
+    Rule,
+    RuleVersion,
+    Service,
+    payload_hash,
+)
 from approvals.representation import proposal_representation
 
 State = Proposal.State
@@ -183,7 +193,7 @@ def proposal_submit(
     returns the first response; the same key with another body is refused (422); the same key
     while the first request is still running is a conflict (409).
     """
-    request_hash = payload_hash(data)
+    request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
     schema_errors = schemas_cache.validate_payload(action_type, data["payload"])
     if schema_errors:
@@ -262,7 +272,9 @@ def _create_proposal(
     )
     proposal.rule_trace = decision.trace
     routed_state = _apply_auto_decision(proposal, action_type, decision, now)
-    proposal.first_response = proposal_representation(proposal)
+    response = proposal_representation(proposal)
+    # Only a request with an idempotency key can be replayed, so only then is its answer kept.
+    proposal.first_response = response if idempotency_key is not None else None
     # The row is invisible to everyone until this transaction commits, so it is inserted in
     # its routed state; the audit trail still records both steps.
     proposal.save(force_insert=True)
@@ -293,7 +305,9 @@ def _create_proposal(
             ),
         ]
     )
-    return SubmitResult(proposal=proposal, response=proposal.first_response, replayed=False)
+    if routed_state in outbox.CALLBACK_STATES:
+        outbox.outbox_record(proposal=proposal, to_state=routed_state)
+    return SubmitResult(proposal=proposal, response=response, replayed=False)
 
 
 def _apply_auto_decision(
@@ -355,6 +369,14 @@ def transition(
                 data=data or {},
                 created_at=now,
             )
+            if to_state in outbox.CALLBACK_STATES:
+                # Execution and callbacks are recorded with the change and sent after commit.
+                outbox.outbox_record(
+                    proposal=Proposal.objects.select_related(
+                        "service", "action_type", "decision_reviewer"
+                    ).get(pk=proposal_id),
+                    to_state=to_state,
+                )
         return won
 
 
@@ -472,3 +494,63 @@ def proposal_decide(
         )
     proposal.refresh_from_db()
     return proposal
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+def _rule_snapshot(rule: Rule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "description": rule.description,
+        "priority": rule.priority,
+        "action_type_key": rule.action_type.key if rule.action_type is not None else "",
+        "when": rule.when,
+        "outcome": rule.outcome,
+        "reason": rule.reason,
+        "allows_irreversible": rule.allows_irreversible,
+        "mode": rule.mode,
+        "enabled": rule.enabled,
+    }
+
+
+def rule_save(*, rule: Rule, actor: str) -> bool:
+    """Check a rule's condition, save it and record it as a new immutable version.
+
+    Refuses (ApplicationError, field `when`) a condition that does not compile or type-check.
+    Returns False, writing nothing, when nothing differs from the latest version.
+    """
+    from approvals.rules import RuleCompileError, compile_condition, invalidate
+
+    try:
+        compile_condition(rule.when)
+    except RuleCompileError as exc:
+        raise ApplicationError(
+            f"Rule {rule.name!r}: the condition is refused: {exc}",
+            status=422,
+            code="invalid-rule",
+            errors=[{"loc": ["when"], "msg": str(exc)}],
+        ) from None
+    if rule.outcome not in Proposal.Outcome.values:
+        raise ApplicationError(f"Rule {rule.name!r}: unknown outcome {rule.outcome!r}.")
+    snapshot = _rule_snapshot(rule)
+    with transaction.atomic():
+        latest = None
+        if rule.pk is not None:
+            Rule.objects.select_for_update().filter(pk=rule.pk).first()
+            latest = RuleVersion.objects.filter(rule_id=rule.pk).order_by("-version").first()
+        if latest is not None and all(getattr(latest, k) == v for k, v in snapshot.items()):
+            return False
+        rule.version = (latest.version if latest is not None else 0) + 1
+        rule.save()
+        RuleVersion.objects.create(rule=rule, version=rule.version, created_by=actor, **snapshot)
+        AuditEvent.objects.create(
+            kind="rule.saved",
+            actor=actor,
+            data={"rule": rule.name, "version": rule.version, **snapshot},
+        )
+        # This process forgets its rules now and again at commit; the others hear the
+        # database's NOTIFY (see approvals/rules.py).
+        invalidate()
+        transaction.on_commit(invalidate)
+    return True

@@ -6,9 +6,11 @@ the same server and database, a view that parses the same JSON and inserts one r
 ORM. Rounds alternate floor/api so a drifting machine hurts both alike; the best round of each
 is reported, and the ratio of throughputs is the figure to watch (target ≥ 0.7).
 
-    .venv/bin/python bench/api_submit.py [--seconds 10] [--rounds 2] [--config extra.yaml]
+    .venv/bin/python bench/api_submit.py [--seconds 10] [--rounds 2] [--config extra.yaml] [--rules 50]
 
-`--config` applies a YAML file (rules, for instance) before measuring.
+`--config` applies a YAML file (rules, for instance) before measuring. `--rules N` loads N enabled
+rules on refund.issue (bench/rulesets.py) that the benchmark body never matches, so each submit
+evaluates all N (the worst case) and ends in review.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_env, fresh_database, manage, print_table, uvicorn, wrk_post
+from rulesets import synthetic_rules_yaml
 
 CONFIG = """\
 action_types:
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", type=Path, help="extra YAML to apply before measuring")
+    parser.add_argument("--rules", type=int, default=0, help="load N enabled rules first")
     parser.add_argument("--database", default="gatehouse_bench")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
@@ -71,6 +75,9 @@ def main() -> None:
     env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX="16")
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "apply", "-", stdin=CONFIG)
+    if args.rules:
+        print(f"{args.rules} rules loaded on refund.issue")
+        manage(env, "apply", "-", stdin=synthetic_rules_yaml(args.rules))
     if args.config:
         print(manage(env, "apply", str(args.config)).strip().splitlines()[-1])
     key = json.loads(
@@ -114,6 +121,7 @@ def main() -> None:
     print(
         f"\n{args.connections} connections, {args.seconds} s a round, best of {args.rounds} rounds, "
         f"uvicorn --workers {args.workers}, PostgreSQL"
+        + (f", {args.rules} rules" if args.rules else "")
     )
     print_table(rows)
     floor = best["floor (parse + 1 ORM insert)"]["rps"]

@@ -85,8 +85,8 @@ def wait_for(url: str, timeout: float = 30) -> None:
 
 @contextlib.contextmanager
 def uvicorn(env: dict[str, str], *, workers: int = 2) -> Iterator[str]:
-    """The production ASGI server (as in the Procfile) on a free loopback port."""
-    port = free_port()
+    """The production ASGI server (as in the Procfile) on a free loopback port (or BENCH_PORT)."""
+    port = int(os.environ.get("BENCH_PORT") or 0) or free_port()
     process = subprocess.Popen(
         [
             PYTHON,

@@ -1,8 +1,10 @@
 """What llmcalls adds to a model call, against the raw openai client and LiteLLM, in one run.
 
     .venv/bin/pip install litellm          # for this benchmark only; not a Gatehouse dependency
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/gatehouse REDIS_URL=redis://127.0.0.1:6379/1 \
-        .venv/bin/python bench/llm_overhead.py [--calls 1000]
+    [REDIS_URL=redis://127.0.0.1:6379/1] .venv/bin/python bench/llm_overhead.py [--calls 1000]
+
+It creates a fresh PostgreSQL database (bench_llm_overhead, see bench/common.py); with REDIS_URL
+set the circuit breaker lives in Redis, as in production.
 
 Everything talks to the same fake OpenAI-compatible provider (tests/llmcalls/fake_provider.py)
 running in its own process on loopback, so the provider's time is the same for every path and the
@@ -16,8 +18,7 @@ differences are overhead. Measured, interleaved call by call:
             key check and no model call, i.e. what any proxy in front of the provider costs
 
 and the import time of llmcalls.client (after django.setup()) and of litellm, in fresh processes.
-Without DATABASE_URL the benchmark refuses to run: the log write is meant to be measured on
-PostgreSQL. LiteLLM is skipped (and said so) when it is not installed.
+LiteLLM is skipped (and said so) when it is not installed.
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 FAKE_PORT = 18350
 PROXY_PORT = 18351
 MESSAGES = [{"role": "user", "content": "Is order 42 eligible for a refund?"}]
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("SECRET_KEY", "bench-only")
-os.environ.setdefault("DEBUG", "0")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download at import
-os.environ.setdefault("LOG_LEVEL", "WARNING")  # per-request INFO lines would be measured too
+DATABASE = "bench_llm_overhead"
+
+
+from common import bench_env, fresh_database, manage, uvicorn  # noqa: E402
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
@@ -81,39 +82,41 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="measured calls per path")
     parser.add_argument("--warmup", type=int, default=100)
     args = parser.parse_args()
-    if not os.environ.get("DATABASE_URL"):
-        raise SystemExit("Set DATABASE_URL to a PostgreSQL database (the log write is measured).")
+
+    redis_url = os.environ.get("REDIS_URL", "")
+    env = bench_env(DATABASE, LITELLM_LOCAL_MODEL_COST_MAP="True")  # LiteLLM: no download
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    os.environ.clear()
+    os.environ.update(env, DJANGO_SETTINGS_MODULE="config.settings")
+    os.environ.setdefault("BENCH_PORT", str(PROXY_PORT))
+    fresh_database(DATABASE)
+    manage(env, "migrate", "--noinput")
 
     fake = subprocess.Popen(
         [sys.executable, "-m", "tests.llmcalls.fake_provider", str(FAKE_PORT), "900"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
-    helpers: list[subprocess.Popen[bytes]] = [fake]
     try:
         wait_for_port(FAKE_PORT, fake)
-        run(args, helpers.append)
+        with uvicorn(env, workers=1) as base:
+            run(args, base)
     finally:
-        for process in helpers:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        fake.terminate()
+        try:
+            fake.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            fake.kill()
 
 
-def run(args: argparse.Namespace, keep: Callable[[subprocess.Popen[bytes]], None]) -> None:
+def run(args: argparse.Namespace, gatehouse: str) -> None:
     import django
 
     django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
     import openai
 
     from approvals import services as approvals_services
-    from approvals.models import Service
     from llmcalls import client, services
     from llmcalls.models import LLMCall, ModelPrice
 
@@ -135,35 +138,10 @@ def run(args: argparse.Namespace, keep: Callable[[subprocess.Popen[bytes]], None
         over_budget="refuse",
         params={},
     )
-    service = Service.objects.filter(name="bench-llm").first()
-    if service is None:
-        service, key = approvals_services.service_create(name="bench-llm")
-    else:
-        _, key = approvals_services.api_key_create(service=service, label="bench")
-
-    env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1", "LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "uvicorn"),
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(PROXY_PORT),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    keep(server)
-    wait_for_port(PROXY_PORT, server)
+    _, key = approvals_services.service_create(name="bench-llm")
 
     raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
-    via_proxy = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{PROXY_PORT}/llm/v1", api_key=key, max_retries=0
-    )
+    via_proxy = openai.OpenAI(base_url=f"{gatehouse}/llm/v1", api_key=key, max_retries=0)
 
     def do_raw() -> None:
         raw.chat.completions.create(model="ok", messages=MESSAGES)  # type: ignore[arg-type]
@@ -224,7 +202,7 @@ def run(args: argparse.Namespace, keep: Callable[[subprocess.Popen[bytes]], None
 
     raw_p50, raw_p99 = percentiles(samples["raw"])
     print(f"\nllmcalls overhead, {args.calls} calls per path, same fake provider, one run")
-    print(f"redis breaker: {'on' if os.environ.get('REDIS_URL') else 'off (in-process)'}")
+    print(f"circuit breaker state: {'Redis' if os.environ.get('REDIS_URL') else 'in-process'}")
     print(
         f"{'path':<10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'p50 ratio':>9}"
     )
@@ -271,8 +249,6 @@ def run(args: argparse.Namespace, keep: Callable[[subprocess.Popen[bytes]], None
             f"import litellm:                               {theirs_import:.0f} ms "
             f"({theirs_import / ours_import:.1f}x llmcalls.client)"
         )
-
-    LLMCall.objects.filter(feature="bench-llm").delete()
 
 
 def names_in_order(samples: dict[str, Any]) -> list[str]:

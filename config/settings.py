@@ -175,3 +175,33 @@ BENCH_FLOOR_ENDPOINT = env_bool("BENCH_FLOOR_ENDPOINT", False)
 # action type takes effect at once in the process that changed it and within this many seconds
 # in every other process. 0 turns the cache off.
 HOT_PATH_CACHE_SECONDS = env_float("HOT_PATH_CACHE_SECONDS", 5.0)
+
+# Execution, decision callbacks and periodic jobs (Celery). See docs/operations.md.
+# The broker is Redis when REDIS_URL is set; otherwise a folder on disk, which needs no server
+# (the embedded default: web, worker and beat on one machine, started by `manage.py run_stack`).
+BROKER_DIR = Path(env_str("BROKER_DIR", str(BASE_DIR / ".broker")))
+CELERY_BROKER_URL = REDIS_URL or "filesystem://localhost/"
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
+    {"socket_timeout": 5, "socket_connect_timeout": 2}
+    if REDIS_URL
+    else {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "polling_interval": 0.1,
+    }
+)
+CELERY_BEAT_SCHEDULE_FILENAME = env_str("BEAT_SCHEDULE_FILE", str(BROKER_DIR / "beat-schedule"))
+# Webhook and callback targets on private, loopback or link-local addresses are refused unless
+# this is on (development and tests, which use loopback receivers).
+GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS = env_bool("GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS", False)
+# Every executor call and callback: its timeout, how many attempts, and the backoff between them.
+EXECUTION_TIMEOUT = env_duration("EXECUTION_TIMEOUT", "10s")
+EXECUTION_MAX_ATTEMPTS = env_int("EXECUTION_MAX_ATTEMPTS", 8, minimum=1)
+EXECUTION_RETRY_BASE = env_duration("EXECUTION_RETRY_BASE", "2s")
+EXECUTION_RETRY_MAX = env_duration("EXECUTION_RETRY_MAX", "10m")
+# The reconciler re-dispatches outbox messages still due this long after they should have run.
+OUTBOX_RECONCILE_INTERVAL = env_duration("OUTBOX_RECONCILE_INTERVAL", "15s")
+OUTBOX_RECONCILE_GRACE = env_duration("OUTBOX_RECONCILE_GRACE", "30s")
+EXPIRY_INTERVAL = env_duration("EXPIRY_INTERVAL", "30s")
+IDEMPOTENCY_PURGE_INTERVAL = env_duration("IDEMPOTENCY_PURGE_INTERVAL", "1h")

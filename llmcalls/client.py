@@ -808,6 +808,18 @@ class CompletionStream:
                 error_message="the caller closed the stream before reading it",
             )
 
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A stream dropped unread is still logged (and its connection released).
+        if not self.call.logged:
+            with contextlib.suppress(Exception):
+                self.close()
+
     def _iterate(self) -> Generator[Delta, None, None]:
         call, target = self.call, self.target
         text: list[str] = []

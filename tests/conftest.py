@@ -116,6 +116,29 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+@pytest.fixture
+def make_rule(db: None) -> Callable[..., Any]:
+    """Create a rule through the service that versions it: make_rule("name", when=…, outcome=…)."""
+    from approvals.models import Rule
+
+    def make(name: str, *, action_type: ActionType | None = None, **fields: Any) -> Rule:
+        fields.setdefault("outcome", "approve")
+        fields.setdefault("when", "true")
+        rule = Rule(name=name, action_type=action_type, **fields)
+        services.rule_save(rule=rule, actor="test")
+        return rule
+
+    return make
+
+
+@pytest.fixture
+def admin_client_logged_in(db: None) -> Client:
+    User.objects.create_superuser("ada", password="pw-ada-123456")
+    client = Client()
+    client.login(username="ada", password="pw-ada-123456")
+    return client
+
+
 @pytest.fixture(autouse=True)
 def _fresh_hot_path_cache() -> Any:
     from approvals import localcache
@@ -123,3 +146,42 @@ def _fresh_hot_path_cache() -> Any:
     localcache.clear_all()
     yield
     localcache.clear_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_rules_listener(django_db_setup: Any) -> Any:
+    # The rules cache listens on its own connection to the test database; close it before
+    # the database is dropped.
+    yield
+    from approvals import rules
+
+    rules._listener.stop()
+
+
+# --- execution: a real worker process and a real webhook receiver (tests/execution_support.py) --
+
+
+@pytest.fixture
+def receiver() -> Any:
+    from tests.execution_support import Receiver
+
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(transactional_db: None, tmp_path: Any) -> Any:
+    """Start workers with `workers(name="w", **env)`; all are stopped before the tables empty."""
+    from tests.execution_support import Worker
+
+    started: list[Worker] = []
+
+    def start(name: str = "worker", **env: str) -> Worker:
+        worker = Worker(tmp_path, name=name, env=env)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()

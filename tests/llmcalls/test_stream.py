@@ -133,6 +133,16 @@ def test_a_caller_that_stops_reading_is_logged_as_a_cut(
     assert "stopped reading" in call.error_message
 
 
+def test_a_stream_dropped_unread_is_still_logged(fake: FakeProvider, make_route: Route) -> None:
+    make_route("support", "primary/ok")
+
+    with client.stream(feature="support", messages=MESSAGES) as stream:
+        call_id = stream.call_id
+
+    call = LLMCall.objects.get(id=call_id)
+    assert call.status == "error" and call.error_class == "StreamClosed"
+
+
 def test_a_whole_stream_is_cached_and_replayed(fake: FakeProvider, make_route: Route) -> None:
     make_route("support", "primary/ok", cache_ttl=60)
 

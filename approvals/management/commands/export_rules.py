@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from approvals import configfile
+
+
+class Command(BaseCommand):
+    help = "Print the rules as a YAML `rules:` file that `manage.py apply` takes back unchanged."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(configfile.export_rules(), ending="")

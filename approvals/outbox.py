@@ -1,0 +1,113 @@
+"""The transactional outbox: what must follow a transition is recorded with it, sent after commit.
+
+`services.transition` and `services._create_proposal` call `outbox_record` inside their
+transaction; the rows commit or roll back with the state change. After commit each row is handed
+to the broker; a broker that is down or loses the message only delays it, because the reconciler
+(`execution.outbox_reconcile`) re-dispatches every pending row nobody is working on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.models import ExecutorKind, OutboxMessage, Proposal
+from approvals.representation import decision_representation, proposal_representation
+
+log = logging.getLogger("gatehouse.outbox")
+
+State = Proposal.State
+#: Transitions a service hears about through its callback URL.
+CALLBACK_STATES = frozenset(
+    {
+        State.APPROVED,
+        State.REJECTED,
+        State.EXPIRED,
+        State.CANCELLED,
+        State.EXECUTED,
+        State.FAILED,
+    }
+)
+
+
+def webhook_id(proposal: Proposal, event: str) -> str:
+    """Stable for one proposal and event: the receiver's idempotency key across retries."""
+    return f"msg_{proposal.id.hex}_{event.removeprefix('proposal.')}"
+
+
+def execute_body(proposal: Proposal, message_id: str) -> dict[str, Any]:
+    return {
+        "type": "proposal.execute",
+        "timestamp": timezone.now().isoformat(),
+        "data": {
+            "proposal_id": str(proposal.id),
+            "action_type": proposal.action_type.key,
+            "payload": proposal.effective_payload,
+            "decision": decision_representation(proposal),
+            "service": proposal.service.name,
+            "external_id": proposal.external_id or None,
+            "idempotency_key": message_id,
+        },
+    }
+
+
+def outbox_record(*, proposal: Proposal, to_state: str) -> list[OutboxMessage]:
+    """Record the execution and callback that follow `proposal` reaching `to_state`.
+
+    Must run inside the transaction that made the transition; dispatch waits for its commit.
+    `proposal` must already show `to_state` and its decision.
+    """
+    messages: list[OutboxMessage] = []
+    action_type = proposal.action_type
+    if to_state == State.APPROVED and action_type.executor_kind != ExecutorKind.NONE:
+        event = "proposal.execute"
+        msg_id = webhook_id(proposal, event)
+        messages.append(
+            OutboxMessage.objects.create(
+                proposal=proposal,
+                kind=OutboxMessage.Kind.EXECUTE,
+                event=event,
+                webhook_id=msg_id,
+                target=action_type.executor_target,
+                body=execute_body(proposal, msg_id),
+            )
+        )
+    callback_url = proposal.service.callback_url
+    if to_state in CALLBACK_STATES and callback_url:
+        # After the execution row, so that the callback's snapshot of the proposal shows it.
+        event = f"proposal.{to_state}"
+        messages.append(
+            OutboxMessage.objects.create(
+                proposal=proposal,
+                kind=OutboxMessage.Kind.CALLBACK,
+                event=event,
+                webhook_id=webhook_id(proposal, event),
+                target=callback_url,
+                body={
+                    "type": event,
+                    "timestamp": timezone.now().isoformat(),
+                    "data": proposal_representation(proposal),
+                },
+            )
+        )
+    if messages:
+        transaction.on_commit(partial(dispatch, [m.pk for m in messages]))
+    return messages
+
+
+def dispatch(message_ids: Iterable[int], *, countdown: float | None = None) -> None:
+    """Hand messages to the broker. Never raises: the reconciler covers a failed publish."""
+    from approvals import tasks
+
+    for pk in message_ids:
+        try:
+            tasks.deliver.apply_async(args=[pk], countdown=countdown)
+        except Exception:
+            log.warning(
+                "could not publish outbox message %s; the reconciler will", pk, exc_info=True
+            )

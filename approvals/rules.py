@@ -1,0 +1,452 @@
+"""The rules engine: compile CEL conditions, keep them cached, evaluate them on a proposal.
+
+Evaluation walks the enabled rules that apply to the action type in priority order:
+1. a shadow rule is evaluated and traced, and never decides;
+2. the first enforced rule that matches decides its outcome — except that `approve` on an
+   irreversible action type counts only from a rule with `allows_irreversible` (else: review);
+3. an enforced rule that fails (bad field, wrong type, a stats error) or a spent time budget
+   stops the walk with `review`: rules fail closed;
+4. no enforced match: `review`.
+
+Compiled programs are cached per process. On PostgreSQL a trigger on the rules table sends
+NOTIFY gatehouse_rules when any rule changes (delivered at commit); each process LISTENs on its
+own connection from a small thread and reloads on the next proposal after a notification, so the
+submit path asks the database nothing about rules. While that listener is not connected (start,
+lost connection, SQLite), every evaluation compares a generation read from the database (count
+and highest id of rule versions, one index-only query) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import cel
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Max
+from django.utils import timezone
+
+from approvals import celcheck, velocity
+from approvals.decisions import AutoDecision
+from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
+
+MAX_CONDITION_LENGTH = 4000
+
+
+class RuleCompileError(Exception):
+    """A condition that cannot be saved; the message is the library's or the checker's."""
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule as the engine sees it: a stored version or an unsaved draft."""
+
+    name: str
+    when: str
+    outcome: str
+    priority: int = 100
+    action_type_id: int | None = None
+    reason: str = ""
+    allows_irreversible: bool = False
+    mode: str = "enforce"
+    enabled: bool = True
+    version: int | None = None
+
+    @classmethod
+    def of(cls, rule: Rule) -> RuleSpec:
+        return cls(
+            name=rule.name,
+            when=rule.when,
+            outcome=rule.outcome,
+            priority=rule.priority,
+            action_type_id=rule.action_type_id,
+            reason=rule.reason,
+            allows_irreversible=rule.allows_irreversible,
+            mode=rule.mode,
+            enabled=rule.enabled,
+            version=rule.version,
+        )
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    spec: RuleSpec
+    program: cel.Program
+    uses_stats: bool
+
+    def applies_to(self, action_type_id: int) -> bool:
+        return self.spec.action_type_id in (None, action_type_id)
+
+
+def compile_condition(when: str) -> cel.Program:
+    """Compile and type-check a condition; raise RuleCompileError with a message for people."""
+    if not when.strip():
+        raise RuleCompileError("The condition is empty.")
+    if len(when) > MAX_CONDITION_LENGTH:
+        raise RuleCompileError(f"The condition is longer than {MAX_CONDITION_LENGTH} characters.")
+    try:
+        program = cel.compile(when)
+    except (ValueError, RuntimeError) as exc:
+        raise RuleCompileError(str(exc)) from None
+    try:
+        celcheck.check(when)
+    except celcheck.CelTypeError as exc:
+        raise RuleCompileError(f"Type check failed: {exc}") from None
+    return program
+
+
+def compile_rule(spec: RuleSpec) -> CompiledRule:
+    program = compile_condition(spec.when)
+    return CompiledRule(spec=spec, program=program, uses_stats="stats" in program.variables())
+
+
+# --- the per-process cache ---------------------------------------------------------------------
+
+
+@dataclass
+class RuleSet:
+    rules: list[CompiledRule]
+    broken: list[tuple[RuleSpec, str]] = field(default_factory=list)
+    _by_type: dict[int, list[CompiledRule]] = field(default_factory=dict)
+
+    def for_action_type(self, action_type_id: int) -> list[CompiledRule]:
+        found = self._by_type.get(action_type_id)
+        if found is None:
+            found = [r for r in self.rules if r.applies_to(action_type_id)]
+            self._by_type[action_type_id] = found
+        return found
+
+    def uses_stats(self, action_type_id: int) -> bool:
+        return any(r.uses_stats for r in self.for_action_type(action_type_id))
+
+
+_lock = threading.Lock()
+_cached: tuple[tuple[int, int | None], RuleSet] | None = None
+log = logging.getLogger(__name__)
+CHANNEL = "gatehouse_rules"
+
+
+def _generation() -> tuple[int, int | None]:
+    row = RuleVersion.objects.aggregate(n=Count("id"), top=Max("id"))
+    return row["n"], row["top"]
+
+
+class _Listener:
+    """LISTEN gatehouse_rules on a dedicated connection; `fresh` while nothing has changed."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.connected = False
+        self.changed = True
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def ensure_started(self) -> None:
+        if self.pid == os.getpid() and self.thread is not None:
+            return
+        with _lock:
+            if self.pid == os.getpid() and self.thread is not None:
+                return
+            # A forked child inherits no thread: start its own.
+            self.pid, self.connected, self.changed = os.getpid(), False, True
+            self.stopping = threading.Event()
+            params = {
+                "dbname": connection.settings_dict["NAME"],
+                "user": connection.settings_dict["USER"] or None,
+                "password": connection.settings_dict["PASSWORD"] or None,
+                "host": connection.settings_dict["HOST"] or None,
+                "port": connection.settings_dict["PORT"] or None,
+            }
+            self.thread = threading.Thread(
+                target=self._run,
+                args=(params, self.stopping),
+                name="gatehouse-rules-listener",
+                daemon=True,
+            )
+            self.thread.start()
+
+    def _run(self, params: dict[str, Any], stopping: threading.Event) -> None:
+        import psycopg
+
+        while not stopping.is_set():
+            try:
+                with psycopg.connect(
+                    **{k: v for k, v in params.items() if v}, autocommit=True, connect_timeout=5
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Anything may have changed while not listening.
+                    self.changed, self.connected = True, True
+                    while not stopping.is_set():
+                        for _ in conn.notifies(timeout=2):
+                            self.changed = True
+                        conn.execute("SELECT 1")  # notice a dead connection
+            except Exception as exc:
+                log.warning("rules listener lost its connection (%s); checking per request", exc)
+            self.connected, self.changed = False, True
+            stopping.wait(1)
+
+    def stop(self) -> None:
+        """Close the listening connection (tests do, before dropping their database)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.thread, self.pid, self.connected = None, 0, False
+
+    def fresh(self) -> bool:
+        return self.connected and not self.changed and self.pid == os.getpid()
+
+
+_listener = _Listener()
+
+
+def invalidate() -> None:
+    """Forget the cached rules in this process (other processes hear it from the database)."""
+    global _cached
+    _listener.changed = True
+    _cached = None
+
+
+def _sorted(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
+    return sorted(rules, key=lambda r: (r.spec.priority, r.spec.name))
+
+
+def load_ruleset() -> RuleSet:
+    """The enabled rules, compiled, from the database (bypassing the cache)."""
+    compiled, broken = [], []
+    for rule in Rule.objects.filter(enabled=True):
+        spec = RuleSpec.of(rule)
+        try:
+            compiled.append(compile_rule(spec))
+        except RuleCompileError as exc:
+            # Saved rules were checked at save time; a library upgrade could still refuse one.
+            # It then fails closed like an evaluation error (see evaluate).
+            broken.append((spec, str(exc)))
+    return RuleSet(rules=_sorted(compiled), broken=broken)
+
+
+def current_ruleset() -> RuleSet:
+    global _cached
+    if connection.vendor == "postgresql" and getattr(settings, "RULES_LISTEN", True):
+        _listener.ensure_started()
+        cached = _cached
+        if cached is not None and _listener.fresh():
+            return cached[1]
+        # Clear the flag before reading, so a change committed meanwhile marks it again.
+        _listener.changed = False
+    generation = _generation()
+    cached = _cached
+    if cached is not None and cached[0] == generation:
+        return cached[1]
+    ruleset = load_ruleset()
+    with _lock:
+        _cached = (generation, ruleset)
+    return ruleset
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def _json_numbers_as_doubles(value: Any) -> Any:
+    # CEL maps JSON numbers to double, so `payload.amount * 2.0` works whether the service sent
+    # 30 or 30.0 (booleans stay booleans).
+    if isinstance(value, dict):
+        return {k: _json_numbers_as_doubles(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers_as_doubles(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _stats_functions(
+    *, service_id: int, action_type_id: int, as_of: datetime
+) -> dict[str, Callable[..., Any]]:
+    memo: dict[tuple[Any, ...], Any] = {}
+
+    def count(target: Any, outcome: str, window: str) -> int:
+        key = ("count", outcome, window)
+        if key not in memo:
+            memo[key] = velocity.count(
+                service_id=service_id,
+                action_type_id=action_type_id,
+                outcome=outcome,
+                window=window,
+                as_of=as_of,
+            )
+        return int(memo[key])
+
+    def approved_sum(target: Any, field_path: str, window: str) -> float:
+        key = ("sum", field_path, window)
+        if key not in memo:
+            memo[key] = velocity.approved_sum(
+                service_id=service_id,
+                action_type_id=action_type_id,
+                field_path=field_path,
+                window=window,
+                as_of=as_of,
+            )
+        return float(memo[key])
+
+    return {"count": count, "approved_sum": approved_sum}
+
+
+def build_context(
+    *,
+    proposal: Proposal,
+    service: Service,
+    action_type: ActionType,
+    payload: Any,
+    now: datetime,
+    stats_as_of: datetime | None = None,
+    with_stats: bool = True,
+) -> cel.Context:
+    context = cel.Context(
+        {
+            "confidence": float(proposal.confidence),
+            "payload": _json_numbers_as_doubles(payload),
+            "action": {
+                "type": action_type.key,
+                "irreversible": action_type.irreversible,
+                "risk": action_type.risk,
+            },
+            "service": service.name,
+            "model": proposal.model,
+            "feature": proposal.feature,
+            "prompt_version": proposal.prompt_version,
+            "now": now,
+            "stats": {"kind": "stats"},
+        }
+    )
+    if with_stats:
+        functions = _stats_functions(
+            service_id=service.pk, action_type_id=action_type.pk, as_of=stats_as_of or now
+        )
+        for name, fn in functions.items():
+            context.add_function(name, fn)
+    return context
+
+
+def _time_budget() -> float:
+    return float(getattr(settings, "RULES_TIME_BUDGET_MS", 100)) / 1000
+
+
+def evaluate(
+    *,
+    proposal: Proposal,
+    service: Service,
+    action_type: ActionType,
+    rules: list[CompiledRule],
+    broken: Iterable[tuple[RuleSpec, str]] = (),
+    payload: Any = None,
+    now: datetime | None = None,
+    stats_as_of: datetime | None = None,
+    time_budget: float | None = None,
+) -> AutoDecision:
+    """Decide a proposal by `rules` (already filtered to its action type, in priority order)."""
+    started = time.perf_counter()
+    budget = _time_budget() if time_budget is None else time_budget
+    now = now or timezone.now()
+    trace: list[dict[str, Any]] = []
+    for spec, message in broken:
+        if spec.action_type_id in (None, action_type.pk) and spec.mode == "enforce":
+            trace.append(_entry(spec, "error", error=f"does not compile: {message}"))
+            return AutoDecision(
+                outcome="review",
+                reason=f"Rule {spec.name} could not be compiled; a reviewer decides.",
+                trace=trace,
+            )
+    context = build_context(
+        proposal=proposal,
+        service=service,
+        action_type=action_type,
+        payload=proposal.payload if payload is None else payload,
+        now=now,
+        stats_as_of=stats_as_of,
+        with_stats=any(r.uses_stats for r in rules),
+    )
+    decision: AutoDecision | None = None
+    for rule in rules:
+        spec = rule.spec
+        if decision is not None and spec.mode == "enforce":
+            continue  # decided; only shadow rules still run, for their trace
+        if time.perf_counter() - started > budget:
+            trace.append(_entry(spec, "error", error="time budget exceeded"))
+            if decision is None:
+                decision = AutoDecision(
+                    outcome="review",
+                    reason="The rules ran out of time; a reviewer decides.",
+                    trace=trace,
+                )
+            break
+        try:
+            result = rule.program.execute(context)
+        except Exception as exc:  # any library or stats error fails closed
+            trace.append(_entry(spec, "error", error=str(exc)[:500]))
+            if spec.mode == "enforce":
+                decision = AutoDecision(
+                    outcome="review",
+                    reason=f"Rule {spec.name} failed to evaluate; a reviewer decides.",
+                    rule=spec.name,
+                    rule_version=spec.version,
+                    trace=trace,
+                )
+            continue
+        if not isinstance(result, bool):
+            trace.append(
+                _entry(spec, "error", error=f"the condition gave {type(result).__name__}, not bool")
+            )
+            if spec.mode == "enforce":
+                decision = AutoDecision(
+                    outcome="review",
+                    reason=f"Rule {spec.name} did not give true or false; a reviewer decides.",
+                    rule=spec.name,
+                    rule_version=spec.version,
+                    trace=trace,
+                )
+            continue
+        if not result:
+            trace.append(_entry(spec, "no_match"))
+            continue
+        if spec.mode != "enforce":
+            trace.append(_entry(spec, "matched", outcome=spec.outcome))
+            continue
+        outcome, reason = spec.outcome, spec.reason or f"Rule {spec.name}"
+        note = ""
+        if outcome == "approve" and action_type.irreversible and not spec.allows_irreversible:
+            outcome = "review"
+            note = "approve needs allows_irreversible on an irreversible action type"
+            reason = f"{reason} (irreversible action: a reviewer decides)"
+        trace.append(_entry(spec, "matched", outcome=outcome, note=note))
+        decision = AutoDecision(
+            outcome=outcome, reason=reason, rule=spec.name, rule_version=spec.version, trace=trace
+        )
+    if decision is None:
+        decision = AutoDecision(
+            outcome="review", reason="No rule decided; a reviewer decides.", trace=trace
+        )
+    return decision
+
+
+def _entry(
+    spec: RuleSpec, result: str, *, outcome: str = "", error: str = "", note: str = ""
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "rule": spec.name,
+        "version": spec.version,
+        "mode": spec.mode,
+        "result": result,
+    }
+    if outcome:
+        entry["outcome"] = outcome
+    if error:
+        entry["error"] = error
+    if note:
+        entry["note"] = note
+    return entry

@@ -1,0 +1,83 @@
+"""Velocity figures for rules (`stats.count`, `stats.approved_sum`): one service, one action type.
+
+Callers that enforce a cap hold the per-service-and-type advisory lock (see
+services._create_proposal), so the figures they read cannot move under them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import connection
+from django.db.models import Q
+
+from approvals.models import Proposal
+from config.env import parse_duration
+
+OUTCOMES = ("approve", "reject", "review", "any")
+
+
+def count(
+    *, service_id: int, action_type_id: int, outcome: str, window: str, as_of: datetime
+) -> int:
+    """Proposals in `window` before `as_of`: decided `approve`/`reject`, routed to `review`, or `any`."""
+    since = as_of - parse_duration(window)
+    rows = Proposal.objects.filter(service_id=service_id, action_type_id=action_type_id)
+    if outcome in ("approve", "reject"):
+        rows = rows.filter(decision_outcome=outcome, decided_at__gte=since, decided_at__lte=as_of)
+    elif outcome == "review":
+        rows = rows.filter(created_at__gte=since, created_at__lte=as_of).exclude(
+            Q(decided_by=Proposal.DecidedBy.RULE) | Q(decided_by=Proposal.DecidedBy.POLICY)
+        )
+    elif outcome == "any":
+        rows = rows.filter(created_at__gte=since, created_at__lte=as_of)
+    else:
+        raise ValueError(f"stats.count: unknown outcome {outcome!r} ({', '.join(OUTCOMES)})")
+    return rows.count()
+
+
+def _path(field_path: str) -> list[str]:
+    parts = field_path.split(".")
+    if len(parts) < 2 or parts[0] != "payload" or not all(parts[1:]):
+        raise ValueError(f"stats.approved_sum: {field_path!r} is not a path such as payload.amount")
+    return parts[1:]
+
+
+def approved_sum(
+    *, service_id: int, action_type_id: int, field_path: str, window: str, as_of: datetime
+) -> float:
+    """The sum of a numeric payload field over approved proposals decided in `window`.
+
+    A reviewer's edit counts (the executed payload); a missing or non-numeric value counts 0.
+    """
+    path = _path(field_path)
+    since = as_of - parse_duration(window)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT COALESCE(SUM(CASE
+                    WHEN jsonb_typeof(COALESCE(final_payload, payload) #> %s) = 'number'
+                    THEN (COALESCE(final_payload, payload) #>> %s)::float8 ELSE 0 END), 0)
+                FROM approvals_proposal
+                WHERE service_id = %s AND action_type_id = %s AND decision_outcome = 'approve'
+                  AND decided_at >= %s AND decided_at <= %s
+                """,
+                [path, path, service_id, action_type_id, since, as_of],
+            )
+            return float(cursor.fetchone()[0])
+    total = 0.0
+    rows = Proposal.objects.filter(
+        service_id=service_id,
+        action_type_id=action_type_id,
+        decision_outcome="approve",
+        decided_at__gte=since,
+        decided_at__lte=as_of,
+    ).values_list("payload", "final_payload")
+    for payload, final in rows:
+        value = final if final is not None else payload
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total += float(value)
+    return total

@@ -1,0 +1,185 @@
+"""Outgoing webhooks per Standard Webhooks (https://www.standardwebhooks.com/).
+
+Each request carries `webhook-id` (the receiver's idempotency key, the same on every retry),
+`webhook-timestamp` (seconds, fresh per attempt) and `webhook-signature`: `v1,` + base64
+HMAC-SHA256 over `id.timestamp.body` with the base64 key of a `whsec_…` secret; during a rotation
+one signature per secret, space-separated. Targets are resolved once, checked against private,
+loopback and link-local ranges, and the connection goes to the checked address (no DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import random
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.conf import settings
+
+USER_AGENT = "Gatehouse-Webhooks/1"
+RESPONSE_EXCERPT_CHARS = 2000
+_MAX_BODY_BYTES = 64 * 1024
+
+
+class EgressRefused(Exception):
+    """The target is not one Gatehouse may call."""
+
+
+def secret_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def sign(*, secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One `v1,<base64>` signature."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """The exact bytes sent; stable for one body, so a retry carries the same payload."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def signed_headers(
+    *, secrets: Iterable[str], msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    ts = int(time.time()) if timestamp is None else timestamp
+    signatures = [sign(secret=s, msg_id=msg_id, timestamp=ts, body=body) for s in secrets if s]
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": " ".join(signatures),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def resolve_target(url: str) -> tuple[str, str]:
+    """The URL to connect to (host replaced by a checked address) and the original host.
+
+    Raises EgressRefused for a non-http(s) URL, a name that does not resolve, or an address on
+    a private, loopback, link-local or otherwise non-public network unless
+    GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS is on.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise EgressRefused(f"not an http(s) URL: {url!r}")
+    host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise EgressRefused(f"cannot resolve {host!r}: {exc}") from None
+    addresses = [str(info[4][0]) for info in infos]
+    if not settings.GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS:
+        private = [a for a in addresses if not _is_public(a)]
+        if private:
+            raise EgressRefused(
+                f"{host!r} resolves to a private, loopback or link-local address ({private[0]}); "
+                "set GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=1 to allow that in development"
+            )
+    address = addresses[0]
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), host
+
+
+@dataclass(frozen=True)
+class Response:
+    status_code: int
+    excerpt: str
+    retry_after: float | None
+
+
+_client: httpx.Client | None = None
+
+
+def _http() -> httpx.Client:
+    global _client
+    if _client is None:
+        # No redirects: a 3xx is a failed delivery, and following one would skip the egress check.
+        _client = httpx.Client(follow_redirects=False, trust_env=False)
+    return _client
+
+
+def post(*, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
+    """POST within `timeout` seconds overall. Raises EgressRefused or httpx.HTTPError."""
+    target, host = resolve_target(url)
+    parts = urlsplit(url)
+    request_headers = {**headers, "host": parts.netloc.rsplit("@", 1)[-1]}
+    deadline = time.monotonic() + timeout
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    with _http().stream(
+        "POST",
+        target,
+        content=body,
+        headers=request_headers,
+        timeout=httpx.Timeout(timeout),
+        extensions=extensions,
+    ) as response:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_BODY_BYTES:
+                break
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"no complete response within {timeout:g}s")
+        text = b"".join(chunks).decode("utf-8", errors="replace")
+        return Response(
+            status_code=response.status_code,
+            excerpt=text[:RESPONSE_EXCERPT_CHARS],
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), if any."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def backoff(attempt: int, *, retry_after: float | None = None) -> timedelta:
+    """Delay before attempt `attempt + 1`: exponential with jitter, at least Retry-After.
+
+    Equal jitter: half the exponential step is fixed, half random, so retries spread out yet
+    never come sooner than half the step.
+    """
+    base = settings.EXECUTION_RETRY_BASE.total_seconds()
+    cap = settings.EXECUTION_RETRY_MAX.total_seconds()
+    step = min(cap, base * 2 ** max(attempt - 1, 0))
+    delay = step / 2 + random.uniform(0, step / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, 24 * 3600))
+    return timedelta(seconds=delay)

@@ -1,0 +1,60 @@
+"""The Celery app: `celery -A config worker` and `celery -A config beat`.
+
+The broker is Redis when REDIS_URL is set, else a folder on disk (settings.BROKER_DIR) so the
+embedded default needs no server. The broker only carries nudges: what must happen is recorded in
+the outbox table first, and the reconciler below re-dispatches whatever a lost message left behind.
+Every periodic job is defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from django.conf import settings
+
+app = Celery("gatehouse")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    # Early acknowledgement: a message a crashed worker held is lost from the broker, and the
+    # outbox reconciler delivers it again; the lease on each outbox row keeps that exactly-once.
+    task_acks_late=False,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    # Publishing happens after commit, on the request path: fail fast, the reconciler retries.
+    task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+    timezone="UTC",
+)
+
+if not settings.REDIS_URL:
+    for folder in ("queue", "control"):
+        Path(settings.BROKER_DIR, folder).mkdir(parents=True, exist_ok=True)
+
+
+def _seconds(value: object) -> float:
+    return float(value.total_seconds())  # type: ignore[attr-defined]
+
+
+app.conf.beat_schedule = {
+    "reconcile-outbox": {
+        "task": "approvals.reconcile_outbox",
+        "schedule": _seconds(settings.OUTBOX_RECONCILE_INTERVAL),
+    },
+    "expire-stale-reviews": {
+        "task": "approvals.expire_proposals",
+        "schedule": _seconds(settings.EXPIRY_INTERVAL),
+    },
+    "purge-idempotency-keys": {
+        "task": "approvals.purge_idempotency_keys",
+        "schedule": _seconds(settings.IDEMPOTENCY_PURGE_INTERVAL),
+    },
+}
+
+app.autodiscover_tasks()

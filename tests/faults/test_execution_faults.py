@@ -1,0 +1,147 @@
+"""Crashes and lost messages: a worker killed mid-execution, a broker flushed or unreachable.
+
+Real Redis (the test DB number from REDIS_URL), real worker processes, a real receiver on
+loopback that deduplicates by webhook-id. Nothing may be lost and no effect may happen twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from approvals import services
+from approvals.models import ActionType, Attempt, Proposal
+from tests.conftest import ServiceClient, refund_body
+from tests.execution_support import ROOT, Receiver, Reply, database_url, free_port, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def shop(
+    make_service: Callable[..., ServiceClient], refund_type: ActionType, receiver: Receiver
+) -> ServiceClient:
+    refund_type.executor_kind = "webhook"
+    refund_type.executor_target = receiver.url("/execute")
+    refund_type.save()
+    client = make_service("shop", refund_type)
+    client.service.callback_url = receiver.url("/callbacks")
+    client.service.save()
+    receiver.secret = client.service.webhook_secret
+    return client
+
+
+def submit(client: ServiceClient, n: int) -> list[Proposal]:
+    ids = [
+        client.post_json("/api/v1/proposals", refund_body(external_id=f"p{i}")).json()["id"]
+        for i in range(n)
+    ]
+    return list(Proposal.objects.filter(pk__in=ids))
+
+
+def states(proposals: list[Proposal]) -> set[str]:
+    return set(
+        Proposal.objects.filter(pk__in=[p.pk for p in proposals]).values_list("state", flat=True)
+    )
+
+
+def test_a_worker_killed_mid_execution_is_restarted_and_the_effect_happens_once(
+    workers: Any, receiver: Receiver, shop: ServiceClient, reviewer: User
+) -> None:
+    # The receiver takes the first delivery (its effect happens) but is slow to answer;
+    # the worker dies with the request in flight, before it can record the outcome.
+    receiver.respond = lambda d, nth: Reply(
+        200, delay=5 if d.path == "/execute" and nth == 1 else 0
+    )
+    worker = workers("crashy")
+    [proposal] = submit(shop, 1)
+    services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    assert receiver.first_request.wait(timeout=20)
+    wait_until(lambda: receiver.of("/execute"), timeout=10, what="the execution request")
+    worker.kill9()
+
+    proposal.refresh_from_db()
+    assert proposal.state == "executing"
+    [running] = Attempt.objects.filter(message__kind="execute")
+    assert running.status == "running"
+
+    worker.start()  # the same worker, restarted; its reconciler finds the lapsed lease
+    wait_until(
+        lambda: Proposal.objects.get(pk=proposal.pk).state == "executed",
+        timeout=40,
+        what="executed after the restart",
+    )
+    deliveries = receiver.of("/execute")
+    assert len(deliveries) == 2  # delivered twice: at least once …
+    assert receiver.distinct_ids("/execute") == {f"msg_{proposal.pk.hex}_execute"}
+    executions = [i for i in receiver.effects if i.endswith("_execute")]
+    assert executions == [f"msg_{proposal.pk.hex}_execute"]  # … and the effect once
+    attempts = list(Attempt.objects.filter(message__kind="execute").order_by("number"))
+    assert [(a.number, a.status) for a in attempts] == [(1, "abandoned"), (2, "succeeded")]
+    api = shop.get(f"/api/v1/proposals/{proposal.pk}").json()
+    assert api["execution"]["status"] == "succeeded"
+    assert api["execution"]["attempts"] == 2
+
+
+def test_messages_the_broker_lost_are_all_delivered_by_the_reconciler(
+    workers: Any, receiver: Receiver, shop: ServiceClient, reviewer: User
+) -> None:
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery")  # messages earlier tests left in the queue, out of the count
+    proposals = submit(shop, 12)
+    for proposal in proposals:
+        services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    assert broker.llen("celery") == 24  # an execution and an `approved` callback each
+    broker.flushdb()  # only the test Redis DB: every queued message is gone
+
+    workers()
+    wait_until(lambda: states(proposals) == {"executed"}, timeout=60, what="all executed")
+    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    assert receiver.distinct_ids("/execute") == expected
+    assert set(receiver.effects) >= expected
+    wait_until(
+        lambda: len(receiver.distinct_ids("/callbacks")) == 24,
+        timeout=30,
+        what="approved and executed callbacks for each",
+    )
+
+
+def test_an_approval_committed_while_the_broker_is_unreachable_is_delivered_later(
+    workers: Any, receiver: Receiver, shop: ServiceClient, reviewer: User
+) -> None:
+    proposals = submit(shop, 3)
+    dead_broker = f"redis://127.0.0.1:{free_port()}/3"  # nothing listens there
+    script = (
+        "from django.contrib.auth.models import User\n"
+        "from approvals import services\n"
+        "from approvals.models import Proposal\n"
+        "rita = User.objects.get(username='rita')\n"
+        "for p in Proposal.objects.filter(state='pending_review'):\n"
+        "    services.proposal_decide(proposal=p, reviewer=rita, verdict='approve')\n"
+    )
+    started = time.monotonic()
+    web = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": dead_broker},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert web.returncode == 0, web.stderr
+    assert "could not publish outbox message" in web.stderr
+    assert time.monotonic() - started < 30  # a dead broker does not hold the approval up
+    assert states(proposals) == {"approved"}
+
+    workers()
+    wait_until(lambda: states(proposals) == {"executed"}, timeout=60, what="all executed")
+    assert len(receiver.distinct_ids("/execute")) == 3
