@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "channels",
     "approvals",
     "llmcalls",
+    "evals",
 ]
 
 MIDDLEWARE = [
@@ -189,6 +190,9 @@ LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 5.0)
 LLM_CIRCUIT_FAILURES = env_int("LLM_CIRCUIT_FAILURES", 5, minimum=1)
 LLM_CIRCUIT_COOLDOWN = env_float("LLM_CIRCUIT_COOLDOWN", 30.0)
 LLM_CONFIG_TTL = env_float("LLM_CONFIG_TTL", 5.0)
+
+# Evals: how many model calls one eval run makes at once.
+EVALS_CONCURRENCY = env_int("EVALS_CONCURRENCY", 4, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -14,6 +14,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("approvals.urls")),
     path("llm/", include("llmcalls.urls")),
+    path("evals/", include("evals.urls")),
 ]
 
 if settings.BENCH_FLOOR_ENDPOINT:
