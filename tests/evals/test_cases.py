@@ -88,22 +88,20 @@ def _decided(
     edited: dict[str, object] | None = None,
     external_id: str = "",
 ) -> Proposal:
-    # Through the service rather than the API: on main, POST /proposals with llm_call_id fails
-    # (the request hash cannot serialise the parsed UUID); reported to the lead.
-    result = approvals_services.proposal_submit(
-        service=shop.service,
-        data=refund_body(llm_call_id=str(call_id) if call_id else None, external_id=external_id),
+    response = shop.post_json(
+        "/api/v1/proposals",
+        refund_body(llm_call_id=str(call_id) if call_id else None, external_id=external_id),
     )
-    proposal = result.proposal
+    assert response.status_code == 201, response.content
+    proposal = Proposal.objects.get(pk=response.json()["id"])
+    approvals_services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
     approvals_services.proposal_decide(
         proposal=proposal,
         reviewer=reviewer,
         verdict=verdict,
         comment="" if verdict == "approve" else "no",
+        edited_payload=edited,
     )
-    if edited is not None:
-        # Edit-then-approve belongs to the reviewer UI; here the stored outcome is what matters.
-        Proposal.objects.filter(pk=proposal.pk).update(final_payload=edited)
     return Proposal.objects.get(pk=proposal.pk)
 
 
