@@ -23,8 +23,10 @@ run: install
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo
 	@echo "Gatehouse is at http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/v1/docs)"
-	@DEBUG=$${DEBUG:-1} $(VENV)/bin/uvicorn config.asgi:application --host 127.0.0.1 --port $(PORT) \
-		--log-level warning
+	@echo "Starting web, worker, beat and a simulated service posting proposals; Ctrl-C stops them all."
+	@DEBUG=$${DEBUG:-1} GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=$${GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS:-1} \
+		SITE_URL=http://127.0.0.1:$(PORT) $(PY) manage.py run_stack --port $(PORT) \
+		--extra "simulator=$(PY) manage.py simulate_service --url http://127.0.0.1:$(PORT) --rate $${SIMULATE_RATE:-0.5}"
 
 lint: install
 	$(VENV)/bin/ruff check .
