@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -19,6 +22,7 @@ class QueueConsumer(AsyncWebsocketConsumer):
 
     groups_joined: list[str]
     identities: set[str]
+    presence: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -33,8 +37,19 @@ class QueueConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         relay.ensure_started()
+        self.presence = asyncio.create_task(self._stay_present(sorted(type_ids)))
+
+    async def _stay_present(self, type_ids: list[int]) -> None:
+        """Tell senders someone listens for these types, for as long as the socket is open."""
+        while True:
+            await sync_to_async(events.mark_listening)(type_ids)
+            await asyncio.sleep(events.PRESENCE_REFRESH)
 
     async def disconnect(self, code: int) -> None:
+        if self.presence is not None:
+            self.presence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.presence
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.cache import cache
 from django.db import transaction
 from django.template.loader import render_to_string
 
@@ -57,25 +58,48 @@ def reviewer_logged_out(user_id: int) -> None:
         task.add_done_callback(_pending.discard)
 
 
+# Rendering and sending an update costs a query and a template for every change; when no
+# reviewer has a page open for the action type, it is skipped. Open pages say they listen when
+# they connect and every PRESENCE_REFRESH seconds after; the mark lapses PRESENCE_TTL seconds
+# after the last page closed. A page that opens later renders the current state anyway.
+PRESENCE_TTL = 60
+PRESENCE_REFRESH = 20
+
+
+def _presence_key(action_type_id: int) -> str:
+    return f"gatehouse:listening:type-{action_type_id}"
+
+
+def mark_listening(action_type_ids: list[int]) -> None:
+    """An open reviewer page listens for these action types."""
+    cache.set_many({_presence_key(i): 1 for i in action_type_ids}, timeout=PRESENCE_TTL)
+
+
+def anyone_listening(action_type_id: int) -> bool:
+    return cache.get(_presence_key(action_type_id)) is not None
+
+
 def uses_process_local_layer() -> bool:
     return isinstance(get_channel_layer(), InMemoryChannelLayer)
 
 
-def proposal_changed(proposal_id: uuid.UUID) -> None:
+def proposal_changed(proposal_id: uuid.UUID, action_type_id: int | None = None) -> None:
     """Call inside the transaction that changed the proposal; broadcasts only if it commits."""
 
     def broadcast() -> None:
-        _after_commit(proposal_id)
+        _after_commit(proposal_id, action_type_id)
 
     # robust: a broadcast that fails is logged; it never undoes or fails the committed change.
     transaction.on_commit(broadcast, robust=True)
 
 
-def _after_commit(proposal_id: uuid.UUID) -> None:
+def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None) -> None:
     if uses_process_local_layer():
         from approvals.relay import relay
 
         relay.nudge()  # the audit event is committed; the relay (if this is a web process) sends
+        return
+    if action_type_id is not None and not anyone_listening(action_type_id):
         return
     message = render_update(proposal_id)
     if message is None:

@@ -77,14 +77,19 @@ class AuditRelay:
         rows = await database_sync_to_async(_events_after)(self.last_id, list(self.gaps))
         now = time.monotonic()
         proposals: dict[uuid.UUID, None] = {}
-        for event_id, proposal_id in rows:
+        for event_id, proposal_id, action_type_id in rows:
             self.gaps.pop(event_id, None)
             if event_id > self.last_id:
                 if event_id - self.last_id - 1 <= MAX_GAP:
                     for missing in range(self.last_id + 1, event_id):
                         self.gaps[missing] = now
                 self.last_id = event_id
-            if proposal_id is not None:
+            # Only what an open page in this process listens for is worth rendering.
+            if (
+                proposal_id is not None
+                and action_type_id is not None
+                and events.anyone_listening(action_type_id)
+            ):
                 proposals[proposal_id] = None
         for gap, since in list(self.gaps.items()):
             if now - since > GAP_PATIENCE:
@@ -100,12 +105,14 @@ def _max_id() -> int:
     return AuditEvent.objects.aggregate(top=Max("id"))["top"] or 0
 
 
-def _events_after(last_id: int, gaps: list[int]) -> list[tuple[int, uuid.UUID | None]]:
+def _events_after(last_id: int, gaps: list[int]) -> list[tuple[int, uuid.UUID | None, int | None]]:
     where = Q(id__gt=last_id)
     if gaps:
         where |= Q(id__in=gaps)
     return list(
-        AuditEvent.objects.filter(where).order_by("id").values_list("id", "proposal_id")[:BATCH]
+        AuditEvent.objects.filter(where)
+        .order_by("id")
+        .values_list("id", "proposal_id", "proposal__action_type_id")[:BATCH]
     )
 
 

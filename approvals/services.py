@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import decisions, events, localcache, outbox, schemas_cache, selectors
+from approvals import bulk, decisions, events, localcache, outbox, schemas_cache, selectors
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     ActionType,
@@ -278,10 +278,10 @@ def _create_proposal(
     # Only a request with an idempotency key can be replayed, so only then is its answer kept.
     proposal.first_response = response if idempotency_key is not None else None
     # The row is invisible to everyone until this transaction commits, so it is inserted in
-    # its routed state; the audit trail still records both steps.
-    proposal.save(force_insert=True)
+    # its routed state; the audit trail still records both steps (in the same statement).
     actor = f"service:{service.name}"
-    AuditEvent.objects.bulk_create(
+    bulk.insert_rows(
+        [proposal],
         [
             AuditEvent(
                 proposal=proposal,
@@ -305,11 +305,11 @@ def _create_proposal(
                 },
                 created_at=now,
             ),
-        ]
+        ],
     )
     if routed_state in outbox.CALLBACK_STATES:
         outbox.outbox_record(proposal=proposal, to_state=routed_state)
-    events.proposal_changed(proposal.pk)
+    events.proposal_changed(proposal.pk, action_type.pk)
     return SubmitResult(proposal=proposal, response=response, replayed=False)
 
 

@@ -81,11 +81,18 @@ def main() -> None:
         "--cap", action="store_true", help="also load a daily spend cap (a stats rule)"
     )
     parser.add_argument("--database", default="gatehouse_bench")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/9",
+        help="as in production (broker, channel layer, cache); '' for the embedded default",
+    )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
 
     fresh_database(args.database)
     env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX="16")
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "apply", "-", stdin=CONFIG)
     if args.rules:

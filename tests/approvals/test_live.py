@@ -219,3 +219,62 @@ def test_logging_out_closes_the_reviewers_sockets(reviewer: User) -> None:
 
     closed = run(scenario())
     assert closed["type"] == "websocket.close" and closed["code"] == 4401
+
+
+def test_updates_are_rendered_and_sent_only_while_a_page_listens(
+    shop: Any, refund_type: Any
+) -> None:
+    from channels.layers import get_channel_layer
+    from django.core.cache import cache
+
+    from approvals import events
+    from tests.conftest import refund_body
+
+    cache.delete(f"gatehouse:listening:type-{refund_type.pk}")
+    layer = get_channel_layer()
+    group = events.group_for_action_type(refund_type.pk)
+
+    async def submit_and_listen() -> dict[str, Any] | None:
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        await database_sync_to_async(shop.post_json)("/api/v1/proposals", refund_body())
+        try:
+            return await asyncio.wait_for(layer.receive(channel), timeout=1)
+        except TimeoutError:
+            return None
+        finally:
+            await layer.group_discard(group, channel)
+
+    assert events.anyone_listening(refund_type.pk) is False
+    assert run(submit_and_listen()) is None  # nobody's page is open: nothing rendered or sent
+
+    events.mark_listening([refund_type.pk])
+    message = run(submit_and_listen())
+    assert message is not None
+    assert "Refund a late delivery" in message["html"]
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_an_open_page_marks_its_action_types_as_listened_to(
+    reviewer: User, refund_type: Any
+) -> None:
+    from django.core.cache import cache
+
+    from approvals import events
+
+    cache.delete(f"gatehouse:listening:type-{refund_type.pk}")
+    cookie = session_cookie(reviewer)
+
+    async def scenario() -> bool:
+        ws = communicator(ORIGIN, cookie)
+        connected, _ = await ws.connect()
+        assert connected
+        for _ in range(50):
+            if await database_sync_to_async(events.anyone_listening)(refund_type.pk):
+                break
+            await asyncio.sleep(0.05)
+        listening = await database_sync_to_async(events.anyone_listening)(refund_type.pk)
+        await ws.disconnect()
+        return listening
+
+    assert run(scenario()) is True

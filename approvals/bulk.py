@@ -1,0 +1,51 @@
+"""Insert rows of several tables in one round trip.
+
+The submit path writes a proposal and its first audit events in the same transaction. On
+PostgreSQL they go in one statement (data-modifying CTEs); foreign keys are deferred to the
+commit, so the order inside the statement does not matter. Elsewhere, one INSERT per table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import AutoField, Model
+from django.db.models.sql import InsertQuery
+
+
+def _insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
+    model = type(rows[0])
+    fields = [
+        f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, AutoField))
+    ]
+    query = InsertQuery(model)
+    query.insert_values(fields, list(rows))
+    [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+    return sql, tuple(params)
+
+
+def insert_rows(*batches: Sequence[Model]) -> None:
+    """Insert every row of every batch (each batch: rows of one model, ids already set or serial).
+
+    Serial ids are not read back; use this only for rows nobody needs the id of right away.
+    """
+    batches = tuple(batch for batch in batches if batch)
+    if connection.vendor != "postgresql":
+        for batch in batches:
+            type(batch[0])._default_manager.bulk_create(batch)
+        return
+    statements = [_insert_sql(batch) for batch in batches]
+    *ctes, (main_sql, main_params) = statements
+    sql = ""
+    params: tuple[Any, ...] = ()
+    if ctes:
+        sql = "WITH " + ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(ctes)) + " "
+        params = tuple(p for _, ps in ctes for p in ps)
+    with connection.cursor() as cursor:
+        cursor.execute(sql + main_sql, params + main_params)
+    for batch in batches:
+        for row in batch:
+            row._state.adding = False
+            row._state.db = connection.alias
