@@ -11,6 +11,7 @@ from django.core.cache import cache
 from llmcalls import client, routing, services
 from llmcalls.breaker import breaker
 from llmcalls.models import ModelPrice
+from tests.live_app import serve
 from tests.llmcalls.fake_provider import FakeProvider
 
 FAKE_PORT = 18310
@@ -24,48 +25,10 @@ def fake_server() -> Iterator[FakeProvider]:
     server.stop()
 
 
-def _free_port(first: int, last: int) -> int:
-    """The first port of our range that nothing listens on (another run may hold one)."""
-    import socket
-
-    for port in range(first, last):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"ports {first}-{last - 1} are all taken")
-
-
 @pytest.fixture(scope="session")
 def live_app() -> Iterator[str]:
-    """The whole app under uvicorn (the production ASGI server) on loopback, in a thread.
-
-    Tests that use it need transactional databases (their rows must be committed to be seen)
-    and ALLOWED_HOSTS including 127.0.0.1.
-    """
-    import threading
-    import time
-
-    import uvicorn
-
-    from config.asgi import application
-
-    port = _free_port(APP_PORT, APP_PORT + 10)
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    """The whole app under uvicorn (the production ASGI server) on loopback, in a thread."""
+    yield from serve(APP_PORT)
 
 
 @pytest.fixture
