@@ -20,6 +20,8 @@ class AutoDecision:
     rule: str = ""
     rule_version: int | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
+    # A rule may ask for more reviewer approvals than the action type's (never fewer).
+    approvals_required: int | None = None
 
 
 def decide_automatically(

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.utils import timezone
 
@@ -161,6 +162,11 @@ class Proposal(models.Model):
     decision_reason = models.TextField(blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     rule_trace = models.JSONField(default=list, blank=True)
+    required_approvals = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Raised above the type's when a reviewer's edit asked for more",
+    )
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -185,6 +191,8 @@ class Proposal(models.Model):
             models.Index(
                 fields=["service", "action_type", "state", "decided_at"], name="proposal_velocity"
             ),
+            # The reviewer queue pages on proposal_state_created; history on (updated_at, id).
+            models.Index(fields=["updated_at", "id"], name="proposal_updated"),
         ]
 
     def __str__(self) -> str:
@@ -197,6 +205,43 @@ class Proposal(models.Model):
     @property
     def is_decided(self) -> bool:
         return self.state not in {self.State.RECEIVED, self.State.PENDING_REVIEW}
+
+    @property
+    def effective_payload_hash(self) -> str:
+        """The hash a reviewer's approval is bound to: of the edit if there is one."""
+        if self.final_payload is None:
+            return self.payload_hash
+        return payload_hash(self.final_payload)
+
+    @property
+    def approvals_needed(self) -> int:
+        return max(self.action_type.approvals_required, self.required_approvals or 1)
+
+    @property
+    def live_claim(self) -> Claim | None:
+        try:
+            claim = self.claim
+        except ObjectDoesNotExist:
+            return None
+        return claim if claim.is_live() else None
+
+    @property
+    def current_approvals(self) -> list[Review]:
+        """Approvals bound to the payload as it stands (an edit voids earlier ones)."""
+        current = self.effective_payload_hash
+        return [
+            r
+            for r in self.reviews.all()
+            if r.verdict == Review.Verdict.APPROVE and r.payload_hash == current
+        ]
+
+    @property
+    def raised_by(self) -> str:
+        """Who the service says asked for this action (metadata.requested_by), if anyone."""
+        value = (
+            (self.metadata or {}).get("requested_by") if isinstance(self.metadata, dict) else None
+        )
+        return value.strip().lower() if isinstance(value, str) else ""
 
 
 def payload_hash(payload: Any) -> str:
@@ -421,3 +466,20 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
+class Claim(models.Model):
+    """A reviewer's lease on a pending proposal: others see who holds it until it expires."""
+
+    proposal = models.OneToOneField(
+        Proposal, on_delete=models.CASCADE, primary_key=True, related_name="claim"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims"
+    )
+    claimed_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.proposal_id} held by {self.reviewer_id} until {self.expires_at:%H:%M:%S}"
+
+    def is_live(self, now: Any = None) -> bool:
+        return self.expires_at > (now or timezone.now())

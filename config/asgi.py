@@ -1,4 +1,8 @@
-"""ASGI entry point: `uvicorn config.asgi:application`."""
+"""ASGI entry point: `uvicorn config.asgi:application`.
+
+HTTP goes to Django; websockets (the live reviewer queue) go to Channels, behind a check of
+the Origin header against ALLOWED_HOSTS and Django's session authentication.
+"""
 
 from __future__ import annotations
 
@@ -8,4 +12,19 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-application = get_asgi_application()
+# Django must be set up before anything imports models.
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from approvals.routing import websocket_urlpatterns  # noqa: E402
+
+
+def websocket_application() -> AllowedHostsOriginValidator:
+    """Origin must be one of ALLOWED_HOSTS (read now); then the session sets scope["user"]."""
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})

@@ -131,11 +131,53 @@ def make_rule(db: None) -> Callable[..., Any]:
     return make
 
 
+# --- reviewer workspace (issue 5) -----------------------------------------------------------
+
+
+@pytest.fixture
+def second_reviewer(db: None) -> User:
+    """Another reviewer of the same team: the second pair of eyes."""
+    user = User.objects.create_user("sam", password="pw-sam-1234567")
+    user.groups.add(Group.objects.get_or_create(name="support")[0])
+    return user
+
+
+@pytest.fixture
+def other_team_reviewer(db: None) -> User:
+    """A reviewer of another team: must never see or decide support's proposals."""
+    user = User.objects.create_user("otto", password="pw-otto-123456")
+    user.groups.add(Group.objects.get_or_create(name="trust-and-safety")[0])
+    return user
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    """Logged in, in no reviewer group."""
+    return User.objects.create_user("olga", password="pw-olga-123456")
+
+
+@pytest.fixture
+def submit(shop: ServiceClient) -> Callable[..., Any]:
+    """Submit a refund proposal from `shop` through the service layer; returns the Proposal."""
+
+    def make(**overrides: Any) -> Any:
+        body = refund_body(**overrides)
+        return services.proposal_submit(service=shop.service, data=body).proposal
+
+    return make
+
+
 @pytest.fixture
 def admin_client_logged_in(db: None) -> Client:
     User.objects.create_superuser("ada", password="pw-ada-123456")
     client = Client()
     client.login(username="ada", password="pw-ada-123456")
+    return client
+
+
+def logged_in(user: User, **defaults: Any) -> Client:
+    client = Client(**defaults)
+    client.force_login(user)
     return client
 
 
@@ -185,3 +227,11 @@ def workers(transactional_db: None, tmp_path: Any) -> Any:
     yield start
     for worker in started:
         worker.stop()
+
+
+def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:
+    """Claim, then decide, as a reviewer does from the proposal page (a decision needs a claim)."""
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
+    return services.proposal_decide(
+        proposal=proposal, reviewer=reviewer, verdict=verdict, comment=comment
+    )

@@ -9,9 +9,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
-from approvals import services
 from approvals.models import ActionType, AuditEvent, Proposal
-from tests.conftest import ServiceClient, refund_body
+from tests.conftest import ServiceClient, decide_as, refund_body
 
 
 def submit(client: ServiceClient, **overrides: Any) -> dict[str, Any]:
@@ -126,7 +125,7 @@ def test_wait_holds_the_request_until_a_reviewer_decides(
 
     def decide_soon() -> None:
         time.sleep(0.4)
-        services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+        decide_as(reviewer, proposal)
         connection.close()
 
     thread = threading.Thread(target=decide_soon)
@@ -176,9 +175,7 @@ def test_the_service_reports_the_result_of_an_action_it_executes(
     early = shop.post_json(f"/api/v1/proposals/{created['id']}/result", {"status": "executed"})
     assert early.status_code == 409
 
-    services.proposal_decide(
-        proposal=Proposal.objects.get(pk=created["id"]), reviewer=reviewer, verdict="approve"
-    )
+    decide_as(reviewer, Proposal.objects.get(pk=created["id"]))
     response = shop.post_json(
         f"/api/v1/proposals/{created['id']}/result", {"status": "executed", "detail": "refund R-9"}
     )
@@ -194,9 +191,7 @@ def test_a_result_is_refused_for_types_gatehouse_executes(
     refund_type.executor_target = "approvals.demo_executors.record"
     refund_type.save()
     created = submit(shop)
-    services.proposal_decide(
-        proposal=Proposal.objects.get(pk=created["id"]), reviewer=reviewer, verdict="approve"
-    )
+    decide_as(reviewer, Proposal.objects.get(pk=created["id"]))
     response = shop.post_json(f"/api/v1/proposals/{created['id']}/result", {"status": "executed"})
     assert response.status_code == 409
     assert "executor" in response.json()["detail"]

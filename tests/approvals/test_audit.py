@@ -75,6 +75,7 @@ def test_two_concurrent_transitions_of_one_proposal_have_one_winner(
         finally:
             connection.close()
 
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
     threads = [
         threading.Thread(
             target=run,

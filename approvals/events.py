@@ -1,0 +1,91 @@
+"""Live updates for open reviewer pages, sent after the change commits.
+
+Services call `proposal_changed(id)` inside their transaction (transition() and the submit
+path do it for every state change). After commit, the proposal is rendered with the same
+fragment templates the pages use and sent to the channel group of its action type; each
+websocket consumer forwards it to its reviewer unless that reviewer raised the proposal.
+
+With the Redis channel layer every process (web or worker) sends directly. With the in-memory
+layer (the embedded default) a layer lives inside one process, so the web process relays what
+every process wrote by tailing the audit table (approvals/relay.py); here we only wake it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
+from django.template.loader import render_to_string
+
+from approvals import selectors
+
+log = logging.getLogger("gatehouse.events")
+_pending: set[asyncio.Task[None]] = set()
+EVENT_TYPE = "proposal.update"  # handled by QueueConsumer.proposal_update
+
+
+def group_for_action_type(action_type_id: int) -> str:
+    """The one place channel group names are made."""
+    return f"gatehouse.queue.type-{action_type_id}"
+
+
+def uses_process_local_layer() -> bool:
+    return isinstance(get_channel_layer(), InMemoryChannelLayer)
+
+
+def proposal_changed(proposal_id: uuid.UUID) -> None:
+    """Call inside the transaction that changed the proposal; broadcasts only if it commits."""
+
+    def broadcast() -> None:
+        _after_commit(proposal_id)
+
+    # robust: a broadcast that fails is logged; it never undoes or fails the committed change.
+    transaction.on_commit(broadcast, robust=True)
+
+
+def _after_commit(proposal_id: uuid.UUID) -> None:
+    if uses_process_local_layer():
+        from approvals.relay import relay
+
+        relay.nudge()  # the audit event is committed; the relay (if this is a web process) sends
+        return
+    message = render_update(proposal_id)
+    if message is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(send_update)(message)  # the usual case: a sync view, task or command
+    else:
+        task = loop.create_task(send_update(message))
+        _pending.add(task)  # keep a reference until it is done
+        task.add_done_callback(_pending.discard)
+
+
+def render_update(proposal_id: uuid.UUID) -> dict[str, Any] | None:
+    """The message for one proposal: its queue row (or its removal) and its state panel."""
+    proposal = selectors.proposal_for_broadcast(proposal_id=proposal_id)
+    if proposal is None:
+        return None
+    html = render_to_string("approvals/_live_update.html", {"p": proposal, "oob": True})
+    return {
+        "type": EVENT_TYPE,
+        "group": group_for_action_type(proposal.action_type_id),
+        "html": html,
+        "raised_by": proposal.raised_by,
+    }
+
+
+async def send_update(message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    await layer.group_send(
+        message["group"],
+        {"type": message["type"], "html": message["html"], "raised_by": message["raised_by"]},
+    )

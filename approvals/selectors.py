@@ -1,0 +1,311 @@
+"""Reads for the reviewer's workspace. Visibility is decided here, once: a reviewer sees only
+the action types whose reviewer group they belong to (superusers see all), and never a proposal
+the service says they raised."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.apps import apps
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
+from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from approvals.errors import NotFound
+from approvals.models import ActionType, AuditEvent, Proposal, Review
+
+State = Proposal.State
+DECIDED_STATES = [
+    State.APPROVED,
+    State.REJECTED,
+    State.CANCELLED,
+    State.EXPIRED,
+    State.EXECUTING,
+    State.EXECUTED,
+    State.FAILED,
+]
+QUEUE_ROW_DEFERRED = ("payload", "rationale", "first_response", "rule_trace", "request_hash")
+AGE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
+AnyUser = AbstractBaseUser | AnonymousUser
+LLMCALLS_APP = "llmcalls"  # optional: the model-call log, when installed
+
+
+def visible_action_types(*, user: AnyUser) -> QuerySet[ActionType]:
+    if not isinstance(user, User) or not user.is_active:
+        return ActionType.objects.none()
+    if user.is_superuser:
+        return ActionType.objects.all()
+    return ActionType.objects.filter(reviewer_group__user=user).distinct()
+
+
+def visible_action_type_ids(*, user: AnyUser) -> set[int]:
+    return set(visible_action_types(user=user).values_list("pk", flat=True))
+
+
+def reviewer_identities(*, user: AnyUser) -> set[str]:
+    """The names under which a service may say this reviewer raised a proposal."""
+    if not isinstance(user, User):
+        return set()
+    return {name.strip().lower() for name in (user.username, user.email) if name and name.strip()}
+
+
+def _with_review_state(queryset: QuerySet[Proposal]) -> QuerySet[Proposal]:
+    return queryset.select_related("action_type", "claim__reviewer").prefetch_related(
+        Prefetch("reviews", queryset=Review.objects.select_related("reviewer"))
+    )
+
+
+def _not_raised_by(queryset: QuerySet[Proposal], identities: set[str]) -> QuerySet[Proposal]:
+    if not identities:
+        return queryset
+    # A missing key must not exclude the row, hence the explicit isnull branch.
+    return queryset.filter(
+        Q(metadata__requested_by__isnull=True) | ~Q(metadata__requested_by__in=sorted(identities))
+    )
+
+
+# --- the queue ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    action_type: str = ""
+    risk: str = ""
+    age: str = ""
+    newest_first: bool = False
+    after: str = ""
+
+    @classmethod
+    def from_query(cls, query: Any) -> QueueFilters:
+        return cls(
+            action_type=str(query.get("type", ""))[:100],
+            risk=str(query.get("risk", ""))[:10],
+            age=str(query.get("age", ""))[:4],
+            newest_first=query.get("order") == "newest",
+            after=str(query.get("after", ""))[:100],
+        )
+
+    def as_query(self, **changes: Any) -> dict[str, str]:
+        values = {
+            "type": self.action_type,
+            "risk": self.risk,
+            "age": self.age,
+            "order": "newest" if self.newest_first else "",
+            "after": self.after,
+        }
+        values.update(changes)
+        return {k: v for k, v in values.items() if v}
+
+
+@dataclass
+class Page:
+    rows: list[Proposal]
+    next_cursor: str = ""
+    action_types: list[ActionType] = field(default_factory=list)
+
+
+def encode_cursor(moment: datetime, pk: uuid.UUID) -> str:
+    return f"{moment.isoformat()}~{pk}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
+    moment_text, _, pk_text = cursor.partition("~")
+    try:
+        moment = parse_datetime(moment_text)
+        pk = uuid.UUID(pk_text)
+    except ValueError:
+        return None
+    if moment is None:
+        return None
+    return moment, pk
+
+
+def _keyset(
+    queryset: QuerySet[Proposal], column: str, cursor: str, *, descending: bool
+) -> QuerySet[Proposal]:
+    """Rows strictly after the cursor in (column, id) order. The plain `>=` bound lets the
+    database start the index scan at the cursor; the OR settles ties on the same instant."""
+    position = decode_cursor(cursor) if cursor else None
+    if position is None:
+        return queryset
+    moment, pk = position
+    if descending:
+        return queryset.filter(**{f"{column}__lte": moment}).filter(
+            Q(**{f"{column}__lt": moment}) | Q(**{column: moment, "id__lt": pk})
+        )
+    return queryset.filter(**{f"{column}__gte": moment}).filter(
+        Q(**{f"{column}__gt": moment}) | Q(**{column: moment, "id__gt": pk})
+    )
+
+
+def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50) -> Page:
+    """Pending proposals this reviewer may decide, oldest first unless asked otherwise."""
+    types = list(visible_action_types(user=user).order_by("key"))
+    chosen = [
+        t
+        for t in types
+        if (not filters.action_type or t.key == filters.action_type)
+        and (not filters.risk or t.risk == filters.risk)
+    ]
+    if not chosen:
+        return Page(rows=[], action_types=types)
+    queryset = Proposal.objects.filter(
+        state=State.PENDING_REVIEW, action_type_id__in=[t.pk for t in chosen]
+    )
+    if filters.age in AGE_CHOICES:
+        queryset = queryset.filter(created_at__lte=timezone.now() - AGE_CHOICES[filters.age])
+    queryset = _not_raised_by(queryset, reviewer_identities(user=user))
+    queryset = _keyset(queryset, "created_at", filters.after, descending=filters.newest_first)
+    order = ["-created_at", "-id"] if filters.newest_first else ["created_at", "id"]
+    # A row shows none of the large JSON and text columns; decoding them is most of the cost.
+    # The action types are in hand already, so rows take them from there rather than a join.
+    queryset = (
+        queryset.defer(*QUEUE_ROW_DEFERRED).select_related("claim__reviewer").order_by(*order)
+    )
+    rows = list(queryset[: limit + 1])
+    by_id = {t.pk: t for t in chosen}
+    for row in rows:
+        row.action_type = by_id[row.action_type_id]
+    # Only rows that need several approvals show a count of them.
+    prefetch_related_objects([r for r in rows if r.approvals_needed > 1], "reviews")
+    next_cursor = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].pk)
+    return Page(rows=rows, next_cursor=next_cursor, action_types=types)
+
+
+# --- one proposal ---------------------------------------------------------------------------
+
+
+def proposal_for_reviewer(*, user: AnyUser, proposal_id: uuid.UUID) -> Proposal:
+    """The proposal if this reviewer may see it; NotFound otherwise (outsiders learn nothing)."""
+    proposal = (
+        _with_review_state(
+            Proposal.objects.filter(
+                pk=proposal_id, action_type__in=visible_action_types(user=user)
+            ).select_related("service", "decision_reviewer")
+        )
+    ).first()
+    if proposal is None:
+        raise NotFound("No such proposal.")
+    return proposal
+
+
+def proposal_for_broadcast(*, proposal_id: uuid.UUID) -> Proposal | None:
+    return _with_review_state(Proposal.objects.filter(pk=proposal_id)).first()
+
+
+def proposal_history(*, proposal: Proposal) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(proposal=proposal).order_by("id"))
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    id: str
+    model: str
+    provider: str
+    status: str
+    latency_ms: float | None
+    cost_usd: Any
+    input_tokens: int | None
+    output_tokens: int | None
+    messages: Any
+    response_text: str
+
+
+def linked_model_call(*, proposal: Proposal) -> ModelCall | None:
+    """The model call the proposal came from, when the llmcalls app is installed and has it."""
+    if proposal.llm_call_id is None or not apps.is_installed(LLMCALLS_APP):
+        return None
+    try:
+        model = apps.get_model(LLMCALLS_APP, "LLMCall")
+    except LookupError:
+        return None
+    call = model.objects.filter(pk=proposal.llm_call_id).first()
+    if call is None:
+        return None
+    return ModelCall(
+        id=str(call.pk),
+        model=getattr(call, "model", ""),
+        provider=getattr(call, "provider", ""),
+        status=getattr(call, "status", ""),
+        latency_ms=getattr(call, "latency_ms", None),
+        cost_usd=getattr(call, "cost_usd", None),
+        input_tokens=getattr(call, "input_tokens", None),
+        output_tokens=getattr(call, "output_tokens", None),
+        messages=getattr(call, "messages", None),
+        response_text=getattr(call, "response_text", ""),
+    )
+
+
+# --- history --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryFilters:
+    q: str = ""
+    state: str = ""
+    action_type: str = ""
+    decided_by: str = ""
+    mine: bool = False
+    after: str = ""
+
+    @classmethod
+    def from_query(cls, query: Any) -> HistoryFilters:
+        return cls(
+            q=str(query.get("q", "")).strip()[:200],
+            state=str(query.get("state", ""))[:20],
+            action_type=str(query.get("type", ""))[:100],
+            decided_by=str(query.get("by", ""))[:10],
+            mine=query.get("mine") == "1",
+            after=str(query.get("after", ""))[:100],
+        )
+
+    def as_query(self, **changes: Any) -> dict[str, str]:
+        values = {
+            "q": self.q,
+            "state": self.state,
+            "type": self.action_type,
+            "by": self.decided_by,
+            "mine": "1" if self.mine else "",
+            "after": self.after,
+        }
+        values.update(changes)
+        return {k: v for k, v in values.items() if v}
+
+
+def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int = 50) -> Page:
+    """Decided proposals of the types this reviewer may see, latest change first."""
+    types = list(visible_action_types(user=user).order_by("key"))
+    queryset = Proposal.objects.filter(
+        action_type_id__in=[
+            t.pk for t in types if not filters.action_type or t.key == filters.action_type
+        ],
+        state__in=[filters.state] if filters.state in DECIDED_STATES else DECIDED_STATES,
+    )
+    if filters.decided_by in Proposal.DecidedBy.values:
+        queryset = queryset.filter(decided_by=filters.decided_by)
+    if filters.mine:
+        queryset = queryset.filter(reviews__reviewer_id=user.pk)
+    if filters.q:
+        match = Q(summary__icontains=filters.q) | Q(external_id=filters.q)
+        with contextlib.suppress(ValueError):
+            match |= Q(pk=uuid.UUID(filters.q))
+        queryset = queryset.filter(match)
+    queryset = _keyset(queryset, "updated_at", filters.after, descending=True)
+    rows = list(
+        queryset.select_related("action_type", "decision_reviewer").order_by("-updated_at", "-id")[
+            : limit + 1
+        ]
+    )
+    next_cursor = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].pk)
+    return Page(rows=rows, next_cursor=next_cursor, action_types=types)

@@ -1,0 +1,42 @@
+"""Template filters for the reviewer pages. None of them marks anything safe: model-provided
+text leaves here as plain strings and Django's autoescaping applies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@register.filter
+def as_cell(value: Any) -> str:
+    """A payload value as readable text: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+@register.filter
+def payload_items(value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in value.items()]
+    return [("(value)", value)]
+
+
+@register.filter
+def confidence(value: float) -> str:
+    return f"{value:.2f}"
+
+
+@register.filter
+def actor_name(actor: str) -> str:
+    kind, _, name = actor.partition(":")
+    return name or kind

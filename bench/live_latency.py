@@ -1,0 +1,424 @@
+"""Live queue latency and queue page time, each against a floor measured in the same run.
+
+1. Live push: uvicorn (1 worker) on a fresh PostgreSQL database with the Redis channel layer;
+   20 websocket clients connected as 20 reviewers. For each of 200 proposals POSTed to
+   /api/v1/proposals one after another: the time from the POST returning (and, for reference,
+   from it being sent) to the row's HTML arriving at each client; p50/p95 over the
+   200 x 20 arrivals. Floor: the same 20 sockets, a message of the same size sent to the
+   same channel group straight from this process through Redis (no request, no database, no
+   rendering): what the transport alone costs.
+2. Queue page: 100,000 pending proposals (bulk-inserted, three action types); the server time
+   of GET / for a reviewer (Django's test client in this process, so no network; wall and CPU
+   time), first page, a deep page (cursor), a type filter and newest-first; p50/p95 over 60
+   requests each. Floor: the same first page measured before the bulk insert, while only the
+   ~200 proposals of part 1 wait, so the ratio shows what 100,000 pending rows cost. The
+   sign-in page (same middleware and session, no queue query) is printed for reference.
+
+    .venv/bin/python bench/live_latency.py [--proposals 200] [--clients 20] [--pending 100000]
+
+Environment: BENCH_REDIS_URL (default redis://127.0.0.1:6379/5; the bench flushes nothing),
+BENCH_DATABASE (default gh_ui_bench, dropped and re-created).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import ROOT, bench_env, fresh_database, manage, uvicorn
+
+ROW_ID = re.compile(r'<tr id="proposal-([0-9a-f-]{36})" class="queue-row"')
+CONFIG = """\
+action_types:
+  - key: refund.issue
+    title: Issue a refund
+    risk: medium
+    executor: {kind: none}
+    reviewer_group: support
+    payload_schema:
+      type: object
+      required: [order_id, amount, currency]
+      properties:
+        order_id: {type: string}
+        amount: {type: number}
+        currency: {type: string}
+  - key: email.send
+    title: Send a customer email
+    risk: low
+    irreversible: true
+    executor: {kind: none}
+    reviewer_group: support
+    payload_schema: {type: object}
+  - key: account.close
+    title: Close an account
+    risk: high
+    irreversible: true
+    approvals_required: 2
+    executor: {kind: none}
+    reviewer_group: support
+    payload_schema: {type: object}
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def prepare(clients: int) -> tuple[str, list[str], int]:
+    """Reviewers with sessions, a service key; returns (key, session cookies, type id)."""
+    from django.conf import settings
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    from approvals import services
+    from approvals.models import ActionType
+
+    support = Group.objects.get(name="support")
+    cookies = []
+    for i in range(clients):
+        user = User.objects.create_user(f"reviewer{i}", password="bench-password-123")
+        user.groups.add(support)
+        client = Client()
+        client.force_login(user)
+        cookies.append(
+            f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+        )
+    _, key = services.service_create(
+        name="bench-shop", action_type_keys=["refund.issue", "email.send", "account.close"]
+    )
+    return key, cookies, ActionType.objects.get(key="refund.issue").pk
+
+
+def body(i: int) -> dict[str, Any]:
+    return {
+        "action_type": "refund.issue",
+        "payload": {"order_id": f"ORD-{100000 + i}", "amount": 20.0 + i % 50, "currency": "EUR"},
+        "confidence": 0.8,
+        "summary": f"Refund order ORD-{100000 + i}: parcel arrived late",
+        "rationale": "The carrier's tracking shows delivery nine days late. " * 4,
+        "model": "gpt-4o-mini",
+        "prompt_version": "refunds@7",
+        "feature": "support-refunds",
+    }
+
+
+async def live_round(
+    base: str, key: str, cookies: list[str], proposals: int, group: str
+) -> dict[str, Any]:
+    import httpx
+    import websockets
+    from channels.layers import get_channel_layer
+
+    ws_url = base.replace("http://", "ws://") + "/ws/queue/"
+    arrivals: list[dict[str, float]] = [{} for _ in cookies]
+    sockets = [
+        await websockets.connect(
+            ws_url, additional_headers={"Origin": base, "Cookie": c}, max_size=2**22
+        )
+        for c in cookies
+    ]
+
+    async def reader(index: int, ws: Any) -> None:
+        async for message in ws:
+            now = time.perf_counter()
+            match = ROW_ID.search(message)
+            if match and match.group(1) not in arrivals[index]:
+                arrivals[index][match.group(1)] = now
+
+    readers = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(sockets)]
+    await asyncio.sleep(0.5)
+
+    async def wait_all(ids: list[str], timeout: float = 10) -> None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if all(all(i in a for i in ids) for a in arrivals):
+                return
+            await asyncio.sleep(0.005)
+
+    # Floor: the transport alone. Same sockets, same group, a message of the same size.
+    layer = get_channel_layer()
+    sample_html = ""
+    floor_sent: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
+        warm = await http.post("/api/v1/proposals", json=body(999_999))
+        assert warm.status_code == 201, warm.text
+        await wait_all([warm.json()["id"]])
+        sample_html = "x" * 1500
+        for _ in range(proposals):
+            fake = str(uuid.uuid4())
+            html = f'<tr id="proposal-{fake}" class="queue-row" data-queue-row>{sample_html}</tr>'
+            floor_sent[fake] = time.perf_counter()
+            await layer.group_send(
+                group, {"type": "proposal.update", "html": html, "raised_by": ""}
+            )
+            await wait_all([fake], timeout=5)
+
+        sent: dict[str, float] = {}
+        returned: dict[str, float] = {}
+        for i in range(proposals):
+            started = time.perf_counter()
+            response = await http.post("/api/v1/proposals", json=body(i))
+            done = time.perf_counter()
+            assert response.status_code == 201, response.text
+            pid = response.json()["id"]
+            sent[pid], returned[pid] = started, done
+            await wait_all([pid], timeout=5)
+    for task in readers:
+        task.cancel()
+    for ws in sockets:
+        await ws.close()
+
+    def latencies(origin: dict[str, float], clamp: bool) -> tuple[list[float], int, int]:
+        values, missing, early = [], 0, 0
+        for per_client in arrivals:
+            for pid, t0 in origin.items():
+                if pid not in per_client:
+                    missing += 1
+                    continue
+                delta = (per_client[pid] - t0) * 1000
+                if delta < 0:
+                    early += 1
+                values.append(max(0.0, delta) if clamp else delta)
+        return values, missing, early
+
+    from_return, missing, early = latencies(returned, clamp=True)
+    from_send, _, _ = latencies(sent, clamp=False)
+    floor, floor_missing, _ = latencies(floor_sent, clamp=False)
+    return {
+        "from_return": from_return,
+        "from_send": from_send,
+        "floor": floor,
+        "missing": missing,
+        "floor_missing": floor_missing,
+        "before_response": early,
+        "post_ms": [(returned[p] - sent[p]) * 1000 for p in sent],
+    }
+
+
+def insert_pending(count: int) -> None:
+    import random
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from approvals.models import ActionType, Proposal, Service, payload_hash
+
+    rng = random.Random(1)
+    service = Service.objects.get(name="bench-shop")
+    types = list(ActionType.objects.all())
+    now = timezone.now()
+    batch: list[Proposal] = []
+    for i in range(count):
+        payload = {
+            "order_id": f"ORD-{i}",
+            "amount": round(rng.uniform(5, 900), 2),
+            "currency": "EUR",
+        }
+        created = now - timedelta(seconds=rng.uniform(0, 72 * 3600))
+        batch.append(
+            Proposal(
+                service=service,
+                action_type=types[i % len(types)],
+                payload=payload,
+                payload_hash=payload_hash(payload),
+                confidence=round(rng.random(), 2),
+                summary=f"Refund order ORD-{i}: parcel arrived late",
+                rationale="Tracking shows a late delivery.",
+                state=Proposal.State.PENDING_REVIEW,
+                created_at=created,
+                updated_at=created,
+                expires_at=now + timedelta(hours=24),
+            )
+        )
+        if len(batch) == 5000:
+            Proposal.objects.bulk_create(batch)
+            batch = []
+    if batch:
+        Proposal.objects.bulk_create(batch)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE approvals_proposal")
+
+
+def small_queue_times(requests: int) -> tuple[list[float], list[float]]:
+    """The floor for the queue page: the same first page while only a few hundred wait."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.get(username="reviewer0"))
+    for _ in range(5):
+        assert client.get("/").status_code == 200
+    wall, cpu = [], []
+    for _ in range(requests):
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        assert client.get("/").status_code == 200
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.thread_time() - started_cpu) * 1000)
+    return wall, cpu
+
+
+def page_times(requests: int) -> dict[str, tuple[list[float], list[float]]]:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from approvals import selectors
+
+    user = User.objects.get(username="reviewer0")
+    client = Client()
+    client.force_login(user)
+    # A cursor deep into the queue: 1,000 pages of 50 in (or half-way for a smaller run).
+    from approvals.models import Proposal
+
+    pending = Proposal.objects.filter(state="pending_review").order_by("created_at", "id")
+    depth = min(50_000, pending.count() // 2)
+    moment, pk = pending.values_list("created_at", "id")[depth]
+    deep_cursor = selectors.encode_cursor(moment, pk)
+    urls = {
+        "sign-in page (no queue query)": ("/login/", Client()),
+        "queue, first page": ("/", client),
+        "queue, 1,000 pages deep": (f"/?after={deep_cursor}", client),
+        "queue, one action type": ("/?type=refund.issue", client),
+        "queue, high risk, newest first": ("/?risk=high&order=newest", client),
+        "queue rows (htmx fragment)": ("/?__rows", client),
+    }
+    results: dict[str, tuple[list[float], list[float]]] = {}
+    for name, (url, c) in urls.items():
+        headers = {"HX-Request": "true", "HX-Target": "queue-rows"} if url == "/?__rows" else {}
+        path = "/" if url == "/?__rows" else url
+        for _ in range(5):
+            response = c.get(path, headers=headers)
+            assert response.status_code == 200, (url, response.status_code)
+        wall, cpu = [], []
+        for _ in range(requests):
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            response = c.get(path, headers=headers)
+            wall.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.thread_time() - started_cpu) * 1000)
+            assert response.status_code == 200
+        results[name] = (wall, cpu)
+    return results
+
+
+def explain() -> str:
+    from django.contrib.auth.models import User
+
+    from approvals import selectors
+
+    user = User.objects.get(username="reviewer0")
+    types = [t.pk for t in selectors.visible_action_types(user=user)]
+    from approvals.models import Proposal
+
+    queryset = Proposal.objects.filter(state="pending_review", action_type_id__in=types).order_by(
+        "created_at", "id"
+    )[:51]
+    plan = queryset.explain(analyze=True)
+    return "\n".join(line for line in plan.splitlines() if "Index" in line or "Execution" in line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--proposals", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--pending", type=int, default=100_000)
+    parser.add_argument("--page-requests", type=int, default=60)
+    args = parser.parse_args()
+
+    database = os.environ.get("BENCH_DATABASE", "gh_ui_bench")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+    fresh_database(database)
+    env = bench_env(
+        database, REDIS_URL=redis_url, ALLOWED_HOSTS="127.0.0.1,testserver", SECURE_COOKIES="0"
+    )
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "collectstatic", "--noinput", "-v", "0")
+    config = ROOT / ".bench-live-config.yaml"
+    config.write_text(CONFIG)
+    try:
+        manage(env, "apply", str(config))
+    finally:
+        config.unlink()
+    setup_django(env)
+    from approvals.events import group_for_action_type
+
+    key, cookies, type_id = prepare(args.clients)
+
+    print(
+        f"Live push: {args.clients} websocket clients, {args.proposals} proposals, uvicorn 1 worker, Redis layer"
+    )
+    with uvicorn(env, workers=1) as base:
+        result = asyncio.run(
+            live_round(base, key, cookies, args.proposals, group_for_action_type(type_id))
+        )
+    rows = [
+        ("floor: group_send → client", result["floor"]),
+        ("POST returned → row at client", result["from_return"]),
+        ("POST sent → row at client", result["from_send"]),
+        ("POST round trip itself", result["post_ms"]),
+    ]
+    print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'n':>6}")
+    for name, values in rows:
+        print(
+            f"{name:34} {pct(values, 50):8.2f} {pct(values, 95):8.2f} {max(values):8.2f} {len(values):6d}"
+        )
+    print(
+        f"missing arrivals: {result['missing']} (floor {result['floor_missing']}); "
+        f"rows that arrived before the POST response: {result['before_response']}"
+    )
+    print(
+        f"ratio p95 (POST sent → row) / floor p95: {pct(result['from_send'], 95) / pct(result['floor'], 95):.1f}; "
+        f"target p95 (POST returned → row) ≤ 150 ms: {'met' if pct(result['from_return'], 95) <= 150 else 'MISSED'}"
+    )
+
+    print(f"\nQueue page with {args.pending:,} pending proposals (server time, in-process client)")
+    from approvals.models import Proposal
+
+    few = Proposal.objects.filter(state="pending_review").count()
+    small = small_queue_times(args.page_requests)
+    started = time.perf_counter()
+    insert_pending(args.pending)
+    print(f"(inserted in {time.perf_counter() - started:.1f} s)")
+    times = {f"floor: queue, first page, {few} pending": small, **page_times(args.page_requests)}
+    floor = statistics.median(small[0])
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'cpu p50':>8} {'x floor':>8}")
+    for name, (wall, cpu) in times.items():
+        print(
+            f"{name:34} {pct(wall, 50):8.2f} {pct(wall, 95):8.2f} {pct(cpu, 50):8.2f} "
+            f"{pct(wall, 50) / floor:8.1f}"
+        )
+    queue = [(n, w, c) for n, (w, c) in times.items() if n.startswith("queue")]
+    worst = max(pct(w, 95) for _, w, _ in queue)
+    print(
+        f"ratio first page with {args.pending:,} / with {few} pending (p50): "
+        f"{pct(times['queue, first page'][0], 50) / floor:.2f}; "
+        f"worst CPU p50 {max(pct(c, 50) for _, _, c in queue):.1f} ms"
+    )
+    print(f"target queue page ≤ 50 ms (worst p95 above): {'met' if worst <= 50 else 'MISSED'}")
+    print("\nPlan of the first page's query:\n" + explain())
+    print(json.dumps({"live_p95_ms": pct(result["from_return"], 95), "queue_worst_p95_ms": worst}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+// Gatehouse reviewer pages: keyboard, live-queue insertion, resync after reconnect.
+// Loaded from our own origin (the CSP forbids inline script and eval). It never builds HTML
+// from strings: every fragment it places was rendered and escaped by the server.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var page = function () { return document.body.getAttribute("data-page"); };
+
+  // --- live connection state and resync ------------------------------------------------
+  var everOpened = false;
+  function setLive(state, text) {
+    var el = document.getElementById("live-status");
+    if (!el) return;
+    el.setAttribute("data-state", state);
+    el.textContent = text;
+  }
+  body.addEventListener("htmx:wsOpen", function () {
+    setLive("open", "live");
+    // After a disconnect we may have missed pushes: fetch the current rows and state again.
+    if (everOpened) htmx.trigger(document.body, "resync");
+    everOpened = true;
+  });
+  body.addEventListener("htmx:wsClose", function () { setLive("closed", "reconnecting…"); });
+  body.addEventListener("htmx:wsError", function () { setLive("closed", "reconnecting…"); });
+
+  // --- live insertion of new queue rows --------------------------------------------------
+  // A pushed row replaces the row with its id (hx-swap-oob). A row the page does not have yet
+  // ends up here; we place it if it fits the filters on screen.
+  function filterValue(name) {
+    var form = document.getElementById("queue-filters");
+    var field = form && form.elements.namedItem(name);
+    return field ? field.value : "";
+  }
+  var missed = 0;
+  body.addEventListener("htmx:oobErrorNoTarget", function (event) {
+    var row = event.detail && event.detail.content;
+    var rows = document.getElementById("queue-rows");
+    if (!rows || !row || !row.hasAttribute || !row.hasAttribute("data-queue-row")) return;
+    if (document.getElementById(row.id)) return;
+    if (filterValue("type") && filterValue("type") !== row.getAttribute("data-action-type")) return;
+    if (filterValue("risk") && filterValue("risk") !== row.getAttribute("data-risk")) return;
+    if (filterValue("age")) return; // a new proposal is never "older than" anything yet
+    var newestFirst = filterValue("order") === "newest";
+    var more = document.getElementById("queue-more");
+    if (!newestFirst && more) {
+      // Oldest first and more pages below: it belongs at the very end, not on this page.
+      missed += 1;
+      var notice = document.getElementById("queue-notice");
+      if (notice) {
+        notice.hidden = false;
+        notice.textContent = missed + " new since you loaded this page";
+      }
+      return;
+    }
+    var placed = document.importNode(row, true);
+    if (newestFirst) rows.insertBefore(placed, rows.firstChild); else rows.appendChild(placed);
+    var empty = document.getElementById("queue-empty");
+    if (empty) empty.remove();
+    htmx.process(placed);
+    placed.classList.add("arrived");
+  });
+
+  // Claims lapse on their own; hide labels whose time has passed until the next push.
+  function expireClaims() {
+    var now = Date.now() / 1000;
+    document.querySelectorAll("[data-claim-expires]").forEach(function (el) {
+      if (Number(el.getAttribute("data-claim-expires")) < now) el.hidden = true;
+    });
+  }
+  setInterval(expireClaims, 15000);
+
+  // --- keyboard ----------------------------------------------------------------------------
+  function queueRows() {
+    return Array.prototype.slice.call(document.querySelectorAll("#queue-rows tr[data-queue-row]"));
+  }
+  function selected() { return document.querySelector("#queue-rows tr.selected"); }
+  function select(row) {
+    var current = selected();
+    if (current) current.classList.remove("selected");
+    if (!row) return;
+    row.classList.add("selected");
+    row.setAttribute("aria-selected", "true");
+    row.scrollIntoView({ block: "nearest" });
+  }
+  function move(step) {
+    var rows = queueRows();
+    if (!rows.length) return;
+    var index = rows.indexOf(selected());
+    var next = index < 0 ? 0 : Math.min(rows.length - 1, Math.max(0, index + step));
+    select(rows[next]);
+  }
+  function open(row, anchor) {
+    if (row) window.location.assign(row.getAttribute("data-href") + (anchor || ""));
+  }
+  // A selected row that a push removed: select its neighbour.
+  body.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    if (!target || !target.classList || !target.classList.contains("selected")) return;
+    var rows = queueRows();
+    var index = rows.indexOf(target);
+    var neighbour = rows[index + 1] || rows[index - 1];
+    setTimeout(function () {
+      var again = document.getElementById(target.id);
+      if (again) { select(again); } else if (neighbour) { select(neighbour); }
+    }, 0);
+  });
+
+  function focusField(id) {
+    var field = document.getElementById(id);
+    if (!field) return false;
+    var details = field.closest("details");
+    if (details) details.open = true;
+    field.focus();
+    if (field.select && field.tagName === "INPUT") field.select();
+    return true;
+  }
+  var shortcutFields = { "#approve": "approve-comment", "#reject": "reject-comment", "#edit": "edit-payload" };
+
+  function typing(target) {
+    return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  }
+  function showKeys() {
+    var dialog = document.getElementById("keys-help");
+    if (dialog && !dialog.open) dialog.showModal();
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.metaKey) return;
+    var target = event.target;
+    if (typing(target)) {
+      if (event.key === "Escape") target.blur();
+      if (event.key === "Enter" && event.ctrlKey && target.hasAttribute("data-submit-on-ctrl-enter")) {
+        event.preventDefault();
+        target.form.requestSubmit();
+      }
+      return;
+    }
+    if (event.ctrlKey) return;
+    var key = event.key;
+    if (key === "?") { event.preventDefault(); showKeys(); return; }
+    if (page() === "queue") {
+      if (key === "j") { event.preventDefault(); move(1); }
+      else if (key === "k") { event.preventDefault(); move(-1); }
+      else if (key === "Enter") { if (selected()) { event.preventDefault(); open(selected()); } }
+      else if (key === "a" || key === "r" || key === "e") {
+        var anchors = { a: "#approve", r: "#reject", e: "#edit" };
+        if (selected()) { event.preventDefault(); open(selected(), anchors[key]); }
+      }
+    } else if (page() === "proposal") {
+      var fields = { a: "approve-comment", r: "reject-comment", e: "edit-payload" };
+      if (fields[key] && focusField(fields[key])) event.preventDefault();
+      else if (key === "q") { event.preventDefault(); window.location.assign("/"); }
+    }
+  });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-show-keys]");
+    if (button) showKeys();
+    var row = event.target.closest && event.target.closest("#queue-rows tr[data-queue-row]");
+    if (row && !event.target.closest("a")) select(row);
+  });
+
+  function onLoad() {
+    if (page() === "queue") {
+      var rows = queueRows();
+      if (rows.length && !selected()) select(rows[0]);
+    }
+    if (page() === "proposal") {
+      if (shortcutFields[window.location.hash]) focusField(shortcutFields[window.location.hash]);
+      var error = document.getElementById("decision-error");
+      if (error) error.scrollIntoView({ block: "center" });
+    }
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", onLoad);
+  else onLoad();
+})();

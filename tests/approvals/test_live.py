@@ -1,0 +1,199 @@
+"""The live queue over websockets: who may connect, who receives what, and the relay that
+carries changes made in another process when there is no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client, override_settings
+
+from approvals import services
+from approvals.models import Proposal
+from config.asgi import websocket_application
+from tests.approvals.websocket import WebsocketCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1:18400")
+HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)"><b hx-get="/x">'
+
+
+def session_cookie(user: User) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    value = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={value}".encode())
+
+
+def communicator(*headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
+    # Built per test so that it reads the ALLOWED_HOSTS of the test, as production reads its own.
+    return WebsocketCommunicator(websocket_application(), "/ws/queue/", headers=list(headers))
+
+
+async def receive_text(ws: WebsocketCommunicator, timeout: float = 3) -> str:
+    return await ws.receive_from(timeout=timeout)
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_a_socket_without_a_session_is_refused(reviewer: User) -> None:
+    async def scenario(*headers: tuple[bytes, bytes]) -> bool:
+        ws = communicator(*headers)
+        connected, _ = await ws.connect()
+        await ws.disconnect()
+        return connected
+
+    assert run(scenario(ORIGIN)) is False
+    assert run(scenario(ORIGIN, (b"cookie", b"sessionid=forged"))) is False
+    assert run(scenario(ORIGIN, session_cookie(reviewer))) is True
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_a_socket_from_a_foreign_origin_is_refused(reviewer: User) -> None:
+    cookie = session_cookie(reviewer)
+
+    async def scenario(origin: tuple[bytes, bytes] | None) -> bool:
+        headers = [cookie] if origin is None else [cookie, origin]
+        ws = communicator(*headers)
+        connected, _ = await ws.connect()
+        await ws.disconnect()
+        return connected
+
+    assert run(scenario((b"origin", b"http://evil.example"))) is False
+    assert run(scenario(None)) is False
+    assert run(scenario(ORIGIN)) is True
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_a_new_proposal_reaches_its_team_only_escaped(
+    shop: Any, reviewer: User, other_team_reviewer: User, refund_type: Any
+) -> None:
+    mine, theirs = session_cookie(reviewer), session_cookie(other_team_reviewer)
+
+    async def scenario() -> tuple[str, bool]:
+        ws_rita, ws_otto = communicator(mine, ORIGIN), communicator(theirs, ORIGIN)
+        assert (await ws_rita.connect())[0] and (await ws_otto.connect())[0]
+        await database_sync_to_async(_submit)(shop, rationale=HOSTILE, summary=HOSTILE[:200])
+        html = await receive_text(ws_rita)
+        otto_got_nothing = await ws_otto.receive_nothing(timeout=0.5)
+        await ws_rita.disconnect()
+        await ws_otto.disconnect()
+        return html, otto_got_nothing
+
+    html, otto_got_nothing = run(scenario())
+    assert 'hx-swap-oob="true"' in html and 'class="queue-row"' in html
+    assert "<script>" not in html and "<img src=x" not in html and 'hx-get="/x"' not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert otto_got_nothing
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_claims_and_decisions_are_pushed_and_the_row_leaves(
+    submit: Callable[..., Proposal], reviewer: User, second_reviewer: User
+) -> None:
+    proposal = submit()
+    watcher = session_cookie(second_reviewer)
+
+    async def scenario() -> list[str]:
+        ws = communicator(watcher, ORIGIN)
+        assert (await ws.connect())[0]
+        await database_sync_to_async(services.claim_acquire)(
+            proposal_id=proposal.pk, reviewer=reviewer
+        )
+        claimed = await receive_text(ws)
+        await database_sync_to_async(services.proposal_decide)(
+            proposal=proposal, reviewer=reviewer, verdict="approve"
+        )
+        decided = await receive_text(ws)
+        await ws.disconnect()
+        return [claimed, decided]
+
+    claimed, decided = run(scenario())
+    assert "being reviewed by rita" in claimed
+    assert f'<tr id="proposal-{proposal.pk}" hx-swap-oob="delete">' in decided
+    assert 'id="proposal-state-' in decided and "Approved" in decided
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_a_reviewer_is_not_pushed_what_they_raised(shop: Any, reviewer: User) -> None:
+    cookie = session_cookie(reviewer)
+
+    async def scenario() -> bool:
+        ws = communicator(cookie, ORIGIN)
+        assert (await ws.connect())[0]
+        await database_sync_to_async(_submit)(shop, metadata={"requested_by": "rita"})
+        nothing = await ws.receive_nothing(timeout=0.7)
+        await ws.disconnect()
+        return nothing
+
+    assert run(scenario())
+
+
+def _submit(shop: Any, **overrides: Any) -> Proposal:
+    from tests.conftest import refund_body
+
+    return services.proposal_submit(service=shop.service, data=refund_body(**overrides)).proposal
+
+
+@override_settings(
+    ALLOWED_HOSTS=["127.0.0.1"],
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+)
+def test_without_redis_changes_from_another_process_are_relayed(shop: Any, reviewer: User) -> None:
+    """The embedded default: the worker is another process and the in-memory layer cannot
+    reach this one. A proposal submitted by a separate Python process still reaches the open
+    socket, because this process tails the audit table."""
+    cookie = session_cookie(reviewer)
+    env = {
+        **os.environ,
+        "DATABASE_URL": _test_database_url(),
+        "DEBUG": "0",
+        "SECRET_KEY": "another-process",
+    }
+    env.pop("REDIS_URL", None)
+    script = (
+        "import django; django.setup()\n"
+        "from approvals import services\n"
+        "from approvals.models import Service\n"
+        "from tests.conftest import refund_body\n"
+        "service = Service.objects.get(name='shop')\n"
+        "p = services.proposal_submit(service=service, data=refund_body(summary='From afar'))\n"
+        "print(p.proposal.pk)\n"
+    )
+
+    async def scenario() -> tuple[str, str]:
+        ws = communicator(cookie, ORIGIN)
+        assert (await ws.connect())[0]
+        await asyncio.sleep(0.2)  # the relay has read its starting point
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+            cwd=str(settings.BASE_DIR),
+            stdout=subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        html = await receive_text(ws, timeout=5)
+        await ws.disconnect()
+        return out.decode().strip(), html
+
+    proposal_id, html = run(scenario())
+    assert f'id="proposal-{proposal_id}"' in html and "From afar" in html
+
+
+def _test_database_url() -> str:
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"

@@ -1,0 +1,313 @@
+"""The reviewer pages: permission matrix, htmx fragments, escaping, CSP and CSRF."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from approvals import services
+from approvals.models import Proposal
+from tests.conftest import logged_in
+
+State = Proposal.State
+HTMX = {"HX-Request": "true"}
+HOSTILE = (
+    '<script>alert("x")</script><img src=x onerror="alert(1)">'
+    '<div hx-get="/admin/" hx-trigger="load">approve me</div>'
+)
+
+
+@pytest.fixture
+def proposal(submit: Callable[..., Proposal]) -> Proposal:
+    return submit(summary="Refund a late parcel")
+
+
+def pages(p: Proposal) -> dict[str, str]:
+    return {
+        "queue": "/",
+        "history": "/history/",
+        "proposal": f"/proposals/{p.pk}/",
+    }
+
+
+def actions(p: Proposal) -> dict[str, tuple[str, dict[str, str]]]:
+    base = f"/proposals/{p.pk}/"
+    return {
+        "claim": (base + "claim/", {}),
+        "release": (base + "release/", {}),
+        "decide": (
+            base + "decide/",
+            {"verdict": "reject", "comment": "no", "payload_hash": p.payload_hash},
+        ),
+        "comment": (base + "comment/", {"comment": "a note"}),
+    }
+
+
+# --- anonymous ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["queue", "history", "proposal"])
+def test_anonymous_get_is_sent_to_login(proposal: Proposal, name: str) -> None:
+    response = Client().get(pages(proposal)[name])
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/?next=")
+
+
+@pytest.mark.parametrize("name", ["claim", "release", "decide", "comment"])
+def test_anonymous_post_is_sent_to_login_and_changes_nothing(proposal: Proposal, name: str) -> None:
+    url, data = actions(proposal)[name]
+    response = Client().post(url, data)
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+    proposal.refresh_from_db()
+    assert proposal.state == State.PENDING_REVIEW
+
+
+# --- wrong method ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["queue", "history", "proposal"])
+def test_posting_to_a_page_is_405(proposal: Proposal, reviewer: User, name: str) -> None:
+    assert logged_in(reviewer).post(pages(proposal)[name]).status_code == 405
+
+
+@pytest.mark.parametrize("name", ["claim", "release", "decide", "comment"])
+def test_getting_an_action_is_405(proposal: Proposal, reviewer: User, name: str) -> None:
+    assert logged_in(reviewer).get(actions(proposal)[name][0]).status_code == 405
+
+
+# --- another team ---------------------------------------------------------------------------
+
+
+def test_another_teams_reviewer_gets_404_for_the_proposal(
+    proposal: Proposal, other_team_reviewer: User
+) -> None:
+    client = logged_in(other_team_reviewer)
+    assert client.get(f"/proposals/{proposal.pk}/").status_code == 404
+    assert client.get(f"/proposals/{proposal.pk}/", headers=HTMX).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["claim", "release", "decide", "comment"])
+def test_another_teams_reviewer_gets_404_for_every_action(
+    proposal: Proposal, other_team_reviewer: User, name: str
+) -> None:
+    url, data = actions(proposal)[name]
+    assert logged_in(other_team_reviewer).post(url, data).status_code == 404
+    proposal.refresh_from_db()
+    assert proposal.state == State.PENDING_REVIEW
+    assert not proposal.events.filter(kind__in=["proposal.claimed", "proposal.commented"]).exists()
+
+
+def test_another_teams_queue_and_history_do_not_list_it(
+    proposal: Proposal, other_team_reviewer: User, outsider: User
+) -> None:
+    for user in (other_team_reviewer, outsider):
+        response = logged_in(user).get("/")
+        assert response.status_code == 200
+        assert "Refund a late parcel" not in response.content.decode()
+        assert "Nothing is waiting for you" in response.content.decode()
+
+
+# --- the allowed reviewer -------------------------------------------------------------------
+
+
+def test_the_queue_lists_pending_proposals_with_their_confidence(
+    proposal: Proposal, reviewer: User
+) -> None:
+    response = logged_in(reviewer).get("/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert f'id="proposal-{proposal.pk}"' in body
+    assert "Refund a late parcel" in body and "0.91" in body
+    assert "<html" in body
+
+
+def test_the_queue_serves_only_rows_to_htmx(proposal: Proposal, reviewer: User) -> None:
+    response = logged_in(reviewer).get("/", headers={**HTMX, "HX-Target": "queue-rows"})
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" not in body and f'id="proposal-{proposal.pk}"' in body
+
+
+def test_a_boosted_htmx_request_for_the_queue_gets_the_full_page(
+    proposal: Proposal, reviewer: User
+) -> None:
+    response = logged_in(reviewer).get("/", headers=HTMX)
+    assert "<html" in response.content.decode()
+
+
+def test_the_queue_filters_by_type_and_risk(proposal: Proposal, reviewer: User) -> None:
+    client = logged_in(reviewer)
+    assert "Refund a late parcel" in client.get("/?type=refund.issue").content.decode()
+    assert "Refund a late parcel" not in client.get("/?type=email.send").content.decode()
+    assert "Refund a late parcel" in client.get("/?risk=medium").content.decode()
+    assert "Refund a late parcel" not in client.get("/?risk=high").content.decode()
+    assert "Refund a late parcel" not in client.get("/?age=1h").content.decode()
+
+
+def test_the_proposal_page_states_the_model_claim_not_a_verdict(
+    proposal: Proposal, reviewer: User
+) -> None:
+    response = logged_in(reviewer).get(f"/proposals/{proposal.pk}/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "The model claims “" in body and "with confidence <strong" in body
+    assert "0.91" in body and "refunds@3" in body and "gpt-4o-mini" in body
+    assert "proposal.received" in body and "proposal.routed" in body
+    assert 'name="payload_hash" value="' + proposal.payload_hash in body
+
+
+def test_claiming_through_htmx_returns_the_claim_panel(proposal: Proposal, reviewer: User) -> None:
+    response = logged_in(reviewer).post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    assert response.status_code == 200
+    assert "Claimed by you" in response.content.decode()
+    assert proposal.claim.reviewer == reviewer
+
+
+def test_claim_held_by_someone_else_is_shown_as_such(
+    proposal: Proposal, reviewer: User, second_reviewer: User
+) -> None:
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
+    response = logged_in(second_reviewer).post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    assert "Being reviewed by rita" in response.content.decode()
+    page = logged_in(second_reviewer).get("/").content.decode()
+    assert "being reviewed by rita" in page
+
+
+def test_deciding_redirects_to_the_queue_with_the_state_stored(
+    proposal: Proposal, reviewer: User
+) -> None:
+    client = logged_in(reviewer)
+    client.post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    response = client.post(
+        f"/proposals/{proposal.pk}/decide/",
+        {"verdict": "approve", "comment": "fine", "payload_hash": proposal.payload_hash},
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+    proposal.refresh_from_db()
+    assert proposal.state == State.APPROVED and proposal.decision_reviewer == reviewer
+    follow = client.get("/")
+    assert "Approved: Refund a late parcel" in follow.content.decode()
+    assert f'id="proposal-{proposal.pk}"' not in follow.content.decode()
+
+
+def test_deciding_through_htmx_answers_with_a_client_redirect(
+    proposal: Proposal, reviewer: User
+) -> None:
+    client = logged_in(reviewer)
+    client.post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    response = client.post(
+        f"/proposals/{proposal.pk}/decide/",
+        {"verdict": "reject", "comment": "duplicate", "payload_hash": proposal.payload_hash},
+        headers=HTMX,
+    )
+    assert response.status_code == 200 and response["HX-Redirect"] == "/"
+    proposal.refresh_from_db()
+    assert proposal.state == State.REJECTED
+
+
+def test_a_decision_without_a_claim_is_refused_with_a_clear_message(
+    proposal: Proposal, reviewer: User
+) -> None:
+    response = logged_in(reviewer).post(
+        f"/proposals/{proposal.pk}/decide/",
+        {"verdict": "approve", "payload_hash": proposal.payload_hash},
+    )
+    assert response.status_code == 409
+    assert "do not hold a claim" in response.content.decode()
+    proposal.refresh_from_db()
+    assert proposal.state == State.PENDING_REVIEW
+
+
+def test_a_bad_edit_is_shown_with_the_text_kept(proposal: Proposal, reviewer: User) -> None:
+    client = logged_in(reviewer)
+    client.post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    response = client.post(
+        f"/proposals/{proposal.pk}/decide/",
+        {"verdict": "approve", "payload_hash": proposal.payload_hash, "edited_payload": "{oops"},
+    )
+    assert response.status_code == 422
+    body = response.content.decode()
+    assert "Not valid JSON" in body and "{oops</textarea>" in body
+
+
+def test_history_lists_decided_proposals_and_searches(
+    submit: Callable[..., Proposal], reviewer: User
+) -> None:
+    decided = submit(summary="Refund the broken kettle", external_id="TCK-77")
+    submit(summary="Still waiting")
+    services.claim_acquire(proposal_id=decided.pk, reviewer=reviewer)
+    services.proposal_decide(proposal=decided, reviewer=reviewer, verdict="reject", comment="no")
+    client = logged_in(reviewer)
+    body = client.get("/history/").content.decode()
+    assert "Refund the broken kettle" in body and "Still waiting" not in body
+    assert "kettle" in client.get("/history/?q=KETTLE").content.decode()
+    assert "kettle" in client.get("/history/?q=TCK-77").content.decode()
+    assert "kettle" in client.get(f"/history/?q={decided.pk}").content.decode()
+    assert "kettle" not in client.get("/history/?q=toaster").content.decode()
+    assert "kettle" not in client.get("/history/?state=approved").content.decode()
+    assert "kettle" in client.get("/history/?mine=1&by=reviewer").content.decode()
+    rows = client.get("/history/?q=kettle", headers={**HTMX, "HX-Target": "history-rows"})
+    assert "<html" not in rows.content.decode() and "kettle" in rows.content.decode()
+
+
+# --- safety ---------------------------------------------------------------------------------
+
+
+def test_model_text_is_escaped_in_queue_and_proposal_page(
+    submit: Callable[..., Proposal], reviewer: User
+) -> None:
+    p = submit(summary=HOSTILE[:200], rationale=HOSTILE, model='"><script>1</script>')
+    client = logged_in(reviewer)
+    for url in ("/", f"/proposals/{p.pk}/"):
+        body = client.get(url).content.decode()
+        assert "<script>alert" not in body and "<img src=x" not in body
+        assert 'hx-get="/admin/"' not in body
+        assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in body
+
+
+def test_every_page_carries_a_strict_content_security_policy(
+    proposal: Proposal, reviewer: User
+) -> None:
+    client = logged_in(reviewer)
+    for url in ("/", "/history/", f"/proposals/{proposal.pk}/", "/login/"):
+        policy = client.get(url)["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert "unsafe-eval" not in policy and "object-src 'none'" in policy
+
+
+def test_pages_load_no_inline_script(proposal: Proposal, reviewer: User) -> None:
+    body = logged_in(reviewer).get(f"/proposals/{proposal.pk}/").content.decode()
+    scripts = [chunk.split(">", 1)[0] for chunk in body.split("<script")[1:]]
+    assert scripts and all(" src=" in tag for tag in scripts)
+    assert "hx-on" not in body
+
+
+def test_a_post_without_the_csrf_token_is_refused(proposal: Proposal, reviewer: User) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(reviewer)
+    response = client.post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    assert response.status_code == 403
+    assert not proposal.events.filter(kind="proposal.claimed").exists()
+
+
+def test_a_htmx_post_with_the_csrf_header_is_accepted(proposal: Proposal, reviewer: User) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(reviewer)
+    page = client.get("/").content.decode()
+    token = page.split('"x-csrftoken": "', 1)[1].split('"', 1)[0]
+    response = client.post(
+        f"/proposals/{proposal.pk}/claim/", headers={**HTMX, "X-CSRFToken": token}
+    )
+    assert response.status_code == 200 and "Claimed by you" in response.content.decode()
+
+
+def test_login_and_logout(reviewer: User) -> None:
+    client = Client()
+    response = client.post("/login/", {"username": "rita", "password": "pw-rita-123456"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+    assert client.post("/logout/").status_code == 302
+    assert client.get("/").status_code == 302

@@ -1,0 +1,195 @@
+"""Browser tests: the app under uvicorn (the production ASGI server) on the test database and
+Redis, driven by Playwright through Debian's chromium.
+
+The server is a separate process, so the data a test creates must be committed: these tests
+use transactional databases. It binds 127.0.0.1 on BROWSER_TEST_PORT and is stopped at the end
+of the session (and by `timeout` if the session dies).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# A fixed port when asked (each developer has a range), else any free loopback port.
+PORT = int(os.environ.get("BROWSER_TEST_PORT") or _free_port())
+SERVER_LIFETIME = 900  # seconds; the server stops by itself after this even if pytest dies
+
+
+def _database_url() -> str:
+    s = connection.settings_dict
+    password = f":{s['PASSWORD']}" if s["PASSWORD"] else ""
+    return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"uvicorn did not listen on 127.0.0.1:{port} within {seconds} s")
+
+
+class LiveServer:
+    """uvicorn serving the app against the test database; can be stopped and started again."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.env, self.port = env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = open(Path(settings.BASE_DIR) / ".browser-server.log", "w")  # noqa: SIM115
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "timeout",
+                str(SERVER_LIFETIME),
+                str(Path(sys.executable).parent / "uvicorn"),
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=settings.BASE_DIR,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(self.port, 30)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
+    if connection.vendor != "postgresql":
+        pytest.fail("browser tests run against PostgreSQL: set DATABASE_URL")
+    with django_db_blocker.unblock():
+        url = _database_url()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_COOKIES": "0",
+        "SECURE_HSTS_SECONDS": "0",
+        # Every test starts from empty tables; a per-process cache would remember the last one.
+        "HOT_PATH_CACHE_SECONDS": "0",
+        "SITE_URL": f"http://127.0.0.1:{PORT}",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    server = LiveServer(env, PORT)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.log.close()
+
+
+@pytest.fixture(scope="session")
+def live_url(asgi_server: LiveServer) -> str:
+    return asgi_server.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Playwright's sync API keeps an event loop running in this thread, which makes Django
+    refuse ORM calls from the test; they are plain sync calls, so that guard is lifted for
+    the module's duration only."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield instance
+            instance.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def open_as(browser: Any, live_url: str) -> Iterator[Callable[[str, str], Any]]:
+    """Log a reviewer in, in a fresh browser context of their own, and open the queue."""
+    contexts: list[Any] = []
+
+    def login(username: str, password: str) -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(f"{live_url}/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#queue-rows")
+        page.wait_for_selector("#live-status[data-state=open]")
+        return page
+
+    yield login
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def api_post(live_url: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    def post(key: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = httpx.post(
+            f"{live_url}/api/v1/proposals",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    return post
