@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "channels",
     "approvals",
+    "llmcalls",
+    "evals",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +177,18 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Gatehouse itself.
 IDEMPOTENCY_KEY_RETENTION = env_duration("IDEMPOTENCY_KEY_RETENTION", "24h")
 LONG_POLL_MAX_SECONDS = env_int("LONG_POLL_MAX_SECONDS", 30, minimum=0)
+
+# Model calls (llmcalls): retries, circuit breaker, how long routes and prices stay in memory.
+LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2, minimum=0)
+LLM_BACKOFF_BASE = env_float("LLM_BACKOFF_BASE", 0.25)
+LLM_BACKOFF_CAP = env_float("LLM_BACKOFF_CAP", 8.0)
+LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 5.0)
+LLM_CIRCUIT_FAILURES = env_int("LLM_CIRCUIT_FAILURES", 5, minimum=1)
+LLM_CIRCUIT_COOLDOWN = env_float("LLM_CIRCUIT_COOLDOWN", 30.0)
+LLM_CONFIG_TTL = env_float("LLM_CONFIG_TTL", 5.0)
+
+# Evals: how many model calls one eval run makes at once.
+EVALS_CONCURRENCY = env_int("EVALS_CONCURRENCY", 4, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -12,6 +12,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
+    path("llm/", include("llmcalls.urls")),
+    path("evals/", include("evals.urls")),
     path("", include("approvals.urls")),
 ]
 

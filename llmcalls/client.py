@@ -1,0 +1,937 @@
+"""Every model call goes through here: `complete()` and `stream()`.
+
+A call follows its feature's route (llmcalls.routing):
+
+1. Budget: if the feature has spent its daily budget, refuse, or (over_budget: next-model) drop
+   the first model and go on with the later, cheaper ones, marking the call `over_budget`.
+2. For each provider/model of the route, in order:
+   a. exact cache (when the route has cache_ttl): a hit ends the call at zero cost;
+   b. circuit breaker: an open circuit skips the target;
+   c. attempts: retry connection errors, timeouts, 408/409/429/5xx with exponential backoff and
+      full jitter (or the provider's Retry-After), as long as the wait fits in the deadline;
+      other failures (bad key, unknown model, malformed answer) go straight to the next target;
+      a request the provider calls invalid (400/413/422) fails the call, since every model would
+      refuse it.
+3. One deadline covers all of this; each attempt gets what is left of it.
+4. Whatever happens, one LLMCall row records it (llmcalls.services.call_log_write).
+
+Streams fall back only until the first token arrives; after that a broken stream is an error
+(StreamCut) for the caller and in the log, never a short success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import openai
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from llmcalls import routing, services
+from llmcalls.breaker import breaker
+from llmcalls.routing import Target
+
+logger = logging.getLogger("llmcalls")
+
+__all__ = [
+    "AllModelsFailed",
+    "BudgetExceeded",
+    "Completion",
+    "CompletionStream",
+    "DeadlineExceeded",
+    "Delta",
+    "LLMError",
+    "NoRoute",
+    "RequestRefused",
+    "StreamCut",
+    "complete",
+    "stream",
+]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class LLMError(Exception):
+    """A model call that did not produce an answer. `call_id` names its LLMCall row."""
+
+    status = 502
+    code = "llm-error"
+
+    def __init__(self, message: str, *, call_id: uuid.UUID | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.call_id = call_id
+
+
+class NoRoute(LLMError):
+    status = 404
+    code = "no-route"
+
+
+class BudgetExceeded(LLMError):
+    status = 429
+    code = "budget-exceeded"
+
+
+class DeadlineExceeded(LLMError):
+    status = 504
+    code = "deadline-exceeded"
+
+
+class AllModelsFailed(LLMError):
+    status = 502
+    code = "all-models-failed"
+
+
+class RequestRefused(LLMError):
+    """The provider called the request itself invalid (400, 413, 422): no model would take it."""
+
+    status = 400
+    code = "request-refused"
+
+
+class StreamCut(LLMError):
+    status = 502
+    code = "stream-cut"
+
+
+class _Malformed(Exception):
+    """The provider answered 2xx with something that is not a chat completion."""
+
+
+class _EarlyEnd(Exception):
+    """A stream ended before its first token."""
+
+
+class _Misconfigured(Exception):
+    pass
+
+
+RETRY, FALLBACK, FATAL = "retry", "fallback", "fatal"
+
+
+def _classify(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        if code in (408, 409, 429) or code >= 500:
+            return RETRY
+        return FATAL if code in (400, 413, 422) else FALLBACK
+    if isinstance(exc, openai.APIConnectionError | httpx.HTTPError | _EarlyEnd):
+        return RETRY
+    if isinstance(exc, _Malformed | _Misconfigured | openai.APIResponseValidationError):
+        return FALLBACK
+    return FATAL
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"[:500]
+    cause = exc.__cause__ or exc.__context__
+    text = f"{type(exc).__name__}: {exc}"
+    if cause is not None and isinstance(exc, openai.APIConnectionError):
+        text += f" ({type(cause).__name__}: {cause})"
+    return text[:500]
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the provider asked us to wait (Retry-After / retry-after-ms), if it said."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
+        if not usage:
+            return cls()
+        details = usage.get("prompt_tokens_details") or {}
+        return cls(
+            usage.get("prompt_tokens"), usage.get("completion_tokens"), details.get("cached_tokens")
+        )
+
+
+@dataclass
+class Completion:
+    call_id: uuid.UUID
+    text: str
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: Decimal | None
+    cache_hit: bool
+    latency_ms: float
+    ttft_ms: float | None
+    raw: dict[str, Any]  # the chat.completion as the provider sent it (or as it was cached)
+
+
+@dataclass
+class Delta:
+    text: str
+    tool_calls: list[dict[str, Any]] | None
+    raw: dict[str, Any]  # the chat.completion.chunk
+
+
+# --- the call ------------------------------------------------------------------------------------
+
+_OUR_PARAMS = {"stream", "stream_options"}
+
+
+class _Call:
+    """The bookkeeping of one logical call, turned into one LLMCall row at the end."""
+
+    def __init__(
+        self,
+        *,
+        feature: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        deadline: float | timedelta | None,
+        service: str,
+        stream: bool,
+    ) -> None:
+        self.id = uuid.uuid4()
+        self.started = time.monotonic()
+        self.created_at = timezone.now()
+        self.feature = feature
+        self.service = service
+        self.stream = stream
+        self.messages = messages
+        route = routing.route_for(feature)
+        self.route = route
+        self.params = {
+            **(route.params if route else {}),
+            **{k: v for k, v in params.items() if k not in _OUR_PARAMS},
+        }
+        if isinstance(deadline, timedelta):
+            deadline = deadline.total_seconds()
+        self.deadline = float(
+            deadline if deadline is not None else route.deadline if route else 30.0
+        )
+        self.deadline_at = self.started + self.deadline
+        self.attempt_log: list[dict[str, Any]] = []
+        self.path: list[str] = []
+        self.over_budget = False
+        self.logged = False
+
+    def remaining(self) -> float:
+        return self.deadline_at - time.monotonic()
+
+    def note(self, target: Target, outcome: str, detail: str = "", started: float = 0.0) -> None:
+        entry: dict[str, Any] = {"target": target.key, "outcome": outcome}
+        if detail:
+            entry["detail"] = detail
+        if started:
+            entry["ms"] = round((time.monotonic() - started) * 1000, 1)
+        self.attempt_log.append(entry)
+
+    def targets(self) -> tuple[Target, ...]:
+        if self.route is None:
+            raise NoRoute(
+                f"No route for feature {self.feature!r} and no route named 'default'. "
+                "Declare one in llm_routes or in the admin.",
+                call_id=self.id,
+            )
+        if not self.route.targets:
+            raise NoRoute(f"The route for {self.feature!r} lists no models.", call_id=self.id)
+        targets = self.route.targets
+        budget = self.route.daily_budget_usd
+        if budget is not None:
+            spent = services.spent_today(feature=self.feature)
+            if spent >= budget:
+                if self.route.over_budget == "next-model" and len(targets) > 1:
+                    logger.warning(
+                        "feature %s is over its daily budget ($%s of $%s); using later models",
+                        self.feature,
+                        spent,
+                        budget,
+                    )
+                    self.over_budget = True
+                    return targets[1:]
+                raise BudgetExceeded(
+                    f"Feature {self.feature!r} has spent ${spent:.4f} of its daily budget of "
+                    f"${budget}; calls are refused until 00:00 UTC.",
+                    call_id=self.id,
+                )
+        return targets
+
+    def cache_key(self, target: Target) -> str:
+        # Provider-independent: the same model behind another provider shares the entry.
+        body = json.dumps(
+            [self.feature, target.model, self.params, self.messages],
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        return "llm:cache:v1:" + hashlib.sha256(body.encode()).hexdigest()
+
+    def record(self, **values: Any) -> dict[str, Any]:
+        record = {
+            "id": self.id,
+            "created_at": self.created_at,
+            "feature": self.feature,
+            "service": self.service,
+            "stream": self.stream,
+            "messages": self.messages,
+            "params": self.params,
+            "attempts": sum(1 for a in self.attempt_log if a["outcome"] in ("ok", "error")),
+            "attempt_log": self.attempt_log,
+            "fallback_path": self.path,
+            "fell_back": len(self.path) > 1
+            or any(a["outcome"] == "skipped" for a in self.attempt_log),
+            "over_budget": self.over_budget,
+            "latency_ms": round((time.monotonic() - self.started) * 1000, 3),
+        }
+        record.update(values)
+        return record
+
+    def log(self, **values: Any) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        services.call_log_write(record=self.record(**values))
+
+    def log_error(self, exc: BaseException, **values: Any) -> None:
+        values.setdefault("error_class", type(exc).__name__)
+        values.setdefault("error_message", str(exc)[:5000])
+        status = "refused" if isinstance(exc, BudgetExceeded | NoRoute) else "error"
+        self.log(status=status, **values)
+
+
+def _cost(
+    provider: str, model: str, usage: Usage
+) -> tuple[Decimal | None, bool]:  # (cost, price missing)
+    price = routing.price_for(provider=provider, model=model, on=timezone.now().date())
+    if price is None:
+        logger.warning("no price for %s/%s: the call's cost is unknown", provider, model)
+        return None, True
+    if usage.input_tokens is None and usage.output_tokens is None:
+        return None, False
+    return (
+        price.cost(
+            input_tokens=usage.input_tokens or 0,
+            output_tokens=usage.output_tokens or 0,
+            cached_tokens=usage.cached_tokens or 0,
+        ),
+        False,
+    )
+
+
+# --- providers -----------------------------------------------------------------------------------
+
+_clients: dict[tuple[str, str], openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(target: Target) -> openai.OpenAI:
+    api_key = "not-needed"
+    if target.api_key_env:
+        api_key = os.environ.get(target.api_key_env, "")
+        if not api_key:
+            raise _Misconfigured(
+                f"provider {target.provider}: environment variable {target.api_key_env} is not set"
+            )
+    key = (target.base_url, api_key)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                # Our retries govern; the client's own would double them and ignore our deadline.
+                client = openai.OpenAI(base_url=target.base_url, api_key=api_key, max_retries=0)
+                _clients[key] = client
+    return client
+
+
+def _timeout(remaining: float) -> httpx.Timeout:
+    return httpx.Timeout(remaining, connect=min(remaining, settings.LLM_CONNECT_TIMEOUT))
+
+
+def _run(
+    call: _Call,
+    attempt: Callable[[Target, float], Any],
+    from_cache: Callable[[Target, dict[str, Any]], Any],
+) -> tuple[Target, Any, bool]:
+    """Walk the route until one target answers; return (target, value, cache hit)."""
+    targets = call.targets()
+    needs_price = call.route is not None and call.route.daily_budget_usd is not None
+    cache_ttl = call.route.cache_ttl if call.route else None
+    circuits = breaker()
+    last_error: BaseException | None = None
+    for target in targets:
+        if cache_ttl:
+            entry = cache.get(call.cache_key(target))
+            if entry is not None:
+                call.note(target, "cache-hit")
+                return target, from_cache(target, entry), True
+        if (
+            needs_price
+            and routing.price_for(
+                provider=target.provider, model=target.model, on=timezone.now().date()
+            )
+            is None
+        ):
+            call.note(target, "skipped", "no price for this model and the route has a budget")
+            continue
+        is_open, had_failures = circuits.check(target.key)
+        if is_open:
+            call.note(target, "skipped", "circuit open")
+            continue
+        call.path.append(target.key)
+        for retry in range(settings.LLM_MAX_RETRIES + 1):
+            remaining = call.remaining()
+            if remaining <= 0:
+                break
+            started = time.monotonic()
+            try:
+                value = attempt(target, remaining)
+            except Exception as exc:
+                kind = _classify(exc)
+                call.note(target, "error", _describe(exc), started)
+                last_error = exc
+                if kind == FATAL:
+                    if isinstance(exc, openai.APIStatusError):
+                        raise RequestRefused(
+                            f"{target.key} refused the request: {_describe(exc)}", call_id=call.id
+                        ) from exc
+                    raise
+                circuits.failure(target.key)
+                if kind != RETRY or retry == settings.LLM_MAX_RETRIES:
+                    break
+                wait = _retry_after(exc)
+                if wait is None:
+                    cap = min(settings.LLM_BACKOFF_CAP, settings.LLM_BACKOFF_BASE * 2**retry)
+                    wait = random.uniform(0, cap)  # full jitter
+                if wait >= call.remaining():
+                    break  # the wait would not fit in the deadline: try the next target now
+                time.sleep(wait)
+                continue
+            call.note(target, "ok", "", started)
+            if had_failures:
+                circuits.success(target.key)
+            return target, value, False
+        if call.remaining() <= 0:
+            break
+    if call.remaining() <= 0:
+        raise DeadlineExceeded(
+            f"No answer within the {call.deadline:g}s deadline "
+            f"(tried {', '.join(call.path) or 'nothing'}; last: {_describe(last_error)})",
+            call_id=call.id,
+        )
+    raise AllModelsFailed(
+        f"Every model of the route failed (last: {_describe(last_error) or 'all skipped'})",
+        call_id=call.id,
+    )
+
+
+# --- complete --------------------------------------------------------------------------------------
+
+
+def complete(
+    *,
+    feature: str,
+    messages: list[dict[str, Any]],
+    deadline: float | timedelta | None = None,
+    service: str = "",
+    **params: Any,
+) -> Completion:
+    """One chat completion along the feature's route. Raises LLMError (logged) when none comes."""
+    call = _Call(
+        feature=feature,
+        messages=messages,
+        params=params,
+        deadline=deadline,
+        service=service,
+        stream=False,
+    )
+    try:
+        target, value, hit = _run(
+            call,
+            lambda target, remaining: _attempt_complete(call, target, remaining),
+            lambda target, entry: entry,
+        )
+    except BaseException as exc:
+        call.log_error(exc)
+        raise
+    data, request_id = value if not hit else (value["raw"], "")
+    choice = data["choices"][0]
+    message = choice.get("message") or {}
+    usage = Usage() if hit else Usage.from_openai(data.get("usage"))
+    cost, missing = (Decimal(0), False) if hit else _cost(target.provider, target.model, usage)
+    finish = choice.get("finish_reason") or ""
+    result = Completion(
+        call_id=call.id,
+        text=message.get("content") or "",
+        tool_calls=message.get("tool_calls"),
+        finish_reason=finish,
+        provider=target.provider,
+        model=target.model,
+        usage=usage,
+        cost_usd=cost,
+        cache_hit=hit,
+        latency_ms=0.0,
+        ttft_ms=None,
+        raw=data,
+    )
+    if not hit and call.route and call.route.cache_ttl and finish in ("stop", "tool_calls"):
+        # Only whole answers: not errors (we are past them), not truncated or filtered output.
+        cache.set(call.cache_key(target), {"raw": data}, timeout=call.route.cache_ttl)
+    record = call.record(
+        status="ok",
+        provider=target.provider,
+        model=target.model,
+        response_text=result.text,
+        tool_calls=result.tool_calls,
+        finish_reason=finish,
+        cache_hit=hit,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_tokens,
+        cost_usd=cost,
+        price_missing=missing,
+        provider_request_id=request_id,
+    )
+    result.latency_ms = record["latency_ms"]
+    call.logged = True
+    services.call_log_write(record=record)
+    return result
+
+
+def _attempt_complete(call: _Call, target: Target, remaining: float) -> tuple[dict[str, Any], str]:
+    client = _client(target)
+    raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+        model=target.model,
+        messages=call.messages,
+        extra_body=call.params or None,
+        timeout=_timeout(remaining),
+    )
+    response = raw.http_response
+    try:
+        data = json.loads(response.content)
+        data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise _Malformed(f"not a chat completion: {response.content[:200]!r}") from exc
+    return data, response.headers.get("x-request-id", "")
+
+
+# --- stream --------------------------------------------------------------------------------------
+
+
+def stream(
+    *,
+    feature: str,
+    messages: list[dict[str, Any]],
+    deadline: float | timedelta | None = None,
+    service: str = "",
+    **params: Any,
+) -> CompletionStream:
+    """Start a streamed completion; iterate the result for Delta objects.
+
+    Returns once the first token has arrived (falling back until then), so an error that stops
+    the call before any output is raised here, not while iterating. The call is logged when the
+    stream ends, breaks, or is closed by the caller.
+    """
+    call = _Call(
+        feature=feature,
+        messages=messages,
+        params=params,
+        deadline=deadline,
+        service=service,
+        stream=True,
+    )
+    try:
+        target, value, hit = _run(
+            call,
+            lambda target, remaining: _open_stream(call, target, remaining),
+            lambda target, entry: entry,
+        )
+    except BaseException as exc:
+        call.log_error(exc)
+        raise
+    if hit:
+        return CompletionStream(call, target, _Replay(value["raw"]), cache_hit=True)
+    return CompletionStream(call, target, value, cache_hit=False)
+
+
+_DONE = object()
+
+
+class _Live:
+    """An open provider stream whose first chunks have been read already."""
+
+    def __init__(
+        self,
+        manager: Any,
+        response: httpx.Response,
+        events: Iterator[str],
+        watchdog: threading.Timer,
+    ) -> None:
+        self.manager = manager
+        self.response = response
+        self.events = events
+        self.watchdog = watchdog
+        self.buffered: list[dict[str, Any]] = []
+        self.ttft: float | None = None
+        self.request_id = response.headers.get("x-request-id", "")
+
+    def chunks(self) -> Iterator[dict[str, Any] | object]:
+        yield from self.buffered
+        for data in self.events:
+            if data == "[DONE]":
+                yield _DONE
+                return
+            yield _parse_chunk(data)
+
+    def close(self) -> None:
+        self.watchdog.cancel()
+        try:
+            self.manager.__exit__(None, None, None)
+        except Exception:
+            logger.debug("closing a provider stream failed", exc_info=True)
+
+
+class _Replay:
+    """A cached completion replayed as a stream."""
+
+    ttft: float | None = None
+    request_id = ""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+
+    def chunks(self) -> Iterator[dict[str, Any] | object]:
+        choice = self.raw["choices"][0]
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{**tc, "index": i} for i, tc in enumerate(message["tool_calls"])]
+        base = {
+            "id": self.raw.get("id", "chatcmpl-cached"),
+            "object": "chat.completion.chunk",
+            "created": self.raw.get("created", 0),
+            "model": self.raw.get("model", ""),
+        }
+        yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        yield {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}],
+        }
+        yield _DONE
+
+    def close(self) -> None:
+        pass
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise _Malformed(f"stream chunk is not JSON: {data[:200]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise _Malformed(f"stream chunk is not an object: {data[:200]!r}")
+    if "error" in chunk and not chunk.get("choices"):
+        raise _Malformed(f"the provider sent an error mid-stream: {str(chunk['error'])[:300]}")
+    return chunk
+
+
+def _sse(lines: Iterator[str]) -> Iterator[str]:
+    """The data of each server-sent event."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _has_token(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            return True
+    return False
+
+
+def _shutdown(response: httpx.Response) -> None:
+    # Closing a socket does not wake a thread blocked reading it; shutting it down does.
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _open_stream(call: _Call, target: Target, remaining: float) -> _Live:
+    client = _client(target)
+    options = dict(call.params)
+    manager = client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+        model=target.model,
+        messages=call.messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=options or None,
+        timeout=_timeout(remaining),
+    )
+    api_response = manager.__enter__()
+    response = api_response.http_response
+    # The deadline holds mid-stream too: a watchdog cuts the connection when it passes.
+    watchdog = threading.Timer(max(0.0, call.remaining()), _shutdown, args=(response,))
+    watchdog.daemon = True
+    watchdog.start()
+    live = _Live(manager, response, _sse(response.iter_lines()), watchdog)
+    try:
+        for data in live.events:
+            if data == "[DONE]":
+                raise _EarlyEnd("the stream ended before its first token")
+            chunk = _parse_chunk(data)
+            live.buffered.append(chunk)
+            if _has_token(chunk):
+                live.ttft = time.monotonic() - call.started
+                return live
+        raise _EarlyEnd("the stream ended before its first token")
+    except BaseException:
+        live.close()
+        raise
+
+
+class CompletionStream:
+    """Iterate for Delta objects; afterwards `result` holds the Completion.
+
+    The call's id is known before the first delta (the proxy sends it as a header).
+    """
+
+    def __init__(
+        self, call: _Call, target: Target, source: _Live | _Replay, *, cache_hit: bool
+    ) -> None:
+        self.call = call
+        self.call_id = call.id
+        self.target = target
+        self.source = source
+        self.cache_hit = cache_hit
+        self.result: Completion | None = None
+        self._iterator = self._iterate()
+
+    def __iter__(self) -> Iterator[Delta]:
+        return self._iterator
+
+    def __next__(self) -> Delta:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        """Stop reading (e.g. the client went away); the call is logged as cut by the caller."""
+        self._iterator.close()
+        if not self.call.logged:  # closed before iteration started
+            self.source.close()
+            self.call.log(
+                status="error",
+                provider=self.target.provider,
+                model=self.target.model,
+                error_class="StreamClosed",
+                error_message="the caller closed the stream before reading it",
+            )
+
+    def _iterate(self) -> Generator[Delta, None, None]:
+        call, target = self.call, self.target
+        text: list[str] = []
+        tools: dict[int, dict[str, Any]] = {}
+        finish = ""
+        usage_data: dict[str, Any] | None = None
+        done = False
+        model = target.model
+        error: BaseException | None = None
+        try:
+            for chunk in self.source.chunks():
+                if chunk is _DONE:
+                    done = True
+                    break
+                assert isinstance(chunk, dict)
+                if chunk.get("usage"):
+                    usage_data = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        text.append(delta["content"])
+                    for tc in delta.get("tool_calls") or ():
+                        _merge_tool_call(tools, tc)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                content = "".join(
+                    (c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or ()
+                )
+                tool_deltas = [
+                    tc
+                    for c in chunk.get("choices") or ()
+                    for tc in (c.get("delta") or {}).get("tool_calls") or ()
+                ]
+                yield Delta(text=content, tool_calls=tool_deltas or None, raw=chunk)
+            if not done and not finish:
+                raise _EarlyEnd("the stream ended without finishing")
+        except GeneratorExit:
+            error = StreamCut("the caller stopped reading the stream", call_id=call.id)
+            raise
+        except Exception as exc:
+            if call.remaining() <= 0:
+                error = DeadlineExceeded(
+                    f"The {call.deadline:g}s deadline passed mid-stream "
+                    f"after {len(''.join(text))} characters",
+                    call_id=call.id,
+                )
+            else:
+                error = StreamCut(
+                    f"The stream from {target.key} broke after {len(''.join(text))} "
+                    f"characters: {_describe(exc)}",
+                    call_id=call.id,
+                )
+            breaker().failure(target.key)
+            raise error from exc
+        finally:
+            self.source.close()
+            usage = Usage() if self.cache_hit else Usage.from_openai(usage_data)
+            cost, missing = (
+                (Decimal(0), False) if self.cache_hit else _cost(target.provider, model, usage)
+            )
+            tool_calls = [tools[i] for i in sorted(tools)] or None
+            common: dict[str, Any] = {
+                "provider": target.provider,
+                "model": model,
+                "response_text": "".join(text),
+                "tool_calls": tool_calls,
+                "finish_reason": finish,
+                "cache_hit": self.cache_hit,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "cost_usd": cost,
+                "price_missing": missing,
+                "provider_request_id": self.source.request_id,
+                "ttft_ms": round(self.source.ttft * 1000, 3)
+                if self.source.ttft is not None
+                else 0.0
+                if self.cache_hit
+                else None,
+            }
+            if error is not None:
+                call.log_error(error, **common)
+            else:
+                record = call.record(status="ok", **common)
+                call.logged = True
+                services.call_log_write(record=record)
+                if (
+                    not self.cache_hit
+                    and call.route
+                    and call.route.cache_ttl
+                    and finish in ("stop", "tool_calls")
+                ):
+                    cache.set(
+                        call.cache_key(target),
+                        {
+                            "raw": _as_completion(
+                                model, "".join(text), tool_calls, finish, usage_data
+                            )
+                        },
+                        timeout=call.route.cache_ttl,
+                    )
+                self.result = Completion(
+                    call_id=call.id,
+                    text=common["response_text"],
+                    tool_calls=tool_calls,
+                    finish_reason=finish,
+                    provider=target.provider,
+                    model=model,
+                    usage=usage,
+                    cost_usd=cost,
+                    cache_hit=self.cache_hit,
+                    latency_ms=record["latency_ms"],
+                    ttft_ms=common["ttft_ms"],
+                    raw=_as_completion(
+                        model, common["response_text"], tool_calls, finish, usage_data
+                    ),
+                )
+
+
+def _merge_tool_call(tools: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    index = delta.get("index", 0)
+    current = tools.setdefault(
+        index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if delta.get("id"):
+        current["id"] = delta["id"]
+    if delta.get("type"):
+        current["type"] = delta["type"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        current["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        current["function"]["arguments"] += function["arguments"]
+
+
+def _as_completion(
+    model: str,
+    text: str,
+    tool_calls: list[dict[str, Any]] | None,
+    finish: str,
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-" + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage,
+    }

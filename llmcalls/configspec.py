@@ -1,0 +1,89 @@
+"""The `llm_providers` and `llm_routes` sections of `manage.py apply`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from approvals.configfile import ConfigFileError, Duration, StrictItem, register
+
+
+class ProviderSpec(StrictItem):
+    name: str = Field(pattern=r"^[-a-zA-Z0-9_]+$", max_length=100)
+    base_url: str = Field(pattern=r"^https?://", max_length=500)
+    api_key_env: str = Field(default="", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$|^$", max_length=100)
+
+
+class TargetSpec(StrictItem):
+    provider: str = Field(min_length=1, max_length=100)
+    model: str = Field(min_length=1, max_length=200)
+
+
+class RouteSpec(StrictItem):
+    feature: str = Field(min_length=1, max_length=200)
+    models: list[TargetSpec] = Field(min_length=1)
+    deadline: Duration = timedelta(seconds=30)
+    cache_ttl: Duration | None = None
+    daily_budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=4)
+    over_budget: Literal["refuse", "next-model"] = "refuse"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("deadline")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("the deadline must be longer than 0s")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted({"model", "messages", "stream"} & set(value))
+        if reserved:
+            raise ValueError(f"params may not set {', '.join(reserved)}")
+        return value
+
+
+@register("llm_providers", ProviderSpec, order=50)
+def apply_providers(items: list[ProviderSpec]) -> list[str]:
+    from llmcalls import services
+
+    return [
+        f"llm provider {spec.name}: "
+        + services.provider_upsert(
+            name=spec.name, base_url=spec.base_url, api_key_env=spec.api_key_env
+        )
+        for spec in items
+    ]
+
+
+@register("llm_routes", RouteSpec, order=60)
+def apply_routes(items: list[RouteSpec]) -> list[str]:
+    from llmcalls import services
+    from llmcalls.models import Provider
+
+    known = set(Provider.objects.values_list("name", flat=True))
+    unknown = [
+        f"llm_routes[{index}] ({spec.feature}): unknown provider {target.provider!r}"
+        for index, spec in enumerate(items)
+        for target in spec.models
+        if target.provider not in known
+    ]
+    if unknown:
+        raise ConfigFileError(unknown)
+    return [
+        f"llm route {spec.feature}: "
+        + services.route_upsert(
+            feature=spec.feature,
+            targets=[(t.provider, t.model) for t in spec.models],
+            deadline=spec.deadline,
+            cache_ttl=spec.cache_ttl,
+            daily_budget_usd=spec.daily_budget_usd,
+            over_budget=spec.over_budget,
+            params=spec.params,
+        )
+        for spec in items
+    ]

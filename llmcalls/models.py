@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class Provider(models.Model):
+    """An OpenAI-compatible endpoint. The key itself stays in the environment, never here."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Name of the environment variable holding the API key (blank: no key)",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Route(models.Model):
+    """What a feature calls: an ordered list of provider/model targets and the rules around it."""
+
+    class OverBudget(models.TextChoices):
+        REFUSE = "refuse", "refuse with an error"
+        NEXT_MODEL = "next-model", "continue on the next (cheaper) model"
+
+    feature = models.CharField(max_length=200, unique=True)
+    deadline = models.DurationField(
+        default=timedelta(seconds=30), help_text="Total time for all attempts and fallbacks"
+    )
+    cache_ttl = models.DurationField(
+        null=True, blank=True, help_text="Exact cache lifetime; blank: no cache"
+    )
+    daily_budget_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Cost cap per UTC day; blank: no cap",
+    )
+    over_budget = models.CharField(
+        max_length=20, choices=OverBudget.choices, default=OverBudget.REFUSE
+    )
+    params = models.JSONField(
+        default=dict, blank=True, help_text='Request parameters, e.g. {"temperature": 0}'
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["feature"]
+
+    def __str__(self) -> str:
+        return self.feature
+
+
+class RouteTarget(models.Model):
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="targets")
+    position = models.PositiveSmallIntegerField(default=0)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="targets")
+    model = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["route", "position", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}/{self.model}"
+
+
+class ModelPrice(models.Model):
+    """USD per million tokens, valid from a date. Blank provider: the price for any provider."""
+
+    model = models.CharField(max_length=200)
+    provider = models.CharField(
+        max_length=100, blank=True, help_text="Provider name; blank applies to every provider"
+    )
+    input_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_mtok = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Blank: cached input tokens cost the full input price",
+    )
+    output_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    effective_from = models.DateField(default=timezone.localdate)
+    source = models.CharField(max_length=300, blank=True, help_text="Where the price comes from")
+
+    class Meta:
+        ordering = ["model", "provider", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "provider", "effective_from"], name="modelprice_unique_dated"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from}"
+
+
+class LLMCall(models.Model):
+    """One logical model call: every attempt and fallback it took, and what it cost."""
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        ERROR = "error"
+        REFUSED = "refused"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    feature = models.CharField(max_length=200)
+    service = models.CharField(max_length=100, blank=True, help_text="Calling service (proxy)")
+    provider = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    stream = models.BooleanField(default=False)
+
+    messages = models.JSONField(default=list)
+    params = models.JSONField(default=dict, blank=True)
+
+    response_text = models.TextField(blank=True)
+    tool_calls = models.JSONField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=40, blank=True)
+
+    status = models.CharField(max_length=10, choices=Status.choices)
+    error_class = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+
+    attempts = models.PositiveSmallIntegerField(default=0)
+    attempt_log = models.JSONField(default=list, blank=True)
+    fallback_path = models.JSONField(default=list, blank=True, help_text="provider/model tried")
+    fell_back = models.BooleanField(default=False)
+    cache_hit = models.BooleanField(default=False)
+    over_budget = models.BooleanField(default=False)
+
+    latency_ms = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    price_missing = models.BooleanField(default=False)
+    provider_request_id = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["feature", "created_at"], name="llmcall_feature_created")]
+
+    def __str__(self) -> str:
+        return f"{self.feature} {self.model} {self.status}"
+
+    @property
+    def prompt_for_display(self) -> list[tuple[str, str]]:
+        """(role, text) per message; structured content (parts, tool calls) as JSON."""
+        import json
+
+        shown = []
+        for message in self.messages if isinstance(self.messages, list) else []:
+            if not isinstance(message, dict):
+                shown.append(("?", json.dumps(message, ensure_ascii=False)))
+                continue
+            content = message.get("content")
+            text = content if isinstance(content, str) else json.dumps(content, indent=2)
+            if message.get("tool_calls"):
+                text += "\n" + json.dumps(message["tool_calls"], indent=2, ensure_ascii=False)
+            shown.append((str(message.get("role", "?")), text))
+        return shown
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return (self.input_tokens or 0) + (self.output_tokens or 0)

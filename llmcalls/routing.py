@@ -1,0 +1,148 @@
+"""Routes and prices as plain values, read from the database and kept in memory briefly.
+
+A model call must not pay several queries for configuration, so each process keeps a snapshot for
+LLM_CONFIG_TTL seconds (admin edits take effect within that time; edits made through
+llmcalls.services take effect at once in the process that made them).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class Target:
+    provider: str
+    base_url: str
+    api_key_env: str
+    model: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    feature: str
+    targets: tuple[Target, ...]
+    deadline: float
+    cache_ttl: float | None = None
+    daily_budget_usd: Decimal | None = None
+    over_budget: str = "refuse"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Price:
+    model: str
+    provider: str
+    input_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    output_per_mtok: Decimal
+    effective_from: date
+
+    def cost(self, *, input_tokens: int, output_tokens: int, cached_tokens: int) -> Decimal:
+        cached = min(cached_tokens, input_tokens)
+        cached_rate = (
+            self.cached_input_per_mtok
+            if self.cached_input_per_mtok is not None
+            else self.input_per_mtok
+        )
+        return (
+            (input_tokens - cached) * self.input_per_mtok
+            + cached * cached_rate
+            + output_tokens * self.output_per_mtok
+        ) / MTOK
+
+
+@dataclass
+class _Snapshot:
+    loaded_at: float
+    routes: dict[str, RouteConfig]
+    prices: dict[str, list[Price]]  # model -> newest first
+
+
+_lock = threading.Lock()
+_snapshot: _Snapshot | None = None
+
+
+def forget() -> None:
+    """Drop the snapshot; the next call reads the database again."""
+    global _snapshot
+    with _lock:
+        _snapshot = None
+
+
+def _load() -> _Snapshot:
+    from llmcalls.models import ModelPrice, Route
+
+    routes: dict[str, RouteConfig] = {}
+    for route in Route.objects.prefetch_related("targets__provider"):
+        routes[route.feature] = RouteConfig(
+            feature=route.feature,
+            targets=tuple(
+                Target(t.provider.name, t.provider.base_url, t.provider.api_key_env, t.model)
+                for t in route.targets.all()
+            ),
+            deadline=route.deadline.total_seconds(),
+            cache_ttl=route.cache_ttl.total_seconds() if route.cache_ttl else None,
+            daily_budget_usd=route.daily_budget_usd,
+            over_budget=route.over_budget,
+            params=dict(route.params or {}),
+        )
+    prices: dict[str, list[Price]] = {}
+    for row in ModelPrice.objects.order_by("model", "-effective_from"):
+        prices.setdefault(row.model, []).append(
+            Price(
+                row.model,
+                row.provider,
+                row.input_per_mtok,
+                row.cached_input_per_mtok,
+                row.output_per_mtok,
+                row.effective_from,
+            )
+        )
+    return _Snapshot(time.monotonic(), routes, prices)
+
+
+def _current() -> _Snapshot:
+    global _snapshot
+    snapshot = _snapshot
+    if snapshot is None or time.monotonic() - snapshot.loaded_at > settings.LLM_CONFIG_TTL:
+        snapshot = _load()
+        with _lock:
+            _snapshot = snapshot
+    return snapshot
+
+
+def route_for(feature: str) -> RouteConfig | None:
+    """The feature's route, else the route named `default`, else None."""
+    routes = _current().routes
+    return routes.get(feature) or routes.get("default")
+
+
+def price_for(*, provider: str, model: str, on: date) -> Price | None:
+    """The price in force on a day: a provider-specific row wins over a general one."""
+    rows = [p for p in _current().prices.get(model, ()) if p.effective_from <= on]
+    for row in rows:
+        if row.provider == provider:
+            return row
+    for row in rows:
+        if not row.provider:
+            return row
+    return None
+
+
+def all_models() -> list[tuple[str, str]]:
+    """(model, provider) of every route target."""
+    return [(t.model, t.provider) for r in _current().routes.values() for t in r.targets]

@@ -1,0 +1,142 @@
+"""Writes for llmcalls: configuration upserts, the call log, spend."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models import Sum
+from django.db.models.sql import InsertQuery
+from django.utils import timezone
+
+from approvals.configfile import upsert
+from llmcalls.models import LLMCall, Provider, Route, RouteTarget
+
+logger = logging.getLogger("llmcalls")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def provider_upsert(*, name: str, base_url: str, api_key_env: str) -> str:
+    with transaction.atomic():
+        result = upsert(
+            Provider, {"name": name}, {"base_url": base_url, "api_key_env": api_key_env}
+        )
+    _config_changed()
+    return result
+
+
+def route_upsert(
+    *,
+    feature: str,
+    targets: list[tuple[str, str]],
+    deadline: timedelta,
+    cache_ttl: timedelta | None,
+    daily_budget_usd: Decimal | None,
+    over_budget: str,
+    params: dict[str, Any],
+) -> str:
+    """Create or update a route and replace its targets; report what changed."""
+    with transaction.atomic():
+        result = upsert(
+            Route,
+            {"feature": feature},
+            {
+                "deadline": deadline,
+                "cache_ttl": cache_ttl,
+                "daily_budget_usd": daily_budget_usd,
+                "over_budget": over_budget,
+                "params": params,
+            },
+        )
+        route = Route.objects.get(feature=feature)
+        current = [
+            (t.provider.name, t.model) for t in route.targets.select_related("provider").all()
+        ]
+        if current != targets:
+            providers = {
+                p.name: p for p in Provider.objects.filter(name__in=[p for p, _ in targets])
+            }
+            route.targets.all().delete()
+            RouteTarget.objects.bulk_create(
+                RouteTarget(route=route, position=i, provider=providers[p], model=m)
+                for i, (p, m) in enumerate(targets)
+            )
+            if result != "created":
+                result = "updated (models)" if result == "unchanged" else f"{result}, models"
+    _config_changed()
+    return result
+
+
+def _config_changed() -> None:
+    from llmcalls import routing
+
+    transaction.on_commit(routing.forget)
+
+
+# --- spend -----------------------------------------------------------------------------------------
+
+
+def day_start(now: datetime | None = None) -> datetime:
+    """Midnight UTC of the current day: budgets are per UTC day."""
+    now = now or timezone.now()
+    return datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
+
+
+def spent_today(*, feature: str) -> Decimal:
+    total = LLMCall.objects.filter(feature=feature, created_at__gte=day_start()).aggregate(
+        total=Sum("cost_usd")
+    )["total"]
+    return total or Decimal(0)
+
+
+# --- the call log ----------------------------------------------------------------------------------
+
+_FIELDS = [f for f in LLMCall._meta.concrete_fields]
+
+
+def call_log_write(*, record: dict[str, Any]) -> LLMCall:
+    """Store one call with a single INSERT.
+
+    A failed call must survive its caller's rollback: when the caller holds a transaction open,
+    the row goes in through a second connection from the same pool, in autocommit. If the
+    database refuses the row, the record goes to the `llmcalls` logger in full instead.
+    """
+    call = LLMCall(**record)
+    try:
+        if _inside_callers_transaction():
+            _insert_on_side_connection(call)
+        else:
+            _insert(call, connection)
+    except Exception:
+        logger.exception(
+            "llm call log write failed; the record follows: %s",
+            json.dumps(record, default=str, ensure_ascii=False),
+        )
+    return call
+
+
+def _inside_callers_transaction() -> bool:
+    if connection.vendor != "postgresql" or not connection.in_atomic_block:
+        return False
+    # Django's TestCase wraps each test in atomic blocks of its own; those do not count.
+    return any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
+
+
+def _insert(call: LLMCall, conn: Any) -> None:
+    query = InsertQuery(LLMCall)
+    query.insert_values(_FIELDS, [call])
+    query.get_compiler(connection=conn).execute_sql(returning_fields=None)
+
+
+def _insert_on_side_connection(call: LLMCall) -> None:
+    side = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        _insert(call, side)
+    finally:
+        side.close()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+
+from llmcalls import routing, services
+from llmcalls.breaker import breaker
+from llmcalls.models import ModelPrice
+from tests.llmcalls.fake_provider import FakeProvider
+
+FAKE_PORT = 18310
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeProvider]:
+    server = FakeProvider(FAKE_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake(fake_server: FakeProvider, settings: Any) -> Iterator[FakeProvider]:
+    """The fake provider, reset, with quick backoff; breaker, cache and snapshot cleared."""
+    settings.LLM_BACKOFF_BASE = 0.01
+    settings.LLM_BACKOFF_CAP = 0.05
+    settings.LLM_CIRCUIT_FAILURES = 3
+    settings.LLM_CIRCUIT_COOLDOWN = 30
+    fake_server.reset()
+    breaker().reset()
+    cache.clear()
+    routing.forget()
+    yield fake_server
+    routing.forget()
+    breaker().reset()
+
+
+@pytest.fixture
+def make_route(fake: FakeProvider, db: None) -> Callable[..., None]:
+    """make_route("feature", "primary/ok", "backup/ok", deadline=2, …) against the fake."""
+
+    def make(feature: str, *targets: str, **options: Any) -> None:
+        pairs = [tuple(t.split("/", 1)) for t in targets]
+        for provider in {p for p, _ in pairs}:
+            services.provider_upsert(
+                name=provider, base_url=fake.base_url(provider), api_key_env=""
+            )
+        services.route_upsert(
+            feature=feature,
+            targets=pairs,  # type: ignore[arg-type]
+            deadline=timedelta(seconds=options.get("deadline", 5)),
+            cache_ttl=timedelta(seconds=options["cache_ttl"]) if "cache_ttl" in options else None,
+            daily_budget_usd=Decimal(str(options["budget"])) if "budget" in options else None,
+            over_budget=options.get("over_budget", "refuse"),
+            params=options.get("params", {}),
+        )
+        routing.forget()
+
+    return make
+
+
+@pytest.fixture
+def prices(db: None) -> None:
+    """Prices for the fake's model names: $1000 in, $500 cached in, $2000 out per million tokens
+    (absurd, so that one call costs cents: $0.026 for the fake's 12 in and 7 out)."""
+    for model in ("ok", "small", "delay:0.3", "length", "cut", "stall", "500", "429:1"):
+        ModelPrice.objects.create(
+            model=model,
+            input_per_mtok=Decimal("1000"),
+            cached_input_per_mtok=Decimal("500"),
+            output_per_mtok=Decimal("2000"),
+        )
+    routing.forget()
+
+
+MESSAGES = [{"role": "user", "content": "Is order 42 eligible for a refund?"}]

@@ -1,0 +1,478 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import transaction
+from django.utils import timezone
+
+from llmcalls import client
+from llmcalls.breaker import MemoryBreaker
+from llmcalls.models import LLMCall
+from tests.llmcalls.conftest import MESSAGES
+from tests.llmcalls.fake_provider import FakeProvider
+
+pytestmark = pytest.mark.django_db
+
+Route = Callable[..., None]
+
+
+def only_call() -> LLMCall:
+    calls = list(LLMCall.objects.all())
+    assert len(calls) == 1, calls
+    return calls[0]
+
+
+# --- answers, log and cost ------------------------------------------------------------------------
+
+
+def test_it_answers_and_logs_the_whole_call(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/ok", params={"temperature": 0})
+
+    result = client.complete(feature="support", messages=MESSAGES, max_tokens=50)
+
+    assert result.text == "Hello from the fake provider."
+    assert (result.provider, result.model, result.finish_reason) == ("primary", "ok", "stop")
+    assert fake.requests[0].body["temperature"] == 0
+    assert fake.requests[0].body["max_tokens"] == 50
+    call = only_call()
+    assert call.id == result.call_id
+    assert call.status == "ok"
+    assert call.messages == MESSAGES
+    assert call.params == {"temperature": 0, "max_tokens": 50}
+    assert call.response_text == "Hello from the fake provider."
+    assert (call.input_tokens, call.output_tokens, call.cached_tokens) == (12, 7, 0)
+    assert call.cost_usd == Decimal("0.026")  # 12 x $1000 + 7 x $2000 per million
+    assert call.provider_request_id == "req_fake_1"
+    assert call.attempts == 1 and call.fallback_path == ["primary/ok"] and not call.fell_back
+    assert call.latency_ms is not None and call.latency_ms > 0
+
+
+def test_cached_input_tokens_are_billed_at_the_cached_price(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/ok")
+    fake.usage = {"prompt_tokens": 12, "completion_tokens": 7, "cached_tokens": 10}
+
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    # 2 fresh x $1000 + 10 cached x $500 + 7 out x $2000, per million tokens
+    assert result.cost_usd == Decimal("0.021")
+    assert only_call().cached_tokens == 10
+
+
+def test_an_unknown_price_gives_no_cost_and_a_warning_never_zero(
+    fake: FakeProvider, make_route: Route, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_route("support", "primary/unpriced-model")
+
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    assert result.cost_usd is None
+    call = only_call()
+    assert call.cost_usd is None and call.price_missing
+    assert "no price for primary/unpriced-model" in caplog.text
+
+
+def test_a_price_is_taken_as_of_the_day_of_the_call(fake: FakeProvider, make_route: Route) -> None:
+    from llmcalls import routing
+    from llmcalls.models import ModelPrice
+
+    today = timezone.now().date()
+    ModelPrice.objects.create(
+        model="ok", input_per_mtok=1, output_per_mtok=1, effective_from=today - timedelta(days=30)
+    )
+    ModelPrice.objects.create(
+        model="ok", input_per_mtok=100, output_per_mtok=100, effective_from=today + timedelta(1)
+    )
+    routing.forget()
+    make_route("support", "primary/ok")
+
+    assert client.complete(feature="support", messages=MESSAGES).cost_usd == Decimal("0.000019")
+
+
+def test_a_feature_without_a_route_is_refused_and_logged(fake: FakeProvider, db: None) -> None:
+    with pytest.raises(client.NoRoute) as caught:
+        client.complete(feature="nowhere", messages=MESSAGES)
+
+    call = only_call()
+    assert call.id == caught.value.call_id
+    assert call.status == "refused" and call.error_class == "NoRoute"
+
+
+def test_a_route_named_default_serves_features_without_their_own(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("default", "primary/ok")
+    assert client.complete(feature="anything", messages=MESSAGES).provider == "primary"
+    assert only_call().feature == "anything"
+
+
+# --- retries ---------------------------------------------------------------------------------------
+
+
+def test_it_retries_a_server_error_then_succeeds(fake: FakeProvider, make_route: Route) -> None:
+    make_route("support", "primary/m", "backup/m")
+    fake.script("primary", "m", "500", "503")
+
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    assert result.provider == "primary"
+    assert fake.tried() == ["primary/m"] * 3
+    call = only_call()
+    assert call.attempts == 3
+    assert [a["outcome"] for a in call.attempt_log] == ["error", "error", "ok"]
+    assert "HTTP 500" in call.attempt_log[0]["detail"]
+
+
+def test_it_honours_retry_after(fake: FakeProvider, make_route: Route) -> None:
+    make_route("support", "primary/m", deadline=5)
+    fake.script("primary", "m", "429:1")
+
+    started = time.monotonic()
+    client.complete(feature="support", messages=MESSAGES)
+
+    first, second = fake.requests
+    assert second.at - first.at >= 1.0
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_retry_after_longer_than_the_deadline_falls_back_at_once(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/m", "backup/m", deadline=3)
+    fake.script("primary", "m", "429:30")
+
+    started = time.monotonic()
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    assert time.monotonic() - started < 1.0
+    assert result.provider == "backup"
+    assert fake.tried() == ["primary/m", "backup/m"]
+
+
+@pytest.mark.parametrize("status", ["400", "422"])
+def test_a_request_the_provider_calls_invalid_is_neither_retried_nor_sent_elsewhere(
+    fake: FakeProvider, make_route: Route, status: str
+) -> None:
+    make_route("support", f"primary/{status}", f"backup/{status}")
+
+    with pytest.raises(client.RequestRefused):
+        client.complete(feature="support", messages=MESSAGES)
+
+    assert fake.tried() == [f"primary/{status}"]
+    assert only_call().status == "error"
+
+
+# --- fallback ----------------------------------------------------------------------------------------
+
+
+def test_it_falls_back_in_route_order_when_retries_are_exhausted(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/500", "backup/404", "third/ok")
+
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    assert result.provider == "third"
+    # 500 is retried (1 + 2 retries); 404 goes to the next target at once.
+    assert fake.tried() == ["primary/500"] * 3 + ["backup/404", "third/ok"]
+    call = only_call()
+    assert call.fallback_path == ["primary/500", "backup/404", "third/ok"]
+    assert call.fell_back and call.attempts == 5
+
+
+def test_a_malformed_answer_falls_back_without_retrying(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/malformed", "backup/ok")
+
+    assert client.complete(feature="support", messages=MESSAGES).provider == "backup"
+    assert fake.tried() == ["primary/malformed", "backup/ok"]
+    assert "not a chat completion" in only_call().attempt_log[0]["detail"]
+
+
+def test_when_every_model_fails_the_error_is_raised_and_logged(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/500", "backup/malformed")
+
+    with pytest.raises(client.AllModelsFailed) as caught:
+        client.complete(feature="support", messages=MESSAGES)
+
+    call = only_call()
+    assert call.id == caught.value.call_id
+    assert call.status == "error" and call.error_class == "AllModelsFailed"
+    assert call.attempts == 4
+
+
+# --- the deadline --------------------------------------------------------------------------------------
+
+
+def test_one_deadline_holds_across_hanging_attempts_and_fallbacks(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/hang", "backup/hang", deadline=1)
+
+    started = time.monotonic()
+    with pytest.raises(client.DeadlineExceeded):
+        client.complete(feature="support", messages=MESSAGES)
+    elapsed = time.monotonic() - started
+
+    assert 1.0 <= elapsed < 1.3
+    assert only_call().error_class == "DeadlineExceeded"
+
+
+def test_the_deadline_holds_under_retries_and_fallbacks(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    # The primary asks to wait 0.5 s three times (1 s of waiting), then the backup hangs.
+    make_route("support", "primary/m", "backup/hang", deadline=1.5)
+    fake.script("primary", "m", "429:0.5", "429:0.5", "429:0.5")
+
+    started = time.monotonic()
+    with pytest.raises(client.DeadlineExceeded):
+        client.complete(feature="support", messages=MESSAGES)
+    elapsed = time.monotonic() - started
+
+    assert 1.5 <= elapsed < 1.8
+    assert fake.tried() == ["primary/m"] * 3 + ["backup/hang"]
+    assert only_call().fallback_path == ["primary/m", "backup/hang"]
+
+
+def test_a_deadline_given_per_call_overrides_the_route(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/hang", deadline=30)
+
+    started = time.monotonic()
+    with pytest.raises(client.DeadlineExceeded):
+        client.complete(feature="support", messages=MESSAGES, deadline=timedelta(seconds=0.5))
+    assert time.monotonic() - started < 0.8
+
+
+# --- circuit breaker ------------------------------------------------------------------------------------
+
+
+def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_success(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/m", "backup/m")
+    fake.script("primary", "m", "500", "500", "500")  # three failures: the threshold in tests
+
+    assert client.complete(feature="support", messages=MESSAGES).provider == "backup"
+    fake.reset()
+
+    # Open: the primary is skipped without a request.
+    assert client.complete(feature="support", messages=MESSAGES).provider == "backup"
+    assert fake.tried() == ["backup/m"]
+    assert LLMCall.objects.latest("created_at").attempt_log[0] == {
+        "target": "primary/m",
+        "outcome": "skipped",
+        "detail": "circuit open",
+    }
+    fake.reset()
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=31), tick=True):
+        # Half-open after the cooldown: one try, which succeeds and closes the circuit.
+        assert client.complete(feature="support", messages=MESSAGES).provider == "primary"
+        fake.script("primary", "m", "500")
+        assert client.complete(feature="support", messages=MESSAGES).provider == "primary"
+        assert fake.tried() == ["primary/m", "primary/m", "primary/m"]  # a retry, not skipped
+
+
+def test_a_failure_after_the_cooldown_reopens_the_circuit_at_once(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/m", "backup/m")
+    fake.script("primary", "m", "500", "500", "500")
+    client.complete(feature="support", messages=MESSAGES)
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=31), tick=True):
+        fake.reset()
+        fake.script("primary", "m", "malformed")  # one failure, no retry: reopened
+        assert client.complete(feature="support", messages=MESSAGES).provider == "backup"
+        fake.reset()
+        assert client.complete(feature="support", messages=MESSAGES).provider == "backup"
+        assert fake.tried() == ["backup/m"]
+
+
+def test_the_in_memory_breaker_follows_the_same_steps(settings: Any) -> None:
+    settings.LLM_CIRCUIT_FAILURES = 3
+    settings.LLM_CIRCUIT_COOLDOWN = 30
+    breaker = MemoryBreaker()
+    for _ in range(2):
+        breaker.failure("p/m")
+    assert breaker.check("p/m") == (False, True)
+    breaker.failure("p/m")
+    assert breaker.check("p/m")[0] is True
+    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+        assert breaker.check("p/m")[0] is False
+    breaker.success("p/m")
+    assert breaker.check("p/m") == (False, False)
+
+
+# --- cache --------------------------------------------------------------------------------------------------
+
+
+def test_an_identical_call_is_answered_from_the_cache_at_zero_cost(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/ok", cache_ttl=60)
+
+    first = client.complete(feature="support", messages=MESSAGES)
+    second = client.complete(feature="support", messages=MESSAGES)
+
+    assert len(fake.requests) == 1
+    assert second.text == first.text and second.cache_hit and not first.cache_hit
+    hit = LLMCall.objects.get(id=second.call_id)
+    assert hit.cache_hit and hit.cost_usd == Decimal(0) and hit.status == "ok"
+    assert LLMCall.objects.get(id=first.call_id).cost_usd == Decimal("0.026")
+
+
+def test_other_messages_or_params_miss_the_cache(fake: FakeProvider, make_route: Route) -> None:
+    make_route("support", "primary/ok", cache_ttl=60)
+
+    client.complete(feature="support", messages=MESSAGES)
+    client.complete(feature="support", messages=[{"role": "user", "content": "Other"}])
+    client.complete(feature="support", messages=MESSAGES, temperature=0.5)
+
+    assert len(fake.requests) == 3
+    assert not LLMCall.objects.filter(cache_hit=True).exists()
+
+
+def test_the_cache_key_does_not_depend_on_the_provider(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/ok", cache_ttl=60)
+    client.complete(feature="support", messages=MESSAGES)
+
+    make_route("support", "backup/ok", cache_ttl=60)
+    assert client.complete(feature="support", messages=MESSAGES).cache_hit
+    assert fake.tried() == ["primary/ok"]
+
+
+def test_the_cache_expires(fake: FakeProvider, make_route: Route, settings: object) -> None:
+    make_route("support", "primary/ok", cache_ttl=1)
+    client.complete(feature="support", messages=MESSAGES)
+    time.sleep(1.1)
+    assert not client.complete(feature="support", messages=MESSAGES).cache_hit
+
+
+def test_errors_and_truncated_answers_are_never_cached(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/m", cache_ttl=60)
+    fake.script("primary", "m", "malformed")
+    with pytest.raises(client.AllModelsFailed):
+        client.complete(feature="support", messages=MESSAGES)
+    fake.script("primary", "m", "length", "length")
+
+    truncated = client.complete(feature="support", messages=MESSAGES)
+    again = client.complete(feature="support", messages=MESSAGES)
+
+    assert truncated.finish_reason == "length" and not again.cache_hit
+    assert len(fake.requests) == 3
+
+
+def test_a_route_without_cache_ttl_never_caches(fake: FakeProvider, make_route: Route) -> None:
+    make_route("support", "primary/ok")
+    client.complete(feature="support", messages=MESSAGES)
+    client.complete(feature="support", messages=MESSAGES)
+    assert len(fake.requests) == 2
+
+
+# --- budgets ----------------------------------------------------------------------------------------------------
+
+
+def test_a_spent_budget_refuses_with_a_clear_error(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/ok", budget="0.04")  # a call costs $0.026
+
+    client.complete(feature="support", messages=MESSAGES)
+    client.complete(feature="support", messages=MESSAGES)  # $0.026 spent < cap: allowed
+    with pytest.raises(client.BudgetExceeded, match=r"spent \$0.0520 of its daily budget"):
+        client.complete(feature="support", messages=MESSAGES)
+
+    assert len(fake.requests) == 2
+    refused = LLMCall.objects.get(status="refused")
+    assert refused.error_class == "BudgetExceeded"
+
+    with time_machine.travel(timezone.now() + timedelta(days=1), tick=True):
+        assert client.complete(feature="support", messages=MESSAGES).text  # a new day
+
+
+def test_over_budget_next_model_continues_on_the_cheaper_model_and_says_so(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/ok", "backup/small", budget="0.01", over_budget="next-model")
+
+    first = client.complete(feature="support", messages=MESSAGES)
+    second = client.complete(feature="support", messages=MESSAGES)
+
+    assert (first.model, second.model) == ("ok", "small")
+    assert not LLMCall.objects.get(id=first.call_id).over_budget
+    assert LLMCall.objects.get(id=second.call_id).over_budget
+
+
+def test_a_budgeted_route_skips_a_model_without_a_price(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/unpriced", "backup/ok", budget="10")
+
+    assert client.complete(feature="support", messages=MESSAGES).provider == "backup"
+    assert fake.tried() == ["backup/ok"]
+    assert "no price" in only_call().attempt_log[0]["detail"]
+
+
+def test_budgets_are_per_feature(fake: FakeProvider, make_route: Route, prices: None) -> None:
+    make_route("a", "primary/ok", budget="0.01")
+    make_route("b", "primary/ok", budget="0.01")
+    client.complete(feature="a", messages=MESSAGES)
+    with pytest.raises(client.BudgetExceeded):
+        client.complete(feature="a", messages=MESSAGES)
+    assert client.complete(feature="b", messages=MESSAGES).text
+
+
+# --- the log survives -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_call_is_logged_even_when_the_callers_transaction_rolls_back(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/500")
+
+    with pytest.raises(client.AllModelsFailed), transaction.atomic():
+        client.complete(feature="support", messages=MESSAGES)
+
+    assert only_call().status == "error"
+
+
+def test_a_log_write_that_fails_puts_the_record_in_the_log_instead(
+    fake: FakeProvider,
+    make_route: Route,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmcalls import services
+
+    make_route("support", "primary/ok")
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("database unavailable")
+
+    monkeypatch.setattr(services, "_insert", refuse)
+    result = client.complete(feature="support", messages=MESSAGES)
+
+    assert result.text
+    assert "llm call log write failed" in caplog.text
+    assert str(result.call_id) in caplog.text and "Is order 42 eligible" in caplog.text
