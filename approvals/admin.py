@@ -343,6 +343,8 @@ class WebhookEndpointAdmin(ReadOnlyAdmin):
         for endpoint in queryset:
             execution.webhook_endpoint_enable(url=endpoint.url, by=str(request.user))
         self.message_user(request, f"Re-enabled {queryset.count()} endpoint(s).")
+
+
 @admin.register(Claim)
 class ClaimAdmin(ReadOnlyAdmin):
     list_display = ["proposal", "reviewer", "claimed_at", "expires_at"]

@@ -466,6 +466,8 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
+
+
 class Claim(models.Model):
     """A reviewer's lease on a pending proposal: others see who holds it until it expires."""
 

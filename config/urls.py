@@ -14,6 +14,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("llm/", include("llmcalls.urls")),
     path("evals/", include("evals.urls")),
+    path("insights/", include("insights.urls")),
     path("", include("approvals.urls")),
 ]
 

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from approvals import services
 from approvals.models import ActionType, Attempt, OutboxMessage, Proposal, WebhookEndpoint
-from tests.conftest import ServiceClient, refund_body
+from tests.conftest import ServiceClient, decide_as, refund_body
 from tests.execution_support import Receiver, Reply, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -39,7 +38,7 @@ def submit_and_approve(client: ServiceClient, reviewer: User, **overrides: Any) 
     response = client.post_json("/api/v1/proposals", refund_body(**overrides))
     assert response.status_code == 201, response.content
     proposal = Proposal.objects.get(pk=response.json()["id"])
-    return services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    return decide_as(reviewer, proposal)
 
 
 def state_of(proposal: Proposal) -> str:
@@ -224,7 +223,7 @@ def test_a_rolled_back_approval_dispatches_nothing(
         pass
 
     with pytest.raises(Abort), transaction.atomic():
-        services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+        decide_as(reviewer, proposal)
         assert OutboxMessage.objects.count() == 2  # recorded inside the transaction
         raise Abort
 

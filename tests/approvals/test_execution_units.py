@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 
 from approvals import execution, services, webhooks
 from approvals.models import ActionType, Attempt, OutboxMessage, Proposal
-from tests.conftest import ServiceClient, refund_body
+from tests.conftest import ServiceClient, decide_as, refund_body
 from tests.execution_support import Receiver
 
 SECRET = services.webhook_secret_generate()
@@ -182,7 +182,7 @@ def test_an_approval_records_its_execution_and_callback_and_sends_them_after_com
     proposal = pending(webhook_shop)
     assert OutboxMessage.objects.count() == 0
     with django_capture_on_commit_callbacks() as callbacks:
-        services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+        decide_as(reviewer, proposal)
         assert OutboxMessage.objects.count() == 2
     assert len(callbacks) == 1  # one dispatch, after commit
     execute, approved = OutboxMessage.objects.order_by("id")
@@ -202,9 +202,7 @@ def test_an_approval_records_its_execution_and_callback_and_sends_them_after_com
     ("act", "event"),
     [
         (
-            lambda p, s, r: services.proposal_decide(
-                proposal=p, reviewer=r, verdict="reject", comment="no"
-            ),
+            lambda p, s, r: decide_as(r, p, "reject", "no"),
             "proposal.rejected",
         ),
         (
@@ -231,7 +229,7 @@ def test_without_a_callback_url_only_the_execution_is_recorded(
 ) -> None:
     webhook_shop.service.callback_url = ""
     webhook_shop.service.save()
-    services.proposal_decide(proposal=pending(webhook_shop), reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, pending(webhook_shop))
     assert list(OutboxMessage.objects.values_list("kind", flat=True)) == ["execute"]
 
 
@@ -241,7 +239,7 @@ def test_executor_none_waits_for_the_services_report(
     refund_type.executor_kind = "none"
     refund_type.save()
     proposal = pending(webhook_shop)
-    services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, proposal)
     assert list(OutboxMessage.objects.values_list("event", flat=True)) == ["proposal.approved"]
     body = webhook_shop.get(f"/api/v1/proposals/{proposal.pk}").json()
     assert body["execution"] == {
@@ -271,7 +269,7 @@ def test_a_refused_target_fails_the_execution_without_retry(
     webhook_shop: ServiceClient, reviewer: User
 ) -> None:
     proposal = pending(webhook_shop)
-    services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, proposal)
     execute = OutboxMessage.objects.get(kind="execute")
     execution.outbox_deliver(message_id=execute.pk)
     proposal.refresh_from_db()
@@ -289,7 +287,7 @@ def test_a_refused_target_fails_the_execution_without_retry(
 def test_a_message_held_by_one_worker_is_not_taken_by_another(
     webhook_shop: ServiceClient, reviewer: User
 ) -> None:
-    services.proposal_decide(proposal=pending(webhook_shop), reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, pending(webhook_shop))
     execute = OutboxMessage.objects.get(kind="execute")
     OutboxMessage.objects.filter(pk=execute.pk).update(
         locked_until=timezone.now() + timedelta(seconds=30)
@@ -302,7 +300,7 @@ def test_a_message_held_by_one_worker_is_not_taken_by_another(
 def test_the_reconciler_picks_up_only_overdue_unheld_pending_messages(
     webhook_shop: ServiceClient, reviewer: User, django_capture_on_commit_callbacks: Any
 ) -> None:
-    services.proposal_decide(proposal=pending(webhook_shop), reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, pending(webhook_shop))
     now = timezone.now()
     assert execution.outbox_reconcile(now=now) == 0  # within the grace period
     assert execution.outbox_reconcile(now=now + timedelta(minutes=5)) == 2

@@ -18,9 +18,8 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from approvals import services
 from approvals.models import ActionType, Attempt, Proposal
-from tests.conftest import ServiceClient, refund_body
+from tests.conftest import ServiceClient, decide_as, refund_body
 from tests.execution_support import ROOT, Receiver, Reply, database_url, free_port, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -64,7 +63,7 @@ def test_a_worker_killed_mid_execution_is_restarted_and_the_effect_happens_once(
     )
     worker = workers("crashy")
     [proposal] = submit(shop, 1)
-    services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+    decide_as(reviewer, proposal)
     assert receiver.first_request.wait(timeout=20)
     wait_until(lambda: receiver.of("/execute"), timeout=10, what="the execution request")
     worker.kill9()
@@ -99,7 +98,7 @@ def test_messages_the_broker_lost_are_all_delivered_by_the_reconciler(
     broker.delete("celery")  # messages earlier tests left in the queue, out of the count
     proposals = submit(shop, 12)
     for proposal in proposals:
-        services.proposal_decide(proposal=proposal, reviewer=reviewer, verdict="approve")
+        decide_as(reviewer, proposal)
     assert broker.llen("celery") == 24  # an execution and an `approved` callback each
     broker.flushdb()  # only the test Redis DB: every queued message is gone
 
