@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import template
@@ -31,3 +32,14 @@ def percent(value: float | None, digits: int = 1) -> str:
 def hundred(value: float) -> str:
     """A fraction as a plain percentage number for an input field (0.025 → 2.5)."""
     return f"{value * 100:.4g}"
+
+
+@register.filter
+def span(value: timedelta) -> str:
+    """A window as people say it: 1 day, 12 hours, 5 minutes."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"

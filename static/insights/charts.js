@@ -22,7 +22,7 @@
         ctx.beginPath(); ctx.moveTo(px, area.top); ctx.lineTo(px, area.bottom); ctx.stroke();
         ctx.fillStyle = "#a15c00";
         ctx.font = "11px system-ui, sans-serif";
-        ctx.fillText((c.model || "?") + " · " + (c.prompt || "?"), px + 4, area.top + 12);
+        ctx.fillText((c.model || "?") + " · " + (c.prompt || "?"), px + 4, area.bottom - 6);
         ctx.restore();
       });
     }

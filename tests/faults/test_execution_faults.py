@@ -125,6 +125,7 @@ def test_an_approval_committed_while_the_broker_is_unreachable_is_delivered_late
         "from approvals.models import Proposal\n"
         "rita = User.objects.get(username='rita')\n"
         "for p in Proposal.objects.filter(state='pending_review'):\n"
+        "    services.claim_acquire(proposal_id=p.pk, reviewer=rita)\n"
         "    services.proposal_decide(proposal=p, reviewer=rita, verdict='approve')\n"
     )
     started = time.monotonic()
