@@ -28,6 +28,7 @@ class QueueConsumer(AsyncWebsocketConsumer):
         type_ids = await database_sync_to_async(selectors.visible_action_type_ids)(user=user)
         self.identities = selectors.reviewer_identities(user=user)
         self.groups_joined = [events.group_for_action_type(i) for i in sorted(type_ids)]
+        self.groups_joined.append(events.group_for_reviewer(user.pk))
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -39,6 +40,10 @@ class QueueConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """The page has nothing to say over this socket; anything sent is ignored."""
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """The reviewer logged out (in this or another tab): stop pushing to this browser."""
+        await self.close(code=UNAUTHENTICATED)
 
     async def proposal_update(self, event: dict[str, Any]) -> None:
         if event.get("raised_by") and event["raised_by"] in self.identities:

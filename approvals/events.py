@@ -34,6 +34,29 @@ def group_for_action_type(action_type_id: int) -> str:
     return f"gatehouse.queue.type-{action_type_id}"
 
 
+def group_for_reviewer(user_id: int) -> str:
+    """Every open socket of one reviewer (to close them when they log out)."""
+    return f"gatehouse.reviewer-{user_id}"
+
+
+def reviewer_logged_out(user_id: int) -> None:
+    """Close the reviewer's open sockets: a logged-out browser must stop receiving pushes."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": "session.ended"}
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(layer.group_send)(group_for_reviewer(user_id), message)
+    else:  # called from async code: schedule it on that loop
+        task = asyncio.get_running_loop().create_task(
+            layer.group_send(group_for_reviewer(user_id), message)
+        )
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+
 def uses_process_local_layer() -> bool:
     return isinstance(get_channel_layer(), InMemoryChannelLayer)
 

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import auth, messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
-from approvals import selectors, services
+from approvals import events, selectors, services
 from approvals.errors import ApplicationError, NotFound
 from approvals.forms import CommentForm, DecisionForm
 from approvals.models import Proposal, Risk
@@ -187,6 +187,16 @@ def proposal_decide(request: HtmxHttpRequest, proposal_id: uuid.UUID) -> HttpRes
     if request.htmx:
         return HttpResponseClientRedirect(reverse("approvals:queue"))
     return redirect("approvals:queue")
+
+
+@require_POST
+def logout(request: HtmxHttpRequest) -> HttpResponse:
+    """Log out and close this reviewer's live sockets in every open tab."""
+    user_id = request.user.pk
+    auth.logout(request)
+    if user_id is not None:
+        events.reviewer_logged_out(user_id)
+    return redirect("approvals:login")
 
 
 @login_required

@@ -21,7 +21,12 @@
     if (everOpened) htmx.trigger(document.body, "resync");
     everOpened = true;
   });
-  body.addEventListener("htmx:wsClose", function () { setLive("closed", "reconnecting…"); });
+  body.addEventListener("htmx:wsClose", function (event) {
+    var closed = event.detail && event.detail.event;
+    // 4401: the session ended (logged out here or in another tab); the socket stays closed.
+    if (closed && closed.code === 4401) setLive("closed", "signed out: reload");
+    else setLive("closed", "reconnecting…");
+  });
   body.addEventListener("htmx:wsError", function () { setLive("closed", "reconnecting…"); });
 
   // --- live insertion of new queue rows --------------------------------------------------

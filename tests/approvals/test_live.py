@@ -197,3 +197,25 @@ def test_without_redis_changes_from_another_process_are_relayed(shop: Any, revie
 def _test_database_url() -> str:
     s = connection.settings_dict
     return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1", "testserver"])
+def test_logging_out_closes_the_reviewers_sockets(reviewer: User) -> None:
+    client = Client()
+    client.force_login(reviewer)
+    cookie = (
+        b"cookie",
+        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
+    )
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(cookie, ORIGIN)
+        assert (await ws.connect())[0]
+        response = await database_sync_to_async(client.post)("/logout/")
+        assert response.status_code == 302
+        closed = await ws.receive_output(timeout=3)
+        await ws.wait(timeout=2)
+        return dict(closed)
+
+    closed = run(scenario())
+    assert closed["type"] == "websocket.close" and closed["code"] == 4401
