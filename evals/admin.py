@@ -54,6 +54,23 @@ class EvalCaseForm(forms.ModelForm):
         model = EvalCase
         fields = ["eval_set", "split", "tags", "input", "ideal"]
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        try:
+            services.case_check(
+                eval_set=data["eval_set"],
+                input=data.get("input"),
+                ideal=data.get("ideal"),
+                tags=data.get("tags") or [],
+                split=data.get("split") or "dev",
+                case=self.instance if self.instance.pk else None,
+            )
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return data
+
 
 @admin.register(EvalCase)
 class EvalCaseAdmin(admin.ModelAdmin):

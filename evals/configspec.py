@@ -92,7 +92,16 @@ def split_scorer(value: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def apply_prompts(items: list[PromptSpec]) -> list[str]:
     from approvals.errors import ApplicationError
     from evals import services
+    from llmcalls.models import Route
 
+    known = set(Route.objects.values_list("feature", flat=True))
+    unknown = [
+        f"prompts[{index}] ({spec.name}@{spec.version}): unknown llmcalls route {spec.route!r}"
+        for index, spec in enumerate(items)
+        if spec.route not in known
+    ]
+    if unknown:
+        raise ConfigFileError(unknown)
     report, problems = [], []
     for index, spec in enumerate(items):
         try:

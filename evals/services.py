@@ -185,40 +185,61 @@ def cases_import(*, eval_set: EvalSet, lines: Iterable[str]) -> ImportReport:
     return report
 
 
+def case_check(
+    *,
+    eval_set: EvalSet,
+    input: Any,
+    ideal: Any,
+    tags: list[str],
+    split: str,
+    case: EvalCase | None = None,
+) -> str:
+    """Raise unless this case may be stored (as new, or as the new content of `case`);
+    returns its fingerprint."""
+    problem = _check_case({"input": input, "ideal": ideal, "tags": tags, "split": split})
+    if problem:
+        raise ApplicationError(problem, code="bad-case")
+    if case is not None:
+        _refuse_if_sealed(case, moving_to=split)
+    elif split == Split.HOLDOUT and eval_set.is_sealed:
+        raise Conflict(f"The holdout of {eval_set.name} is sealed.", code="holdout-sealed")
+    fingerprint = case_fingerprint(input=input, ideal=ideal)
+    others = eval_set.cases.filter(fingerprint=fingerprint)
+    if case is not None:
+        others = others.exclude(pk=case.pk)
+    if others.exists():
+        raise ApplicationError("The set has this case already.", code="duplicate-case")
+    return fingerprint
+
+
 def case_add(
     *, eval_set: EvalSet, input: Any, ideal: Any, tags: list[str] | None = None, split: str = "dev"
 ) -> EvalCase:
     """Add one case (the admin's way in); a sealed holdout takes no new cases."""
-    data = {"input": input, "ideal": ideal, "tags": tags or [], "split": split}
-    problem = _check_case(data)
-    if problem:
-        raise ApplicationError(problem, code="bad-case")
-    if split == Split.HOLDOUT and eval_set.is_sealed:
-        raise Conflict(f"The holdout of {eval_set.name} is sealed.", code="holdout-sealed")
-    fingerprint = case_fingerprint(input=input, ideal=ideal)
-    if eval_set.cases.filter(fingerprint=fingerprint).exists():
-        raise ApplicationError("The set has this case already.", code="duplicate-case")
+    tags = list(dict.fromkeys(tags or []))
+    fingerprint = case_check(eval_set=eval_set, input=input, ideal=ideal, tags=tags, split=split)
     return EvalCase.objects.create(
         eval_set=eval_set,
         input=input,
         ideal=ideal,
-        tags=list(dict.fromkeys(tags or [])),
+        tags=tags,
         split=split,
         fingerprint=fingerprint,
     )
 
 
 def _rule_of(proposal: Proposal) -> str:
-    """The rule that decided or routed the proposal: its decision rule, else the trace's match."""
+    """The rule that decided or routed the proposal: its decision rule, else the enforcing rule
+    that matched in the trace (entries like {"rule", "mode", "result": "matched"}); shadow rules
+    never decide, so they never name a case's rule."""
     if proposal.decision_rule:
         return proposal.decision_rule
     for step in proposal.rule_trace or []:
-        if (
-            isinstance(step, dict)
-            and step.get("matched")
-            and (step.get("rule") or step.get("name"))
-        ):
-            return str(step.get("rule") or step.get("name"))
+        if not isinstance(step, dict) or not step.get("rule"):
+            continue
+        matched = step.get("result") == "matched" or step.get("matched") is True
+        if matched and step.get("mode", "enforce") == "enforce":
+            return str(step["rule"])
     return ""
 
 
@@ -332,23 +353,19 @@ def case_update(
     """Edit a case; refused for a case in a sealed holdout (and for moving one into it)."""
     with transaction.atomic():
         case = EvalCase.objects.select_for_update().select_related("eval_set").get(pk=case.pk)
-        _refuse_if_sealed(case, moving_to=split)
-        data = {
-            "input": case.input if input is None else input,
-            "ideal": case.ideal if ideal is None else ideal,
-            "tags": case.tags if tags is None else tags,
-            "split": split or case.split,
-        }
-        problem = _check_case(data)
-        if problem:
-            raise ApplicationError(problem, code="bad-case")
-        case.input, case.ideal, case.tags, case.split = (
-            data["input"],
-            data["ideal"],
-            data["tags"],
-            data["split"],
+        new_input = case.input if input is None else input
+        new_ideal = case.ideal if ideal is None else ideal
+        new_tags = case.tags if tags is None else list(dict.fromkeys(tags))
+        new_split = split or case.split
+        case.fingerprint = case_check(
+            eval_set=case.eval_set,
+            input=new_input,
+            ideal=new_ideal,
+            tags=new_tags,
+            split=new_split,
+            case=case,
         )
-        case.fingerprint = case_fingerprint(input=case.input, ideal=case.ideal)
+        case.input, case.ideal, case.tags, case.split = new_input, new_ideal, new_tags, new_split
         case.save()
     return case
 

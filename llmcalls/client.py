@@ -38,7 +38,6 @@ from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
 import openai
 from django.conf import settings
 from django.core.cache import cache
@@ -47,6 +46,11 @@ from django.utils import timezone
 from llmcalls import routing, services
 from llmcalls.breaker import breaker
 from llmcalls.routing import Target
+
+try:  # openai >= 3 sends through httpx2; earlier versions through httpx
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http  # type: ignore[no-redef]
 
 logger = logging.getLogger("llmcalls")
 
@@ -134,7 +138,7 @@ def _classify(exc: BaseException) -> str:
         if code in (408, 409, 429) or code >= 500:
             return RETRY
         return FATAL if code in (400, 413, 422) else FALLBACK
-    if isinstance(exc, openai.APIConnectionError | httpx.HTTPError | _EarlyEnd):
+    if isinstance(exc, openai.APIConnectionError | _http.HTTPError | _EarlyEnd):
         return RETRY
     if isinstance(exc, _Malformed | _Misconfigured | openai.APIResponseValidationError):
         return FALLBACK
@@ -237,6 +241,7 @@ class _Call:
         deadline: float | timedelta | None,
         service: str,
         stream: bool,
+        route: str | None = None,
     ) -> None:
         self.id = uuid.uuid4()
         self.started = time.monotonic()
@@ -245,16 +250,19 @@ class _Call:
         self.service = service
         self.stream = stream
         self.messages = messages
-        route = routing.route_for(feature)
-        self.route = route
+        config = routing.route_for(route or feature)
+        if route and config is not None and config.feature != route:
+            config = None  # an explicitly named route must exist; no fallback to `default`
+        self.route = config
+        self.route_name = route or feature
         self.params = {
-            **(route.params if route else {}),
+            **(config.params if config else {}),
             **{k: v for k, v in params.items() if k not in _OUR_PARAMS},
         }
         if isinstance(deadline, timedelta):
             deadline = deadline.total_seconds()
         self.deadline = float(
-            deadline if deadline is not None else route.deadline if route else 30.0
+            deadline if deadline is not None else config.deadline if config else 30.0
         )
         self.deadline_at = self.started + self.deadline
         self.attempt_log: list[dict[str, Any]] = []
@@ -276,8 +284,9 @@ class _Call:
     def targets(self) -> tuple[Target, ...]:
         if self.route is None:
             raise NoRoute(
-                f"No route for feature {self.feature!r} and no route named 'default'. "
-                "Declare one in llm_routes or in the admin.",
+                f"No route named {self.route_name!r}"
+                + ("" if self.route_name != self.feature else " and no route named 'default'")
+                + ". Declare one in llm_routes or in the admin.",
                 call_id=self.id,
             )
         if not self.route.targets:
@@ -318,6 +327,7 @@ class _Call:
             "id": self.id,
             "created_at": self.created_at,
             "feature": self.feature,
+            "route": self.route.feature if self.route else self.route_name,
             "service": self.service,
             "stream": self.stream,
             "messages": self.messages,
@@ -346,12 +356,17 @@ class _Call:
         self.log(status=status, **values)
 
 
+_warned_unpriced: set[tuple[str, str]] = set()
+
+
 def _cost(
     provider: str, model: str, usage: Usage
 ) -> tuple[Decimal | None, bool]:  # (cost, price missing)
     price = routing.price_for(provider=provider, model=model, on=timezone.now().date())
     if price is None:
-        logger.warning("no price for %s/%s: the call's cost is unknown", provider, model)
+        if (provider, model) not in _warned_unpriced:  # once per process; the log row says it too
+            _warned_unpriced.add((provider, model))
+            logger.warning("no price for %s/%s: the call's cost is unknown", provider, model)
         return None, True
     if usage.input_tokens is None and usage.output_tokens is None:
         return None, False
@@ -391,8 +406,8 @@ def _client(target: Target) -> openai.OpenAI:
     return client
 
 
-def _timeout(remaining: float) -> httpx.Timeout:
-    return httpx.Timeout(remaining, connect=min(remaining, settings.LLM_CONNECT_TIMEOUT))
+def _timeout(remaining: float) -> openai.Timeout:
+    return openai.Timeout(remaining, connect=min(remaining, settings.LLM_CONNECT_TIMEOUT))
 
 
 def _run(
@@ -481,9 +496,15 @@ def complete(
     messages: list[dict[str, Any]],
     deadline: float | timedelta | None = None,
     service: str = "",
+    route: str | None = None,
     **params: Any,
 ) -> Completion:
-    """One chat completion along the feature's route. Raises LLMError (logged) when none comes."""
+    """One chat completion along the feature's route. Raises LLMError (logged) when none comes.
+
+    `route` names another route to follow (e.g. an eval trying several models); the call is
+    still logged, and budgeted, under `feature`. `deadline` (seconds or a timedelta) overrides
+    the route's. Other keyword arguments are request parameters (temperature, tools, …).
+    """
     call = _Call(
         feature=feature,
         messages=messages,
@@ -491,6 +512,7 @@ def complete(
         deadline=deadline,
         service=service,
         stream=False,
+        route=route,
     )
     try:
         target, value, hit = _run(
@@ -547,9 +569,10 @@ def complete(
 
 def _attempt_complete(call: _Call, target: Target, remaining: float) -> tuple[dict[str, Any], str]:
     client = _client(target)
-    raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+    messages: Any = call.messages  # plain dicts; the SDK's TypedDicts add nothing at run time
+    raw = client.chat.completions.with_raw_response.create(
         model=target.model,
-        messages=call.messages,
+        messages=messages,
         extra_body=call.params or None,
         timeout=_timeout(remaining),
     )
@@ -571,6 +594,7 @@ def stream(
     messages: list[dict[str, Any]],
     deadline: float | timedelta | None = None,
     service: str = "",
+    route: str | None = None,
     **params: Any,
 ) -> CompletionStream:
     """Start a streamed completion; iterate the result for Delta objects.
@@ -586,6 +610,7 @@ def stream(
         deadline=deadline,
         service=service,
         stream=True,
+        route=route,
     )
     try:
         target, value, hit = _run(
@@ -610,7 +635,7 @@ class _Live:
     def __init__(
         self,
         manager: Any,
-        response: httpx.Response,
+        response: _http.Response,
         events: Iterator[str],
         watchdog: threading.Timer,
     ) -> None:
@@ -704,7 +729,7 @@ def _has_token(chunk: dict[str, Any]) -> bool:
     return False
 
 
-def _shutdown(response: httpx.Response) -> None:
+def _shutdown(response: _http.Response) -> None:
     # Closing a socket does not wake a thread blocked reading it; shutting it down does.
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
@@ -716,9 +741,10 @@ def _shutdown(response: httpx.Response) -> None:
 def _open_stream(call: _Call, target: Target, remaining: float) -> _Live:
     client = _client(target)
     options = dict(call.params)
-    manager = client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+    messages: Any = call.messages
+    manager = client.chat.completions.with_streaming_response.create(
         model=target.model,
-        messages=call.messages,
+        messages=messages,
         stream=True,
         stream_options={"include_usage": True},
         extra_body=options or None,
@@ -781,6 +807,18 @@ class CompletionStream:
                 error_class="StreamClosed",
                 error_message="the caller closed the stream before reading it",
             )
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A stream dropped unread is still logged (and its connection released).
+        if not self.call.logged:
+            with contextlib.suppress(Exception):
+                self.close()
 
     def _iterate(self) -> Generator[Delta, None, None]:
         call, target = self.call, self.target

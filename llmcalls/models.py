@@ -122,6 +122,7 @@ class LLMCall(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     feature = models.CharField(max_length=200)
+    route = models.CharField(max_length=200, blank=True, help_text="The route that served it")
     service = models.CharField(max_length=100, blank=True, help_text="Calling service (proxy)")
     provider = models.CharField(max_length=100, blank=True)
     model = models.CharField(max_length=200, blank=True)

@@ -176,17 +176,31 @@ def test_harvest_splits_into_holdout_deterministically() -> None:
     assert not any(services._holdout_pick(f"p-{i}", 0.0) for i in range(200))
 
 
-def test_rule_tag_comes_from_the_decision_or_the_trace() -> None:
+def test_rule_tag_comes_from_the_decision_or_the_enforcing_match_in_the_trace() -> None:
     proposal = Proposal(
         decision_rule="",
         rule_trace=[
-            {"rule": "small-refunds", "matched": False},
-            {"rule": "big-refunds", "matched": True},
+            {"rule": "small-refunds", "version": 2, "mode": "enforce", "result": "no_match"},
+            {
+                "rule": "trial",
+                "version": 1,
+                "mode": "shadow",
+                "result": "matched",
+                "outcome": "reject",
+            },
+            {
+                "rule": "big-refunds",
+                "version": 4,
+                "mode": "enforce",
+                "result": "matched",
+                "outcome": "review",
+            },
         ],
     )
     assert services._rule_of(proposal) == "big-refunds"
     proposal.decision_rule = "auto-approve"
     assert services._rule_of(proposal) == "auto-approve"
+    assert services._rule_of(Proposal(decision_rule="", rule_trace=[])) == ""
 
 
 def test_a_sealed_holdout_refuses_edits_moves_deletes_and_new_cases(eval_set: EvalSet) -> None:

@@ -159,3 +159,12 @@ def test_the_database_refuses_to_change_a_prompt_version() -> None:
             template=[{"role": "user", "content": "x"}]
         )
     PromptVersion.objects.filter(pk=version.pk).update(created_at=version.created_at)  # harmless
+
+
+def test_apply_refuses_a_prompt_on_an_unknown_route() -> None:
+    with pytest.raises(configfile.ConfigFileError) as info:
+        configfile.apply(
+            "prompts:\n  - {name: p, version: 1, template: x, route: nowhere}\n", source="p.yaml"
+        )
+    assert info.value.problems == ["prompts[0] (p@1): unknown llmcalls route 'nowhere'"]
+    assert not Prompt.objects.exists()

@@ -231,3 +231,39 @@ def test_admin_prompt_versions_are_add_only(refund_set: EvalSet) -> None:
     )
     assert added.status_code == 302, added.content.decode()[:2000]
     assert services.prompt_resolve(ref="refunds@canary").version == 3
+
+
+def test_admin_adds_and_edits_cases_through_the_services(refund_set: EvalSet) -> None:
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-123456"))
+    form = {
+        "eval_set": refund_set.pk,
+        "split": "dev",
+        "tags": '["new"]',
+        "input": '{"q": 1}',
+        "ideal": '"yes"',
+    }
+    assert admin.post("/admin/evals/evalcase/add/", form).status_code == 302
+    case = refund_set.cases.get(tags=["new"])
+    assert case.fingerprint == services.case_fingerprint(input={"q": 1}, ideal="yes")
+
+    duplicate = admin.post("/admin/evals/evalcase/add/", form)
+    assert (
+        duplicate.status_code == 200
+        and "The set has this case already." in duplicate.content.decode()
+    )
+    bad = admin.post("/admin/evals/evalcase/add/", {**form, "input": '"text"'})
+    assert bad.status_code == 200 and "template variables" in bad.content.decode()
+
+    edited = admin.post(f"/admin/evals/evalcase/{case.pk}/change/", {**form, "ideal": '"no"'})
+    assert edited.status_code == 302
+    case.refresh_from_db()
+    assert case.ideal == "no"
+    assert case.fingerprint == services.case_fingerprint(input={"q": 1}, ideal="no")
+
+    services.holdout_seal(eval_set=refund_set)
+    into_holdout = admin.post(
+        f"/admin/evals/evalcase/{case.pk}/change/", {**form, "split": "holdout"}
+    )
+    assert into_holdout.status_code == 200 and "sealed" in into_holdout.content.decode()
+    assert refund_set.cases.get(pk=case.pk).split == "dev"

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 
-from llmcalls import routing, services
+from llmcalls import client, routing, services
 from llmcalls.breaker import breaker
 from llmcalls.models import ModelPrice
 from tests.llmcalls.fake_provider import FakeProvider
 
 FAKE_PORT = 18310
+APP_PORT = 18320
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,35 @@ def fake_server() -> Iterator[FakeProvider]:
     server = FakeProvider(FAKE_PORT).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_app() -> Iterator[str]:
+    """The whole app under uvicorn (the production ASGI server) on loopback, in a thread.
+
+    Tests that use it need transactional databases (their rows must be committed to be seen)
+    and ALLOWED_HOSTS including 127.0.0.1.
+    """
+    import threading
+    import time
+
+    import uvicorn
+
+    from config.asgi import application
+
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=APP_PORT, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{APP_PORT}"
+    server.should_exit = True
+    thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -31,6 +61,7 @@ def fake(fake_server: FakeProvider, settings: Any) -> Iterator[FakeProvider]:
     settings.LLM_CIRCUIT_FAILURES = 3
     settings.LLM_CIRCUIT_COOLDOWN = 30
     fake_server.reset()
+    client._warned_unpriced.clear()
     breaker().reset()
     cache.clear()
     routing.forget()

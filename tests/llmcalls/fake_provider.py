@@ -9,7 +9,7 @@ script for its (provider, model), or else by the model's name:
     429:2         429 with Retry-After: 2
     500           an internal server error (any other status code too: 400, 401, 404 …)
     hang          never answer (until the server stops)
-    cut           stream two chunks, then drop the connection mid-body
+    cut           stream two chunks, then drop the connection mid-body (cut:0 before any chunk)
     stall         stream two chunks, then stop sending (until the server stops)
     malformed     200 with a body that is not JSON
     length        a normal answer with finish_reason "length" (truncated)
@@ -104,6 +104,7 @@ BEHAVIOURS = {"ok", "delay", "429", "500", "hang", "cut", "stall", "malformed", 
 def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -150,7 +151,7 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self._stream(
                     model,
                     body,
-                    stop_after=2 if kind in {"cut", "stall"} else None,
+                    stop_after=int(arg or 2) if kind in {"cut", "stall"} else None,
                     hang=kind == "stall",
                 )
             else:
@@ -247,3 +248,16 @@ def _chunk(model: str, delta: dict[str, Any] | None, finish: str | None) -> dict
         "model": model,
         "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
     }
+
+
+if __name__ == "__main__":
+    # A standalone fake for benchmarks: `python -m tests.llmcalls.fake_provider PORT SECONDS`.
+    import sys
+
+    port, seconds = int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 600
+    fake = FakeProvider(port).start()
+    print("ready", flush=True)
+    try:
+        time.sleep(seconds)
+    finally:
+        fake.stop()

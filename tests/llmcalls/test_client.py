@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -107,12 +108,27 @@ def test_a_feature_without_a_route_is_refused_and_logged(fake: FakeProvider, db:
     assert call.status == "refused" and call.error_class == "NoRoute"
 
 
+def test_a_call_may_follow_another_route_and_stays_under_its_feature(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/ok")
+    make_route("support-small", "backup/small")
+
+    result = client.complete(feature="support", route="support-small", messages=MESSAGES)
+
+    assert (result.provider, result.model) == ("backup", "small")
+    call = only_call()
+    assert (call.feature, call.route) == ("support", "support-small")
+    with pytest.raises(client.NoRoute, match="No route named 'nope'"):
+        client.complete(feature="support", route="nope", messages=MESSAGES)
+
+
 def test_a_route_named_default_serves_features_without_their_own(
     fake: FakeProvider, make_route: Route
 ) -> None:
     make_route("default", "primary/ok")
     assert client.complete(feature="anything", messages=MESSAGES).provider == "primary"
-    assert only_call().feature == "anything"
+    assert (only_call().feature, only_call().route) == ("anything", "default")
 
 
 # --- retries ---------------------------------------------------------------------------------------
@@ -304,6 +320,20 @@ def test_a_failure_after_the_cooldown_reopens_the_circuit_at_once(
         assert fake.tried() == ["backup/m"]
 
 
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL")
+def test_processes_share_the_circuit_through_redis(settings: Any) -> None:
+    from llmcalls.breaker import RedisBreaker
+
+    settings.LLM_CIRCUIT_FAILURES = 2
+    one, other = RedisBreaker(settings.REDIS_URL), RedisBreaker(settings.REDIS_URL)
+    one.reset()
+    one.failure("p/m")
+    other.failure("p/m")
+    assert one.check("p/m")[0] and other.check("p/m")[0]
+    other.success("p/m")
+    assert one.check("p/m") == (False, False)
+
+
 def test_the_in_memory_breaker_follows_the_same_steps(settings: Any) -> None:
     settings.LLM_CIRCUIT_FAILURES = 3
     settings.LLM_CIRCUIT_COOLDOWN = 30
@@ -467,7 +497,7 @@ def test_a_log_write_that_fails_puts_the_record_in_the_log_instead(
 
     make_route("support", "primary/ok")
 
-    def refuse(*args: object) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database unavailable")
 
     monkeypatch.setattr(services, "_insert", refuse)

@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 
 from llmcalls.models import LLMCall
 from tests.conftest import ServiceClient
 from tests.llmcalls.conftest import MESSAGES
 from tests.llmcalls.fake_provider import FakeProvider
 
-PROXY_PORT = 18320
 Route = Callable[..., None]
 PROMPT: Any = MESSAGES  # the SDK's message types are stricter than these dicts need
 
 
 @pytest.fixture(scope="module")
-def proxy_url() -> Iterator[str]:
-    from config.asgi import application
-
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=PROXY_PORT, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{PROXY_PORT}/llm/v1"
-    server.should_exit = True
-    thread.join(timeout=5)
+def proxy_url(live_app: str) -> str:
+    return f"{live_app}/llm/v1"
 
 
 def sdk(proxy_url: str, key: str, **headers: str) -> openai.OpenAI:

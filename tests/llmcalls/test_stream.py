@@ -82,6 +82,18 @@ def test_a_stream_falls_back_before_the_first_token(fake: FakeProvider, make_rou
     assert call.provider == "backup" and call.fell_back
 
 
+def test_a_stream_cut_before_its_first_token_is_retried_then_falls_back(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/m", "backup/ok")
+    fake.script("primary", "m", "cut:0", "cut:0", "cut:0")
+
+    stream = client.stream(feature="support", messages=MESSAGES)
+
+    assert "".join(d.text for d in stream) == "Hello from the fake provider."
+    assert fake.tried() == ["primary/m"] * 3 + ["backup/ok"]
+
+
 def test_the_deadline_holds_mid_stream(fake: FakeProvider, make_route: Route) -> None:
     make_route("support", "primary/stall", deadline=1)
 
@@ -119,6 +131,16 @@ def test_a_caller_that_stops_reading_is_logged_as_a_cut(
     call = LLMCall.objects.get(id=stream.call_id)
     assert call.status == "error" and call.error_class == "StreamCut"
     assert "stopped reading" in call.error_message
+
+
+def test_a_stream_dropped_unread_is_still_logged(fake: FakeProvider, make_route: Route) -> None:
+    make_route("support", "primary/ok")
+
+    with client.stream(feature="support", messages=MESSAGES) as stream:
+        call_id = stream.call_id
+
+    call = LLMCall.objects.get(id=call_id)
+    assert call.status == "error" and call.error_class == "StreamClosed"
 
 
 def test_a_whole_stream_is_cached_and_replayed(fake: FakeProvider, make_route: Route) -> None:

@@ -1,0 +1,259 @@
+"""What llmcalls adds to a model call, against the raw openai client and LiteLLM, in one run.
+
+    .venv/bin/pip install litellm          # for this benchmark only; not a Gatehouse dependency
+    [REDIS_URL=redis://127.0.0.1:6379/1] .venv/bin/python bench/llm_overhead.py [--calls 1000]
+
+It creates a fresh PostgreSQL database (bench_llm_overhead, see bench/common.py); with REDIS_URL
+set the circuit breaker lives in Redis, as in production.
+
+Everything talks to the same fake OpenAI-compatible provider (tests/llmcalls/fake_provider.py)
+running in its own process on loopback, so the provider's time is the same for every path and the
+differences are overhead. Measured, interleaved call by call:
+
+  raw       openai.OpenAI(max_retries=0).chat.completions.create(...)      (the floor)
+  complete  llmcalls.client.complete(...): route, breaker, budget-free route, cost, log INSERT
+  proxy     the openai client pointed at /llm/v1 of Gatehouse under uvicorn (a separate process)
+  litellm   litellm.completion(model="openai/...", api_base=..., num_retries=0)
+  hop       GET /llm/v1/models through the same uvicorn: the HTTP hop into Gatehouse with the
+            key check and no model call, i.e. what any proxy in front of the provider costs
+
+and the import time of llmcalls.client (after django.setup()) and of litellm, in fresh processes.
+LiteLLM is skipped (and said so) when it is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+FAKE_PORT = 18350
+PROXY_PORT = 18351
+MESSAGES = [{"role": "user", "content": "Is order 42 eligible for a refund?"}]
+
+DATABASE = "bench_llm_overhead"
+
+
+from common import bench_env, fresh_database, manage, uvicorn  # noqa: E402
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"a helper process on port {port} exited early")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port} after {seconds}s")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def import_time(code: str) -> float:
+    """The best of five fresh interpreters, in milliseconds."""
+    best = float("inf")
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+        )
+        best = min(best, float(out.stdout.strip().splitlines()[-1]))
+    return best * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000, help="measured calls per path")
+    parser.add_argument("--warmup", type=int, default=100)
+    args = parser.parse_args()
+
+    redis_url = os.environ.get("REDIS_URL", "")
+    env = bench_env(DATABASE, LITELLM_LOCAL_MODEL_COST_MAP="True")  # LiteLLM: no download
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    os.environ.clear()
+    os.environ.update(env, DJANGO_SETTINGS_MODULE="config.settings")
+    os.environ.setdefault("BENCH_PORT", str(PROXY_PORT))
+    fresh_database(DATABASE)
+    manage(env, "migrate", "--noinput")
+
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tests.llmcalls.fake_provider", str(FAKE_PORT), "900"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(FAKE_PORT, fake)
+        with uvicorn(env, workers=1) as base:
+            run(args, base)
+    finally:
+        fake.terminate()
+        try:
+            fake.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            fake.kill()
+
+
+def run(args: argparse.Namespace, gatehouse: str) -> None:
+    import django
+
+    django.setup()
+    import openai
+
+    from approvals import services as approvals_services
+    from llmcalls import client, services
+    from llmcalls.models import LLMCall, ModelPrice
+
+    base_url = f"http://127.0.0.1:{FAKE_PORT}/bench/v1"
+    services.provider_upsert(name="bench", base_url=base_url, api_key_env="")
+    ModelPrice.objects.get_or_create(
+        model="ok",
+        provider="bench",
+        defaults={"input_per_mtok": 1, "output_per_mtok": 2, "source": "benchmark"},
+    )
+    from datetime import timedelta
+
+    services.route_upsert(
+        feature="bench-llm",
+        targets=[("bench", "ok")],
+        deadline=timedelta(seconds=10),
+        cache_ttl=None,
+        daily_budget_usd=None,
+        over_budget="refuse",
+        params={},
+    )
+    _, key = approvals_services.service_create(name="bench-llm")
+
+    raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    via_proxy = openai.OpenAI(base_url=f"{gatehouse}/llm/v1", api_key=key, max_retries=0)
+
+    def do_raw() -> None:
+        raw.chat.completions.create(model="ok", messages=MESSAGES)  # type: ignore[arg-type]
+
+    def do_complete() -> None:
+        client.complete(feature="bench-llm", messages=MESSAGES)
+
+    def do_proxy() -> None:
+        via_proxy.chat.completions.create(model="ok", messages=MESSAGES)  # type: ignore[arg-type]
+
+    def do_hop() -> None:
+        via_proxy.models.list()
+
+    paths: dict[str, Callable[[], None]] = {
+        "raw": do_raw,
+        "complete": do_complete,
+        "proxy": do_proxy,
+        "hop": do_hop,
+    }
+    try:
+        import litellm
+
+        litellm.telemetry = False
+
+        def do_litellm() -> None:
+            litellm.completion(
+                model="openai/ok",
+                api_base=base_url,
+                api_key="x",
+                messages=MESSAGES,
+                num_retries=0,
+            )
+
+        paths["litellm"] = do_litellm
+    except ImportError:
+        print("litellm is not installed: `.venv/bin/pip install litellm` to compare with it.")
+
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    for index in range(args.warmup + args.calls):
+        random.shuffle(names)
+        for name in names:
+            started = time.perf_counter()
+            paths[name]()
+            if index >= args.warmup:
+                samples[name].append((time.perf_counter() - started) * 1000)
+
+    # The log write on its own, for the record.
+    record = LLMCall.objects.filter(feature="bench-llm").order_by("-created_at").first()
+    assert record is not None
+    writes = []
+    for _ in range(300):
+        fields = {f.attname: getattr(record, f.attname) for f in LLMCall._meta.concrete_fields}
+        fields.pop("id")
+        started = time.perf_counter()
+        services.call_log_write(record=fields)
+        writes.append((time.perf_counter() - started) * 1000)
+
+    raw_p50, raw_p99 = percentiles(samples["raw"])
+    print(f"\nllmcalls overhead, {args.calls} calls per path, same fake provider, one run")
+    print(f"circuit breaker state: {'Redis' if os.environ.get('REDIS_URL') else 'in-process'}")
+    print(
+        f"{'path':<10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'p50 ratio':>9}"
+    )
+    for name in names_in_order(samples):
+        if name == "hop":
+            continue
+        p50, p99 = percentiles(samples[name])
+        print(
+            f"{name:<10} {p50:8.3f} {p99:8.3f} {p50 - raw_p50:8.3f} {p99 - raw_p99:8.3f} "
+            f"{p50 / raw_p50:9.2f}"
+        )
+    hop50, hop99 = percentiles(samples["hop"])
+    proxy50 = percentiles(samples["proxy"])[0]
+    print(
+        f"hop floor (GET /llm/v1/models via uvicorn): p50 {hop50:.3f} ms, p99 {hop99:.3f} ms; "
+        f"proxy minus raw minus hop: p50 {proxy50 - raw_p50 - hop50:.3f} ms"
+    )
+    w50, w99 = percentiles(writes)
+    print(f"log write alone (call_log_write, one INSERT): p50 {w50:.3f} ms, p99 {w99:.3f} ms")
+
+    ours = percentiles(samples["complete"])[0] - raw_p50
+    print(f"\ntarget: complete adds p50 <= 2 ms: {'yes' if ours <= 2 else 'NO'} ({ours:.3f} ms)")
+    if "litellm" in samples:
+        theirs = percentiles(samples["litellm"])[0] - raw_p50
+        print(
+            f"target: below LiteLLM's added p50 ({theirs:.3f} ms): {'yes' if ours < theirs else 'NO'}"
+        )
+
+    setup = (
+        "import os,time,django;os.environ.setdefault('DJANGO_SETTINGS_MODULE','config.settings');"
+        "django.setup();t=time.perf_counter();"
+    )
+    ours_import = import_time(setup + "import llmcalls.client;print(time.perf_counter()-t)")
+    openai_import = import_time(
+        "import time;t=time.perf_counter();import openai;print(time.perf_counter()-t)"
+    )
+    print(f"\nimport llmcalls.client (after django.setup): {ours_import:.0f} ms")
+    print(f"import openai alone:                          {openai_import:.0f} ms")
+    if "litellm" in samples:
+        theirs_import = import_time(
+            "import time;t=time.perf_counter();import litellm;print(time.perf_counter()-t)"
+        )
+        print(
+            f"import litellm:                               {theirs_import:.0f} ms "
+            f"({theirs_import / ours_import:.1f}x llmcalls.client)"
+        )
+
+
+def names_in_order(samples: dict[str, Any]) -> list[str]:
+    return [n for n in ("raw", "complete", "proxy", "litellm", "hop") if n in samples]
+
+
+if __name__ == "__main__":
+    main()
