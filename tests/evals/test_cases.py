@@ -95,6 +95,7 @@ def _decided(
         data=refund_body(llm_call_id=str(call_id) if call_id else None, external_id=external_id),
     )
     proposal = result.proposal
+    approvals_services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
     approvals_services.proposal_decide(
         proposal=proposal,
         reviewer=reviewer,
