@@ -23,7 +23,8 @@ def test_after_the_silent_update_half_the_emails_are_confidently_wrong() -> None
     emails = [b for b in after if b["action_type"] == "email.send"]
     degraded = [b for b in emails if b["metadata"]["sim_quality"] == "degraded"]
     assert 0.3 < len(degraded) / len(emails) < 0.7
-    assert all(b["confidence"] >= 0.95 for b in degraded)
+    confident = [b for b in degraded if b["confidence"] >= 0.95]
+    assert 0.3 < len(confident) / len(degraded) < 0.7
     assert all(b["model"] and b["prompt_version"] == "replies@12" for b in degraded)
     others = [b for b in after if b["action_type"] != "email.send"]
     assert all(b["metadata"]["sim_quality"] == "good" for b in others)
@@ -43,4 +44,4 @@ def test_simulated_reviewers_decide_old_pending_proposals(
     call_command("simulate_reviewers", "--once", "--delay", "0", "--seed", "1")
     assert not Proposal.objects.filter(state="pending_review").exists()
     assert Proposal.objects.filter(decided_by="reviewer").count() == 6
-    assert TypeSettings.objects.get(action_type=refund_type).audit_fraction == 0.2
+    assert TypeSettings.objects.get(action_type=refund_type).audit_fraction == 0.3

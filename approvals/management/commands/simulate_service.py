@@ -7,7 +7,7 @@ text tries HTML, script and htmx attributes, to show that it renders inert.
 
 After `--drift-after` seconds (default 300; 0 never) the email model gets a "silent model
 update": same model name and prompt version, but half its replies now use the wrong template for
-the ticket, stated at 95-99% confidence, so the rules auto-approve many of them. Each proposal's
+the ticket, half of those stated at 95-99% confidence, so the rules auto-approve them. Each proposal's
 metadata carries `sim_quality` (good | degraded) so that `manage.py simulate_reviewers` can play
 reviewers who notice; insights then shows the drop, and the audit samples engage the brake.
 """
@@ -185,7 +185,8 @@ def make_proposal(
             body["payload"]["body"] = wrong[2].format(
                 first=first, tracking="1Z0000000000", amount="120.00", currency="EUR"
             )
-            common["confidence"] = round(rng.uniform(0.95, 0.99), 2)
+            if rng.random() < 0.5:  # and sure of itself: the rules send these out unreviewed
+                common["confidence"] = round(rng.uniform(0.95, 0.99), 2)
             common["metadata"]["sim_quality"] = "degraded"
     else:
         title, why = rng.choice(CLOSE_CASES)

@@ -34,7 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--as", dest="username", default="reviewer2")
         parser.add_argument("--delay", type=float, default=20, help="Leave newer ones to humans")
         parser.add_argument("--interval", type=float, default=2)
-        parser.add_argument("--audit-fraction", type=float, default=0.2)
+        parser.add_argument("--audit-fraction", type=float, default=0.3)
         parser.add_argument("--once", action="store_true", help="One pass, then stop")
         parser.add_argument("--seed", type=int, default=None)
 
@@ -52,9 +52,11 @@ class Command(BaseCommand):
         rng = random.Random(options["seed"])
         while True:
             cutoff = timezone.now() - timedelta(seconds=options["delay"])
-            pending = Proposal.objects.filter(
-                state=Proposal.State.PENDING_REVIEW, created_at__lt=cutoff
-            ).order_by("created_at")[:50]
+            pending = (
+                Proposal.objects.filter(state=Proposal.State.PENDING_REVIEW, created_at__lt=cutoff)
+                .exclude(reviews__reviewer=user)  # four-eyes: the second pair is a human's
+                .order_by("created_at")[:50]
+            )
             for proposal in pending:
                 self._decide(proposal, user, rng)
             if options["once"]:
