@@ -10,8 +10,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
-
 if TYPE_CHECKING:
     from approvals.models import ActionType, Proposal, Service
 
@@ -67,10 +65,7 @@ def decide_automatically(
         from insights import gate
 
         try:
-            with transaction.atomic():  # a savepoint: a failed check leaves nothing behind
-                decision = gate.hold_back(
-                    proposal=proposal, action_type=action_type, decision=decision
-                )
+            decision = gate.hold_back(proposal=proposal, action_type=action_type, decision=decision)
         except Exception as exc:
             log.exception("insights gate failed; sending the proposal to review")
             decision = replace(

@@ -13,6 +13,8 @@ import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from django.db import transaction
+
 from approvals.localcache import TTLCache
 
 if TYPE_CHECKING:
@@ -34,21 +36,24 @@ def forget() -> None:
 
 
 def _policy(action_type_id: int) -> tuple[float, bool]:
-    from insights.models import Brake, TypeSettings
-
     cached = _policies.get(action_type_id)
     if cached is None:
-        fraction = (
-            TypeSettings.objects.filter(action_type_id=action_type_id)
-            .values_list("audit_fraction", flat=True)
-            .first()
-        ) or 0.0
-        braked = Brake.objects.filter(
-            action_type_id=action_type_id, lifted_at__isnull=True
-        ).exists()
-        cached = (float(fraction), braked)
+        with transaction.atomic():  # a savepoint: a failed read must not abort the submit
+            cached = _read_policy(action_type_id)
         _policies.set(action_type_id, cached)
     return cached
+
+
+def _read_policy(action_type_id: int) -> tuple[float, bool]:
+    from insights.models import Brake, TypeSettings
+
+    fraction = (
+        TypeSettings.objects.filter(action_type_id=action_type_id)
+        .values_list("audit_fraction", flat=True)
+        .first()
+    ) or 0.0
+    braked = Brake.objects.filter(action_type_id=action_type_id, lifted_at__isnull=True).exists()
+    return (float(fraction), braked)
 
 
 def hold_back(
@@ -81,13 +86,14 @@ def hold_back(
     if fraction > 0 and _random.random() < fraction:
         # The proposal row is inserted later in the same transaction; the foreign key is
         # checked at commit (deferred), so the sample exists exactly when the proposal does.
-        AuditSample.objects.create(
-            proposal_id=proposal.pk,
-            action_type_id=action_type.pk,
-            fraction=fraction,
-            rule=decision.rule,
-            rule_version=decision.rule_version,
-        )
+        with transaction.atomic():  # a savepoint, as above
+            AuditSample.objects.create(
+                proposal_id=proposal.pk,
+                action_type_id=action_type.pk,
+                fraction=fraction,
+                rule=decision.rule,
+                rule_version=decision.rule_version,
+            )
         return replace(
             decision,
             outcome="review",
