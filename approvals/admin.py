@@ -166,6 +166,11 @@ class AuditEventAdmin(ReadOnlyAdmin):
         return json.dumps(obj.data, indent=2)
 
 
+@admin.register(Claim)
+class ClaimAdmin(ReadOnlyAdmin):
+    list_display = ["proposal", "reviewer", "claimed_at", "expires_at"]
+
+
 class RuleForm(forms.ModelForm):
     class Meta:
         model = Rule
@@ -295,7 +300,9 @@ class RuleAdmin(admin.ModelAdmin):
         error = ""
         if candidate is not None:
             try:
-                result = backtest.backtest_rule(candidate=candidate, last=last)
+                result = backtest.backtest_rule(
+                    candidate=candidate, last=last, replaces=rule.name if rule else None
+                )
             except (RuleCompileError, ApplicationError) as exc:
                 error = str(exc)
         context = {
@@ -343,8 +350,3 @@ class WebhookEndpointAdmin(ReadOnlyAdmin):
         for endpoint in queryset:
             execution.webhook_endpoint_enable(url=endpoint.url, by=str(request.user))
         self.message_user(request, f"Re-enabled {queryset.count()} endpoint(s).")
-
-
-@admin.register(Claim)
-class ClaimAdmin(ReadOnlyAdmin):
-    list_display = ["proposal", "reviewer", "claimed_at", "expires_at"]

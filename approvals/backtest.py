@@ -50,15 +50,21 @@ class BacktestResult:
         return data
 
 
-def backtest_rule(*, candidate: engine.RuleSpec, last: int = DEFAULT_LAST) -> BacktestResult:
-    """Raises engine.RuleCompileError if the candidate's condition is refused."""
+def backtest_rule(
+    *, candidate: engine.RuleSpec, last: int = DEFAULT_LAST, replaces: str | None = None
+) -> BacktestResult:
+    """Test `candidate` in place of the stored rule named `replaces` (default: its own name).
+
+    Raises engine.RuleCompileError if the candidate's condition is refused.
+    """
+    replaced = {candidate.name, replaces or candidate.name}
     compiled = (
         engine.compile_rule(replace(candidate, mode="enforce")) if candidate.enabled else None
     )
     current = engine.current_ruleset()
-    others = [r for r in current.rules if r.spec.name != candidate.name]
-    edited = engine._sorted([*others, compiled] if compiled else others)
-    broken = [(spec, msg) for spec, msg in current.broken if spec.name != candidate.name]
+    others = [r for r in current.rules if r.spec.name not in replaced]
+    edited = engine.sort_rules([*others, compiled] if compiled else others)
+    broken = [(spec, msg) for spec, msg in current.broken if spec.name not in replaced]
 
     result = BacktestResult(rule=candidate.name, last=last)
     directions: Counter[str] = Counter()

@@ -303,6 +303,25 @@ class AuditEvent(models.Model):
         return f"{self.kind} {self.from_state}→{self.to_state} by {self.actor}"
 
 
+class Claim(models.Model):
+    """A reviewer's lease on a pending proposal: others see who holds it until it expires."""
+
+    proposal = models.OneToOneField(
+        Proposal, on_delete=models.CASCADE, primary_key=True, related_name="claim"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims"
+    )
+    claimed_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.proposal_id} held by {self.reviewer_id} until {self.expires_at:%H:%M:%S}"
+
+    def is_live(self, now: Any = None) -> bool:
+        return self.expires_at > (now or timezone.now())
+
+
 class Rule(models.Model):
     """A deterministic check on new proposals, written in CEL. Edits go through
     services.rule_save, which records each one as a new immutable RuleVersion."""
@@ -466,22 +485,3 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
-
-
-class Claim(models.Model):
-    """A reviewer's lease on a pending proposal: others see who holds it until it expires."""
-
-    proposal = models.OneToOneField(
-        Proposal, on_delete=models.CASCADE, primary_key=True, related_name="claim"
-    )
-    reviewer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims"
-    )
-    claimed_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField()
-
-    def __str__(self) -> str:
-        return f"{self.proposal_id} held by {self.reviewer_id} until {self.expires_at:%H:%M:%S}"
-
-    def is_live(self, now: Any = None) -> bool:
-        return self.expires_at > (now or timezone.now())

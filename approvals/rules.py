@@ -213,7 +213,7 @@ def invalidate() -> None:
     _cached = None
 
 
-def _sorted(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
+def sort_rules(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
     return sorted(rules, key=lambda r: (r.spec.priority, r.spec.name))
 
 
@@ -228,7 +228,7 @@ def load_ruleset() -> RuleSet:
             # Saved rules were checked at save time; a library upgrade could still refuse one.
             # It then fails closed like an evaluation error (see evaluate).
             broken.append((spec, str(exc)))
-    return RuleSet(rules=_sorted(compiled), broken=broken)
+    return RuleSet(rules=sort_rules(compiled), broken=broken)
 
 
 def current_ruleset() -> RuleSet:
@@ -238,8 +238,15 @@ def current_ruleset() -> RuleSet:
         cached = _cached
         if cached is not None and _listener.fresh():
             return cached[1]
-        # Clear the flag before reading, so a change committed meanwhile marks it again.
-        _listener.changed = False
+        if _listener.connected:
+            # Told of a change (by any path, even raw SQL): reload. The flag is cleared before
+            # reading, so a change committed meanwhile marks it again.
+            # Other threads of this process reload too rather than serve the old rules.
+            _listener.changed, _cached = False, None
+            generation, ruleset = _generation(), load_ruleset()
+            with _lock:
+                _cached = (generation, ruleset)
+            return ruleset
     generation = _generation()
     cached = _cached
     if cached is not None and cached[0] == generation:
@@ -362,15 +369,24 @@ def evaluate(
                 reason=f"Rule {spec.name} could not be compiled; a reviewer decides.",
                 trace=trace,
             )
-    context = build_context(
-        proposal=proposal,
-        service=service,
-        action_type=action_type,
-        payload=proposal.payload if payload is None else payload,
-        now=now,
-        stats_as_of=stats_as_of,
-        with_stats=any(r.uses_stats for r in rules),
-    )
+    try:
+        context = build_context(
+            proposal=proposal,
+            service=service,
+            action_type=action_type,
+            payload=proposal.payload if payload is None else payload,
+            now=now,
+            stats_as_of=stats_as_of,
+            with_stats=any(r.uses_stats for r in rules),
+        )
+    except Exception as exc:  # a payload the library cannot take (too deep, …) fails closed
+        return AutoDecision(
+            outcome="review",
+            reason="The rules could not read this proposal; a reviewer decides.",
+            trace=[
+                {"rule": "(context)", "version": None, "result": "error", "error": str(exc)[:500]}
+            ],
+        )
     decision: AutoDecision | None = None
     for rule in rules:
         spec = rule.spec

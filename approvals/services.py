@@ -749,66 +749,6 @@ def proposal_decide(
     return proposal
 
 
-# --- rules ------------------------------------------------------------------------------------
-
-
-def _rule_snapshot(rule: Rule) -> dict[str, Any]:
-    return {
-        "name": rule.name,
-        "description": rule.description,
-        "priority": rule.priority,
-        "action_type_key": rule.action_type.key if rule.action_type is not None else "",
-        "when": rule.when,
-        "outcome": rule.outcome,
-        "reason": rule.reason,
-        "allows_irreversible": rule.allows_irreversible,
-        "mode": rule.mode,
-        "enabled": rule.enabled,
-    }
-
-
-def rule_save(*, rule: Rule, actor: str) -> bool:
-    """Check a rule's condition, save it and record it as a new immutable version.
-
-    Refuses (ApplicationError, field `when`) a condition that does not compile or type-check.
-    Returns False, writing nothing, when nothing differs from the latest version.
-    """
-    from approvals.rules import RuleCompileError, compile_condition, invalidate
-
-    try:
-        compile_condition(rule.when)
-    except RuleCompileError as exc:
-        raise ApplicationError(
-            f"Rule {rule.name!r}: the condition is refused: {exc}",
-            status=422,
-            code="invalid-rule",
-            errors=[{"loc": ["when"], "msg": str(exc)}],
-        ) from None
-    if rule.outcome not in Proposal.Outcome.values:
-        raise ApplicationError(f"Rule {rule.name!r}: unknown outcome {rule.outcome!r}.")
-    snapshot = _rule_snapshot(rule)
-    with transaction.atomic():
-        latest = None
-        if rule.pk is not None:
-            Rule.objects.select_for_update().filter(pk=rule.pk).first()
-            latest = RuleVersion.objects.filter(rule_id=rule.pk).order_by("-version").first()
-        if latest is not None and all(getattr(latest, k) == v for k, v in snapshot.items()):
-            return False
-        rule.version = (latest.version if latest is not None else 0) + 1
-        rule.save()
-        RuleVersion.objects.create(rule=rule, version=rule.version, created_by=actor, **snapshot)
-        AuditEvent.objects.create(
-            kind="rule.saved",
-            actor=actor,
-            data={"rule": rule.name, "version": rule.version, **snapshot},
-        )
-        # This process forgets its rules now and again at commit; the others hear the
-        # database's NOTIFY (see approvals/rules.py).
-        invalidate()
-        transaction.on_commit(invalidate)
-    return True
-
-
 def proposal_comment(*, proposal_id: uuid.UUID, reviewer: User, text: str) -> AuditEvent:
     """A note on a proposal, without a decision; it shows in the proposal's history."""
     text = text.strip()
@@ -871,3 +811,63 @@ def reviewer_create(
         data={"reviewer": username, "groups": sorted({g.name for g in groups})},
     )
     return user, list(dict.fromkeys(groups)), generated
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+def _rule_snapshot(rule: Rule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "description": rule.description,
+        "priority": rule.priority,
+        "action_type_key": rule.action_type.key if rule.action_type is not None else "",
+        "when": rule.when,
+        "outcome": rule.outcome,
+        "reason": rule.reason,
+        "allows_irreversible": rule.allows_irreversible,
+        "mode": rule.mode,
+        "enabled": rule.enabled,
+    }
+
+
+def rule_save(*, rule: Rule, actor: str) -> bool:
+    """Check a rule's condition, save it and record it as a new immutable version.
+
+    Refuses (ApplicationError, field `when`) a condition that does not compile or type-check.
+    Returns False, writing nothing, when nothing differs from the latest version.
+    """
+    from approvals.rules import RuleCompileError, compile_condition, invalidate
+
+    try:
+        compile_condition(rule.when)
+    except RuleCompileError as exc:
+        raise ApplicationError(
+            f"Rule {rule.name!r}: the condition is refused: {exc}",
+            status=422,
+            code="invalid-rule",
+            errors=[{"loc": ["when"], "msg": str(exc)}],
+        ) from None
+    if rule.outcome not in Proposal.Outcome.values:
+        raise ApplicationError(f"Rule {rule.name!r}: unknown outcome {rule.outcome!r}.")
+    snapshot = _rule_snapshot(rule)
+    with transaction.atomic():
+        latest = None
+        if rule.pk is not None:
+            Rule.objects.select_for_update().filter(pk=rule.pk).first()
+            latest = RuleVersion.objects.filter(rule_id=rule.pk).order_by("-version").first()
+        if latest is not None and all(getattr(latest, k) == v for k, v in snapshot.items()):
+            return False
+        rule.version = (latest.version if latest is not None else 0) + 1
+        rule.save()
+        RuleVersion.objects.create(rule=rule, version=rule.version, created_by=actor, **snapshot)
+        AuditEvent.objects.create(
+            kind="rule.saved",
+            actor=actor,
+            data={"rule": rule.name, "version": rule.version, **snapshot},
+        )
+        # This process forgets its rules now and again at commit; the others hear the
+        # database's NOTIFY (see approvals/rules.py).
+        invalidate()
+        transaction.on_commit(invalidate)
+    return True

@@ -15,6 +15,17 @@ from approvals.models import Proposal
 from config.env import parse_duration
 
 OUTCOMES = ("approve", "reject", "review", "any")
+# The states an approved proposal can be in; with decided_at they use the proposal_velocity
+# index (service, action_type, state, decided_at) instead of every row of the service and type.
+_STATES = {
+    "approve": [
+        Proposal.State.APPROVED,
+        Proposal.State.EXECUTING,
+        Proposal.State.EXECUTED,
+        Proposal.State.FAILED,
+    ],
+    "reject": [Proposal.State.REJECTED],
+}
 
 
 def count(
@@ -24,7 +35,12 @@ def count(
     since = as_of - parse_duration(window)
     rows = Proposal.objects.filter(service_id=service_id, action_type_id=action_type_id)
     if outcome in ("approve", "reject"):
-        rows = rows.filter(decision_outcome=outcome, decided_at__gte=since, decided_at__lte=as_of)
+        rows = rows.filter(
+            state__in=_STATES[outcome],
+            decision_outcome=outcome,
+            decided_at__gte=since,
+            decided_at__lte=as_of,
+        )
     elif outcome == "review":
         rows = rows.filter(created_at__gte=since, created_at__lte=as_of).exclude(
             Q(decided_by=Proposal.DecidedBy.RULE) | Q(decided_by=Proposal.DecidedBy.POLICY)
@@ -60,10 +76,10 @@ def approved_sum(
                     WHEN jsonb_typeof(COALESCE(final_payload, payload) #> %s) = 'number'
                     THEN (COALESCE(final_payload, payload) #>> %s)::float8 ELSE 0 END), 0)
                 FROM approvals_proposal
-                WHERE service_id = %s AND action_type_id = %s AND decision_outcome = 'approve'
-                  AND decided_at >= %s AND decided_at <= %s
+                WHERE service_id = %s AND action_type_id = %s AND state = ANY(%s)
+                  AND decision_outcome = 'approve' AND decided_at >= %s AND decided_at <= %s
                 """,
-                [path, path, service_id, action_type_id, since, as_of],
+                [path, path, service_id, action_type_id, list(_STATES["approve"]), since, as_of],
             )
             return float(cursor.fetchone()[0])
     total = 0.0

@@ -43,6 +43,16 @@ action_types:
         reason: {type: string, maxLength: 500}
 """
 
+# Never reached by the benchmark, but every submit reads the sum under the per-type lock.
+CAP_RULE = """\
+rules:
+  - name: bench-daily-cap
+    action_type: refund.issue
+    priority: -1
+    when: "stats.approved_sum('payload.amount', '24h') + payload.amount > 1000000000.0"
+    outcome: review
+"""
+
 BODY: dict[str, Any] = {
     "action_type": "refund.issue",
     "payload": {"order_id": "ORD-48213", "amount": 42.5, "currency": "EUR", "reason": "late"},
@@ -67,6 +77,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", type=Path, help="extra YAML to apply before measuring")
     parser.add_argument("--rules", type=int, default=0, help="load N enabled rules first")
+    parser.add_argument(
+        "--cap", action="store_true", help="also load a daily spend cap (a stats rule)"
+    )
     parser.add_argument("--database", default="gatehouse_bench")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
@@ -78,6 +91,9 @@ def main() -> None:
     if args.rules:
         print(f"{args.rules} rules loaded on refund.issue")
         manage(env, "apply", "-", stdin=synthetic_rules_yaml(args.rules))
+    if args.cap:
+        print("a spend cap (stats rule) loaded on refund.issue")
+        manage(env, "apply", "-", stdin=CAP_RULE)
     if args.config:
         print(manage(env, "apply", str(args.config)).strip().splitlines()[-1])
     key = json.loads(
@@ -122,6 +138,7 @@ def main() -> None:
         f"\n{args.connections} connections, {args.seconds} s a round, best of {args.rounds} rounds, "
         f"uvicorn --workers {args.workers}, PostgreSQL"
         + (f", {args.rules} rules" if args.rules else "")
+        + (", a spend cap" if args.cap else "")
     )
     print_table(rows)
     floor = best["floor (parse + 1 ORM insert)"]["rps"]

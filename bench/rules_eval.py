@@ -48,7 +48,7 @@ def measure(count: int, proposals: int) -> tuple[float, float]:
         )
         for r in synthetic_rules(count)
     ]
-    compiled = engine._sorted(engine.compile_rule(s) for s in specs)
+    compiled = engine.sort_rules(engine.compile_rule(s) for s in specs)
     rng = random.Random(7)
     samples = []
     for _ in range(proposals):

@@ -178,6 +178,10 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Gatehouse itself.
 IDEMPOTENCY_KEY_RETENTION = env_duration("IDEMPOTENCY_KEY_RETENTION", "24h")
 LONG_POLL_MAX_SECONDS = env_int("LONG_POLL_MAX_SECONDS", 30, minimum=0)
+# Rules (docs/rules.md): the evaluation budget per proposal (beyond it: review), and whether each
+# process LISTENs for rule changes instead of checking the database on every proposal.
+RULES_TIME_BUDGET_MS = env_int("RULES_TIME_BUDGET_MS", 100, minimum=1)
+RULES_LISTEN = env_bool("RULES_LISTEN", True)
 
 # Model calls (llmcalls): retries, circuit breaker, how long routes and prices stay in memory.
 LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2, minimum=0)

@@ -116,21 +116,6 @@ def refund_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture
-def make_rule(db: None) -> Callable[..., Any]:
-    """Create a rule through the service that versions it: make_rule("name", when=…, outcome=…)."""
-    from approvals.models import Rule
-
-    def make(name: str, *, action_type: ActionType | None = None, **fields: Any) -> Rule:
-        fields.setdefault("outcome", "approve")
-        fields.setdefault("when", "true")
-        rule = Rule(name=name, action_type=action_type, **fields)
-        services.rule_save(rule=rule, actor="test")
-        return rule
-
-    return make
-
-
 # --- reviewer workspace (issue 5) -----------------------------------------------------------
 
 
@@ -168,16 +153,31 @@ def submit(shop: ServiceClient) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def admin_client_logged_in(db: None) -> Client:
-    User.objects.create_superuser("ada", password="pw-ada-123456")
-    client = Client()
-    client.login(username="ada", password="pw-ada-123456")
-    return client
+def make_rule(db: None) -> Callable[..., Any]:
+    """Create a rule through the service that versions it: make_rule("name", when=…, outcome=…)."""
+    from approvals.models import Rule
+
+    def make(name: str, *, action_type: ActionType | None = None, **fields: Any) -> Rule:
+        fields.setdefault("outcome", "approve")
+        fields.setdefault("when", "true")
+        rule = Rule(name=name, action_type=action_type, **fields)
+        services.rule_save(rule=rule, actor="test")
+        return rule
+
+    return make
 
 
 def logged_in(user: User, **defaults: Any) -> Client:
     client = Client(**defaults)
     client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def admin_client_logged_in(db: None) -> Client:
+    User.objects.create_superuser("ada", password="pw-ada-123456")
+    client = Client()
+    client.login(username="ada", password="pw-ada-123456")
     return client
 
 
@@ -188,6 +188,14 @@ def _fresh_hot_path_cache() -> Any:
     localcache.clear_all()
     yield
     localcache.clear_all()
+
+
+def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:
+    """Claim, then decide, as a reviewer does from the proposal page (a decision needs a claim)."""
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
+    return services.proposal_decide(
+        proposal=proposal, reviewer=reviewer, verdict=verdict, comment=comment
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -227,11 +235,3 @@ def workers(transactional_db: None, tmp_path: Any) -> Any:
     yield start
     for worker in started:
         worker.stop()
-
-
-def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:
-    """Claim, then decide, as a reviewer does from the proposal page (a decision needs a claim)."""
-    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
-    return services.proposal_decide(
-        proposal=proposal, reviewer=reviewer, verdict=verdict, comment=comment
-    )

@@ -486,3 +486,35 @@ def test_without_the_listener_each_proposal_checks_the_generation(
         enabled=True,
     )
     assert rules.current_ruleset().rules[0].spec.outcome == "reject"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_listener_hears_a_change_made_with_plain_sql(
+    make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    make_rule("switch", action_type=refund_type)
+    rules.current_ruleset()
+    assert _wait_for(lambda: rules._listener.connected)
+    assert [r.spec.name for r in rules.current_ruleset().rules] == ["switch"]
+    with connection.cursor() as cursor:  # autocommit: committed, so NOTIFY is delivered
+        cursor.execute("UPDATE approvals_rule SET enabled = false")
+    assert _wait_for(lambda: not rules._listener.fresh(), seconds=5)
+    assert rules.current_ruleset().rules == []
+
+
+def test_a_payload_the_library_cannot_take_goes_to_review(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    make_rule("approve-all", action_type=refund_type)
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    proposal = Proposal(payload={"amount": 1.0, "deep": deep}, confidence=0.99)
+    decision = rules.evaluate(
+        proposal=proposal,
+        service=shop.service,
+        action_type=refund_type,
+        rules=rules.current_ruleset().for_action_type(refund_type.pk),
+    )
+    assert decision.outcome == "review"
+    assert decision.trace[0]["result"] == "error"

@@ -168,6 +168,26 @@ def test_admin_tests_an_unsaved_edit_against_history(
     stored = admin_client_logged_in.get(f"/admin/approvals/rule/{rule.pk}/backtest/")
     assert 'id="changed">0<' in stored.content.decode()
 
+    # Renamed in the form: still an edit of this rule, not a second rule beside it.
+    renamed = admin_client_logged_in.post(
+        f"/admin/approvals/rule/{rule.pk}/backtest/",
+        {
+            "name": "confident-renamed",
+            "priority": 10,
+            "action_type": refund_type.pk,
+            "when": "payload.amount > 35.0",
+            "outcome": "reject",
+            "mode": "enforce",
+            "enabled": "on",
+        },
+    ).content.decode()
+    # 0.99/40.0 goes approve → reject; 900 goes review → reject.
+    assert 'id="changed">2<' in renamed
+    assert "approve→reject" in renamed
+
+    add_page = admin_client_logged_in.get("/admin/approvals/rule/add/").content.decode()
+    assert 'formaction="/admin/approvals/rule/backtest/"' in add_page
+
     refused = admin_client_logged_in.post(
         "/admin/approvals/rule/backtest/",
         {"name": "new", "priority": 1, "when": "confidence >", "outcome": "approve"},

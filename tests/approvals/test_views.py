@@ -311,3 +311,17 @@ def test_login_and_logout(reviewer: User) -> None:
     assert client.get("/").status_code == 200
     assert client.post("/logout/").status_code == 302
     assert client.get("/").status_code == 302
+
+
+def test_the_proposal_page_shows_the_rule_trace_that_routed_it(
+    make_rule: Callable[..., object],
+    refund_type: object,
+    submit: Callable[..., Proposal],
+    reviewer: User,
+) -> None:
+    make_rule("huge-refunds", action_type=refund_type, when="payload.amount > 1000.0")
+    make_rule("shadow-check", when="true", outcome="reject", mode="shadow")
+    p = submit()
+    body = logged_in(reviewer).get(f"/proposals/{p.pk}/").content.decode()
+    assert "<code>huge-refunds</code>" in body and "no_match" in body
+    assert "<code>shadow-check</code>" in body and "matched → reject" in body
