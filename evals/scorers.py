@@ -228,7 +228,9 @@ def score_model_graded(*, output: str, ideal: Any, config: dict[str, Any], **_: 
     expected = ideal if isinstance(ideal, str) else json.dumps(ideal, ensure_ascii=False)
     try:
         completion = client.complete(
-            feature=config["route"],
+            feature="evals:grader",
+            route=config["route"],
+            service="evals",
             messages=[
                 {"role": "system", "content": GRADER_SYSTEM},
                 {

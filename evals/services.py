@@ -579,6 +579,7 @@ def _attempt(
     case: EvalCase,
     attempt: int,
     version: PromptVersion,
+    feature: str,
     route: str,
     scorer: str,
     scorer_config: dict[str, Any],
@@ -598,8 +599,10 @@ def _attempt(
             return outcome
         started = time.monotonic()
         try:
+            # Logged and budgeted as evals:<set>, so eval traffic never counts against (or hides
+            # in) the production feature; `route` picks the models.
             completion = client.complete(
-                feature=route, messages=messages, service="evals", **version.params
+                feature=feature, route=route, messages=messages, service="evals", **version.params
             )
         except client.LLMError as exc:
             outcome.error = f"{type(exc).__name__}: {exc.message}"[:2000]
@@ -655,7 +658,8 @@ def run_execute(
     """Run every case of a split `repeat` times through llmcalls and store what came back.
 
     Calls run on `concurrency` threads (EVALS_CONCURRENCY by default); each one is an ordinary
-    llmcalls call, so the route's deadline, retries, fallbacks, circuit breaker and budget hold.
+    llmcalls call on `route`, logged under the feature `evals:<set>`, so the route's deadline,
+    retries, fallbacks, circuit breaker and budget hold.
     When the route's budget refuses a call the remaining ones are not made and the run fails.
     """
     route = route or version.route
@@ -701,6 +705,7 @@ def run_execute(
                 case=case,
                 attempt=attempt,
                 version=version,
+                feature=f"evals:{eval_set.name}",
                 route=route,
                 scorer=eval_set.scorer,
                 scorer_config=eval_set.scorer_config,

@@ -47,7 +47,7 @@ def test_a_run_stores_every_result_with_its_call_and_totals(
     assert len(calls) == 48
     for result in results:
         call = calls[result.llm_call_id]
-        assert call.feature == "evals-large" and call.service == "evals"
+        assert (call.feature, call.route, call.service) == ("evals:refunds", "evals-large", "evals")
         assert call.response_text == result.output
         assert result.latency_ms and result.latency_ms > 0
         assert result.cost_usd is not None and result.cost_usd > 0
