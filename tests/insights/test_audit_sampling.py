@@ -113,6 +113,10 @@ def test_a_sample_looks_like_any_other_proposal_in_the_queue_and_the_live_push(
     ordinary_row = re.search(rf'<tr id="proposal-{ordinary.pk}".*?</tr>', html, re.S)
     assert sample_row and ordinary_row
     assert _normalised(sample_row.group(0), sample) == _normalised(ordinary_row.group(0), ordinary)
+    # The proposal's own page shows its trace, which records the sample.
+    detail = logged_in(reviewer).get(f"/proposals/{sample.pk}/")
+    assert detail.status_code == 200
+    assert "audit sample" in detail.content.decode()
 
 
 def test_a_failing_gate_fails_closed(
