@@ -6,11 +6,15 @@ Fail closed: whatever cannot be decided goes to a reviewer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from approvals.models import ActionType, Proposal, Service
+
+
+log = logging.getLogger("gatehouse.decisions")
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,12 @@ class AutoDecision:
 
 
 def decide_automatically(
-    *, proposal: Proposal, service: Service, action_type: ActionType, payload: Any = None
+    *,
+    proposal: Proposal,
+    service: Service,
+    action_type: ActionType,
+    payload: Any = None,
+    new: bool = False,
 ) -> AutoDecision:
     """Run the enabled rules on a proposal (or on an edited `payload` of it).
 
@@ -34,6 +43,9 @@ def decide_automatically(
     an advisory lock per service and action type, so proposals arriving together are decided
     one after the other, each seeing the approvals committed before it; without such rules,
     nothing is locked.
+
+    For a `new` proposal, an approval passes through insights (insights/gate.py): the brake or
+    an audit sample may send it to review instead. If that check fails, review: fail closed.
     """
     from approvals import rules, services
 
@@ -41,7 +53,7 @@ def decide_automatically(
     applicable = ruleset.for_action_type(action_type.pk)
     if any(rule.uses_stats for rule in applicable):
         services.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
-    return rules.evaluate(
+    decision = rules.evaluate(
         proposal=proposal,
         service=service,
         action_type=action_type,
@@ -49,3 +61,22 @@ def decide_automatically(
         broken=ruleset.broken,
         payload=payload,
     )
+    if new and decision.outcome == "approve":
+        from insights import gate
+
+        try:
+            decision = gate.hold_back(proposal=proposal, action_type=action_type, decision=decision)
+        except Exception as exc:
+            log.exception("insights gate failed; sending the proposal to review")
+            decision = replace(
+                decision,
+                outcome="review",
+                reason="The audit and brake check failed; a reviewer decides.",
+                rule="",
+                rule_version=None,
+                trace=[
+                    *decision.trace,
+                    {"rule": "insights", "result": "error", "error": str(exc)[:500]},
+                ],
+            )
+    return decision

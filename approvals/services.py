@@ -270,7 +270,7 @@ def _create_proposal(
         updated_at=now,
     )
     decision = decisions.decide_automatically(
-        proposal=proposal, service=service, action_type=action_type
+        proposal=proposal, service=service, action_type=action_type, new=True
     )
     proposal.rule_trace = decision.trace
     routed_state = _apply_auto_decision(proposal, action_type, decision, now)

@@ -60,6 +60,10 @@ app.conf.beat_schedule = {
         "task": "approvals.purge_idempotency_keys",
         "schedule": _seconds(settings.IDEMPOTENCY_PURGE_INTERVAL),
     },
+    "insights-check": {
+        "task": "insights.check",
+        "schedule": _seconds(settings.INSIGHTS_CHECK_INTERVAL),
+    },
 }
 
 app.autodiscover_tasks()

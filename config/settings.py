@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "approvals",
     "llmcalls",
     "evals",
+    "insights",
 ]
 
 MIDDLEWARE = [
@@ -244,3 +245,12 @@ OUTBOX_RECONCILE_INTERVAL = env_duration("OUTBOX_RECONCILE_INTERVAL", "15s")
 OUTBOX_RECONCILE_GRACE = env_duration("OUTBOX_RECONCILE_GRACE", "30s")
 EXPIRY_INTERVAL = env_duration("EXPIRY_INTERVAL", "30s")
 IDEMPOTENCY_PURGE_INTERVAL = env_duration("IDEMPOTENCY_PURGE_INTERVAL", "1h")
+
+# Insights (docs/insights.md): agreement windows, the drift job, and the optional drift webhook.
+INSIGHTS_WINDOW = env_duration("INSIGHTS_WINDOW", "1d")
+INSIGHTS_CHECK_INTERVAL = env_duration("INSIGHTS_CHECK_INTERVAL", "5m")
+INSIGHTS_DRIFT_ALPHA = env_float("INSIGHTS_DRIFT_ALPHA", 0.01)
+INSIGHTS_MIN_VERDICTS = env_int("INSIGHTS_MIN_VERDICTS", 30, minimum=1)
+INSIGHTS_BRAKE_MIN_SAMPLES = env_int("INSIGHTS_BRAKE_MIN_SAMPLES", 10, minimum=1)
+INSIGHTS_WEBHOOK_URL = env_str("INSIGHTS_WEBHOOK_URL", "")
+INSIGHTS_WEBHOOK_SECRET = env_str("INSIGHTS_WEBHOOK_SECRET", "")

@@ -12,9 +12,10 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
-    path("", include("approvals.urls")),
     path("llm/", include("llmcalls.urls")),
     path("evals/", include("evals.urls")),
+    path("insights/", include("insights.urls")),
+    path("", include("approvals.urls")),
 ]
 
 if settings.BENCH_FLOOR_ENDPOINT:

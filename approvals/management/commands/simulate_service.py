@@ -4,6 +4,12 @@
 posts refunds, customer emails and account closures with plausible payloads (matching the
 schemas in config/demo.yaml), confidences and rationales — and now and then a hostile one whose
 text tries HTML, script and htmx attributes, to show that it renders inert.
+
+After `--drift-after` seconds (default 300; 0 never) the email model gets a "silent model
+update": same model name and prompt version, but half its replies now use the wrong template for
+the ticket, half of those stated at 95-99% confidence, so the rules auto-approve them. Each proposal's
+metadata carries `sim_quality` (good | degraded) so that `manage.py simulate_reviewers` can play
+reviewers who notice; insights then shows the drop, and the audit samples engage the brake.
 """
 
 from __future__ import annotations
@@ -117,8 +123,10 @@ def _name(rng: random.Random) -> tuple[str, str]:
     return rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
 
 
-def make_proposal(rng: random.Random, *, hostile: bool = False) -> dict[str, Any]:
-    """One plausible proposal body for the demo's action types."""
+def make_proposal(
+    rng: random.Random, *, hostile: bool = False, degraded: bool = False
+) -> dict[str, Any]:
+    """One plausible proposal body for the demo's action types (`degraded`: after the update)."""
     kind = rng.choices(["refund", "email", "close"], weights=[6, 3, 1])[0]
     first, last = _name(rng)
     confidence = round(min(0.99, max(0.05, rng.betavariate(6, 2))), 2)
@@ -126,7 +134,10 @@ def make_proposal(rng: random.Random, *, hostile: bool = False) -> dict[str, Any
         "confidence": confidence,
         "model": rng.choice(MODELS),
         "external_id": f"TCK-{rng.randint(100000, 999999)}",
-        "metadata": {"ticket_channel": rng.choice(["email", "chat", "phone"])},
+        "metadata": {
+            "ticket_channel": rng.choice(["email", "chat", "phone"]),
+            "sim_quality": "good",
+        },
     }
     body: dict[str, Any]
     if kind == "refund":
@@ -168,6 +179,15 @@ def make_proposal(rng: random.Random, *, hostile: bool = False) -> dict[str, Any
             "prompt_version": "replies@12",
             "feature": "support-replies",
         }
+        if degraded and rng.random() < 0.5:  # the silent update: a confident wrong template
+            wrong = rng.choice([c for c in EMAIL_CASES if c[0] != title])
+            body["payload"]["subject"] = wrong[1]
+            body["payload"]["body"] = wrong[2].format(
+                first=first, tracking="1Z0000000000", amount="120.00", currency="EUR"
+            )
+            if rng.random() < 0.5:  # and sure of itself: the rules send these out unreviewed
+                common["confidence"] = round(rng.uniform(0.95, 0.99), 2)
+            common["metadata"]["sim_quality"] = "degraded"
     else:
         title, why = rng.choice(CLOSE_CASES)
         body = {
@@ -197,6 +217,12 @@ class Command(BaseCommand):
         parser.add_argument("--hostile", type=float, default=0.05, help="Share of hostile ones")
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument(
+            "--drift-after",
+            type=float,
+            default=300,
+            help="Seconds before the silent model update that degrades emails (0: never)",
+        )
+        parser.add_argument(
             "--wait-ready", type=float, default=30, help="Seconds to wait for /readyz"
         )
 
@@ -209,8 +235,11 @@ class Command(BaseCommand):
         rng = random.Random(options["seed"])
         self._wait_ready(base, options["wait_ready"])
         sent = 0
+        started = time.monotonic()
+        drift_after = options["drift_after"]
         while options["count"] == 0 or sent < options["count"]:
-            body = make_proposal(rng, hostile=rng.random() < options["hostile"])
+            degraded = drift_after > 0 and time.monotonic() - started > drift_after
+            body = make_proposal(rng, hostile=rng.random() < options["hostile"], degraded=degraded)
             status, answer = self._post(base, key, body)
             sent += 1
             state = answer.get("state", answer.get("detail", "?"))

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import pytest
+
+from approvals.models import ActionType, Proposal, Service, payload_hash
+from insights.models import AuditSample
+from tests.conftest import ServiceClient
+
+
+@pytest.fixture
+def plant(shop: ServiceClient, refund_type: ActionType) -> Callable[..., list[Proposal]]:
+    """Plant reviewer-decided proposals: plant(count, kind, at=…, confidence=…, model=…, …).
+
+    `kind` is agreed (approved unchanged), edited (approved after an edit) or rejected;
+    `audited=True` also records each as an audit sample.
+    """
+
+    def make(
+        count: int,
+        kind: str,
+        *,
+        at: datetime,
+        confidence: float = 0.9,
+        model: str = "gpt-4o-mini",
+        prompt_version: str = "refunds@3",
+        action_type: ActionType | None = None,
+        service: Service | None = None,
+        audited: bool = False,
+    ) -> list[Proposal]:
+        payload = {"order_id": "A-1", "amount": 10.0, "currency": "EUR"}
+        rows = [
+            Proposal(
+                service=service or shop.service,
+                action_type=action_type or refund_type,
+                payload=payload,
+                payload_hash=payload_hash(payload),
+                final_payload={**payload, "amount": 5.0} if kind == "edited" else None,
+                confidence=confidence,
+                summary=f"planted {kind}",
+                model=model,
+                prompt_version=prompt_version,
+                state="rejected" if kind == "rejected" else "approved",
+                decision_outcome="reject" if kind == "rejected" else "approve",
+                decided_by=Proposal.DecidedBy.REVIEWER,
+                decided_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+            for _ in range(count)
+        ]
+        Proposal.objects.bulk_create(rows)
+        if audited:
+            AuditSample.objects.bulk_create(
+                AuditSample(
+                    proposal=p, action_type=p.action_type, fraction=0.1, rule="auto", created_at=at
+                )
+                for p in rows
+            )
+        return rows
+
+    return make
