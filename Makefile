@@ -23,10 +23,13 @@ run: install
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo
 	@echo "Gatehouse is at http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/v1/docs)"
-	@echo "Starting web, worker, beat and a simulated service posting proposals; Ctrl-C stops them all."
+	@echo "Starting web, worker, beat, a simulated service posting proposals and a simulated reviewer"
+	@echo "(it decides what nobody took within 60 s); Ctrl-C stops them all."
 	@DEBUG=$${DEBUG:-1} GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=$${GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS:-1} \
+		INSIGHTS_WINDOW=$${INSIGHTS_WINDOW:-5m} INSIGHTS_CHECK_INTERVAL=$${INSIGHTS_CHECK_INTERVAL:-20s} \
 		SITE_URL=http://127.0.0.1:$(PORT) $(PY) manage.py run_stack --port $(PORT) \
-		--extra "simulator=$(PY) manage.py simulate_service --url http://127.0.0.1:$(PORT) --rate $${SIMULATE_RATE:-0.5}"
+		--extra "simulator=$(PY) manage.py simulate_service --url http://127.0.0.1:$(PORT) --rate $${SIMULATE_RATE:-1.5}" \
+		--extra "reviewers=$(PY) manage.py simulate_reviewers --delay $${SIMULATE_REVIEW_DELAY:-60}"
 
 lint: install
 	$(VENV)/bin/ruff check .
