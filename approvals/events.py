@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -61,9 +62,14 @@ def reviewer_logged_out(user_id: int) -> None:
 # Rendering and sending an update costs a query and a template for every change; when no
 # reviewer has a page open for the action type, it is skipped. Open pages say they listen when
 # they connect and every PRESENCE_REFRESH seconds after; the mark lapses PRESENCE_TTL seconds
-# after the last page closed. A page that opens later renders the current state anyway.
+# after the last page closed. A process that found nobody listening believes it for
+# ABSENCE_MEMORY seconds (one cache read per type per interval instead of one per change); a
+# page therefore resynchronises when its socket opens and again after that interval
+# (static/js/reviewer.js), so it misses nothing that changed while the news spread.
 PRESENCE_TTL = 60
 PRESENCE_REFRESH = 20
+ABSENCE_MEMORY = 2.0
+_absent_until: dict[int, float] = {}
 
 
 def _presence_key(action_type_id: int) -> str:
@@ -73,10 +79,22 @@ def _presence_key(action_type_id: int) -> str:
 def mark_listening(action_type_ids: list[int]) -> None:
     """An open reviewer page listens for these action types."""
     cache.set_many({_presence_key(i): 1 for i in action_type_ids}, timeout=PRESENCE_TTL)
+    for action_type_id in action_type_ids:
+        _absent_until.pop(action_type_id, None)
 
 
 def anyone_listening(action_type_id: int) -> bool:
-    return cache.get(_presence_key(action_type_id)) is not None
+    now = time.monotonic()
+    if _absent_until.get(action_type_id, 0.0) > now:
+        return False
+    present = cache.get(_presence_key(action_type_id)) is not None
+    if not present:
+        _absent_until[action_type_id] = now + ABSENCE_MEMORY
+    return present
+
+
+def forget_absences() -> None:
+    _absent_until.clear()
 
 
 def uses_process_local_layer() -> bool:

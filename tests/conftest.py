@@ -183,11 +183,13 @@ def admin_client_logged_in(db: None) -> Client:
 
 @pytest.fixture(autouse=True)
 def _fresh_hot_path_cache() -> Any:
-    from approvals import localcache
+    from approvals import events, localcache
 
     localcache.clear_all()
+    events.forget_absences()
     yield
     localcache.clear_all()
+    events.forget_absences()
 
 
 def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:

@@ -8,18 +8,22 @@
   var page = function () { return document.body.getAttribute("data-page"); };
 
   // --- live connection state and resync ------------------------------------------------
-  var everOpened = false;
   function setLive(state, text) {
     var el = document.getElementById("live-status");
     if (!el) return;
     el.setAttribute("data-state", state);
     el.textContent = text;
   }
+  // How long a web process may keep believing nobody listens (approvals/events.py
+  // ABSENCE_MEMORY, 2 s), plus a margin.
+  var ABSENCE_MEMORY_MS = 2500;
   body.addEventListener("htmx:wsOpen", function () {
     setLive("open", "live");
-    // After a disconnect we may have missed pushes: fetch the current rows and state again.
-    if (everOpened) htmx.trigger(document.body, "resync");
-    everOpened = true;
+    // Changes made before this socket was listening were not pushed to it: after a disconnect,
+    // and also on the first connection (the page was rendered a moment ago), fetch the current
+    // rows and state now, and once more when every process has learnt that we listen.
+    htmx.trigger(document.body, "resync");
+    window.setTimeout(function () { htmx.trigger(document.body, "resync"); }, ABSENCE_MEMORY_MS);
   });
   body.addEventListener("htmx:wsClose", function (event) {
     var closed = event.detail && event.detail.event;
@@ -109,6 +113,20 @@
       var again = document.getElementById(target.id);
       if (again) { select(again); } else if (neighbour) { select(neighbour); }
     }, 0);
+  });
+
+  // A resync re-renders the rows: keep the reviewer's place.
+  var keptId = null;
+  body.addEventListener("htmx:beforeSwap", function () {
+    var current = selected();
+    keptId = current ? current.id : null;
+  });
+  body.addEventListener("htmx:afterSwap", function () {
+    if (page() !== "queue") return;
+    var again = keptId ? document.getElementById(keptId) : null;
+    if (again) { select(again); return; }
+    var rows = queueRows();
+    if (rows.length && !selected()) select(rows[0]);
   });
 
   function focusField(id) {

@@ -278,3 +278,22 @@ def test_an_open_page_marks_its_action_types_as_listened_to(
         return listening
 
     assert run(scenario()) is True
+
+
+def test_a_process_rechecks_presence_after_its_absence_memory(
+    refund_type: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from django.core.cache import cache
+
+    from approvals import events
+
+    monkeypatch.setattr(events, "ABSENCE_MEMORY", 0.2)
+    key = f"gatehouse:listening:type-{refund_type.pk}"
+    cache.delete(key)
+    assert events.anyone_listening(refund_type.pk) is False
+    cache.set(key, 1, timeout=60)  # a page opened in another process
+    assert events.anyone_listening(refund_type.pk) is False  # still remembered as absent
+    time.sleep(0.25)
+    assert events.anyone_listening(refund_type.pk) is True
