@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from approvals.admin import ReadOnlyAdmin
 from insights import services
 from insights.models import Alert, AuditSample, Brake, RuleDraft, TypeSettings
 
@@ -23,25 +24,14 @@ class TypeSettingsAdmin(admin.ModelAdmin):
         )
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Alert)
-class AlertAdmin(ReadOnly):
+class AlertAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "kind", "action_type", "title", "acknowledged_at"]
     list_filter = ["kind", "action_type"]
 
 
 @admin.register(Brake)
-class BrakeAdmin(ReadOnly):
+class BrakeAdmin(ReadOnlyAdmin):
     list_display = ["action_type", "engaged_at", "errors", "audited", "target", "lifted_at"]
     actions = ["lift"]
 
@@ -58,11 +48,11 @@ class BrakeAdmin(ReadOnly):
 
 
 @admin.register(AuditSample)
-class AuditSampleAdmin(ReadOnly):
+class AuditSampleAdmin(ReadOnlyAdmin):
     list_display = ["proposal", "action_type", "fraction", "rule", "created_at"]
     list_filter = ["action_type"]
 
 
 @admin.register(RuleDraft)
-class RuleDraftAdmin(ReadOnly):
+class RuleDraftAdmin(ReadOnlyAdmin):
     list_display = ["rule", "action_type", "threshold", "error_target", "created_at"]

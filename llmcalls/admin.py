@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.db import transaction
 from django.http import HttpRequest
 
+from approvals.admin import ReadOnlyAdmin
 from llmcalls import routing
 from llmcalls.models import LLMCall, ModelPrice, Provider, Route, RouteTarget
 
@@ -66,7 +67,7 @@ class ModelPriceAdmin(_ForgetsSnapshot):
 
 
 @admin.register(LLMCall)
-class LLMCallAdmin(admin.ModelAdmin):
+class LLMCallAdmin(ReadOnlyAdmin):
     """The log is evidence: readable, never edited here."""
 
     list_display = [
@@ -84,12 +85,3 @@ class LLMCallAdmin(admin.ModelAdmin):
     list_filter = ["status", "cache_hit", "fell_back", "price_missing", "feature", "model"]
     search_fields = ["id", "feature", "model", "provider_request_id"]
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
