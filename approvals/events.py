@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -41,22 +42,28 @@ def group_for_reviewer(user_id: int) -> str:
     return f"gatehouse.reviewer-{user_id}"
 
 
+def _run(coroutine_function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+    """Run a send from sync code (the usual case: a view, task or command), or schedule it on
+    the running loop when called from async code."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(coroutine_function)(*args)
+    else:
+        task = loop.create_task(coroutine_function(*args))
+        _pending.add(task)  # keep a reference until it is done
+        task.add_done_callback(_pending.discard)
+
+
+async def _end_session(user_id: int) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(group_for_reviewer(user_id), {"type": "session.ended"})
+
+
 def reviewer_logged_out(user_id: int) -> None:
     """Close the reviewer's open sockets: a logged-out browser must stop receiving pushes."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {"type": "session.ended"}
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        async_to_sync(layer.group_send)(group_for_reviewer(user_id), message)
-    else:  # called from async code: schedule it on that loop
-        task = asyncio.get_running_loop().create_task(
-            layer.group_send(group_for_reviewer(user_id), message)
-        )
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+    _run(_end_session, user_id)
 
 
 # Rendering and sending an update costs a query and a template for every change; when no
@@ -120,16 +127,8 @@ def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None) -> None:
     if action_type_id is not None and not anyone_listening(action_type_id):
         return
     message = render_update(proposal_id)
-    if message is None:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        async_to_sync(send_update)(message)  # the usual case: a sync view, task or command
-    else:
-        task = loop.create_task(send_update(message))
-        _pending.add(task)  # keep a reference until it is done
-        task.add_done_callback(_pending.discard)
+    if message is not None:
+        _run(send_update, message)
 
 
 def render_update(proposal_id: uuid.UUID) -> dict[str, Any] | None:

@@ -38,6 +38,9 @@ from approvals.decisions import AutoDecision
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
 
 MAX_CONDITION_LENGTH = 4000
+# The reason of every proposal no rule decided (insights/gate.py reuses it, so that an audit
+# sample reads exactly like any other such proposal).
+NO_MATCH_REASON = "No rule decided; a reviewer decides."
 
 
 class RuleCompileError(Exception):
@@ -277,29 +280,38 @@ def _stats_functions(
 ) -> dict[str, Callable[..., Any]]:
     memo: dict[tuple[Any, ...], Any] = {}
 
-    def count(target: Any, outcome: str, window: str) -> int:
-        key = ("count", outcome, window)
+    def remembered(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         if key not in memo:
-            memo[key] = velocity.count(
-                service_id=service_id,
-                action_type_id=action_type_id,
-                outcome=outcome,
-                window=window,
-                as_of=as_of,
+            memo[key] = compute()
+        return memo[key]
+
+    def count(target: Any, outcome: str, window: str) -> int:
+        return int(
+            remembered(
+                ("count", outcome, window),
+                lambda: velocity.count(
+                    service_id=service_id,
+                    action_type_id=action_type_id,
+                    outcome=outcome,
+                    window=window,
+                    as_of=as_of,
+                ),
             )
-        return int(memo[key])
+        )
 
     def approved_sum(target: Any, field_path: str, window: str) -> float:
-        key = ("sum", field_path, window)
-        if key not in memo:
-            memo[key] = velocity.approved_sum(
-                service_id=service_id,
-                action_type_id=action_type_id,
-                field_path=field_path,
-                window=window,
-                as_of=as_of,
+        return float(
+            remembered(
+                ("sum", field_path, window),
+                lambda: velocity.approved_sum(
+                    service_id=service_id,
+                    action_type_id=action_type_id,
+                    field_path=field_path,
+                    window=window,
+                    as_of=as_of,
+                ),
             )
-        return float(memo[key])
+        )
 
     return {"count": count, "approved_sum": approved_sum}
 
@@ -444,9 +456,7 @@ def evaluate(
             outcome=outcome, reason=reason, rule=spec.name, rule_version=spec.version, trace=trace
         )
     if decision is None:
-        decision = AutoDecision(
-            outcome="review", reason="No rule decided; a reviewer decides.", trace=trace
-        )
+        decision = AutoDecision(outcome="review", reason=NO_MATCH_REASON, trace=trace)
     return decision
 
 

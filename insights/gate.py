@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 
 from approvals.localcache import TTLCache
+from approvals.rules import NO_MATCH_REASON
 
 if TYPE_CHECKING:
     from approvals.decisions import AutoDecision
     from approvals.models import ActionType, Proposal
 
-# What the queue would say for any proposal no rule decided: a sample must not stand out.
-ORDINARY_REASON = "No rule decided; a reviewer decides."
 AUDIT_SAMPLE = "audit sample"
 BRAKE = "brake"
 
@@ -97,7 +96,7 @@ def hold_back(
         return replace(
             decision,
             outcome="review",
-            reason=ORDINARY_REASON,
+            reason=NO_MATCH_REASON,  # as for any proposal no rule decided: it must not stand out
             rule="",
             rule_version=None,
             trace=[

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,20 +24,14 @@ from typing import Any
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from tests import live_app
+
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = range(18200, 18300)
 
 
 def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18200-18299")
+    return live_app.free_port(PORTS.start, PORTS.stop)
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:

@@ -30,6 +30,12 @@ def free_port(first: int, last: int) -> int:
     raise OSError(f"ports {first}-{last - 1} are all taken")
 
 
+def any_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def serve(first_port: int) -> Iterator[str]:
     import uvicorn
 

@@ -23,18 +23,12 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests.live_app import CHROMIUM_ARGS, any_free_port
+
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 # A fixed port when asked (each developer has a range), else any free loopback port.
-PORT = int(os.environ.get("BROWSER_TEST_PORT") or _free_port())
+PORT = int(os.environ.get("BROWSER_TEST_PORT") or any_free_port())
 SERVER_LIFETIME = 900  # seconds; the server stops by itself after this even if pytest dies
 
 
