@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 import uuid
 from datetime import datetime
@@ -18,7 +17,7 @@ from ninja import Field, NinjaAPI, Query, Schema
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, StrictFloat, StrictStr
 
-from approvals import problems, services
+from approvals import jsonfast, problems, services
 from approvals.errors import ApplicationError, NotFound
 from approvals.models import ActionType, Proposal, Service
 from approvals.representation import proposal_representation
@@ -171,7 +170,7 @@ def _service(request: HttpRequest) -> Service:
 
 
 def _json(body: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(json.dumps(body), status=status, content_type="application/json")
+    return HttpResponse(jsonfast.dumps(body), status=status, content_type="application/json")
 
 
 def _idempotency_key(request: HttpRequest) -> str | None:

@@ -7,22 +7,36 @@ commit, so the order inside the statement does not matter. Elsewhere, one INSERT
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connection
-from django.db.models import AutoField, Field, Model
+from django.db.models import AutoField, Field, JSONField, Model
 from django.db.models.sql import InsertQuery
-from django.db.models.sql.compiler import SQLInsertCompiler
+from psycopg.types.json import Jsonb
+
+from approvals import jsonfast
 
 # The SQL of a one-row INSERT depends only on the model; compiling it is most of what the ORM
 # spends on the submit path, so it is compiled once per model and only the values are prepared
-# per call, the same way the compiler prepares them. Several rows of a table repeat the row's
-# VALUES tuple (in order, so serial ids follow the order of the rows).
-_templates: dict[type[Model], tuple[str, SQLInsertCompiler, list[Field[Any, Any]]]] = {}
+# per call, the same way the compiler prepares them, except that JSON columns are encoded with
+# orjson (approvals/jsonfast.py) rather than json.dumps. Several rows of a table repeat the
+# row's VALUES tuple (in order, so serial ids follow the order of the rows).
+Prepare = Callable[[Model], Any]
+_templates: dict[type[Model], tuple[str, list[Prepare]]] = {}
 
 
-def _compile(row: Model) -> tuple[str, SQLInsertCompiler, list[Field[Any, Any]]]:
+def _json_preparer(field: JSONField[Any, Any]) -> Prepare:
+    attname = field.attname
+
+    def prepare(row: Model) -> Any:
+        value = getattr(row, attname)
+        return None if value is None else Jsonb(value, dumps=jsonfast.dumps)
+
+    return prepare
+
+
+def _compile(row: Model) -> tuple[str, list[Prepare]]:
     model = type(row)
     fields = [
         f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, AutoField))
@@ -31,20 +45,26 @@ def _compile(row: Model) -> tuple[str, SQLInsertCompiler, list[Field[Any, Any]]]
     query.insert_values(fields, [row])
     compiler = query.get_compiler(connection=connection)
     [(sql, _)] = compiler.as_sql()
-    return sql, compiler, fields
+
+    def generic(field: Field[Any, Any]) -> Prepare:
+        return lambda row: compiler.prepare_value(field, compiler.pre_save_val(field, row))
+
+    preparers = [
+        _json_preparer(f)
+        if connection.vendor == "postgresql" and isinstance(f, JSONField) and f.encoder is None
+        else generic(f)
+        for f in fields
+    ]
+    return sql, preparers
 
 
 def _insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
     template = _templates.get(type(rows[0]))
     if template is None:
         template = _templates[type(rows[0])] = _compile(rows[0])
-    sql, compiler, fields = template
+    sql, preparers = template
     head, values = sql.split(" VALUES ", 1)
-    params = tuple(
-        compiler.prepare_value(field, compiler.pre_save_val(field, row))
-        for row in rows
-        for field in fields
-    )
+    params = tuple(prepare(row) for row in rows for prepare in preparers)
     return f"{head} VALUES {', '.join([values] * len(rows))}", params
 
 

@@ -132,7 +132,10 @@ class Proposal(models.Model):
         POLICY = "policy"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="proposals")
+    # Indexed by proposal_service_created and proposal_velocity, which lead with it.
+    service = models.ForeignKey(
+        Service, on_delete=models.PROTECT, related_name="proposals", db_index=False
+    )
     action_type = models.ForeignKey(ActionType, on_delete=models.PROTECT, related_name="proposals")
     payload = models.JSONField()
     payload_hash = models.CharField(max_length=64)
@@ -156,8 +159,13 @@ class Proposal(models.Model):
     decided_by = models.CharField(max_length=10, choices=DecidedBy.choices, blank=True)
     decision_rule = models.CharField(max_length=200, blank=True)
     decision_rule_version = models.PositiveIntegerField(null=True, blank=True)
-    decision_reviewer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    decision_reviewer = models.ForeignKey(  # indexed where set: proposal_decision_reviewer
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     decision_reason = models.TextField(blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
@@ -193,6 +201,12 @@ class Proposal(models.Model):
             ),
             # The reviewer queue pages on proposal_state_created; history on (updated_at, id).
             models.Index(fields=["updated_at", "id"], name="proposal_updated"),
+            # Only decided proposals have a reviewer: a new proposal adds no entry here.
+            models.Index(
+                fields=["decision_reviewer"],
+                condition=models.Q(decision_reviewer__isnull=False),
+                name="proposal_decision_reviewer",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -287,6 +301,7 @@ class AuditEvent(models.Model):
         on_delete=models.DO_NOTHING,
         related_name="events",
         db_constraint=True,
+        db_index=False,  # audit_proposal (proposal, id) serves every lookup by proposal
     )
     kind = models.CharField(max_length=60)
     from_state = models.CharField(max_length=20, blank=True)

@@ -83,6 +83,11 @@ class CompiledRule:
     spec: RuleSpec
     program: cel.Program
     uses_stats: bool
+    # The trace entry of the common case, built once: entries are only serialised, never changed.
+    no_match: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "no_match", _entry(self.spec, "no_match"))
 
     def applies_to(self, action_type_id: int) -> bool:
         return self.spec.action_type_id in (None, action_type_id)
@@ -440,7 +445,7 @@ def evaluate(
                 )
             continue
         if not result:
-            trace.append(_entry(spec, "no_match"))
+            trace.append(rule.no_match)
             continue
         if spec.mode != "enforce":
             trace.append(_entry(spec, "matched", outcome=spec.outcome))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, connection, transaction
@@ -211,7 +212,13 @@ def proposal_submit(
                 replay = _idempotent_replay(service, idempotency_key, request_hash)
                 if replay is not None:
                     return replay
-            return _create_proposal(service, action_type, data, idempotency_key, request_hash)
+            new = _decide_proposal(service, action_type, data, idempotency_key, request_hash)
+            if not new.insert_is_all or _transaction_started():
+                return _record_proposal(new)
+        # The decision read nothing (no lock, no velocity figures) and the proposal with its
+        # audit events, one INSERT statement, is all there is to write: on its own that
+        # statement is atomic, so it runs without BEGIN and COMMIT, one round trip, not three.
+        return _record_proposal(new)
     except IntegrityError:
         # Only the idempotency constraint can collide here: another request won the race.
         if idempotency_key is None:
@@ -241,13 +248,38 @@ def _idempotent_replay(service: Service, key: str, request_hash: str) -> SubmitR
     return SubmitResult(proposal=first, response=first.first_response or {}, replayed=True)
 
 
-def _create_proposal(
+def _transaction_started() -> bool:
+    """Whether the current atomic block has sent anything to the database yet (PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return True  # elsewhere, stay inside the transaction
+    status = connection.connection.info.transaction_status
+    return bool(status != psycopg.pq.TransactionStatus.IDLE)
+
+
+@dataclass
+class _NewProposal:
+    proposal: Proposal
+    action_type: ActionType
+    decision: decisions.AutoDecision
+    routed_state: str
+    response: dict[str, Any]
+
+    @property
+    def insert_is_all(self) -> bool:
+        """True when recording it is one INSERT: no idempotency key, no outbox row."""
+        return (
+            self.proposal.idempotency_key is None
+            and self.routed_state not in outbox.CALLBACK_STATES
+        )
+
+
+def _decide_proposal(
     service: Service,
     action_type: ActionType,
     data: dict[str, Any],
     idempotency_key: str | None,
     request_hash: str,
-) -> SubmitResult:
+) -> _NewProposal:
     now = timezone.now()
     proposal = Proposal(
         id=uuid.uuid4(),
@@ -277,9 +309,20 @@ def _create_proposal(
     response = proposal_representation(proposal)
     # Only a request with an idempotency key can be replayed, so only then is its answer kept.
     proposal.first_response = response if idempotency_key is not None else None
-    # The row is invisible to everyone until this transaction commits, so it is inserted in
-    # its routed state; the audit trail still records both steps (in the same statement).
-    actor = f"service:{service.name}"
+    return _NewProposal(proposal, action_type, decision, routed_state, response)
+
+
+def _record_proposal(new: _NewProposal) -> SubmitResult:
+    proposal, action_type, decision, routed_state = (
+        new.proposal,
+        new.action_type,
+        new.decision,
+        new.routed_state,
+    )
+    now = proposal.created_at
+    # The row is invisible to everyone until it commits, so it is inserted in its routed
+    # state; the audit trail still records both steps (in the same statement).
+    actor = f"service:{proposal.service.name}"
     bulk.insert_rows(
         [proposal],
         [
@@ -310,7 +353,7 @@ def _create_proposal(
     if routed_state in outbox.CALLBACK_STATES:
         outbox.outbox_record(proposal=proposal, to_state=routed_state)
     events.proposal_changed(proposal.pk, action_type.pk)
-    return SubmitResult(proposal=proposal, response=response, replayed=False)
+    return SubmitResult(proposal=proposal, response=new.response, replayed=False)
 
 
 def _apply_auto_decision(

@@ -152,6 +152,35 @@ end
 """
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_by_group() -> dict[str, float]:
+    """CPU time (user + system) so far of the processes that share the machine during a run:
+    the app server, PostgreSQL, Redis and everything else, read from /proc (Linux)."""
+    totals = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                stat = handle.read()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")]
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICK
+        if comm == b"postgres" or cmdline.startswith(b"postgres:"):
+            totals["postgres"] += seconds
+        elif comm.startswith(b"redis-server"):
+            totals["redis"] += seconds
+        elif b"uvicorn" in cmdline or b"multiprocessing" in cmdline:
+            totals["server"] += seconds
+    return totals
+
+
 def _lua_string(text: str) -> str:
     return "[==[" + text + "]==]"
 
@@ -175,6 +204,8 @@ def wrk_post(
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
+    cpu_before = cpu_seconds_by_group()
+    children_before = os.times()
     try:
         result = subprocess.run(
             [
@@ -200,7 +231,15 @@ def wrk_post(
     if not match:
         raise SystemExit(f"could not read wrk's output:\n{result.stdout}\n{result.stderr}")
     raw = json.loads(match.group(1))
+    cpu_after = cpu_seconds_by_group()
+    children_after = os.times()
+    cpu = {group: cpu_after[group] - cpu_before[group] for group in cpu_before}
+    cpu["wrk"] = (children_after.children_user + children_after.children_system) - (
+        children_before.children_user + children_before.children_system
+    )
+    requests = max(raw["requests"], 1)
     return {
+        **{f"cpu_ms_{group}": seconds * 1000 / requests for group, seconds in cpu.items()},
         "rps": raw["requests"] / (raw["duration_us"] / 1e6),
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
@@ -210,9 +249,18 @@ def wrk_post(
     }
 
 
+CPU_GROUPS = ("server", "postgres", "redis", "wrk")
+
+
 def print_table(rows: list[tuple[str, dict[str, float]]]) -> None:
-    print(f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    """Throughput and latency, then the CPU each request cost each process group (ms)."""
+    print(
+        f"{'':34} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7}  CPU ms/request: "
+        + " ".join(f"{group:>8}" for group in (*CPU_GROUPS, "total"))
+    )
     for name, row in rows:
+        cpu = [row.get(f"cpu_ms_{group}", 0.0) for group in CPU_GROUPS]
         print(
-            f"{name:34} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['non2xx']:8.0f}"
+            f"{name:34} {row['rps']:7.0f} {row['p50_ms']:7.1f} {row['p99_ms']:7.1f} "
+            f"{row['non2xx']:7.0f}  {'':15} " + " ".join(f"{v:8.2f}" for v in (*cpu, sum(cpu)))
         )

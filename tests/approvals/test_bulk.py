@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
+from collections.abc import Callable
 
+import pytest
+from django.db import IntegrityError, connection
 from django.db.models.sql import InsertQuery
+from psycopg import pq
 
 from approvals import bulk
-from approvals.models import AuditEvent, Proposal
-from tests.conftest import ServiceClient
+from approvals.models import ActionType, AuditEvent, Proposal, Rule
+from tests.conftest import ServiceClient, refund_body
 
 
 def fresh_sql(row: AuditEvent) -> tuple[str, tuple[object, ...]]:
     fields = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
     query = InsertQuery(AuditEvent)
     query.insert_values(fields, [row])
-    from django.db import connection
-
     [(sql, params)] = query.get_compiler(connection=connection).as_sql()
     return sql, tuple(params)
 
@@ -49,3 +52,104 @@ def test_a_proposal_and_its_events_land_together(shop: ServiceClient) -> None:
         "proposal.received",
         "proposal.routed",
     ]
+
+
+class LibpqTrace:
+    """What this thread's connection sends to PostgreSQL, from libpq's own protocol trace."""
+
+    def __enter__(self) -> LibpqTrace:
+        connection.ensure_connection()
+        self._file = tempfile.TemporaryFile()
+        self._pgconn = connection.connection.pgconn
+        self._pgconn.trace(self._file.fileno())
+        self._pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pgconn.untrace()
+        self._file.seek(0)
+        self.sent = [
+            line.split(b"\t")[3].decode(errors="replace")
+            for line in self._file.read().splitlines()
+            if line.startswith(b"F\t") and b"\tQuery\t" in line
+        ]
+        self._file.close()
+
+    def statements(self) -> list[str]:
+        return [s.strip(' "\x00').split(" ", 1)[0] for s in self.sent]
+
+
+def submit(shop: ServiceClient, amount: float, **headers: str) -> uuid.UUID:
+    body = refund_body(payload={"order_id": "ORD-7", "amount": amount, "currency": "EUR"})
+    response = shop.post_json("/api/v1/proposals", body, **headers)
+    assert response.status_code == 201, response.content
+    return uuid.UUID(response.json()["id"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_proposal_for_review_is_one_statement_without_begin_or_commit(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    make_rule("big", action_type=refund_type, when="payload.amount > 1000.0", outcome="reject")
+    submit(shop, 1.0)  # warm the caches (key, type, rules) so only the submit itself is traced
+    with LibpqTrace() as trace:
+        proposal_id = submit(shop, 5.0)
+    assert trace.statements() == ["WITH"], trace.sent  # the proposal and its audit events
+    proposal = Proposal.objects.get(pk=proposal_id)
+    assert proposal.state == "pending_review"
+    assert list(proposal.events.values_list("kind", flat=True)) == [
+        "proposal.received",
+        "proposal.routed",
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("when", "headers", "first"),
+    [
+        # A velocity rule reads approvals under a lock that must last until the insert commits.
+        ("stats.approved_sum('payload.amount', '24h') > 1000.0", {}, "SELECT"),
+        # A key is looked up under a lock first, and the first response stored with the row.
+        ("payload.amount > 1000.0", {"Idempotency-Key": "k-1"}, "SELECT"),
+        # An approval writes its outbox rows (callback, execution) with the proposal.
+        ("payload.amount < 1000.0", {}, "WITH"),
+    ],
+    ids=["stats-rule", "idempotency-key", "approved"],
+)
+def test_a_submit_that_reads_or_writes_more_keeps_its_transaction(
+    shop: ServiceClient,
+    make_rule: Callable[..., Rule],
+    refund_type: ActionType,
+    when: str,
+    headers: dict[str, str],
+    first: str,
+) -> None:
+    outcome = "approve" if "<" in when else "review"
+    make_rule("r", action_type=refund_type, when=when, outcome=outcome)
+    shop.service.callback_url = "https://example.com/callback"
+    shop.service.save()
+    submit(shop, 1.0, **({"Idempotency-Key": "warm"} if headers else {}))
+    with LibpqTrace() as trace:
+        submit(shop, 5.0, **headers)
+    statements = trace.statements()
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT", trace.sent
+    assert statements[1] == first and "WITH" in statements, trace.sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_insert_leaves_neither_the_proposal_nor_its_events(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    proposal = Proposal(
+        service=shop.service,
+        action_type=refund_type,
+        payload={},
+        payload_hash="x",
+        confidence=2.0,  # the CHECK constraint refuses it, after the events' rows were built
+        summary="s",
+    )
+    events = [AuditEvent(proposal=proposal, kind="proposal.received", actor="t")]
+    with pytest.raises(IntegrityError):
+        bulk.insert_rows([proposal], events)  # autocommit: the statement alone is atomic
+    assert not Proposal.objects.exists()
+    assert not AuditEvent.objects.filter(proposal_id=proposal.pk).exists()
