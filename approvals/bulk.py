@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connection
+from django.db.backends.postgresql.base import ServerBindingCursor
+from django.db.backends.utils import CursorWrapper
 from django.db.models import AutoField, Field, JSONField, Model
 from django.db.models.sql import InsertQuery
 from psycopg.types.json import Jsonb
@@ -68,6 +70,22 @@ def _insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
     return f"{head} VALUES {', '.join([values] * len(rows))}", params
 
 
+def _server_binding_cursor() -> CursorWrapper:
+    """A cursor that sends the values apart from the SQL (PostgreSQL's extended protocol).
+
+    Django binds on the client by default, quoting every value into the SQL text; for a
+    submit's 5 KB of JSON and text that costs more, on both sides, than sending the values as
+    parameters. Not a prepared statement: the SQL is parsed each time, as Django does, so
+    connection poolers in transaction mode keep working. Wrapped like any Django cursor
+    (database errors, query logging, execute wrappers).
+    """
+    connection.ensure_connection()
+    raw: Any = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]  # stubs: no args
+    if connection.queries_logged:
+        return connection.make_debug_cursor(raw)
+    return connection.make_cursor(raw)
+
+
 def insert_rows(*batches: Sequence[Model]) -> None:
     """Insert every row of every batch (each batch: rows of one model, ids already set or serial).
 
@@ -85,7 +103,7 @@ def insert_rows(*batches: Sequence[Model]) -> None:
     if ctes:
         sql = "WITH " + ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(ctes)) + " "
         params = tuple(p for _, ps in ctes for p in ps)
-    with connection.cursor() as cursor:
+    with _server_binding_cursor() as cursor:
         cursor.execute(sql + main_sql, params + main_params)
     for batch in batches:
         for row in batch:

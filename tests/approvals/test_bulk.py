@@ -68,15 +68,18 @@ class LibpqTrace:
     def __exit__(self, *exc: object) -> None:
         self._pgconn.untrace()
         self._file.seek(0)
-        self.sent = [
-            line.split(b"\t")[3].decode(errors="replace")
-            for line in self._file.read().splitlines()
-            if line.startswith(b"F\t") and b"\tQuery\t" in line
-        ]
+        # Simple queries ("Query") and the extended protocol's "Parse" (statement name, SQL).
+        self.sent = []
+        for line in self._file.read().decode(errors="replace").splitlines():
+            direction, _length, message, *rest = [*line.split("\t"), "", ""]
+            if direction == "F" and message == "Query":
+                self.sent.append(rest[0].strip(' "'))
+            elif direction == "F" and message == "Parse":
+                self.sent.append(rest[0].strip().split('" "', 1)[1])
         self._file.close()
 
     def statements(self) -> list[str]:
-        return [s.strip(' "\x00').split(" ", 1)[0] for s in self.sent]
+        return [s.split(" ", 1)[0] for s in self.sent]
 
 
 def submit(shop: ServiceClient, amount: float, **headers: str) -> uuid.UUID:
