@@ -7,10 +7,12 @@ commit, so the order inside the statement does not matter. Elsewhere, one INSERT
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from django.db import connection
+from django.db import connection, models
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 from django.db.models import AutoField, Field, JSONField, Model
@@ -21,11 +23,26 @@ from approvals import jsonfast
 
 # The SQL of a one-row INSERT depends only on the model; compiling it is most of what the ORM
 # spends on the submit path, so it is compiled once per model and only the values are prepared
-# per call, the same way the compiler prepares them, except that JSON columns are encoded with
-# orjson (approvals/jsonfast.py) rather than json.dumps. Several rows of a table repeat the
-# row's VALUES tuple (in order, so serial ids follow the order of the rows).
+# per call, the same way the compiler prepares them, with two shortcuts on PostgreSQL: JSON
+# columns are encoded with orjson (approvals/jsonfast.py) rather than json.dumps, and a value
+# of the plain Python type of a plain column (a str for a CharField, an aware datetime for a
+# DateTimeField, …), which Django's preparation would hand back unchanged, goes as it is.
+# Several rows of a table repeat the row's VALUES tuple (in order, so serial ids follow the
+# order of the rows).
 Prepare = Callable[[Model], Any]
 _templates: dict[type[Model], tuple[str, list[Prepare]]] = {}
+
+# Field classes (exactly these, not subclasses) and the value types they pass through unchanged.
+_PASS_THROUGH: dict[type[Field[Any, Any]], tuple[type, ...]] = {
+    models.CharField: (str,),
+    models.TextField: (str,),
+    models.FloatField: (float,),
+    models.BooleanField: (bool,),
+    models.UUIDField: (uuid.UUID,),
+    models.DateTimeField: (datetime,),
+    models.ForeignKey: (uuid.UUID,),
+    # Not integers: Django wraps them (Int2/Int4/Int8) to match the column's type.
+}
 
 
 def _json_preparer(field: JSONField[Any, Any]) -> Prepare:
@@ -51,13 +68,35 @@ def _compile(row: Model) -> tuple[str, list[Prepare]]:
     def generic(field: Field[Any, Any]) -> Prepare:
         return lambda row: compiler.prepare_value(field, compiler.pre_save_val(field, row))
 
-    preparers = [
-        _json_preparer(f)
-        if connection.vendor == "postgresql" and isinstance(f, JSONField) and f.encoder is None
-        else generic(f)
-        for f in fields
-    ]
-    return sql, preparers
+    def plain(field: Field[Any, Any], types: tuple[type, ...]) -> Prepare:
+        attname, slow = field.attname, generic(field)
+
+        def prepare(row: Model) -> Any:
+            value = getattr(row, attname)
+            if value is None or (
+                type(value) in types and getattr(value, "tzinfo", True) is not None
+            ):
+                return value  # what Django's preparation gives back for it, unchanged
+            return slow(row)
+
+        return prepare
+
+    def preparer(field: Field[Any, Any]) -> Prepare:
+        if connection.vendor != "postgresql":
+            return generic(field)
+        if isinstance(field, JSONField) and field.encoder is None:
+            return _json_preparer(field)
+        types = _PASS_THROUGH.get(type(field))
+        # auto_now and the like set the value in pre_save: those keep the compiler's way.
+        if (
+            types is None
+            or getattr(field, "auto_now", False)
+            or getattr(field, "auto_now_add", False)
+        ):
+            return generic(field)
+        return plain(field, types)
+
+    return sql, [preparer(f) for f in fields]
 
 
 def _insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:

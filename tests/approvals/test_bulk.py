@@ -8,20 +8,32 @@ from collections.abc import Callable
 
 import pytest
 from django.db import IntegrityError, connection
+from django.db.models import AutoField, Model
 from django.db.models.sql import InsertQuery
+from django.utils import timezone
+from django.utils.safestring import SafeString
 from psycopg import pq
+from psycopg.types.json import Jsonb
 
 from approvals import bulk
 from approvals.models import ActionType, AuditEvent, Proposal, Rule
 from tests.conftest import ServiceClient, refund_body
 
 
-def fresh_sql(row: AuditEvent) -> tuple[str, tuple[object, ...]]:
-    fields = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
-    query = InsertQuery(AuditEvent)
+def fresh_sql(row: Model) -> tuple[str, tuple[object, ...]]:
+    model = type(row)
+    fields = [
+        f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, AutoField))
+    ]
+    query = InsertQuery(model)
     query.insert_values(fields, [row])
     [(sql, params)] = query.get_compiler(connection=connection).as_sql()
     return sql, tuple(params)
+
+
+def as_sent(params: tuple[object, ...]) -> list[tuple[type, object]]:
+    """Each value with its type; a JSON wrapper by what it wraps (its encoder may differ)."""
+    return [(type(p), p.obj if isinstance(p, Jsonb) else p) for p in params]
 
 
 def test_the_cached_insert_prepares_values_as_the_compiler_does(shop: ServiceClient) -> None:
@@ -34,6 +46,34 @@ def test_the_cached_insert_prepares_values_as_the_compiler_does(shop: ServiceCli
         sql, params = fresh_sql(again)
         assert cached_sql == sql
         assert [str(p) for p in cached_params] == [str(p) for p in params]
+
+
+def test_values_that_skip_django_s_preparation_are_what_it_would_give(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    now = timezone.now()
+    common = {"service": shop.service, "action_type": refund_type, "payload_hash": "h"}
+    for row in (
+        Proposal(id=uuid.uuid4(), payload={"a": [1, "x"]}, confidence=0.5, summary="s", **common),
+        Proposal(  # values of other types than the column's own go the compiler's way
+            id=uuid.uuid4(),
+            payload=[],
+            confidence=1,  # an int in a FloatField: float(1)
+            summary=SafeString("<b>s</b>"),  # a str subclass
+            decision_rule_version=3,
+            required_approvals=2,
+            llm_call_id=uuid.uuid4(),
+            metadata={"k": None},
+            idempotency_key="k",
+            decided_at=now,
+            expires_at=now,
+            **common,
+        ),
+    ):
+        cached_sql, cached_params = bulk._insert_sql([row])
+        sql, params = fresh_sql(row)
+        assert cached_sql == sql
+        assert as_sent(cached_params) == as_sent(params)
 
 
 def test_a_proposal_and_its_events_land_together(shop: ServiceClient) -> None:
