@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from importlib import import_module
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from approvals import events, selectors
 from approvals.relay import relay
 
+log = logging.getLogger("gatehouse.live")
+
 UNAUTHENTICATED = 4401
+INTERNAL_ERROR = 1011
 
 
 class QueueConsumer(AsyncWebsocketConsumer):
@@ -23,6 +30,7 @@ class QueueConsumer(AsyncWebsocketConsumer):
     groups_joined: list[str]
     identities: set[str]
     presence: asyncio.Task[None] | None = None
+    session_watch: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -38,6 +46,30 @@ class QueueConsumer(AsyncWebsocketConsumer):
         await self.accept()
         relay.ensure_started()
         self.presence = asyncio.create_task(self._stay_present(sorted(type_ids)))
+        self.session_watch = asyncio.create_task(self._watch_session(user.pk))
+
+    async def _watch_session(self, user_id: int) -> None:
+        """Close the socket once the session that opened it is no longer valid.
+
+        Logging out closes it at once (session_ended); this catches the rest: a session that
+        expired, was flushed from the store, or lost its validity (a password change), checked
+        every LIVE_SESSION_CHECK_SECONDS with the session read afresh from its store. If the
+        check itself fails, the socket closes with 1011, which the page retries: reconnecting
+        authenticates again.
+        """
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        session_key = self.scope["session"].session_key
+        while True:
+            await asyncio.sleep(settings.LIVE_SESSION_CHECK_SECONDS)
+            try:
+                user = await get_user({"session": store(session_key=session_key)})
+            except Exception:
+                log.exception("checking a reviewer socket's session failed; closing it")
+                await self.close(code=INTERNAL_ERROR)
+                return
+            if not user.is_authenticated or user.pk != user_id:
+                await self.close(code=UNAUTHENTICATED)
+                return
 
     async def _stay_present(self, type_ids: list[int]) -> None:
         """Tell senders someone listens for these types, for as long as the socket is open."""
@@ -46,10 +78,11 @@ class QueueConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(events.PRESENCE_REFRESH)
 
     async def disconnect(self, code: int) -> None:
-        if self.presence is not None:
-            self.presence.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.presence
+        for task in (self.presence, self.session_watch):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

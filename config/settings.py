@@ -178,6 +178,11 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Gatehouse itself.
 IDEMPOTENCY_KEY_RETENTION = env_duration("IDEMPOTENCY_KEY_RETENTION", "24h")
 LONG_POLL_MAX_SECONDS = env_int("LONG_POLL_MAX_SECONDS", 30, minimum=0)
+# How often an open reviewer socket re-reads its session: one that expired or became invalid
+# is closed (4401) within this long. Logging out closes the sockets at once.
+LIVE_SESSION_CHECK_SECONDS = env_float("LIVE_SESSION_CHECK_SECONDS", 60.0)
+if LIVE_SESSION_CHECK_SECONDS <= 0:
+    raise ImproperlyConfigured("LIVE_SESSION_CHECK_SECONDS must be more than 0")
 # Rules (docs/rules.md): the evaluation budget per proposal (beyond it: review), and whether each
 # process LISTENs for rule changes instead of checking the database on every proposal.
 RULES_TIME_BUDGET_MS = env_int("RULES_TIME_BUDGET_MS", 100, minimum=1)

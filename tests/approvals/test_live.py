@@ -8,14 +8,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.db import connection
 from django.test import Client, override_settings
+from django.utils import timezone
 
 from approvals import services
 from approvals.models import Proposal
@@ -297,3 +300,33 @@ def test_a_process_rechecks_presence_after_its_absence_memory(
     assert events.anyone_listening(refund_type.pk) is False  # still remembered as absent
     time.sleep(0.25)
     assert events.anyone_listening(refund_type.pk) is True
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"], LIVE_SESSION_CHECK_SECONDS=0.2)
+@pytest.mark.parametrize("how", ["expired", "flushed", "password-changed"])
+def test_a_session_that_ends_without_logout_closes_its_socket(reviewer: User, how: str) -> None:
+    cookie = session_cookie(reviewer)
+    key = cookie[1].decode().split("=", 1)[1]
+
+    def end_session() -> None:
+        if how == "expired":
+            Session.objects.filter(session_key=key).update(
+                expire_date=timezone.now() - timedelta(seconds=1)
+            )
+        elif how == "flushed":
+            Session.objects.filter(session_key=key).delete()
+        else:
+            reviewer.set_password("a-new-password-9")
+            reviewer.save()
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(cookie, ORIGIN)
+        assert (await ws.connect())[0]
+        await ws.receive_nothing(timeout=0.6)  # still valid: checked twice, still open
+        await database_sync_to_async(end_session)()
+        closed = await ws.receive_output(timeout=3)
+        await ws.wait(timeout=2)
+        return dict(closed)
+
+    closed = run(scenario())
+    assert closed["type"] == "websocket.close" and closed["code"] == 4401
