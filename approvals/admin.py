@@ -183,6 +183,7 @@ class RuleForm(forms.ModelForm):
             "outcome",
             "reason",
             "allows_irreversible",
+            "approvals_required",
             "mode",
             "enabled",
         ]
@@ -201,6 +202,15 @@ class RuleForm(forms.ModelForm):
             raise forms.ValidationError(str(exc)) from None
         return when
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if (data.get("approvals_required") or 1) > 1 and data.get("outcome") != "review":
+            self.add_error(
+                "approvals_required",
+                "Only a rule whose outcome is review can ask for more reviewers' approvals.",
+            )
+        return data
+
     def spec(self, version: int | None) -> RuleSpec:
         """The rule as edited, unsaved."""
         data = self.cleaned_data
@@ -213,6 +223,7 @@ class RuleForm(forms.ModelForm):
             action_type_id=action_type.pk if action_type is not None else None,
             reason=data.get("reason") or "",
             allows_irreversible=data.get("allows_irreversible", False),
+            approvals_required=data.get("approvals_required") or 1,
             mode=data["mode"],
             enabled=data.get("enabled", False),
             version=version,

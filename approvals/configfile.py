@@ -276,6 +276,9 @@ class RuleItem(StrictItem):
     outcome: Literal["approve", "review", "reject"]
     reason: str = Field(default="", max_length=500)
     allows_irreversible: bool = False
+    approvals_required: Literal[1, 2] = Field(
+        default=1, description="2: a review outcome needs two different reviewers' approvals"
+    )
     mode: Literal["enforce", "shadow"] = "enforce"
     enabled: bool = True
 
@@ -320,6 +323,7 @@ def apply_rules(items: list[RuleItem]) -> list[str]:
         rule.outcome = spec.outcome
         rule.reason = spec.reason
         rule.allows_irreversible = spec.allows_irreversible
+        rule.approvals_required = spec.approvals_required
         rule.mode = spec.mode
         rule.enabled = spec.enabled
         try:
@@ -348,9 +352,10 @@ def export_rules() -> str:
             outcome=rule.outcome,
             reason=rule.reason,
             allows_irreversible=rule.allows_irreversible,
-            mode=rule.mode,
-            enabled=rule.enabled,
         )
+        if rule.approvals_required != 1:
+            item["approvals_required"] = rule.approvals_required
+        item.update(mode=rule.mode, enabled=rule.enabled)
         items.append(item)
     return yaml.safe_dump(
         {"rules": items}, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False

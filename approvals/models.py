@@ -366,6 +366,12 @@ class Rule(models.Model):
     allows_irreversible = models.BooleanField(
         default=False, help_text="Only such a rule may approve an irreversible action type"
     )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1,
+        choices=[(1, "as the action type asks"), (2, "2 (four-eyes)")],
+        help_text="For a review outcome: how many different reviewers must approve "
+        "(never fewer than the action type asks)",
+    )
     mode = models.CharField(
         max_length=10,
         choices=Mode.choices,
@@ -397,6 +403,7 @@ class RuleVersion(models.Model):
     outcome = models.CharField(max_length=10, choices=Proposal.Outcome.choices)
     reason = models.CharField(max_length=500, blank=True)
     allows_irreversible = models.BooleanField()
+    approvals_required = models.PositiveSmallIntegerField(default=1)
     mode = models.CharField(max_length=10, choices=Rule.Mode.choices)
     enabled = models.BooleanField()
     created_by = models.CharField(max_length=200, blank=True)

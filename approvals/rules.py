@@ -58,6 +58,7 @@ class RuleSpec:
     action_type_id: int | None = None
     reason: str = ""
     allows_irreversible: bool = False
+    approvals_required: int = 1
     mode: str = "enforce"
     enabled: bool = True
     version: int | None = None
@@ -72,6 +73,7 @@ class RuleSpec:
             action_type_id=rule.action_type_id,
             reason=rule.reason,
             allows_irreversible=rule.allows_irreversible,
+            approvals_required=rule.approvals_required,
             mode=rule.mode,
             enabled=rule.enabled,
             version=rule.version,
@@ -456,9 +458,18 @@ def evaluate(
             outcome = "review"
             note = "approve needs allows_irreversible on an irreversible action type"
             reason = f"{reason} (irreversible action: a reviewer decides)"
-        trace.append(_entry(spec, "matched", outcome=outcome, note=note))
+        entry = _entry(spec, "matched", outcome=outcome, note=note)
+        approvals = spec.approvals_required if outcome == "review" else 1
+        if approvals > 1:
+            entry["approvals_required"] = approvals
+        trace.append(entry)
         decision = AutoDecision(
-            outcome=outcome, reason=reason, rule=spec.name, rule_version=spec.version, trace=trace
+            outcome=outcome,
+            reason=reason,
+            rule=spec.name,
+            rule_version=spec.version,
+            trace=trace,
+            approvals_required=approvals if approvals > 1 else None,
         )
     if decision is None:
         decision = AutoDecision(outcome="review", reason=NO_MATCH_REASON, trace=trace)

@@ -363,6 +363,8 @@ def _apply_auto_decision(
         proposal.state = State.PENDING_REVIEW
         proposal.expires_at = now + action_type.review_ttl
         proposal.decision_reason = decision.reason
+        if decision.approvals_required:  # a rule asked for more reviewers than the type does
+            proposal.required_approvals = decision.approvals_required
         return proposal.state
     proposal.state = State.APPROVED if decision.outcome == "approve" else State.REJECTED
     proposal.decision_outcome = decision.outcome
@@ -869,6 +871,7 @@ def _rule_snapshot(rule: Rule) -> dict[str, Any]:
         "outcome": rule.outcome,
         "reason": rule.reason,
         "allows_irreversible": rule.allows_irreversible,
+        "approvals_required": rule.approvals_required,
         "mode": rule.mode,
         "enabled": rule.enabled,
     }
@@ -893,6 +896,16 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
         ) from None
     if rule.outcome not in Proposal.Outcome.values:
         raise ApplicationError(f"Rule {rule.name!r}: unknown outcome {rule.outcome!r}.")
+    if rule.approvals_required not in (1, 2) or (
+        rule.approvals_required > 1 and rule.outcome != Proposal.Outcome.REVIEW
+    ):
+        message = "1, or 2 with the outcome review (reviewers approve; a rule cannot)"
+        raise ApplicationError(
+            f"Rule {rule.name!r}: approvals_required must be {message}.",
+            status=422,
+            code="invalid-rule",
+            errors=[{"loc": ["approvals_required"], "msg": message}],
+        )
     snapshot = _rule_snapshot(rule)
     with transaction.atomic():
         latest = None

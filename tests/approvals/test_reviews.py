@@ -331,3 +331,45 @@ def test_comments_go_to_the_history(submit: Callable[..., Proposal], reviewer: U
     assert event.data == {"comment": "Asked the shop"} and event.actor == "user:rita"
     with pytest.raises(ApplicationError):
         services.proposal_comment(proposal_id=proposal.pk, reviewer=reviewer, text="  ")
+
+
+def test_a_review_rule_can_ask_for_two_reviewers(
+    make_rule: Callable[..., Any],
+    refund_type: ActionType,
+    submit: Callable[..., Proposal],
+    reviewer: User,
+    second_reviewer: User,
+) -> None:
+    make_rule(
+        "big-refunds-four-eyes",
+        action_type=refund_type,
+        when="payload.amount > 500.0",
+        outcome="review",
+        approvals_required=2,
+    )
+    small = submit()  # 25.0: no rule matches, the type's one approval
+    big = submit(payload={"order_id": "ORD-2", "amount": 900.0, "currency": "EUR"})
+    assert (small.approvals_needed, big.approvals_needed) == (1, 2)
+    entry = next(e for e in big.rule_trace if e["rule"] == "big-refunds-four-eyes")
+    assert (entry["result"], entry["approvals_required"]) == ("matched", 2)
+
+    claim(big, reviewer)
+    assert approve(big, reviewer).state == State.PENDING_REVIEW
+    claim(big, second_reviewer)
+    assert approve(big, second_reviewer).state == State.APPROVED
+    claim(small, reviewer)
+    assert approve(small, reviewer).state == State.APPROVED
+
+
+@pytest.mark.parametrize("outcome", ["approve", "reject"])
+def test_only_a_review_rule_may_ask_for_two_reviewers(
+    make_rule: Callable[..., Any], refund_type: ActionType, outcome: str
+) -> None:
+    with pytest.raises(ApplicationError, match="approvals_required") as refused:
+        make_rule("r", action_type=refund_type, outcome=outcome, approvals_required=2)
+    assert refused.value.errors == [
+        {
+            "loc": ["approvals_required"],
+            "msg": "1, or 2 with the outcome review (reviewers approve; a rule cannot)",
+        }
+    ]

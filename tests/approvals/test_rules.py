@@ -315,11 +315,32 @@ def test_the_admin_form_shows_the_library_message(admin_client_logged_in: Client
             "when": "confidence >= ",
             "outcome": "approve",
             "mode": "enforce",
+            "approvals_required": 1,
             "enabled": "on",
         },
     )
     assert response.status_code == 200
     assert "Syntax error: mismatched input" in response.content.decode()
+    assert not Rule.objects.exists()
+
+
+def test_the_admin_form_refuses_two_approvals_on_a_rule_that_approves(
+    admin_client_logged_in: Client,
+) -> None:
+    response = admin_client_logged_in.post(
+        "/admin/approvals/rule/add/",
+        {
+            "name": "two",
+            "priority": 10,
+            "when": "true",
+            "outcome": "approve",
+            "mode": "enforce",
+            "approvals_required": 2,
+            "enabled": "on",
+        },
+    )
+    assert response.status_code == 200
+    assert "Only a rule whose outcome is review can ask" in response.content.decode()
     assert not Rule.objects.exists()
 
 
@@ -332,6 +353,7 @@ def test_the_admin_saves_a_version(admin_client_logged_in: Client, refund_type: 
         "outcome": "approve",
         "reason": "Small",
         "mode": "enforce",
+        "approvals_required": 1,
         "enabled": "on",
         "versions-TOTAL_FORMS": 0,
         "versions-INITIAL_FORMS": 0,

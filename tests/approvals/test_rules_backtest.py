@@ -153,6 +153,7 @@ def test_admin_tests_an_unsaved_edit_against_history(
             "when": "confidence >= 0.9 && payload.amount <= 50.0",
             "outcome": "approve",
             "mode": "enforce",
+            "approvals_required": 1,
             "enabled": "on",
             "last": "10000",
         },
@@ -178,6 +179,7 @@ def test_admin_tests_an_unsaved_edit_against_history(
             "when": "payload.amount > 35.0",
             "outcome": "reject",
             "mode": "enforce",
+            "approvals_required": 1,
             "enabled": "on",
         },
     ).content.decode()
@@ -220,6 +222,7 @@ rules:
     when: "stats.approved_sum('payload.amount', '24h') + payload.amount > 2000.0"
     outcome: review
     reason: "Daily automatic refund budget reached"
+    approvals_required: 2
   - name: watch-everything
     priority: 100
     when: |
@@ -245,12 +248,14 @@ def test_apply_and_export_round_trip(refund_type: ActionType) -> None:
     ]
     assert configfile.export_rules() == exported
     cap = Rule.objects.get(name="daily-refund-cap")
-    assert (cap.priority, cap.outcome, cap.action_type, cap.version) == (
+    assert (cap.priority, cap.outcome, cap.action_type, cap.version, cap.approvals_required) == (
         5,
         "review",
         refund_type,
         1,
+        2,
     )
+    assert cap.versions.get().approvals_required == 2
     watch = Rule.objects.get(name="watch-everything")
     assert (watch.action_type, watch.mode, watch.enabled) == (None, "shadow", False)
 

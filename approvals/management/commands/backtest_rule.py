@@ -38,6 +38,7 @@ def specs_from_file(text: str, *, source: str) -> list[RuleSpec]:
                 action_type_id=action_type_id,
                 reason=item.reason,
                 allows_irreversible=item.allows_irreversible,
+                approvals_required=item.approvals_required,
                 mode=item.mode,
                 enabled=item.enabled,
             )
