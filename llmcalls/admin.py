@@ -42,7 +42,15 @@ class RouteTargetInline(admin.TabularInline):
 
 @admin.register(Route)
 class RouteAdmin(_ForgetsSnapshot):
-    list_display = ["feature", "models", "deadline", "cache_ttl", "daily_budget_usd", "over_budget"]
+    list_display = [
+        "feature",
+        "models",
+        "deadline",
+        "attempt_timeout",
+        "cache_ttl",
+        "daily_budget_usd",
+        "over_budget",
+    ]
     search_fields = ["feature"]
     inlines = [RouteTargetInline]
 

@@ -12,7 +12,9 @@ A call follows its feature's route (llmcalls.routing):
       other failures (bad key, unknown model, malformed answer) go straight to the next target;
       a request the provider calls invalid (400/413/422) fails the call, since every model would
       refuse it.
-3. One deadline covers all of this; each attempt gets what is left of it.
+3. One deadline covers all of this; each attempt gets what is left of it, or at most the
+   route's attempt_timeout, so that a model that hangs is retried or left for the next one
+   while there is still time.
 4. Whatever happens, one LLMCall row records it (llmcalls.services.call_log_write).
 
 Streams fall back only until the first token arrives; after that a broken stream is an error
@@ -265,6 +267,7 @@ class _Call:
             deadline if deadline is not None else config.deadline if config else 30.0
         )
         self.deadline_at = self.started + self.deadline
+        self.attempt_timeout = config.attempt_timeout if config else None
         self.attempt_log: list[dict[str, Any]] = []
         self.path: list[str] = []
         self.over_budget = False
@@ -445,9 +448,10 @@ def _run(
             remaining = call.remaining()
             if remaining <= 0:
                 break
+            budget = min(remaining, call.attempt_timeout or remaining)
             started = time.monotonic()
             try:
-                value = attempt(target, remaining)
+                value = attempt(target, budget)
             except Exception as exc:
                 kind = _classify(exc)
                 call.note(target, "error", _describe(exc), started)
@@ -517,7 +521,7 @@ def complete(
     try:
         target, value, hit = _run(
             call,
-            lambda target, remaining: _attempt_complete(call, target, remaining),
+            lambda target, budget: _attempt_complete(call, target, budget),
             lambda target, entry: entry,
         )
     except BaseException as exc:
@@ -567,14 +571,14 @@ def complete(
     return result
 
 
-def _attempt_complete(call: _Call, target: Target, remaining: float) -> tuple[dict[str, Any], str]:
+def _attempt_complete(call: _Call, target: Target, budget: float) -> tuple[dict[str, Any], str]:
     client = _client(target)
     messages: Any = call.messages  # plain dicts; the SDK's TypedDicts add nothing at run time
     raw = client.chat.completions.with_raw_response.create(
         model=target.model,
         messages=messages,
         extra_body=call.params or None,
-        timeout=_timeout(remaining),
+        timeout=_timeout(budget),
     )
     response = raw.http_response
     try:
@@ -615,7 +619,7 @@ def stream(
     try:
         target, value, hit = _run(
             call,
-            lambda target, remaining: _open_stream(call, target, remaining),
+            lambda target, budget: _open_stream(call, target, budget),
             lambda target, entry: entry,
         )
     except BaseException as exc:
@@ -738,7 +742,7 @@ def _shutdown(response: _http.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _open_stream(call: _Call, target: Target, remaining: float) -> _Live:
+def _open_stream(call: _Call, target: Target, budget: float) -> _Live:
     client = _client(target)
     options = dict(call.params)
     messages: Any = call.messages
@@ -748,7 +752,7 @@ def _open_stream(call: _Call, target: Target, remaining: float) -> _Live:
         stream=True,
         stream_options={"include_usage": True},
         extra_body=options or None,
-        timeout=_timeout(remaining),
+        timeout=_timeout(budget),
     )
     api_response = manager.__enter__()
     response = api_response.http_response

@@ -6,7 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from approvals.configfile import ConfigFileError, Duration, StrictItem, register
 
@@ -26,6 +26,7 @@ class RouteSpec(StrictItem):
     feature: str = Field(min_length=1, max_length=200)
     models: list[TargetSpec] = Field(min_length=1)
     deadline: Duration = timedelta(seconds=30)
+    attempt_timeout: Duration | None = None
     cache_ttl: Duration | None = None
     daily_budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=4)
     over_budget: Literal["refuse", "next-model"] = "refuse"
@@ -37,6 +38,14 @@ class RouteSpec(StrictItem):
         if value.total_seconds() <= 0:
             raise ValueError("the deadline must be longer than 0s")
         return value
+
+    @model_validator(mode="after")
+    def _attempt_within_deadline(self) -> RouteSpec:
+        if self.attempt_timeout is not None and not (
+            timedelta(0) < self.attempt_timeout < self.deadline
+        ):
+            raise ValueError("attempt_timeout must be longer than 0s and shorter than the deadline")
+        return self
 
     @field_validator("params")
     @classmethod
@@ -80,6 +89,7 @@ def apply_routes(items: list[RouteSpec]) -> list[str]:
             feature=spec.feature,
             targets=[(t.provider, t.model) for t in spec.models],
             deadline=spec.deadline,
+            attempt_timeout=spec.attempt_timeout,
             cache_ttl=spec.cache_ttl,
             daily_budget_usd=spec.daily_budget_usd,
             over_budget=spec.over_budget,

@@ -40,6 +40,13 @@ class Route(models.Model):
     deadline = models.DurationField(
         default=timedelta(seconds=30), help_text="Total time for all attempts and fallbacks"
     )
+    attempt_timeout = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="Most one attempt may take (for a stream: until its first token, and any "
+        "pause between chunks); a hung model is then retried or left for the next one. "
+        "Blank: each attempt may use what is left of the deadline",
+    )
     cache_ttl = models.DurationField(
         null=True, blank=True, help_text="Exact cache lifetime; blank: no cache"
     )

@@ -36,6 +36,7 @@ class RouteConfig:
     feature: str
     targets: tuple[Target, ...]
     deadline: float
+    attempt_timeout: float | None = None
     cache_ttl: float | None = None
     daily_budget_usd: Decimal | None = None
     over_budget: str = "refuse"
@@ -95,6 +96,9 @@ def _load() -> _Snapshot:
                 for t in route.targets.all()
             ),
             deadline=route.deadline.total_seconds(),
+            attempt_timeout=route.attempt_timeout.total_seconds()
+            if route.attempt_timeout
+            else None,
             cache_ttl=route.cache_ttl.total_seconds() if route.cache_ttl else None,
             daily_budget_usd=route.daily_budget_usd,
             over_budget=route.over_budget,

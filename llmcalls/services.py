@@ -37,6 +37,7 @@ def route_upsert(
     targets: list[tuple[str, str]],
     deadline: timedelta,
     cache_ttl: timedelta | None,
+    attempt_timeout: timedelta | None = None,
     daily_budget_usd: Decimal | None,
     over_budget: str,
     params: dict[str, Any],
@@ -48,6 +49,7 @@ def route_upsert(
             {"feature": feature},
             {
                 "deadline": deadline,
+                "attempt_timeout": attempt_timeout,
                 "cache_ttl": cache_ttl,
                 "daily_budget_usd": daily_budget_usd,
                 "over_budget": over_budget,

@@ -62,6 +62,9 @@ def make_route(fake: FakeProvider, db: None) -> Callable[..., None]:
             feature=feature,
             targets=pairs,  # type: ignore[arg-type]
             deadline=timedelta(seconds=options.get("deadline", 5)),
+            attempt_timeout=timedelta(seconds=options["attempt_timeout"])
+            if "attempt_timeout" in options
+            else None,
             cache_ttl=timedelta(seconds=options["cache_ttl"]) if "cache_ttl" in options else None,
             daily_budget_usd=Decimal(str(options["budget"])) if "budget" in options else None,
             over_budget=options.get("over_budget", "refuse"),

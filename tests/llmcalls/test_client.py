@@ -289,6 +289,49 @@ def test_a_deadline_given_per_call_overrides_the_route(
     assert time.monotonic() - started < 0.8
 
 
+def test_a_hung_model_is_abandoned_after_the_attempt_timeout_for_the_next(
+    fake: FakeProvider, make_route: Route, settings: Any
+) -> None:
+    # Without attempt_timeout the primary would hold the call for the whole 5 s deadline.
+    make_route("support", "primary/hang", "backup/m", deadline=5, attempt_timeout=0.3)
+
+    completion = client.complete(feature="support", messages=MESSAGES)
+
+    retries = settings.LLM_MAX_RETRIES
+    assert completion.model == "m" and completion.provider == "backup"
+    assert fake.tried() == ["primary/hang"] * (retries + 1) + ["backup/m"]
+    log = only_call()
+    assert log.fallback_path == ["primary/hang", "backup/m"]
+    assert [a["outcome"] for a in log.attempt_log] == ["error"] * (retries + 1) + ["ok"]
+
+
+def test_a_stream_that_gives_no_first_token_in_time_falls_back(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    make_route("support", "primary/hang", "backup/m", deadline=5, attempt_timeout=0.3)
+
+    stream = client.stream(feature="support", messages=MESSAGES)
+    text = "".join(delta.text for delta in stream)
+
+    assert text and stream.result is not None and stream.result.provider == "backup"
+    assert only_call().fallback_path == ["primary/hang", "backup/m"]
+
+
+def test_a_stream_that_stalls_longer_than_the_attempt_timeout_is_cut(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    # After its first token a stream does not fall back: the stall is an error, not a wait
+    # until the 5 s deadline.
+    make_route("support", "primary/stall", deadline=5, attempt_timeout=0.3)
+
+    started = time.monotonic()
+    stream = client.stream(feature="support", messages=MESSAGES)
+    with pytest.raises(client.StreamCut):
+        for _ in stream:
+            pass
+    assert time.monotonic() - started < 3
+
+
 # --- circuit breaker ------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ llm_routes:
   - feature: support-refunds
     models: [{provider: primary, model: gpt-4o-mini}, {provider: backup, model: small-model}]
     deadline: 20s
+    attempt_timeout: 8s
     cache_ttl: 1h
     daily_budget_usd: 50
     over_budget: refuse
@@ -36,6 +37,7 @@ def test_providers_and_routes_are_applied_once() -> None:
     route = Route.objects.get(feature="support-refunds")
     assert [str(t) for t in route.targets.all()] == ["primary/gpt-4o-mini", "backup/small-model"]
     assert route.deadline == timedelta(seconds=20) and route.cache_ttl == timedelta(hours=1)
+    assert route.attempt_timeout == timedelta(seconds=8)
     assert route.daily_budget_usd == Decimal(50) and route.params == {"temperature": 0}
     assert Provider.objects.get(name="primary").api_key_env == "PRIMARY_API_KEY"
 
@@ -74,6 +76,11 @@ def test_changing_the_model_order_updates_the_route() -> None:
             "params may not set model",
         ),
         ("llm_providers:\n  - {name: p, base_url: ftp://x}\n", "line 2: llm_providers[0].base_url"),
+        (
+            "llm_routes:\n  - feature: x\n    models: [{provider: p, model: m}]\n"
+            "    deadline: 5s\n    attempt_timeout: 5s\n",
+            "attempt_timeout must be longer than 0s and shorter than the deadline",
+        ),
     ],
 )
 def test_a_bad_file_is_refused_with_its_line(text: str, problem: str) -> None:
