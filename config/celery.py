@@ -64,6 +64,10 @@ app.conf.beat_schedule = {
         "task": "insights.check",
         "schedule": _seconds(settings.INSIGHTS_CHECK_INTERVAL),
     },
+    "insights-redeliver-webhooks": {
+        "task": "insights.redeliver_webhooks",
+        "schedule": _seconds(settings.OUTBOX_RECONCILE_INTERVAL),
+    },
 }
 
 app.autodiscover_tasks()

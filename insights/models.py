@@ -77,6 +77,9 @@ class Alert(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     webhook_status = models.CharField(max_length=200, blank=True)
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    # When the webhook is (re)sent next; empty once delivered, given up, or with no webhook.
+    webhook_next_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from approvals import backtest
@@ -250,11 +251,21 @@ def rule_draft(*, action_type: ActionType, threshold: float, user: User) -> Rule
 
 
 def _send_webhook(alert: Alert) -> None:
-    """POST `insight.drift` / `insight.brake`, signed like every Gatehouse webhook, after commit."""
-    url, secret = settings.INSIGHTS_WEBHOOK_URL, settings.INSIGHTS_WEBHOOK_SECRET
-    if not url or not secret:
+    """Queue `insight.drift` / `insight.brake` for the alert just created, in its transaction.
+
+    Sent after commit; a failed delivery is retried with backoff (`alert_webhooks_redeliver`,
+    on the beat) up to INSIGHTS_WEBHOOK_MAX_ATTEMPTS, always with the same webhook-id, so a
+    receiver applies it once.
+    """
+    if not settings.INSIGHTS_WEBHOOK_URL or not settings.INSIGHTS_WEBHOOK_SECRET:
         return
-    body = {
+    Alert.objects.filter(pk=alert.pk).update(webhook_next_at=alert.created_at)
+    alert_id = alert.pk
+    transaction.on_commit(lambda: alert_webhook_deliver(alert_id=alert_id), robust=True)
+
+
+def _alert_body(alert: Alert) -> dict[str, Any]:
+    return {
         "type": f"insight.{alert.kind}",
         "timestamp": alert.created_at.isoformat(),
         "data": {
@@ -267,22 +278,63 @@ def _send_webhook(alert: Alert) -> None:
         },
     }
 
-    def send() -> None:
-        from approvals import webhooks
 
-        raw = webhooks.encode(body)
+def alert_webhook_deliver(*, alert_id: int, now: datetime | None = None) -> str | None:
+    """Send one alert's webhook if it is due; record the outcome and when to retry.
+
+    Taken by a compare-and-set on `webhook_next_at` (moved past the send's timeout), so two
+    workers never send it at once, and a worker that dies mid-send leaves it due again later.
+    Returns the recorded status, or None when the alert was not due (or not this caller's).
+    """
+    from approvals import webhooks
+
+    url, secret = settings.INSIGHTS_WEBHOOK_URL, settings.INSIGHTS_WEBHOOK_SECRET
+    now = now or timezone.now()
+    timeout = settings.EXECUTION_TIMEOUT.total_seconds()
+    lease = now + timedelta(seconds=timeout + 30)
+    taken = Alert.objects.filter(pk=alert_id, webhook_next_at__lte=now).update(
+        webhook_next_at=lease, webhook_attempts=F("webhook_attempts") + 1
+    )
+    if not taken:
+        return None
+    alert = Alert.objects.select_related("action_type").get(pk=alert_id)
+    attempts = alert.webhook_attempts
+    next_at: datetime | None = None
+    if not url or not secret:
+        status = "not sent: INSIGHTS_WEBHOOK_URL or _SECRET is no longer set"
+    else:
+        raw = webhooks.encode(_alert_body(alert))
         headers = webhooks.signed_headers(secrets=[secret], msg_id=f"insight_{alert.pk}", body=raw)
+        retry_after = None
         try:
-            response = webhooks.post(
-                url=url,
-                body=raw,
-                headers=headers,
-                timeout=settings.EXECUTION_TIMEOUT.total_seconds(),
-            )
-            status = f"{response.status_code}"
-        except Exception as exc:  # an alert is recorded either way; the page shows it
+            response = webhooks.post(url=url, body=raw, headers=headers, timeout=timeout)
+            code: int | None = response.status_code
+            status = str(code)
+            retry_after = response.retry_after
+        except Exception as exc:  # the alert is recorded either way; the page shows it
             log.warning("insight webhook to %s failed: %s", url, exc)
-            status = f"error: {exc}"[:200]
-        Alert.objects.filter(pk=alert.pk).update(webhook_status=status)
+            code, status = None, f"error: {exc}"
+        if code is not None and 200 <= code < 300:
+            pass
+        elif code == 410:
+            status = "410: the receiver is gone; not retried"
+        elif attempts >= settings.INSIGHTS_WEBHOOK_MAX_ATTEMPTS:
+            status = f"{status}; gave up after {attempts} attempts"
+        else:
+            next_at = now + webhooks.backoff(attempts, retry_after=retry_after)
+            status = f"{status}; attempt {attempts + 1} at {next_at:%H:%M:%S} UTC"
+    Alert.objects.filter(pk=alert_id, webhook_next_at=lease).update(
+        webhook_status=status[:200], webhook_next_at=next_at
+    )
+    return status
 
-    transaction.on_commit(send, robust=True)
+
+def alert_webhooks_redeliver(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Retry the alert webhooks that are due (beat); how many were sent."""
+    now = now or timezone.now()
+    due = list(
+        Alert.objects.filter(webhook_next_at__lte=now)
+        .order_by("webhook_next_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(alert_webhook_deliver(alert_id=pk, now=now) is not None for pk in due)

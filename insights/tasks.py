@@ -10,3 +10,8 @@ from insights import services
 def check() -> int:
     result = services.insights_check()
     return len(result.alerts) + len(result.brakes)
+
+
+@app.task(name="insights.redeliver_webhooks")
+def redeliver_webhooks() -> int:
+    return services.alert_webhooks_redeliver()
