@@ -11,11 +11,13 @@ import pytest
 import time_machine
 from django.contrib.auth.models import User
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
 from approvals import decisions, services
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import ActionType, AuditEvent, Claim, Proposal, Review, payload_hash
+from tests.conftest import logged_in
 
 State = Proposal.State
 
@@ -352,6 +354,8 @@ def test_a_review_rule_can_ask_for_two_reviewers(
     assert (small.approvals_needed, big.approvals_needed) == (1, 2)
     entry = next(e for e in big.rule_trace if e["rule"] == "big-refunds-four-eyes")
     assert (entry["result"], entry["approvals_required"]) == ("matched", 2)
+    page = logged_in(reviewer).get(reverse("approvals:proposal", args=[big.pk])).content.decode()
+    assert "asks 2 reviewers' approvals" in page  # in the trace, beside the header's tag
 
     claim(big, reviewer)
     assert approve(big, reviewer).state == State.PENDING_REVIEW
