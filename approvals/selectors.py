@@ -198,7 +198,12 @@ def proposal_for_reviewer(*, user: AnyUser, proposal_id: uuid.UUID) -> Proposal:
 
 
 def proposal_for_broadcast(*, proposal_id: uuid.UUID) -> Proposal | None:
-    return _with_review_state(Proposal.objects.filter(pk=proposal_id)).first()
+    """With what the queue row, the state panel and the history row show."""
+    return (
+        _with_review_state(Proposal.objects.filter(pk=proposal_id))
+        .select_related("decision_reviewer")
+        .first()
+    )
 
 
 def proposal_history(*, proposal: Proposal) -> list[AuditEvent]:

@@ -36,11 +36,14 @@
   // --- live insertion of new queue rows --------------------------------------------------
   // A pushed row replaces the row with its id (hx-swap-oob). A row the page does not have yet
   // ends up here; we place it if it fits the filters on screen.
-  function filterValue(name) {
-    var form = document.getElementById("queue-filters");
+  // The value of a filter field on screen ("" when unset; a checkbox counts when checked).
+  function fieldValue(formId, name) {
+    var form = document.getElementById(formId);
     var field = form && form.elements.namedItem(name);
-    return field ? field.value : "";
+    if (!field) return "";
+    return field.type === "checkbox" ? (field.checked ? field.value : "") : field.value;
   }
+  function filterValue(name) { return fieldValue("queue-filters", name); }
   var missed = 0;
   body.addEventListener("htmx:oobErrorNoTarget", function (event) {
     var row = event.detail && event.detail.content;
@@ -65,6 +68,29 @@
     var placed = document.importNode(row, true);
     if (newestFirst) rows.insertBefore(placed, rows.firstChild); else rows.appendChild(placed);
     var empty = document.getElementById("queue-empty");
+    if (empty) empty.remove();
+    htmx.process(placed);
+    placed.classList.add("arrived");
+  });
+
+  // --- live history rows ---------------------------------------------------------------------
+  // A decision pushes the proposal's history row: it replaces the row with its id, or, new to
+  // this page, goes on top (the page is latest change first) if it fits the filters on screen.
+  function historyFilter(name) { return fieldValue("history-filters", name); }
+  body.addEventListener("htmx:oobErrorNoTarget", function (event) {
+    var row = event.detail && event.detail.content;
+    var rows = document.getElementById("history-rows");
+    if (!rows || !row || !row.hasAttribute || !row.hasAttribute("data-history-row")) return;
+    if (document.getElementById(row.id)) return;
+    // A search or "reviewed by me" cannot be judged from the row: those pages wait for a reload.
+    if (historyFilter("q") || historyFilter("mine")) return;
+    if (historyFilter("state") && historyFilter("state") !== row.getAttribute("data-state")) return;
+    if (historyFilter("type") && historyFilter("type") !== row.getAttribute("data-action-type")) return;
+    if (historyFilter("by") && historyFilter("by") !== row.getAttribute("data-decided-by")) return;
+    var placed = document.importNode(row, true);
+    placed.removeAttribute("hx-swap-oob");
+    rows.insertBefore(placed, rows.firstChild);
+    var empty = rows.querySelector("tr.empty");
     if (empty) empty.remove();
     htmx.process(placed);
     placed.classList.add("arrived");

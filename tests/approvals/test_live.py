@@ -125,8 +125,14 @@ def test_claims_and_decisions_are_pushed_and_the_row_leaves(
 
     claimed, decided = run(scenario())
     assert "being reviewed by rita" in claimed
+    assert 'id="history-' not in claimed  # not decided yet: no history row
     assert f'<tr id="proposal-{proposal.pk}" hx-swap-oob="delete">' in decided
     assert 'id="proposal-state-' in decided and "Approved" in decided
+    # The history page's row, with what its filters compare, for the page to place or replace.
+    assert (
+        f'<tr id="history-{proposal.pk}" data-history-row data-state="approved" '
+        f'data-decided-by="reviewer" data-action-type="refund.issue" hx-swap-oob="true">'
+    ) in decided
 
 
 @override_settings(ALLOWED_HOSTS=["127.0.0.1"])

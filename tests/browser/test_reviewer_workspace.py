@@ -134,6 +134,51 @@ def test_hostile_model_text_is_inert_in_the_live_push_and_the_page(
     assert page.locator("#rationale script, #rationale img, #rationale [hx-get]").count() == 0
 
 
+def test_decisions_appear_live_in_the_history_as_its_filters_allow(
+    team: dict[str, Any], open_as: Callable[..., Any], api_post: Callable[..., Any]
+) -> None:
+    sam = open_as("sam", PASSWORD)
+    sam.goto(sam.url.rstrip("/") + "/history/")
+    sam.wait_for_selector("#history-rows")
+    sam.wait_for_selector("#live-status[data-state=open]")
+    sam.wait_for_timeout(3000)  # past the page's own resync after connecting
+    sam.evaluate("window.__loadedOnce = true")
+    dialogs: list[str] = []
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    sam.on("dialog", on_dialog)
+
+    def decide(summary: str, verdict: str) -> str:
+        pid = api_post(team["key"], refund_body(summary=summary))["id"]
+        services.claim_acquire(proposal_id=pid, reviewer=team["rita"])
+        services.proposal_decide(
+            proposal=Proposal.objects.get(pk=pid),
+            reviewer=team["rita"],
+            verdict=verdict,
+            comment="Checked against the order",
+        )
+        return str(pid)
+
+    pid = decide(HOSTILE[:200], "approve")
+    pushed = sam.locator(f"#history-{pid}")
+    pushed.wait_for()
+    assert "arrived" in (pushed.get_attribute("class") or "")  # placed by the push
+    text = pushed.inner_text()
+    assert "<script>window.__pwned" in text and "Approved" in text and "rita" in text
+    assert sam.evaluate("window.__loadedOnce") is True  # no reload
+
+    # With "rejected" chosen, an approval stays off the page and a rejection arrives.
+    sam.select_option("select[name=state]", "rejected")
+    sam.locator(f"#history-{pid}").wait_for(state="detached")
+    approved, rejected = decide("Approved meanwhile", "approve"), decide("Rejected now", "reject")
+    sam.locator(f"#history-{rejected}").wait_for()
+    assert sam.locator(f"#history-{approved}").count() == 0
+    assert dialogs == [] and sam.evaluate("window.__pwned") is None
+
+
 def test_after_a_disconnect_the_queue_resynchronises(
     team: dict[str, Any], open_as: Callable[..., Any], asgi_server: Any
 ) -> None:
