@@ -204,7 +204,9 @@ class RuleForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if (data.get("approvals_required") or 1) > 1 and data.get("outcome") != "review":
+        if not Rule.approvals_fit_outcome(
+            data.get("approvals_required") or 1, data.get("outcome") or ""
+        ):
             self.add_error(
                 "approvals_required",
                 "Only a rule whose outcome is review can ask for more reviewers' approvals.",

@@ -79,7 +79,7 @@ class QueueConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         for task in (self.presence, self.session_watch):
-            if task is not None and task is not asyncio.current_task():
+            if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -389,6 +389,11 @@ class Rule(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @staticmethod
+    def approvals_fit_outcome(approvals_required: int, outcome: str) -> bool:
+        """More than one approval only means something where reviewers decide: review."""
+        return approvals_required <= 1 or outcome == Proposal.Outcome.REVIEW
+
 
 class RuleVersion(models.Model):
     """One immutable state of a rule. On PostgreSQL the table refuses UPDATE and DELETE."""

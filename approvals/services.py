@@ -258,10 +258,10 @@ def _transaction_started() -> bool:
 
 @dataclass
 class _NewProposal:
+    """A decided proposal (already in its routed state), not yet written."""
+
     proposal: Proposal
-    action_type: ActionType
     decision: decisions.AutoDecision
-    routed_state: str
     response: dict[str, Any]
 
     @property
@@ -269,7 +269,7 @@ class _NewProposal:
         """True when recording it is one INSERT: no idempotency key, no outbox row."""
         return (
             self.proposal.idempotency_key is None
-            and self.routed_state not in outbox.CALLBACK_STATES
+            and self.proposal.state not in outbox.CALLBACK_STATES
         )
 
 
@@ -305,21 +305,16 @@ def _decide_proposal(
         proposal=proposal, service=service, action_type=action_type, new=True
     )
     proposal.rule_trace = decision.trace
-    routed_state = _apply_auto_decision(proposal, action_type, decision, now)
+    _apply_auto_decision(proposal, action_type, decision, now)
     response = proposal_representation(proposal)
     # Only a request with an idempotency key can be replayed, so only then is its answer kept.
     proposal.first_response = response if idempotency_key is not None else None
-    return _NewProposal(proposal, action_type, decision, routed_state, response)
+    return _NewProposal(proposal, decision, response)
 
 
 def _record_proposal(new: _NewProposal) -> SubmitResult:
-    proposal, action_type, decision, routed_state = (
-        new.proposal,
-        new.action_type,
-        new.decision,
-        new.routed_state,
-    )
-    now = proposal.created_at
+    proposal, decision = new.proposal, new.decision
+    routed_state, now = proposal.state, proposal.created_at
     # The row is invisible to everyone until it commits, so it is inserted in its routed
     # state; the audit trail still records both steps (in the same statement).
     actor = f"service:{proposal.service.name}"
@@ -352,20 +347,21 @@ def _record_proposal(new: _NewProposal) -> SubmitResult:
     )
     if routed_state in outbox.CALLBACK_STATES:
         outbox.outbox_record(proposal=proposal, to_state=routed_state)
-    events.proposal_changed(proposal.pk, action_type.pk)
+    events.proposal_changed(proposal.pk, proposal.action_type_id)
     return SubmitResult(proposal=proposal, response=new.response, replayed=False)
 
 
 def _apply_auto_decision(
     proposal: Proposal, action_type: ActionType, decision: decisions.AutoDecision, now: datetime
-) -> str:
+) -> None:
+    """Put a new proposal in the state its automatic decision routes it to."""
     if decision.outcome == "review":
         proposal.state = State.PENDING_REVIEW
         proposal.expires_at = now + action_type.review_ttl
         proposal.decision_reason = decision.reason
         if decision.approvals_required:  # a rule asked for more reviewers than the type does
             proposal.required_approvals = decision.approvals_required
-        return proposal.state
+        return
     proposal.state = State.APPROVED if decision.outcome == "approve" else State.REJECTED
     proposal.decision_outcome = decision.outcome
     proposal.decided_by = Proposal.DecidedBy.RULE if decision.rule else Proposal.DecidedBy.POLICY
@@ -373,7 +369,6 @@ def _apply_auto_decision(
     proposal.decision_rule_version = decision.rule_version
     proposal.decision_reason = decision.reason
     proposal.decided_at = now
-    return proposal.state
 
 
 def transition(
@@ -896,8 +891,8 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
         ) from None
     if rule.outcome not in Proposal.Outcome.values:
         raise ApplicationError(f"Rule {rule.name!r}: unknown outcome {rule.outcome!r}.")
-    if rule.approvals_required not in (1, 2) or (
-        rule.approvals_required > 1 and rule.outcome != Proposal.Outcome.REVIEW
+    if rule.approvals_required not in (1, 2) or not Rule.approvals_fit_outcome(
+        rule.approvals_required, rule.outcome
     ):
         message = "1, or 2 with the outcome review (reviewers approve; a rule cannot)"
         raise ApplicationError(

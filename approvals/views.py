@@ -46,6 +46,17 @@ def _wants_rows(request: HtmxHttpRequest) -> bool:
     return bool(request.htmx) and request.htmx.target in ROW_TARGETS
 
 
+def _listing(
+    request: HtmxHttpRequest, name: str, filters: Any, page: Any, **context: Any
+) -> HttpResponse:
+    """A paged list page (`approvals/NAME.html`), or only its rows for an htmx filter or page."""
+    next_url = "?" + urlencode(filters.as_query(after=page.next_cursor)) if page.next_cursor else ""
+    template = f"approvals/_{name}_rows.html" if _wants_rows(request) else f"approvals/{name}.html"
+    return render(
+        request, template, {"page": page, "filters": filters, "next_url": next_url, **context}
+    )
+
+
 @login_required
 @require_GET
 def queue(request: HtmxHttpRequest) -> HttpResponse:
@@ -53,18 +64,9 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     page = selectors.queue_for_reviewer(
         user=request.user, filters=filters, limit=settings.REVIEW_QUEUE_PAGE_SIZE
     )
-    context = {
-        "page": page,
-        "filters": filters,
-        "risks": Risk.choices,
-        "ages": list(selectors.AGE_CHOICES),
-        "next_url": "?" + urlencode(filters.as_query(after=page.next_cursor))
-        if page.next_cursor
-        else "",
-    }
-    if _wants_rows(request):
-        return render(request, "approvals/_queue_rows.html", context)
-    return render(request, "approvals/queue.html", context)
+    return _listing(
+        request, "queue", filters, page, risks=Risk.choices, ages=list(selectors.AGE_CHOICES)
+    )
 
 
 @login_required
@@ -74,18 +76,14 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
     page = selectors.history_for_reviewer(
         user=request.user, filters=filters, limit=settings.REVIEW_QUEUE_PAGE_SIZE
     )
-    context = {
-        "page": page,
-        "filters": filters,
-        "states": selectors.DECIDED_STATES,
-        "decided_by": Proposal.DecidedBy.values,
-        "next_url": "?" + urlencode(filters.as_query(after=page.next_cursor))
-        if page.next_cursor
-        else "",
-    }
-    if _wants_rows(request):
-        return render(request, "approvals/_history_rows.html", context)
-    return render(request, "approvals/history.html", context)
+    return _listing(
+        request,
+        "history",
+        filters,
+        page,
+        states=selectors.DECIDED_STATES,
+        decided_by=Proposal.DecidedBy.values,
+    )
 
 
 def _render_proposal(
