@@ -47,6 +47,9 @@ class ActionTypeForm(forms.ModelForm):
             "executor_kind",
             "executor_target",
             "reviewer_group",
+            "review_sla",
+            "escalation_group",
+            "redacted_fields",
         ]
         widgets = {
             "payload_schema": forms.Textarea(
@@ -60,6 +63,12 @@ class ActionTypeForm(forms.ModelForm):
         if problem:
             raise forms.ValidationError(problem)
         return schema
+
+    def clean_redacted_fields(self) -> Any:
+        fields = self.cleaned_data["redacted_fields"]
+        if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
+            raise forms.ValidationError('A list of field names, e.g. ["iban", "customer.email"].')
+        return fields
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -82,6 +91,7 @@ class ActionTypeAdmin(admin.ModelAdmin):
         "approvals_required",
         "executor_kind",
         "review_ttl",
+        "review_sla",
     ]
     list_filter = ["risk", "irreversible", "executor_kind"]
     search_fields = ["key", "title"]

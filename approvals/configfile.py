@@ -207,6 +207,11 @@ class ActionTypeSpec(StrictItem):
     review_ttl: Duration = timedelta(hours=24)
     executor: ExecutorSpec = ExecutorSpec(kind="none")
     reviewer_group: str | None = None
+    review_sla: Duration | None = None
+    escalation_group: str | None = None
+    redacted_fields: list[str] = Field(
+        default_factory=list, description="payload fields never sent outside Gatehouse"
+    )
     payload_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
 
     @field_validator("payload_schema")
@@ -233,6 +238,11 @@ def apply_action_types(items: list[ActionTypeSpec]) -> list[str]:
             if spec.reviewer_group
             else None
         )
+        escalation_group = (
+            Group.objects.get_or_create(name=spec.escalation_group)[0]
+            if spec.escalation_group
+            else None
+        )
         values = {
             "title": spec.title,
             "description": spec.description,
@@ -244,6 +254,9 @@ def apply_action_types(items: list[ActionTypeSpec]) -> list[str]:
             "executor_target": spec.executor.target,
             "payload_schema": spec.payload_schema,
             "reviewer_group": group,
+            "review_sla": spec.review_sla,
+            "escalation_group": escalation_group,
+            "redacted_fields": spec.redacted_fields,
         }
         report.append(f"action type {spec.key}: {upsert(ActionType, {'key': spec.key}, values)}")
     return report

@@ -5,6 +5,9 @@ path do it for every state change). After commit, the proposal is rendered with 
 fragment templates the pages use and sent to the channel group of its action type; each
 websocket consumer forwards it to its reviewer unless that reviewer raised the proposal.
 
+Apps above approvals (notify: Slack, email) hear of the same changes through the signal
+`proposal_committed`, sent after commit with the proposal's id; approvals never imports them.
+
 With the Redis channel layer every process (web or worker) sends directly. With the in-memory
 layer (the embedded default) a layer lives inside one process, so the web process relays what
 every process wrote by tailing the audit table (approvals/relay.py); here we only wake it.
@@ -23,6 +26,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.cache import cache
 from django.db import transaction
+from django.dispatch import Signal
 from django.template.loader import render_to_string
 
 from approvals import selectors
@@ -108,6 +112,14 @@ def uses_process_local_layer() -> bool:
     return isinstance(get_channel_layer(), InMemoryChannelLayer)
 
 
+#: The hook for apps above approvals: sent once the transaction that changed a proposal (its
+#: state, claim, reviews, SLA marks or expiry) commits, with `proposal_id` (a UUID). It says
+#: only *that* something changed; a receiver reads what it needs. Receivers run on the
+#: committing request or task, so they enqueue work rather than do it, and an exception in one
+#: is logged and never reaches the caller. Connect in AppConfig.ready (see notify/apps.py).
+proposal_committed = Signal()
+
+
 def proposal_changed(proposal_id: uuid.UUID, action_type_id: int | None = None) -> None:
     """Call inside the transaction that changed the proposal; broadcasts only if it commits."""
 
@@ -116,6 +128,14 @@ def proposal_changed(proposal_id: uuid.UUID, action_type_id: int | None = None) 
 
     # robust: a broadcast that fails is logged; it never undoes or fails the committed change.
     transaction.on_commit(broadcast, robust=True)
+    if proposal_committed.has_listeners():
+        transaction.on_commit(lambda: _announce(proposal_id))
+
+
+def _announce(proposal_id: uuid.UUID) -> None:
+    for receiver, result in proposal_committed.send_robust(sender=None, proposal_id=proposal_id):
+        if isinstance(result, Exception):
+            log.error("proposal_committed receiver %r failed", receiver, exc_info=result)
 
 
 def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None) -> None:

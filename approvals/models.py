@@ -49,6 +49,24 @@ class ActionType(models.Model):
     reviewer_group = models.ForeignKey(
         Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="action_types"
     )
+    review_sla = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="How soon a reviewer should decide: a reminder at 80%, escalation when breached",
+    )
+    escalation_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="escalated_action_types",
+        help_text="Notified when a proposal breaches the review SLA",
+    )
+    redacted_fields = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Payload fields never sent outside Gatehouse (Slack), e.g. ["iban", "customer.email"]',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -179,6 +197,12 @@ class Proposal(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Review SLA (ActionType.review_sla): when a decision is due, and the marks the SLA check
+    # (services.proposals_check_sla) sets once each, by compare-and-set, with an audit event.
+    review_due_at = models.DateTimeField(null=True, blank=True)
+    sla_reminded_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    expiry_extended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -248,6 +272,10 @@ class Proposal(models.Model):
             for r in self.reviews.all()
             if r.verdict == Review.Verdict.APPROVE and r.payload_hash == current
         ]
+
+    @property
+    def sla_breached(self) -> bool:
+        return self.escalated_at is not None
 
     @property
     def raised_by(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from django.apps import apps
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -78,6 +79,7 @@ class QueueFilters:
     risk: str = ""
     age: str = ""
     newest_first: bool = False
+    due_first: bool = False  # soonest due (review SLA, else expiry) first
     after: str = ""
 
     @classmethod
@@ -87,6 +89,7 @@ class QueueFilters:
             risk=str(query.get("risk", ""))[:10],
             age=str(query.get("age", ""))[:4],
             newest_first=query.get("order") == "newest",
+            due_first=query.get("order") == "due",
             after=str(query.get("after", ""))[:100],
         )
 
@@ -95,7 +98,7 @@ class QueueFilters:
             "type": self.action_type,
             "risk": self.risk,
             "age": self.age,
-            "order": "newest" if self.newest_first else "",
+            "order": "newest" if self.newest_first else "due" if self.due_first else "",
             "after": self.after,
         }
         values.update(changes)
@@ -160,8 +163,13 @@ def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50)
     if filters.age in AGE_CHOICES:
         queryset = queryset.filter(created_at__lte=timezone.now() - AGE_CHOICES[filters.age])
     queryset = _not_raised_by(queryset, reviewer_identities(user=user))
-    queryset = _keyset(queryset, "created_at", filters.after, descending=filters.newest_first)
-    order = ["-created_at", "-id"] if filters.newest_first else ["created_at", "id"]
+    column = "created_at"
+    if filters.due_first:
+        # Due is the review SLA's deadline where the type has one, else the review expiry.
+        column = "due"
+        queryset = queryset.annotate(due=Coalesce("review_due_at", "expires_at", "created_at"))
+    queryset = _keyset(queryset, column, filters.after, descending=filters.newest_first)
+    order = [f"-{column}", "-id"] if filters.newest_first else [column, "id"]
     # A row shows none of the large JSON and text columns; decoding them is most of the cost.
     # The action types are in hand already, so rows take them from there rather than a join.
     queryset = (
@@ -176,7 +184,7 @@ def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50)
     next_cursor = ""
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].pk)
+        next_cursor = encode_cursor(getattr(rows[-1], column), rows[-1].pk)
     return Page(rows=rows, next_cursor=next_cursor, action_types=types)
 
 

@@ -358,6 +358,8 @@ def _apply_auto_decision(
     if decision.outcome == "review":
         proposal.state = State.PENDING_REVIEW
         proposal.expires_at = now + action_type.review_ttl
+        if action_type.review_sla:
+            proposal.review_due_at = now + action_type.review_sla
         proposal.decision_reason = decision.reason
         if decision.approvals_required:  # a rule asked for more reviewers than the type does
             proposal.required_approvals = decision.approvals_required
@@ -530,11 +532,12 @@ def _check_may_decide(proposal: Proposal, reviewer: User) -> None:
         )
 
 
-def claim_acquire(*, proposal_id: uuid.UUID, reviewer: User) -> ClaimResult:
+def claim_acquire(*, proposal_id: uuid.UUID, reviewer: User, channel: str = "web") -> ClaimResult:
     """Reserve a pending proposal for `reviewer` for REVIEW_CLAIM_TTL, or renew their claim.
 
     A live claim of someone else is left alone and returned with `acquired=False`. A new
-    holder is recorded in the audit trail; renewals are not.
+    holder is recorded in the audit trail (with the channel it came from: web or slack);
+    renewals are not.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -561,14 +564,14 @@ def claim_acquire(*, proposal_id: uuid.UUID, reviewer: User) -> ClaimResult:
                 proposal=proposal,
                 kind="proposal.claimed",
                 actor=f"user:{reviewer.get_username()}",
-                data={"expires_at": expires_at.isoformat()},
+                data={"expires_at": expires_at.isoformat(), "channel": channel},
                 created_at=now,
             )
             events.proposal_changed(proposal.pk)
     return ClaimResult(claim=claim, acquired=True)
 
 
-def claim_release(*, proposal_id: uuid.UUID, reviewer: User) -> bool:
+def claim_release(*, proposal_id: uuid.UUID, reviewer: User, channel: str = "web") -> bool:
     """Give up one's own claim. Returns whether there was one to give up."""
     with transaction.atomic():
         proposal = _locked_for_reviewer(proposal_id, reviewer)
@@ -578,6 +581,7 @@ def claim_release(*, proposal_id: uuid.UUID, reviewer: User) -> bool:
                 proposal=proposal,
                 kind="proposal.claim_released",
                 actor=f"user:{reviewer.get_username()}",
+                data={"channel": channel},
             )
             events.proposal_changed(proposal.pk)
     return released
@@ -678,8 +682,11 @@ def proposal_decide(
     comment: str = "",
     seen_payload_hash: str | None = None,
     edited_payload: Any = None,
+    channel: str = "web",
 ) -> Proposal:
     """A reviewer's verdict on a pending proposal they hold the claim on.
+
+    `channel` (web, slack) is where the reviewer decided; the audit events record it.
 
     1. The reviewer must see the type, not have raised the proposal nor reviewed it already,
        and hold a live claim; the verdict is bound to the payload hash they saw.
@@ -761,6 +768,7 @@ def proposal_decide(
                     "needed": locked.approvals_needed,
                     "payload_hash": current_hash,
                     "comment": comment,
+                    "channel": channel,
                 },
                 created_at=now,
             )
@@ -781,12 +789,106 @@ def proposal_decide(
                     "decision_reason": comment,
                     "decided_at": now,
                 },
-                data={"verdict": verdict, "comment": comment, "payload_hash": current_hash},
+                data={
+                    "verdict": verdict,
+                    "comment": comment,
+                    "payload_hash": current_hash,
+                    "channel": channel,
+                },
             )
             if not won:  # the row is locked, so only a bug could get here
                 raise Conflict("This proposal was decided already.")
     proposal.refresh_from_db()
     return proposal
+
+
+def proposal_extend_expiry(*, proposal_id: uuid.UUID, reviewer: User) -> Proposal:
+    """Push a pending proposal's expiry back by its type's review TTL, once in its life.
+
+    Any reviewer who may decide it may do so; a compare-and-set on `expiry_extended_at` makes
+    the second attempt (or a race of two) a clean refusal.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        proposal = _locked_for_reviewer(proposal_id, reviewer)
+        _check_may_decide(proposal, reviewer)
+        if proposal.expiry_extended_at is not None:
+            raise Conflict(
+                "The review expiry of this proposal was extended once already.",
+                code="already-extended",
+            )
+        previous = proposal.expires_at or now
+        new_expiry = max(previous, now) + proposal.action_type.review_ttl
+        won = (
+            Proposal.objects.filter(
+                pk=proposal.pk, state=State.PENDING_REVIEW, expiry_extended_at__isnull=True
+            ).update(expires_at=new_expiry, expiry_extended_at=now, updated_at=now)
+            == 1
+        )
+        if not won:  # the row is locked, so only a bug could get here
+            raise Conflict("The review expiry of this proposal was extended once already.")
+        AuditEvent.objects.create(
+            proposal=proposal,
+            kind="proposal.expiry_extended",
+            actor=f"user:{reviewer.get_username()}",
+            data={"from": previous.isoformat(), "to": new_expiry.isoformat()},
+            created_at=now,
+        )
+        events.proposal_changed(proposal.pk, proposal.action_type_id)
+    proposal.refresh_from_db()
+    return proposal
+
+
+# The share of a review SLA after which the group is reminded.
+SLA_REMINDER_AT = 0.8
+
+
+def proposals_check_sla(*, now: datetime | None = None, limit: int = 1000) -> tuple[int, int]:
+    """Mark pending proposals that reached 80% of their review SLA (a reminder is due) and
+    those past it (breached: escalated to the type's escalation group).
+
+    Each mark is set once, by compare-and-set, with its audit event (`proposal.sla_reminder`,
+    `proposal.sla_breached`) in the same transaction; apps above approvals hear of it through
+    events.proposal_committed and send the notifications. Returns (reminded, breached).
+    """
+    now = now or timezone.now()
+    pending = Proposal.objects.filter(state=State.PENDING_REVIEW, review_due_at__isnull=False)
+    reminded = breached = 0
+    for pk, created_at, due in pending.filter(sla_reminded_at__isnull=True).values_list(
+        "pk", "created_at", "review_due_at"
+    )[:limit]:
+        assert due is not None  # filtered above
+        if now < created_at + (due - created_at) * SLA_REMINDER_AT:
+            continue
+        reminded += _sla_mark(
+            pk, "sla_reminded_at", "proposal.sla_reminder", now, {"due_at": due.isoformat()}
+        )
+    for pk, due, group in pending.filter(
+        escalated_at__isnull=True, review_due_at__lte=now
+    ).values_list("pk", "review_due_at", "action_type__escalation_group__name")[:limit]:
+        assert due is not None
+        breached += _sla_mark(
+            pk,
+            "escalated_at",
+            "proposal.sla_breached",
+            now,
+            {"due_at": due.isoformat(), "escalation_group": group},
+        )
+    return reminded, breached
+
+
+def _sla_mark(pk: uuid.UUID, field: str, kind: str, now: datetime, data: dict[str, Any]) -> int:
+    with transaction.atomic():
+        won = Proposal.objects.filter(
+            pk=pk, state=State.PENDING_REVIEW, **{f"{field}__isnull": True}
+        ).update(**{field: now})
+        if not won:
+            return 0
+        AuditEvent.objects.create(
+            proposal_id=pk, kind=kind, actor="system", data=data, created_at=now
+        )
+        events.proposal_changed(pk)
+    return 1
 
 
 def proposal_comment(*, proposal_id: uuid.UUID, reviewer: User, text: str) -> AuditEvent:

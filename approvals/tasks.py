@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from approvals import execution
+from approvals import execution, services
 from config.celery import app
 
 _TIMEOUT = settings.EXECUTION_TIMEOUT.total_seconds()
@@ -33,3 +33,8 @@ def expire_proposals() -> int:
 @app.task(name="approvals.purge_idempotency_keys")
 def purge_idempotency_keys() -> int:
     return execution.idempotency_keys_purge()
+
+
+@app.task(name="approvals.check_review_slas")
+def check_review_slas() -> tuple[int, int]:
+    return services.proposals_check_sla()

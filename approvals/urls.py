@@ -15,6 +15,7 @@ urlpatterns = [
     path("proposals/<uuid:proposal_id>/release/", views.proposal_release, name="release"),
     path("proposals/<uuid:proposal_id>/decide/", views.proposal_decide, name="decide"),
     path("proposals/<uuid:proposal_id>/comment/", views.proposal_comment, name="comment"),
+    path("proposals/<uuid:proposal_id>/extend/", views.proposal_extend, name="extend"),
     path(
         "login/",
         auth_views.LoginView.as_view(

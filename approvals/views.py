@@ -212,3 +212,20 @@ def proposal_comment(request: HtmxHttpRequest, proposal_id: uuid.UUID) -> HttpRe
         return _render_proposal(request, proposal, status=exc.status, error=exc.message)
     messages.success(request, "Comment added.")
     return redirect("approvals:proposal", proposal_id=proposal.pk)
+
+
+@login_required
+@require_POST
+def proposal_extend(request: HtmxHttpRequest, proposal_id: uuid.UUID) -> HttpResponse:
+    """Extend a pending proposal's review expiry by its TTL (once)."""
+    proposal = _proposal_or_404(request, proposal_id)
+    try:
+        extended = services.proposal_extend_expiry(
+            proposal_id=proposal.pk, reviewer=_reviewer(request)
+        )
+    except ApplicationError as exc:
+        return _render_proposal(request, proposal, status=exc.status, error=exc.message)
+    messages.success(
+        request, f"The review now expires at {extended.expires_at:%Y-%m-%d %H:%M} UTC."
+    )
+    return redirect("approvals:proposal", proposal_id=proposal.pk)

@@ -56,6 +56,10 @@ app.conf.beat_schedule = {
         "task": "approvals.expire_proposals",
         "schedule": _seconds(settings.EXPIRY_INTERVAL),
     },
+    "check-review-slas": {
+        "task": "approvals.check_review_slas",
+        "schedule": _seconds(settings.SLA_CHECK_INTERVAL),
+    },
     "purge-idempotency-keys": {
         "task": "approvals.purge_idempotency_keys",
         "schedule": _seconds(settings.IDEMPOTENCY_PURGE_INTERVAL),
@@ -67,6 +71,14 @@ app.conf.beat_schedule = {
     "insights-redeliver-webhooks": {
         "task": "insights.redeliver_webhooks",
         "schedule": _seconds(settings.OUTBOX_RECONCILE_INTERVAL),
+    },
+    "notify-digests": {
+        "task": "notify.send_digests",
+        "schedule": _seconds(settings.NOTIFY_DIGEST_CHECK_INTERVAL),
+    },
+    "notify-reconcile": {
+        "task": "notify.reconcile",
+        "schedule": _seconds(settings.NOTIFY_RECONCILE_INTERVAL),
     },
 }
 

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "llmcalls",
     "evals",
     "insights",
+    "notify",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +250,8 @@ EXECUTION_RETRY_MAX = env_duration("EXECUTION_RETRY_MAX", "10m")
 OUTBOX_RECONCILE_INTERVAL = env_duration("OUTBOX_RECONCILE_INTERVAL", "15s")
 OUTBOX_RECONCILE_GRACE = env_duration("OUTBOX_RECONCILE_GRACE", "30s")
 EXPIRY_INTERVAL = env_duration("EXPIRY_INTERVAL", "30s")
+# How often review SLAs are checked (a reminder at 80%, escalation when breached).
+SLA_CHECK_INTERVAL = env_duration("SLA_CHECK_INTERVAL", "30s")
 IDEMPOTENCY_PURGE_INTERVAL = env_duration("IDEMPOTENCY_PURGE_INTERVAL", "1h")
 
 # Insights (docs/insights.md): agreement windows, the drift job, and the optional drift webhook.
@@ -260,3 +263,24 @@ INSIGHTS_BRAKE_MIN_SAMPLES = env_int("INSIGHTS_BRAKE_MIN_SAMPLES", 10, minimum=1
 INSIGHTS_WEBHOOK_URL = env_str("INSIGHTS_WEBHOOK_URL", "")
 INSIGHTS_WEBHOOK_SECRET = env_str("INSIGHTS_WEBHOOK_SECRET", "")
 INSIGHTS_WEBHOOK_MAX_ATTEMPTS = env_int("INSIGHTS_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+
+# Notifications (notify/, docs/notifications.md). Slack is on when both SLACK_ values are set;
+# SLACK_API_URL is the Web API's base (tests point it at loopback). Email is on when
+# EMAIL_HOST is set (NOTIFY_EMAIL overrides); Django's EMAIL_* settings say how it is sent.
+SLACK_BOT_TOKEN = env_str("SLACK_BOT_TOKEN", "")
+SLACK_SIGNING_SECRET = env_str("SLACK_SIGNING_SECRET", "")
+SLACK_API_URL = env_str("SLACK_API_URL", "https://slack.com/api/")
+SLACK_TIMEOUT = env_duration("SLACK_TIMEOUT", "10s")
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "gatehouse@localhost")
+NOTIFY_EMAIL = env_bool("NOTIFY_EMAIL", bool(EMAIL_HOST))
+# How often digests are considered (each reviewer picks their own interval), and how often
+# Slack cards and notices a lost task left behind are brought up to date.
+NOTIFY_DIGEST_CHECK_INTERVAL = env_duration("NOTIFY_DIGEST_CHECK_INTERVAL", "1m")
+NOTIFY_RECONCILE_INTERVAL = env_duration("NOTIFY_RECONCILE_INTERVAL", "1m")

@@ -15,6 +15,7 @@ urlpatterns = [
     path("llm/", include("llmcalls.urls")),
     path("evals/", include("evals.urls")),
     path("insights/", include("insights.urls")),
+    path("", include("notify.urls")),
     path("", include("approvals.urls")),
 ]
 
