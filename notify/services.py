@@ -72,7 +72,11 @@ def _slack_sync(proposal: Proposal) -> None:
         except SlackApiError as exc:
             # The card stays as it was; the reconciler tries again.
             log.warning("slack: %s in %s: %s", proposal.pk, channel, exc.response.get("error"))
-    if proposal.state == State.PENDING_REVIEW and proposal.sla_reminded_at is not None:
+    if (
+        proposal.state == State.PENDING_REVIEW
+        and proposal.sla_reminded_at is not None
+        and proposal.escalated_at is None  # past the deadline a reminder is moot
+    ):
         _slack_reminder(proposal)
 
 
