@@ -66,6 +66,8 @@ class ActionTypeForm(forms.ModelForm):
 
     def clean_redacted_fields(self) -> Any:
         fields = self.cleaned_data["redacted_fields"]
+        if fields in (None, ""):
+            return []
         if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
             raise forms.ValidationError('A list of field names, e.g. ["iban", "customer.email"].')
         return fields

@@ -209,8 +209,8 @@ class ActionTypeSpec(StrictItem):
     reviewer_group: str | None = None
     review_sla: Duration | None = None
     escalation_group: str | None = None
-    redacted_fields: list[str] = Field(
-        default_factory=list, description="payload fields never sent outside Gatehouse"
+    redacted_fields: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, description="payload fields (dotted paths) never sent to Slack"
     )
     payload_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
 

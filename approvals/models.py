@@ -274,10 +274,6 @@ class Proposal(models.Model):
         ]
 
     @property
-    def sla_breached(self) -> bool:
-        return self.escalated_at is not None
-
-    @property
     def raised_by(self) -> str:
         """Who the service says asked for this action (metadata.requested_by), if anyone."""
         value = (

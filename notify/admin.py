@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.models import Group
@@ -9,7 +10,6 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
 from approvals.admin import ReadOnlyAdmin
-from approvals.errors import ApplicationError
 from notify import services
 from notify.models import EmailPreference, GroupChannel, Notice, SlackLink, SlackMessage
 
@@ -30,18 +30,28 @@ class ReviewerGroupAdmin(GroupAdmin):
     inlines = [GroupChannelInline]
 
 
+class SlackLinkForm(forms.ModelForm):
+    class Meta:
+        model = SlackLink
+        fields = ["user", "slack_user_id"]
+
+    def clean_slack_user_id(self) -> str:
+        value = str(self.cleaned_data["slack_user_id"]).strip()
+        if not services.SLACK_USER_ID.fullmatch(value):
+            raise ValidationError("A Slack user id such as U0123ABCD.")
+        return value
+
+
 @admin.register(SlackLink)
 class SlackLinkAdmin(admin.ModelAdmin):
+    form = SlackLinkForm
     list_display = ["user", "slack_user_id", "method", "created_at"]
     search_fields = ["user__username", "slack_user_id"]
     raw_id_fields = ["user"]
 
     def save_model(self, request: HttpRequest, obj: SlackLink, form: Any, change: bool) -> None:
-        # Through the service: the id is checked and the link is in the audit trail.
-        try:
-            linked = services.slack_link(user=obj.user, slack_user_id=obj.slack_user_id)
-        except ApplicationError as exc:
-            raise ValidationError(exc.message) from None
+        # Through the service, so that the link is in the audit trail.
+        linked = services.slack_link(user=obj.user, slack_user_id=obj.slack_user_id)
         obj.pk = linked.pk
 
 

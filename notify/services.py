@@ -30,6 +30,7 @@ from notify.models import EmailPreference, Notice, SlackLink, SlackMessage
 log = logging.getLogger("gatehouse.notify")
 State = Proposal.State
 CHANNEL = "slack"  # how decisions made here are marked in the audit trail
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,39}")
 
 
 def email_enabled() -> bool:
@@ -300,7 +301,7 @@ def slack_link(
     *, user: User, slack_user_id: str, method: str = SlackLink.Method.COMMAND
 ) -> SlackLink:
     """Make `slack_user_id` act as `user` (replacing either side's previous link)."""
-    if not re.fullmatch(r"[UW][A-Z0-9]{2,39}", slack_user_id):
+    if not SLACK_USER_ID.fullmatch(slack_user_id):
         raise ApplicationError(
             f"{slack_user_id!r} is not a Slack user id (U… or W…).",
             status=422,
