@@ -18,7 +18,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
-from slack_sdk.errors import SlackApiError
 
 from approvals import selectors as approval_selectors
 from approvals import services as approval_services
@@ -70,9 +69,9 @@ def _slack_sync(proposal: Proposal) -> None:
     for channel, purpose in channels.items():
         try:
             _slack_card(proposal.pk, channel, purpose)
-        except SlackApiError as exc:
+        except slack.ERRORS as exc:
             # The card stays as it was; the reconciler tries again.
-            log.warning("slack: %s in %s: %s", proposal.pk, channel, exc.response.get("error"))
+            log.warning("slack: %s in %s: %s", proposal.pk, channel, slack.error_text(exc))
     if (
         proposal.state == State.PENDING_REVIEW
         and proposal.sla_reminded_at is not None
@@ -141,9 +140,9 @@ def _slack_reminder(proposal: Proposal) -> None:
                 slack.client().chat_postMessage(
                     channel=message.channel, thread_ts=message.ts, text=text
                 )
-            except SlackApiError as exc:
+            except slack.ERRORS as exc:
                 transaction.set_rollback(True)  # not sent: the next sync tries again
-                log.warning("slack reminder for %s: %s", proposal.pk, exc.response.get("error"))
+                log.warning("slack reminder for %s: %s", proposal.pk, slack.error_text(exc))
 
 
 def _emails_send(proposal: Proposal) -> None:
@@ -161,7 +160,12 @@ def _emails_send(proposal: Proposal) -> None:
             wanted.append(("escalation", target.group))
     for kind, group in wanted:
         for user in selectors.immediate_recipients(group=group, proposal=proposal):
-            _email_once(proposal, kind, user)
+            try:
+                _email_once(proposal, kind, user)
+            except Exception:  # not recorded as sent: the reconciler tries again
+                log.warning(
+                    "email %s for %s to %s failed", kind, proposal.pk, user.pk, exc_info=True
+                )
 
 
 _SUBJECTS = {
@@ -242,35 +246,41 @@ def digests_send(*, now: datetime | None = None) -> int:
         last = preference.last_digest_at
         if last is not None and last + timedelta(minutes=preference.digest_minutes) > now:
             continue
-        with transaction.atomic():
-            claimed = EmailPreference.objects.filter(
-                pk=preference.pk,
-                **({"last_digest_at": last} if last else {"last_digest_at__isnull": True}),
-            ).update(last_digest_at=now)
-            if not claimed:
-                continue  # another worker is sending it
-            page = approval_selectors.queue_for_reviewer(
-                user=preference.user,
-                filters=approval_selectors.QueueFilters(due_first=True),
-                limit=50,
-            )
-            if not page.rows:
-                continue
-            body = render_to_string(
-                "notify/email/digest.txt",
-                {
-                    "rows": [(p, slack.proposal_url(p.pk)) for p in page.rows],
-                    "more": bool(page.next_cursor),
-                    "queue_url": settings.SITE_URL + "/",
-                    "user": preference.user,
-                },
-            )
-            count = f"{len(page.rows)}{'+' if page.next_cursor else ''}"
-            send_mail(
-                f"Gatehouse: {count} proposals wait for review", body, None, [preference.user.email]
-            )
-            sent += 1
+        try:
+            sent += _digest_send(preference, now)
+        except Exception:  # the interval is not advanced: the next run tries again
+            log.warning("digest for %s failed", preference.user_id, exc_info=True)
     return sent
+
+
+def _digest_send(preference: EmailPreference, now: datetime) -> bool:
+    last = preference.last_digest_at
+    with transaction.atomic():
+        # Compare-and-set on the last send: of two workers, one sends.
+        claimed = EmailPreference.objects.filter(
+            pk=preference.pk,
+            **({"last_digest_at": last} if last else {"last_digest_at__isnull": True}),
+        ).update(last_digest_at=now)
+        if not claimed:
+            return False
+        page = approval_selectors.queue_for_reviewer(
+            user=preference.user, filters=approval_selectors.QueueFilters(due_first=True), limit=50
+        )
+        if not page.rows:
+            return False
+        body = render_to_string(
+            "notify/email/digest.txt",
+            {
+                "rows": [(p, slack.proposal_url(p.pk)) for p in page.rows],
+                "more": bool(page.next_cursor),
+                "queue_url": settings.SITE_URL + "/",
+                "user": preference.user,
+            },
+        )
+        count = f"{len(page.rows)}{'+' if page.next_cursor else ''}"
+        subject = f"Gatehouse: {count} proposals wait for review"
+        send_mail(subject, body, None, [preference.user.email])
+    return True
 
 
 def email_preference_save(*, user: User, mode: str, digest_minutes: int) -> EmailPreference:
@@ -329,9 +339,9 @@ def slack_link_by_email(*, user: User) -> SlackLink:
         raise ApplicationError(f"{user.get_username()} has no email address.", code="no-email")
     try:
         response = slack.client().users_lookupByEmail(email=user.email)
-    except SlackApiError as exc:
+    except slack.ERRORS as exc:
         raise ApplicationError(
-            f"Slack has no user with {user.email}: {exc.response.get('error')}", code="not-in-slack"
+            f"Slack has no user with {user.email}: {slack.error_text(exc)}", code="not-in-slack"
         ) from None
     return slack_link(
         user=user, slack_user_id=str(response["user"]["id"]), method=SlackLink.Method.EMAIL
@@ -346,7 +356,7 @@ def _reviewer_for(slack_user_id: str) -> User | None:
         return reviewer
     try:
         info = slack.client().users_info(user=slack_user_id)
-    except SlackApiError:
+    except slack.ERRORS:
         return None
     profile = (info.get("user") or {}).get("profile") or {}
     email = profile.get("email")
@@ -443,10 +453,10 @@ def _open_reject_form(interaction: Interaction, reviewer: User) -> str:
     )
     try:
         slack.client().views_open(trigger_id=interaction.trigger_id, view=view)
-    except SlackApiError as exc:
+    except slack.ERRORS as exc:
         approval_services.claim_release(proposal_id=proposal.pk, reviewer=reviewer, channel=CHANNEL)
         _ephemeral(interaction, "The reject form could not open in time; press Reject again.")
-        return str(exc.response.get("error"))
+        return str(slack.error_text(exc))
     return "form-opened"
 
 
@@ -496,9 +506,9 @@ def _ephemeral(interaction: Interaction, text: str) -> None:
         slack.client().chat_postEphemeral(
             channel=interaction.channel, user=interaction.slack_user_id, text=text
         )
-    except SlackApiError as exc:
+    except slack.ERRORS as exc:
         log.warning(
-            "slack: could not tell %s: %s", interaction.slack_user_id, exc.response.get("error")
+            "slack: could not tell %s: %s", interaction.slack_user_id, slack.error_text(exc)
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.urls import reverse
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from approvals.models import Proposal
@@ -21,6 +22,16 @@ State = Proposal.State
 TEXT_LIMIT = 2900  # a section's text may hold 3000 characters
 REJECT_CALLBACK = "gatehouse_reject"
 REASON_BLOCK, REASON_INPUT = "reason", "reason_input"
+
+
+# What a Web API call may raise: Slack's refusal (ok: false, an HTTP error) or the network's.
+ERRORS = (SlackApiError, OSError)
+
+
+def error_text(exc: Exception) -> str:
+    if isinstance(exc, SlackApiError):
+        return str(exc.response.get("error"))
+    return f"{type(exc).__name__}: {exc}"
 
 
 def enabled() -> bool:
@@ -55,8 +66,8 @@ def _plain(text: str, limit: int = TEXT_LIMIT) -> dict[str, Any]:
     return {"type": "plain_text", "text": text or " ", "emoji": False}
 
 
-def _mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": text[:TEXT_LIMIT]}
+def _mrkdwn(text: str, limit: int = TEXT_LIMIT) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text[:limit]}
 
 
 def redact(payload: Any, paths: list[str]) -> tuple[Any, int]:
@@ -99,7 +110,7 @@ def button_value(proposal: Proposal) -> str:
 
 def proposal_blocks(proposal: Proposal, status: str, *, heading: str = "") -> list[dict[str, Any]]:
     action_type = proposal.action_type
-    requested_by = proposal.raised_by
+    requested_by = proposal.raised_by[:200]
     proposer = proposal.service.name + (f" for {requested_by}" if requested_by else "")
     fields = [
         _mrkdwn(f"*Action*\n`{escape(action_type.key)}` {escape(action_type.title)}"),

@@ -371,3 +371,34 @@ def test_apply_sets_a_groups_slack_channel(db: None) -> None:
     ):
         configfile.parse("reviewer_groups:\n  - name: x\n    slack_channel: '#general'\n")
     assert Group.objects.filter(name="leads").exists()
+
+
+def test_slack_is_answered_at_once_and_a_worker_does_the_work(
+    posted: Proposal, slack_on: FakeSlack, reviewer: User, committed: Any, settings: Any
+) -> None:
+    import base64
+
+    import redis
+
+    from config.celery import app
+    from notify import tasks
+
+    link(reviewer, "U0RITA")
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery")
+    app.conf.task_always_eager = False  # the eager_tasks fixture restores it
+    started = time.monotonic()
+    response = committed(post_interaction, button(posted, "approve", "U0RITA"))
+    assert response.status_code == 200 and time.monotonic() - started < 3
+    posted.refresh_from_db()
+    assert posted.state == Proposal.State.PENDING_REVIEW  # nothing decided on the request
+
+    (raw,) = broker.lrange("celery", 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "notify.handle_interaction"
+    args, _, _ = json.loads(base64.b64decode(message["body"]))
+    broker.delete("celery")
+    app.conf.task_always_eager = True
+    assert committed(tasks.handle_interaction, *args) == "approved"
+    posted.refresh_from_db()
+    assert posted.state == Proposal.State.APPROVED
