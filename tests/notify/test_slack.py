@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -393,7 +393,7 @@ def test_slack_is_answered_at_once_and_a_worker_does_the_work(
     posted.refresh_from_db()
     assert posted.state == Proposal.State.PENDING_REVIEW  # nothing decided on the request
 
-    (raw,) = broker.lrange("celery", 0, -1)
+    (raw,) = cast(list[bytes], broker.lrange("celery", 0, -1))
     message = json.loads(raw)
     assert message["headers"]["task"] == "notify.handle_interaction"
     args, _, _ = json.loads(base64.b64decode(message["body"]))
@@ -402,3 +402,28 @@ def test_slack_is_answered_at_once_and_a_worker_does_the_work(
     assert committed(tasks.handle_interaction, *args) == "approved"
     posted.refresh_from_db()
     assert posted.state == Proposal.State.APPROVED
+
+
+def test_what_a_slack_outage_left_behind_the_reconciler_catches_up(
+    slack_on: FakeSlack, support_channel: Any, submit: Submit, reviewer: User, committed: Any
+) -> None:
+    from notify import services as notify_services
+
+    slack_on.errors["chat.postMessage"] = "service_unavailable"
+    proposal = committed(submit)
+    assert not SlackMessage.objects.filter(proposal=proposal).exists()
+    del slack_on.errors["chat.postMessage"]
+    assert notify_services.notify_reconcile() == 1
+    assert SlackMessage.objects.get(proposal=proposal).ts
+
+    # A decision on the web goes through while Slack refuses the update; the card follows later.
+    slack_on.errors["chat.update"] = "internal_error"
+    committed(decide_as, reviewer, proposal, "reject", "Not eligible")
+    proposal.refresh_from_db()
+    assert proposal.state == Proposal.State.REJECTED
+    assert not SlackMessage.objects.get(proposal=proposal).final
+    del slack_on.errors["chat.update"]
+    assert notify_services.notify_reconcile() == 1
+    assert "Rejected* by rita on the web: Not eligible" in card_text(last_card(slack_on))
+    assert SlackMessage.objects.get(proposal=proposal).final
+    assert notify_services.notify_reconcile() == 0
