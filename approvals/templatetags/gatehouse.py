@@ -4,9 +4,11 @@ text leaves here as plain strings and Django's autoescaping applies."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django import template
+from django.utils.timesince import timeuntil
 
 register = template.Library()
 
@@ -40,3 +42,11 @@ def confidence(value: float) -> str:
 def actor_name(actor: str) -> str:
     kind, _, name = actor.partition(":")
     return name or kind
+
+
+@register.filter
+def until(value: datetime | None) -> str:
+    """Time left to `value` in its largest unit ("12 minutes", "3 hours"), for narrow cells."""
+    if value is None:
+        return ""
+    return timeuntil(value, depth=1)
