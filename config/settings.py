@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "llmcalls",
     "evals",
     "insights",
+    "mcpgate",
 ]
 
 MIDDLEWARE = [
@@ -260,3 +261,11 @@ INSIGHTS_BRAKE_MIN_SAMPLES = env_int("INSIGHTS_BRAKE_MIN_SAMPLES", 10, minimum=1
 INSIGHTS_WEBHOOK_URL = env_str("INSIGHTS_WEBHOOK_URL", "")
 INSIGHTS_WEBHOOK_SECRET = env_str("INSIGHTS_WEBHOOK_SECRET", "")
 INSIGHTS_WEBHOOK_MAX_ATTEMPTS = env_int("INSIGHTS_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+
+# MCP (docs/mcp.md): how long a gateway call waits for a reviewer before answering with the
+# proposal's id, how long an upstream may take, and for how long a repeated identical call is
+# answered from the earlier proposal instead of proposing again.
+MCP_GATEWAY_WAIT = env_duration("MCP_GATEWAY_WAIT", "30s")
+MCP_UPSTREAM_TIMEOUT = env_duration("MCP_UPSTREAM_TIMEOUT", "30s")
+MCP_GATEWAY_REPLAY_WINDOW = env_duration("MCP_GATEWAY_REPLAY_WINDOW", "10m")
+MCP_PROGRESS_INTERVAL = env_float("MCP_PROGRESS_INTERVAL", 5.0)
