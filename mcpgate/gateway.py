@@ -122,7 +122,7 @@ async def call_tool(
             meta=_call_meta(params),
         )
     except ApplicationError as exc:
-        return tool_error(exc.message, code=exc.code, errors=exc.errors)
+        return tool_error(exc.message, code=exc.code, errors=exc.errors, strip="payload")
     return await _follow(ctx, tool, proposal.pk)
 
 
