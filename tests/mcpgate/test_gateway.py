@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from django.contrib.auth.models import Group, User
+from mcp.shared.exceptions import MCPError
 
 from approvals import services as approvals
 from approvals.models import ActionType, AuditEvent, Proposal, Rule
@@ -125,7 +126,11 @@ def test_delete_file_waits_for_a_reviewer_then_runs_once_with_the_approved_argum
     assert proposal.state == Proposal.State.EXECUTED
     assert proposal.decision_reviewer == engineer
     call = Call.objects.get(pk=proposal.pk)
-    assert (call.status, call.arguments, call.tool) == ("succeeded", {"path": "notes.md"}, "delete_file")
+    assert (call.status, call.arguments, call.tool) == (
+        "succeeded",
+        {"path": "notes.md"},
+        "delete_file",
+    )
     kinds = list(AuditEvent.objects.filter(proposal=proposal).values_list("kind", flat=True))
     assert kinds[-3:] == ["proposal.approved", "proposal.executing", "proposal.executed"]
 
@@ -258,8 +263,9 @@ def test_a_service_without_access_to_the_gateway_gets_403_and_no_key_gets_401(
         async with mcp_client(live, GATEWAY, other_agent.key) as client:
             await client.list_tools()
 
-    with pytest.raises(Exception):  # noqa: B017,PT011 - the client raises its transport's error
+    with pytest.raises(ExceptionGroup) as refused:  # the client's task groups wrap its error
         asyncio.run(denied())
+    assert refused.group_contains(MCPError)
 
 
 def test_two_callers_waiting_on_one_approved_call_forward_it_once(
