@@ -41,7 +41,7 @@ GATEWAY_PREFIX = "/mcp/gateway/"
 OWN, GATEWAY = "own", "gateway"
 
 
-@dataclass
+@dataclass(eq=False)
 class _LoopState:
     managers: dict[str, StreamableHTTPSessionManager]
     ready: asyncio.Event = field(default_factory=asyncio.Event)

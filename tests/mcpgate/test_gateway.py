@@ -74,9 +74,9 @@ def test_list_files_is_read_only_so_it_runs_at_once_and_is_recorded(
     assert proposal.state == Proposal.State.EXECUTED
     assert proposal.decided_by == "rule"
     assert proposal.decision_rule == "mcp.files.list_files: read-only, passed through"
-    assert Call.objects.get(pk=proposal.pk).result["structuredContent"] == {
-        "result": ["a.txt", "b.txt", "notes.md"]
-    }
+    recorded = Call.objects.get(pk=proposal.pk).result
+    assert recorded is not None
+    assert recorded["structuredContent"] == {"result": ["a.txt", "b.txt", "notes.md"]}
     list_type = ActionType.objects.get(key="mcp.files.list_files")
     assert (list_type.irreversible, list_type.risk, list_type.executor_kind) == (
         False,
@@ -93,10 +93,10 @@ def test_list_files_is_read_only_so_it_runs_at_once_and_is_recorded(
 def test_delete_file_waits_for_a_reviewer_then_runs_once_with_the_approved_arguments(
     live: str, agent: Agent, gateway: str, files: FilesUpstream, engineer: User
 ) -> None:
-    progress: list[tuple[float, str | None]] = []
+    notified: list[tuple[float, str | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notified.append((progress, message))
 
     async def main() -> tuple[Any, Any]:
         async with mcp_client(live, gateway, agent.key) as client:
@@ -116,7 +116,7 @@ def test_delete_file_waits_for_a_reviewer_then_runs_once_with_the_approved_argum
 
     assert not first.is_error, _text(first)
     assert _text(first) == "deleted notes.md"
-    assert progress and "Waiting for a reviewer" in (progress[0][1] or "")
+    assert notified and "Waiting for a reviewer" in (notified[0][1] or "")
     assert files.calls_of("delete_file") == [{"path": "notes.md"}]
     assert files.files == {"a.txt", "b.txt"}
     # Calling again with the same arguments answers from the proposal: nothing runs twice.
