@@ -336,6 +336,9 @@ def forward_finish(*, call: Call, result: dict[str, Any] | None = None, error: s
     """
     now = timezone.now()
     is_error = result is None or bool(result.get("isError"))
+    said = _result_text(result)
+    if is_error and not error:
+        error = said or "the tool reported an error"
     with transaction.atomic():
         updated = Call.objects.filter(pk=call.pk, status=Call.Status.FORWARDING).update(
             status=Call.Status.FAILED if is_error else Call.Status.SUCCEEDED,
@@ -348,17 +351,29 @@ def forward_finish(*, call: Call, result: dict[str, Any] | None = None, error: s
         if updated:
             to_state = State.FAILED if is_error else State.EXECUTED
             excerpt = json.dumps(result, ensure_ascii=False)[:RESULT_AUDIT_CHARS] if result else ""
+            data: dict[str, Any] = {"upstream": call.upstream.name, "tool": call.tool}
+            data["result"] = excerpt
+            # What the proposal page's history shows: the error, or what the tool answered.
+            if is_error:
+                data["error"] = error[:2000]
+            else:
+                data["detail"] = f"{call.upstream.name}.{call.tool} answered: {said}"[:300]
             approvals.transition(
                 proposal_id=call.pk,
                 from_states=[State.EXECUTING],
                 to_state=to_state,
                 kind=f"proposal.{to_state}",
                 actor=ACTOR,
-                data={"upstream": call.upstream.name, "tool": call.tool, "result": excerpt}
-                | ({"error": error[:2000]} if error else {}),
+                data=data,
             )
     call.refresh_from_db()
     return call
+
+
+def _result_text(result: dict[str, Any] | None) -> str:
+    blocks = (result or {}).get("content") or []
+    texts = [b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+    return " ".join(t for t in texts if isinstance(t, str))
 
 
 def forward_abandon_if_stale(*, proposal_id: uuid.UUID) -> bool:

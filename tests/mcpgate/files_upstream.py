@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from starlette.types import Receive, Scope, Send
 
@@ -54,7 +55,7 @@ class FilesUpstream:
             """Delete one file."""
             self._record("delete_file", {"path": path})
             if path not in self.files:
-                raise ValueError(f"no such file: {path}")
+                raise ToolError(f"no such file: {path}")
             self.files.discard(path)
             return f"deleted {path}"
 

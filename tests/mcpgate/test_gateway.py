@@ -326,3 +326,22 @@ def test_the_pass_through_rule_is_a_rule_like_any_other(
     assert held.structured_content["error"] == "pending-review"
     assert len(files.calls_of("list_files")) == 1
     assert Tool.objects.get(name="list_files").read_only
+
+
+def test_a_tool_that_fails_upstream_is_passed_back_and_fails_the_proposal(
+    live: str, agent: Agent, gateway: str, files: FilesUpstream, engineer: User
+) -> None:
+    async def main() -> Any:
+        async with mcp_client(live, gateway, agent.key) as client:
+            call = asyncio.create_task(client.call_tool("delete_file", {"path": "missing.txt"}))
+            await db.run(decide_as, engineer, await _pending("mcp.files.delete_file"), "approve")
+            return await call
+
+    result = asyncio.run(main())
+
+    assert result.is_error
+    assert "no such file: missing.txt" in _text(result)
+    [proposal] = _proposals("mcp.files.delete_file")
+    assert proposal.state == Proposal.State.FAILED
+    assert "no such file: missing.txt" in Call.objects.get(pk=proposal.pk).error
+    assert files.calls_of("delete_file") == [{"path": "missing.txt"}]
