@@ -11,6 +11,7 @@ import httpx
 import pytest
 from django.contrib.auth.models import Group, User
 from mcp.shared.exceptions import MCPError
+from mcp_types import RequestParamsMeta
 
 from approvals import services as approvals
 from approvals.models import ActionType, AuditEvent, Proposal, Rule
@@ -173,7 +174,13 @@ def test_rename_file_has_no_annotations_so_it_is_held_as_destructive(
 
     async def main() -> tuple[Any, Any]:
         async with mcp_client(live, gateway, agent.key) as client:
-            held = await client.call_tool("rename_file", {"source": "a.txt", "target": "c.txt"})
+            held = await client.call_tool(
+                "rename_file",
+                {"source": "a.txt", "target": "c.txt"},
+                meta=RequestParamsMeta(
+                    {"io.gatehouse/confidence": 0.8, "io.gatehouse/summary": "Rename a to c"}  # type: ignore[typeddict-unknown-key]
+                ),
+            )
         proposal_id = held.structured_content["proposal"]["id"]
         async with mcp_client(live, "/mcp", agent.key) as gatehouse:
             followed = await gatehouse.call_tool("get_proposal", {"id": proposal_id})
@@ -188,6 +195,7 @@ def test_rename_file_has_no_annotations_so_it_is_held_as_destructive(
     assert followed.structured_content["state"] == "pending_review"
     assert proposal.action_type.irreversible is True
     assert proposal.action_type.risk == "high"
+    assert (proposal.confidence, proposal.summary) == (0.8, "Rename a to c")
     assert files.calls_of("rename_file") == []
 
 
