@@ -104,27 +104,32 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-async def list_tools(upstream: Upstream) -> list[types.Tool]:
-    """Every tool the upstream offers (all pages)."""
-    tools: list[types.Tool] = []
+@asynccontextmanager
+async def _answering(what: str) -> AsyncIterator[None]:
+    """Within MCP_UPSTREAM_TIMEOUT, or UpstreamError saying `what` did not happen and why."""
     try:
         with anyio.fail_after(settings.MCP_UPSTREAM_TIMEOUT.total_seconds()):
-            async with connect(upstream) as client:
-                cursor: str | None = None
-                for _page in range(100):
-                    page = await client.list_tools(cursor=cursor)
-                    tools.extend(page.tools)
-                    cursor = page.next_cursor
-                    if not cursor:
-                        break
+            yield
     except UpstreamError:
         raise
     except BaseException as exc:
         if not isinstance(exc, Exception | BaseExceptionGroup):
-            raise
-        raise UpstreamError(
-            f"Upstream {upstream.name!r} did not list its tools: {_describe(exc)}"
-        ) from None
+            raise  # cancellation and the like are not the upstream's failure
+        raise UpstreamError(f"{what}: {_describe(exc)}") from None
+
+
+async def list_tools(upstream: Upstream) -> list[types.Tool]:
+    """Every tool the upstream offers (all pages)."""
+    tools: list[types.Tool] = []
+    failed = f"Upstream {upstream.name!r} did not list its tools"
+    async with _answering(failed), connect(upstream) as client:
+        cursor: str | None = None
+        for _page in range(100):
+            page = await client.list_tools(cursor=cursor)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
     return tools
 
 
@@ -134,21 +139,12 @@ async def call_tool(upstream: Upstream, name: str, arguments: dict[str, Any]) ->
     The result is passed back as the upstream gave it: no output-schema check here, which
     would need another round trip and could fail only after the call took effect.
     """
-    try:
-        with anyio.fail_after(settings.MCP_UPSTREAM_TIMEOUT.total_seconds()):
-            async with connect(upstream) as client:
-                result = await client.session.send_request(
-                    types.CallToolRequest(
-                        params=types.CallToolRequestParams(name=name, arguments=arguments)
-                    ),
-                    types.CallToolResult,
-                )
-    except UpstreamError:
-        raise
-    except BaseException as exc:
-        if not isinstance(exc, Exception | BaseExceptionGroup):
-            raise
-        raise UpstreamError(
-            f"Upstream {upstream.name!r} did not answer the call of {name!r}: {_describe(exc)}"
-        ) from None
+    failed = f"Upstream {upstream.name!r} did not answer the call of {name!r}"
+    async with _answering(failed), connect(upstream) as client:
+        result = await client.session.send_request(
+            types.CallToolRequest(
+                params=types.CallToolRequestParams(name=name, arguments=arguments)
+            ),
+            types.CallToolResult,
+        )
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)

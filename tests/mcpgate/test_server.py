@@ -20,13 +20,8 @@ REFUND = {"order_id": "ORD-7", "amount": 12.5, "currency": "EUR"}
 
 
 @pytest.fixture
-def refunds(live: str) -> ActionType:
-    return ActionType.objects.create(
-        key="refund.issue",
-        title="Issue a refund",
-        payload_schema=REFUND_SCHEMA,
-        reviewer_group=Group.objects.get_or_create(name="support")[0],
-    )
+def refunds(live: str, refund_type: ActionType) -> ActionType:
+    return refund_type
 
 
 @pytest.fixture
@@ -102,37 +97,26 @@ def test_a_proposal_through_mcp_goes_through_the_same_rules_audit_and_callbacks(
 def test_an_agent_follows_a_pending_proposal_to_its_decision(
     live: str, shop: Agent, support: User
 ) -> None:
+    proposal = {
+        "action_type": "refund.issue",
+        "payload": REFUND,
+        "confidence": 0.6,
+        "summary": "Refund ORD-7",
+        "rationale": "Parcel lost",
+        "idempotency_key": "ticket-7",
+    }
+
     async def main() -> tuple[Any, Any, Any]:
         async with mcp_client(live, "/mcp", shop.key) as client:
-            proposed = await client.call_tool(
-                "propose_action",
-                {
-                    "action_type": "refund.issue",
-                    "payload": REFUND,
-                    "confidence": 0.6,
-                    "summary": "Refund ORD-7",
-                    "rationale": "Parcel lost",
-                    "idempotency_key": "ticket-7",
-                },
-            )
+            proposed = await client.call_tool("propose_action", proposal)
             proposal_id = proposed.structured_content["id"]
             follow = asyncio.create_task(
                 client.call_tool("get_proposal", {"id": proposal_id, "wait_seconds": 10})
             )
             await asyncio.sleep(0.3)
-            proposal = await db.run(Proposal.objects.get, pk=proposal_id)
-            await db.run(decide_as, support, proposal, "reject", "Refunded already on ticket 6")
-            replayed = await client.call_tool(
-                "propose_action",
-                {
-                    "action_type": "refund.issue",
-                    "payload": REFUND,
-                    "confidence": 0.6,
-                    "summary": "Refund ORD-7",
-                    "rationale": "Parcel lost",
-                    "idempotency_key": "ticket-7",
-                },
-            )
+            pending = await db.run(Proposal.objects.get, pk=proposal_id)
+            await db.run(decide_as, support, pending, "reject", "Refunded already on ticket 6")
+            replayed = await client.call_tool("propose_action", proposal)
             return proposed, await follow, replayed
 
     proposed, followed, replayed = asyncio.run(main())
