@@ -183,16 +183,19 @@ async def _follow(
 
 
 async def _forward(call: Call, tool: Tool, proposal: Proposal) -> types.CallToolResult:
-    try:
-        result = await upstream.call_tool(tool.upstream, tool.name, dict(call.arguments))
-    except upstream.UpstreamError as exc:
-        await db.run(services.forward_finish, call=call, error=str(exc))
-        return tool_error(
-            f"{exc} The proposal {proposal.pk} records the failure; the call is not retried.",
-            code="upstream-unavailable",
-            proposal=proposal,
-        )
-    call = await db.run(services.forward_finish, call=call, result=result)
+    # Shielded: a caller hanging up must not leave a forward half done and its result unrecorded
+    # (the upstream call keeps its own MCP_UPSTREAM_TIMEOUT).
+    with anyio.CancelScope(shield=True):
+        try:
+            result = await upstream.call_tool(tool.upstream, tool.name, dict(call.arguments))
+        except upstream.UpstreamError as exc:
+            await db.run(services.forward_finish, call=call, error=str(exc))
+            return tool_error(
+                f"{exc} The proposal {proposal.pk} records the failure; the call is not retried.",
+                code="upstream-unavailable",
+                proposal=proposal,
+            )
+        await db.run(services.forward_finish, call=call, result=result)
     return types.CallToolResult.model_validate(result)
 
 
@@ -235,6 +238,13 @@ def _refused(proposal: Proposal) -> types.CallToolResult:
 
 
 def _still_pending(proposal: Proposal) -> types.CallToolResult:
+    if proposal.state == State.EXECUTING:
+        return tool_error(
+            f"Proposal {proposal.pk} is approved and another call of this tool is forwarding it "
+            "now; call again with the same arguments for its result.",
+            code="forwarding",
+            proposal=proposal,
+        )
     return tool_error(
         f"This call waits for a reviewer: proposal {proposal.pk}. Follow it with the "
         f"get_proposal tool of Gatehouse's MCP server (/mcp) and call this tool again with "
