@@ -9,7 +9,9 @@ upstream secret is stored in the database. Everything is bounded by MCP_UPSTREAM
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,13 +47,19 @@ def upstream_headers(upstream: Upstream) -> dict[str, str]:
     return headers
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One per process: loading the trust store takes longer than a whole call on a LAN."""
+    return httpx2.create_ssl_context()
+
+
 class _PinnedTransport(httpx2.AsyncBaseTransport):
     """Sends every request for the checked origin to the address the egress check resolved."""
 
     def __init__(self, origin: httpx2.URL, address: str) -> None:
         self._origin = (origin.scheme, origin.host, origin.port)
         self._address = address
-        self._inner = httpx2.AsyncHTTPTransport(trust_env=False)
+        self._inner = httpx2.AsyncHTTPTransport(verify=_tls_context(), trust_env=False)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if (request.url.scheme, request.url.host, request.url.port) != self._origin:

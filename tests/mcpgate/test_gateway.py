@@ -99,7 +99,7 @@ def test_delete_file_waits_for_a_reviewer_then_runs_once_with_the_approved_argum
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         notified.append((progress, message))
 
-    async def main() -> tuple[Any, Any]:
+    async def main() -> tuple[Any, Any, Any]:
         async with mcp_client(live, gateway, agent.key) as client:
             call = asyncio.create_task(
                 client.call_tool("delete_file", {"path": "a.txt"}, progress_callback=on_progress)
@@ -111,9 +111,11 @@ def test_delete_file_waits_for_a_reviewer_then_runs_once_with_the_approved_argum
             await db.run(_approve_with_edit, engineer, proposal, {"path": "notes.md"})
             first = await call
             again = await client.call_tool("delete_file", {"path": "a.txt"})
-            return first, again
+        async with mcp_client(live, "/mcp", agent.key) as gatehouse:
+            followed = await gatehouse.call_tool("get_proposal", {"id": str(proposal.pk)})
+        return first, again, followed
 
-    first, again = asyncio.run(main())
+    first, again, followed = asyncio.run(main())
 
     assert not first.is_error, _text(first)
     assert _text(first) == "deleted notes.md"
@@ -134,6 +136,12 @@ def test_delete_file_waits_for_a_reviewer_then_runs_once_with_the_approved_argum
     )
     kinds = list(AuditEvent.objects.filter(proposal=proposal).values_list("kind", flat=True))
     assert kinds[-3:] == ["proposal.approved", "proposal.executing", "proposal.executed"]
+    # The agent can read the recorded result through Gatehouse's own server too.
+    recorded = followed.structured_content
+    assert recorded["state"] == "executed"
+    assert recorded["final_payload"] == {"path": "notes.md"}
+    assert recorded["mcp_call"]["status"] == "succeeded"
+    assert recorded["mcp_call"]["result"]["content"][0]["text"] == "deleted notes.md"
 
 
 def _approve_with_edit(reviewer: User, proposal: Proposal, payload: dict[str, Any]) -> None:
