@@ -18,6 +18,7 @@ import mcp_types as types
 from django.conf import settings
 from mcp.server import Server, ServerRequestContext
 
+from approvals import problems
 from approvals.errors import ApplicationError
 from approvals.models import ExecutorKind, Proposal
 from mcpgate import db, services, upstream
@@ -113,6 +114,9 @@ async def call_tool(
             code="unknown-tool",
         )
     arguments = params.arguments or {}
+    unstorable = problems.check_storable(arguments)
+    if unstorable:
+        return tool_error(f"The arguments are refused: {unstorable}.", code="malformed-arguments")
     try:
         proposal, _earlier = await db.run(
             services.call_propose,

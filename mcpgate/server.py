@@ -22,7 +22,7 @@ from django.conf import settings
 from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError
 
-from approvals import selectors, services
+from approvals import problems, selectors, services
 from approvals.api import ProposalIn
 from approvals.errors import ApplicationError
 from approvals.models import ActionType, Service
@@ -198,6 +198,11 @@ def _ok(body: dict[str, Any]) -> types.CallToolResult:
 
 
 def _propose(service: Service, arguments: dict[str, Any]) -> dict[str, Any]:
+    unstorable = problems.check_storable(arguments)
+    if unstorable:
+        raise ApplicationError(
+            f"The arguments are refused: {unstorable}.", status=400, code="malformed-arguments"
+        )
     arguments = dict(arguments)
     key = arguments.pop("idempotency_key", None)
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):

@@ -210,18 +210,20 @@ def test_rename_file_has_no_annotations_so_it_is_held_as_destructive(
 def test_arguments_that_break_the_tools_schema_name_the_field_and_nothing_is_forwarded(
     live: str, agent: Agent, gateway: str, files: FilesUpstream
 ) -> None:
-    async def main() -> tuple[Any, Any]:
+    async def main() -> tuple[Any, Any, Any]:
         async with mcp_client(live, gateway, agent.key) as client:
             wrong_type = await client.call_tool("delete_file", {"path": ["a.txt"]})
             missing = await client.call_tool("rename_file", {"source": "a.txt"})
-            return wrong_type, missing
+            nul = await client.call_tool("delete_file", {"path": "a.txt\x00"})
+            return wrong_type, missing, nul
 
-    wrong_type, missing = asyncio.run(main())
+    wrong_type, missing, nul = asyncio.run(main())
 
     assert wrong_type.is_error and missing.is_error
     assert wrong_type.structured_content["errors"][0]["field"] == "path"
     assert "- path: ['a.txt'] is not of type 'string'" in _text(wrong_type)
     assert "'target' is a required property" in _text(missing)
+    assert "strings may not contain the NUL character" in _text(nul)
     assert Proposal.objects.count() == 0
     assert files.calls == []
 
