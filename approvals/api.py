@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, NinjaAPI, Query, Schema
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, StrictFloat, StrictStr
 
-from approvals import jsonfast, problems, services
+from approvals import jsonfast, problems, selectors, services
 from approvals.errors import ApplicationError, NotFound
-from approvals.models import ActionType, Proposal, Service
-from approvals.representation import proposal_representation
+from approvals.models import Proposal, Service
+from approvals.representation import action_type_representation, proposal_representation
 
 
 class ServiceKeyAuth(HttpBearer):
@@ -204,15 +201,6 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     return response
 
 
-def _load(service: Service, proposal_id: uuid.UUID) -> Proposal | None:
-    return (
-        Proposal.objects.select_related("action_type", "decision_reviewer")
-        .prefetch_related("outbox")
-        .filter(pk=proposal_id, service=service)
-        .first()
-    )
-
-
 @api.get("/proposals/{proposal_id}", response={200: ProposalOut, **ERRORS}, tags=["proposals"])
 async def get_proposal(
     request: HttpRequest,
@@ -221,16 +209,13 @@ async def get_proposal(
 ) -> HttpResponse:
     """One of your proposals. `?wait=SECONDS` (at most 30) holds the request until it is decided."""
     service = _service(request)
-    load = sync_to_async(_load)
-    proposal = await load(service, proposal_id)
+    load = sync_to_async(selectors.proposal_for_service)
+    proposal = await load(service=service, proposal_id=proposal_id)
     if proposal is None:
         raise NotFound("No such proposal for this service.")
-    deadline = time.monotonic() + min(wait, settings.LONG_POLL_MAX_SECONDS)
-    pause = 0.05
-    while not proposal.is_decided and time.monotonic() < deadline:
-        await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-        pause = min(pause * 1.5, 0.5)
-        proposal = await load(service, proposal_id) or proposal
+    proposal = await selectors.proposal_wait_decided(
+        proposal=proposal, load=lambda: load(service=service, proposal_id=proposal_id), wait=wait
+    )
     return _json(proposal_representation(proposal))
 
 
@@ -311,18 +296,7 @@ def report_result(request: HttpRequest, proposal_id: uuid.UUID, data: ResultIn) 
 @api.get("/action-types", response={200: list[ActionTypeOut], **ERRORS}, tags=["action types"])
 def list_action_types(request: HttpRequest) -> list[dict[str, Any]]:
     """The action types this service may propose, with the JSON Schema of their payloads."""
-    types = ActionType.objects.filter(services=_service(request)).order_by("key")
     return [
-        {
-            "key": t.key,
-            "title": t.title,
-            "description": t.description,
-            "irreversible": t.irreversible,
-            "risk": t.risk,
-            "approvals_required": t.approvals_required,
-            "review_ttl_seconds": int(t.review_ttl.total_seconds()),
-            "executor": t.executor_kind,
-            "payload_schema": t.payload_schema,
-        }
-        for t in types
+        action_type_representation(t)
+        for t in selectors.action_types_for_service(service=_service(request))
     ]

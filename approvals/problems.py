@@ -132,9 +132,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def check_storable(value: Any) -> str | None:
+    """None if a JSON value parsed elsewhere (MCP) can be stored as the API would store it;
+    else why not: nested too deep, a NUL character, or a number that is not finite."""
+    try:
+        _check_depth_and_nul(value)
+    except (ValueError, RecursionError) as exc:
+        return str(exc)
+    return None
+
+
 def _check_depth_and_nul(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is out of range for a number")
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("strings may not contain the NUL character")

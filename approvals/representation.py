@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from approvals.models import Proposal
+from approvals.models import ActionType, Proposal
 
 
 def decision_representation(proposal: Proposal) -> dict[str, Any] | None:
@@ -91,4 +91,18 @@ def proposal_representation(proposal: Proposal) -> dict[str, Any]:
             "self": f"/api/v1/proposals/{proposal.id}",
             "review": f"{settings.SITE_URL}/proposals/{proposal.id}/",
         },
+    }
+
+
+def action_type_representation(action_type: ActionType) -> dict[str, Any]:
+    return {
+        "key": action_type.key,
+        "title": action_type.title,
+        "description": action_type.description,
+        "irreversible": action_type.irreversible,
+        "risk": action_type.risk,
+        "approvals_required": action_type.approvals_required,
+        "review_ttl_seconds": int(action_type.review_ttl.total_seconds()),
+        "executor": action_type.executor_kind,
+        "payload_schema": action_type.payload_schema,
     }

@@ -1,16 +1,20 @@
 """Reads for the reviewer's workspace. Visibility is decided here, once: a reviewer sees only
 the action types whose reviewer group they belong to (superusers see all), and never a proposal
-the service says they raised."""
+the service says they raised. Services' reads (the REST API and MCP) are at the end."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 from django.db.models.functions import Coalesce
@@ -18,7 +22,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from approvals.errors import NotFound
-from approvals.models import ActionType, AuditEvent, Proposal, Review
+from approvals.models import ActionType, AuditEvent, Proposal, Review, Service
 
 State = Proposal.State
 DECIDED_STATES = [
@@ -322,3 +326,35 @@ def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int =
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].pk)
     return Page(rows=rows, next_cursor=next_cursor, action_types=types)
+
+
+# --- services (REST API and MCP) ----------------------------------------------------------------
+
+
+def action_types_for_service(*, service: Service) -> QuerySet[ActionType]:
+    """The action types a service may propose."""
+    return ActionType.objects.filter(services=service).order_by("key")
+
+
+def proposal_for_service(*, service: Service, proposal_id: uuid.UUID) -> Proposal | None:
+    """One of the service's own proposals (None for anyone else's)."""
+    return (
+        Proposal.objects.select_related("action_type", "decision_reviewer")
+        .prefetch_related("outbox")
+        .filter(pk=proposal_id, service=service)
+        .first()
+    )
+
+
+async def proposal_wait_decided(
+    *, proposal: Proposal, load: Callable[[], Awaitable[Proposal | None]], wait: float
+) -> Proposal:
+    """Re-read `proposal` with `load` until it is decided or `wait` seconds (at most
+    LONG_POLL_MAX_SECONDS) have passed; the latest reading."""
+    deadline = time.monotonic() + min(max(wait, 0.0), settings.LONG_POLL_MAX_SECONDS)
+    pause = 0.05
+    while not proposal.is_decided and time.monotonic() < deadline:
+        await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+        pause = min(pause * 1.5, 0.5)
+        proposal = await load() or proposal
+    return proposal

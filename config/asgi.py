@@ -1,7 +1,8 @@
 """ASGI entry point: `uvicorn config.asgi:application`.
 
-HTTP goes to Django; websockets (the live reviewer queue) go to Channels, behind a check of
-the Origin header against ALLOWED_HOSTS and Django's session authentication.
+HTTP goes to Django, except MCP under /mcp (mcpgate.asgi: streamable HTTP, long waits);
+websockets (the live reviewer queue) go to Channels, behind a check of the Origin header
+against ALLOWED_HOSTS and Django's session authentication. The lifespan starts and stops MCP.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from approvals.routing import websocket_urlpatterns  # noqa: E402
+from mcpgate import asgi as mcp  # noqa: E402
 
 
 def websocket_application() -> AllowedHostsOriginValidator:
@@ -27,4 +29,10 @@ def websocket_application() -> AllowedHostsOriginValidator:
     return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 
 
-application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})
+application = ProtocolTypeRouter(
+    {
+        "http": mcp.mount(django_asgi_app),
+        "websocket": websocket_application(),
+        "lifespan": mcp.lifespan,
+    }
+)

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "evals",
     "insights",
     "notify",
+    "mcpgate",
 ]
 
 MIDDLEWARE = [
@@ -284,3 +285,12 @@ NOTIFY_EMAIL = env_bool("NOTIFY_EMAIL", bool(EMAIL_HOST))
 # Slack cards and notices a lost task left behind are brought up to date.
 NOTIFY_DIGEST_CHECK_INTERVAL = env_duration("NOTIFY_DIGEST_CHECK_INTERVAL", "1m")
 NOTIFY_RECONCILE_INTERVAL = env_duration("NOTIFY_RECONCILE_INTERVAL", "1m")
+# MCP (docs/mcp.md): how long a gateway call waits for a reviewer before answering with the
+# proposal's id, how long an upstream may take, and for how long a repeated identical call is
+# answered from the earlier proposal instead of proposing again.
+MCP_GATEWAY_WAIT = env_duration("MCP_GATEWAY_WAIT", "30s")
+MCP_UPSTREAM_TIMEOUT = env_duration("MCP_UPSTREAM_TIMEOUT", "30s")
+MCP_GATEWAY_REPLAY_WINDOW = env_duration("MCP_GATEWAY_REPLAY_WINDOW", "10m")
+MCP_PROGRESS_INTERVAL = env_float("MCP_PROGRESS_INTERVAL", 5.0)
+if MCP_PROGRESS_INTERVAL <= 0:
+    raise ImproperlyConfigured("MCP_PROGRESS_INTERVAL must be more than 0")

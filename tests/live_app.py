@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -36,14 +36,14 @@ def any_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve(first_port: int) -> Iterator[str]:
+def serve(first_port: int, *, lifespan: Literal["auto", "on", "off"] = "off") -> Iterator[str]:
     import uvicorn
 
     from config.asgi import application
 
     port = free_port(first_port, first_port + 10)
     config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        application, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
