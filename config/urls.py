@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from approvals.api import api
+from approvals.unavailable import handler500 as handler500
 from config import health
 
 urlpatterns = [
