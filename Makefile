@@ -9,7 +9,11 @@ TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/1)
 TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE_URL) \
 	REDIS_URL=$(TEST_REDIS_URL) GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=1
 
-.PHONY: install run test lint format check-types bench clean
+.PHONY: install run test lint format check-types bench clean system-packages
+
+# Debian packages the tests need, as `command=package`: each is installed when its command is
+# missing (as root: apt-get; otherwise one line naming what to install, and stop).
+SYSTEM_PACKAGES := /usr/bin/chromium=chromium
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,7 +46,19 @@ format: install
 check-types: install
 	$(TEST_ENV) $(VENV)/bin/mypy .
 
-test: install lint check-types
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make test needs Debian packages:$$missing (apt-get install -y$$missing)"; exit 1; fi; \
+		echo "installing$$missing for the tests"; \
+		apt-get install -y -q $$missing >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } \
+			|| { echo "could not install$$missing (apt-get install -y$$missing)"; exit 1; }; \
+	fi
+
+test: install system-packages lint check-types
 	@$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v 0
 	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
