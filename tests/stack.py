@@ -7,11 +7,13 @@ Shared by the production smoke test (tests/deploy/) and the backing-service faul
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,3 +130,65 @@ class PostgresDatabase:
 
     def drop(self) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# A refund action type executed by a webhook, and a rule approving small confident refunds.
+REFUND_CONFIG = """
+action_types:
+  - key: refund.issue
+    title: Issue a refund
+    irreversible: false
+    risk: medium
+    review_ttl: 24h
+    executor: {{kind: webhook, url: "{url}"}}
+    reviewer_group: support
+    payload_schema:
+      type: object
+      required: [order_id, amount]
+      properties: {{order_id: {{type: string}}, amount: {{type: number, minimum: 0}}}}
+rules:
+  - name: small-confident-refunds
+    action_type: refund.issue
+    priority: 10
+    when: "confidence >= 0.9 && payload.amount <= 50.0"
+    outcome: approve
+    reason: Small refund, model confident
+"""
+
+
+def manage(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """`python manage.py …` with `env`; its stdout, failing with its output when it fails."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def release_and_configure(env: dict[str, str], tmp: Path, *, webhook_url: str) -> dict[str, str]:
+    """The Procfile's release line, the refund configuration, and a service; returns the
+    service's `api_key` and `webhook_secret`."""
+    run_line(procfile()["release"], env=env, log=tmp / "release.log", timeout=240)
+    config = tmp / "gatehouse.yaml"
+    config.write_text(REFUND_CONFIG.format(url=webhook_url))
+    manage(env, "apply", str(config))
+    created = manage(env, "create_service", "shop", "--action-types", "refund.issue", "--json")
+    return dict(json.loads(created))
+
+
+def refund(amount: float, confidence: float, external_id: str = "") -> dict[str, object]:
+    body: dict[str, object] = {
+        "action_type": "refund.issue",
+        "payload": {"order_id": f"ORD-{int(amount * 100)}", "amount": amount},
+        "confidence": confidence,
+        "summary": f"Refund {amount}",
+    }
+    if external_id:
+        body["external_id"] = external_id
+    return body

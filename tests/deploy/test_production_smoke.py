@@ -9,7 +9,6 @@ No 5xx anywhere, no console error.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,28 +32,6 @@ CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "smoke-test-password-4711"
 # Where the README's host names point in this test; everything else is the README's value.
 LOCAL = "127.0.0.1"
-
-SMOKE_CONFIG = """
-action_types:
-  - key: refund.issue
-    title: Issue a refund
-    irreversible: false
-    risk: medium
-    review_ttl: 24h
-    executor: {{kind: webhook, url: "{url}"}}
-    reviewer_group: support
-    payload_schema:
-      type: object
-      required: [order_id, amount]
-      properties: {{order_id: {{type: string}}, amount: {{type: number, minimum: 0}}}}
-rules:
-  - name: small-confident-refunds
-    action_type: refund.issue
-    priority: 10
-    when: "confidence >= 0.9 && payload.amount <= 50.0"
-    outcome: approve
-    reason: Small refund, model confident
-"""
 
 
 def readme_production_env() -> dict[str, str]:
@@ -115,31 +92,27 @@ def deployed(tmp_path: Path, receiver: Receiver) -> Iterator[dict[str, Any]]:
     lines = stack.procfile()
     processes: list[stack.Process] = []
     try:
-        stack.run_line(lines["release"], env=env, log=tmp_path / "release.log", timeout=240)
-        config = tmp_path / "gatehouse.yaml"
-        config.write_text(SMOKE_CONFIG.format(url=receiver.url("/execute")))
-        manage = [sys.executable, "manage.py"]
-
-        def run(*args: str, stdin: str | None = None) -> str:
-            done = subprocess.run(
-                [*manage, *args],
-                cwd=stack.ROOT,
-                env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
-            return done.stdout
-
-        run("createsuperuser", "--noinput", "--username", "admin", "--email", "a@example.com")
-        run("apply", str(config))
-        run("create_reviewer", "rita", "--action-types", "refund.issue", "--password-stdin",
-            stdin=PASSWORD + "\n")  # fmt: skip
-        service = run("create_service", "shop", "--action-types", "refund.issue", "--json")
-        created = json.loads(service)
+        created = stack.release_and_configure(env, tmp_path, webhook_url=receiver.url("/execute"))
         receiver.secret = created["webhook_secret"]
+        people = {**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD}
+        stack.manage(
+            people,
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "admin",
+            "--email",
+            "admin@example.com",
+        )
+        stack.manage(
+            people,
+            "create_reviewer",
+            "rita",
+            "--action-types",
+            "refund.issue",
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )
         for name in ("web", "worker", "beat"):
             processes.append(stack.Process(name, lines[name], env=env, logdir=tmp_path).start())
         base = f"http://{LOCAL}:{port}"
@@ -154,12 +127,7 @@ def deployed(tmp_path: Path, receiver: Receiver) -> Iterator[dict[str, Any]]:
 def submit(deployed: dict[str, Any], amount: float, confidence: float) -> dict[str, Any]:
     response = httpx.post(
         f"{deployed['base']}/api/v1/proposals",
-        json={
-            "action_type": "refund.issue",
-            "payload": {"order_id": f"ORD-{int(amount * 100)}", "amount": amount},
-            "confidence": confidence,
-            "summary": f"Refund {amount}",
-        },
+        json=stack.refund(amount, confidence),
         headers={"Authorization": f"Bearer {deployed['key']}", "X-Forwarded-Proto": "https"},
         timeout=10,
     )
