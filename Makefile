@@ -23,17 +23,25 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo's simulated model listens here (manage.py simulate_provider).
+DEMO_MODEL_PORT ?= $(shell echo $$(($(PORT) + 10560)))
+DEMO_EVALS := sleep 75; while :; do $(PY) manage.py evals harvest support-drafts --holdout 0.2 --limit 25; \
+	$(PY) manage.py evals run support-drafts --prompt support-drafts@production; sleep 120; done
+
 run: install
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
-	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo
+	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo --model-url http://127.0.0.1:$(DEMO_MODEL_PORT)/v1
 	@echo "Gatehouse is at http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/v1/docs)"
-	@echo "Starting web, worker, beat, a simulated service posting proposals and a simulated reviewer"
-	@echo "(it decides what nobody took within 60 s); Ctrl-C stops them all."
+	@echo "Starting web, worker, beat, a simulated model, a simulated service that asks it what to propose"
+	@echo "(through /llm/v1) and posts its proposals, a simulated reviewer (it decides what nobody took"
+	@echo "within 60 s) and an eval run of the model against those verdicts every 2 minutes; Ctrl-C stops them all."
 	@DEBUG=$${DEBUG:-1} GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=$${GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS:-1} \
 		INSIGHTS_WINDOW=$${INSIGHTS_WINDOW:-5m} INSIGHTS_CHECK_INTERVAL=$${INSIGHTS_CHECK_INTERVAL:-20s} \
 		SITE_URL=http://127.0.0.1:$(PORT) $(PY) manage.py run_stack --port $(PORT) \
+		--extra "model=$(PY) manage.py simulate_provider --port $(DEMO_MODEL_PORT)" \
 		--extra "simulator=$(PY) manage.py simulate_service --url http://127.0.0.1:$(PORT) --rate $${SIMULATE_RATE:-1.5}" \
-		--extra "reviewers=$(PY) manage.py simulate_reviewers --delay $${SIMULATE_REVIEW_DELAY:-60}"
+		--extra "reviewers=$(PY) manage.py simulate_reviewers --delay $${SIMULATE_REVIEW_DELAY:-60}" \
+		--extra "evals=sh -c '$(DEMO_EVALS)'"
 
 lint: install
 	$(VENV)/bin/ruff check .
