@@ -219,6 +219,7 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # One line per webhook comes from gatehouse.execution already.
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the openai client's HTTP library
     },
 }
 
