@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
