@@ -10,8 +10,6 @@ chromium for the pages.
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
@@ -28,30 +26,19 @@ from approvals import services
 from approvals.management.commands import seed_demo
 from approvals.models import Proposal
 from evals.models import EvalCase, EvalRun
-from llmcalls.management.commands.simulate_provider import make_server
 from llmcalls.models import LLMCall, ModelPrice
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-@pytest.fixture
-def model_url() -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, latency=(0.0, 0.01))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
 def test_the_demo_service_asks_its_model_through_the_proxy_and_its_verdicts_are_evaluated(
-    live_url: str, browser: Any, model_url: str, settings: Any, tmp_path: Path
+    live_url: str, browser: Any, demo_model_url: str, settings: Any, tmp_path: Path
 ) -> None:
     assert seed_demo.DEMO_FILE.exists()  # read from the repository, not from BASE_DIR below
     settings.BASE_DIR = tmp_path  # seed_demo writes .demo-key there
     out = StringIO()
-    call_command("seed_demo", model_url=model_url, stdout=out)
+    call_command("seed_demo", model_url=demo_model_url, stdout=out)
     match = re.search(r"Demo service key:\s+(\S+)", out.getvalue())
     assert match
     # The seeded prices do not survive a transactional test's flush: the demo's models again.

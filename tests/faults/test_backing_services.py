@@ -107,6 +107,7 @@ class Stack:
 def start_stack(
     tmp: Path, receiver: Receiver, *, database_url: str, redis_url: str
 ) -> tuple[Stack, list[stack.Process]]:
+    """The release step, the refund configuration, then web, worker and beat."""
     port = stack.free_port()
     env = {
         **os.environ,
@@ -169,140 +170,144 @@ def run_load(load: Load) -> threading.Thread:
     return thread
 
 
+@dataclass
+class UnderLoad:
+    app: Stack
+    load: Load
+    thread: threading.Thread
+    database_url: str
+    worker: stack.Process
+
+    def stop_load(self) -> None:
+        self.load.stopping.set()
+        self.thread.join(timeout=15)
+
+    def executed_once(self, receiver: Receiver, *, timeout: float) -> int:
+        """Waits until every acknowledged proposal is executed and delivered; returns how many
+        deliveries were repeats (the receiver applies each webhook-id once)."""
+        acknowledged = self.load.acknowledged()
+        wait_until(
+            lambda: acknowledged <= executed_ids(self.database_url),
+            timeout=timeout,
+            what="every acknowledged proposal executed",
+        )
+        expected = {execute_id(i) for i in acknowledged}
+        assert expected <= receiver.distinct_ids("/execute")
+        return len([d for d in receiver.of("/execute") if d.webhook_id in expected]) - len(expected)
+
+
+@pytest.fixture
+def under_load(
+    tmp_path: Path, receiver: Receiver, private_postgres: PrivatePostgres, private_redis: Any
+) -> Iterator[UnderLoad]:
+    """The stack on the private servers, with proposals flowing."""
+    database_url = private_postgres.create_database(database_name())
+    app, processes = start_stack(
+        tmp_path, receiver, database_url=database_url, redis_url=private_redis.url
+    )
+    load = Load(app.base, app.key)
+    running = UnderLoad(app, load, run_load(load), database_url, app.processes["worker"])
+    try:
+        wait_until(lambda: len(load.acknowledged()) >= 20, timeout=30, what="load to flow")
+        yield running
+    finally:
+        running.stop_load()
+        for process in processes:
+            process.stop()
+
+
 def report(name: str, figures: dict[str, Any]) -> None:
     # Printed for docs/operations.md; `pytest -s tests/faults/test_backing_services.py`.
     print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
 def test_postgres_stopped_under_load_answers_503_fast_and_loses_nothing(
-    tmp_path: Path, receiver: Receiver, private_postgres: PrivatePostgres, private_redis: Any
+    under_load: UnderLoad, receiver: Receiver, private_postgres: PrivatePostgres
 ) -> None:
-    database_url = private_postgres.create_database(database_name())
-    app, processes = start_stack(
-        tmp_path, receiver, database_url=database_url, redis_url=private_redis.url
+    app, load = under_load.app, under_load.load
+    stopped_at = time.monotonic()
+    private_postgres.stop()
+    down_for = 10.0
+    wait_until(lambda: any(a.status == 503 for a in load.answers), timeout=5, what="a 503")
+    ready = httpx.get(f"{app.base}/readyz", timeout=5)
+    # A signed-in reviewer's page: its session lives in the database.
+    page = httpx.get(
+        f"{app.base}/",
+        headers={"Accept": "text/html", "Cookie": "sessionid=" + "a" * 32},
+        timeout=5,
     )
-    try:
-        load = Load(app.base, app.key)
-        thread = run_load(load)
-        wait_until(lambda: len(load.acknowledged()) >= 20, timeout=30, what="load to flow")
+    time.sleep(max(0.0, stopped_at + down_for - time.monotonic()))
 
-        stopped_at = time.monotonic()
-        private_postgres.stop()
-        down_for = 10.0
-        wait_until(lambda: any(a.status == 503 for a in load.answers), timeout=5, what="a 503")
-        ready = httpx.get(f"{app.base}/readyz", timeout=5)
-        # A signed-in reviewer's page: its session lives in the database.
-        page = httpx.get(
-            f"{app.base}/",
-            headers={"Accept": "text/html", "Cookie": "sessionid=" + "a" * 32},
-            timeout=5,
-        )
-        time.sleep(max(0.0, stopped_at + down_for - time.monotonic()))
+    started_at = time.monotonic()
+    private_postgres.start()
+    back = wait_until(
+        lambda: next((a for a in load.answers if a.at > started_at and a.status == 201), None),
+        timeout=30,
+        what="a proposal accepted after the restart",
+    )
+    time.sleep(3)  # more load on the new server: no request may fail on a dead connection
+    under_load.stop_load()
 
-        started_at = time.monotonic()
-        private_postgres.start()
-        back = wait_until(
-            lambda: next((a for a in load.answers if a.at > started_at and a.status == 201), None),
-            timeout=30,
-            what="a proposal accepted after the restart",
-        )
-        time.sleep(3)  # more load on the new server: no request may fail on a dead connection
-        load.stopping.set()
-        thread.join(timeout=15)
+    assert ready.status_code == 503 and ready.json()["down"] == ["database"]
+    assert ready.headers["retry-after"]
+    assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+    during = [a for a in load.answers if stopped_at + 0.5 < a.at < started_at]
+    assert during and {a.status for a in during} == {503}, {a.status for a in during}
+    assert all(a.content_type == "application/problem+json" for a in during)
+    assert all(a.retry_after for a in during)
+    slowest = max(a.seconds for a in during)
+    assert slowest < 2.0
+    after = [a for a in load.answers if a.at >= back.at]
+    assert {a.status for a in after} == {201}
 
-        assert ready.status_code == 503 and ready.json()["down"] == ["database"]
-        assert ready.headers["retry-after"]
-        assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
-        during = [a for a in load.answers if stopped_at + 0.5 < a.at < started_at]
-        assert during and {a.status for a in during} == {503}, {a.status for a in during}
-        assert all(a.content_type == "application/problem+json" for a in during)
-        assert all(a.retry_after for a in during)
-        slowest = max(a.seconds for a in during)
-        assert slowest < 2.0
-        after = [a for a in load.answers if a.at >= back.at]
-        assert {a.status for a in after} == {201}
-
-        acknowledged = load.acknowledged()
-        wait_until(
-            lambda: acknowledged <= executed_ids(database_url),
-            timeout=60,
-            what="every acknowledged proposal executed",
-        )
-        expected = {execute_id(i) for i in acknowledged}
-        assert expected <= receiver.distinct_ids("/execute")
-        executions = [d for d in receiver.of("/execute") if d.webhook_id in expected]
-        duplicates = len(executions) - len(expected)
-        worker_log = processes[1].log()
-        assert "raised unexpected" not in worker_log, worker_log[-3000:]
-        report(
-            "postgres",
-            {
-                "acknowledged": len(acknowledged),
-                "answers_while_down": len(during),
-                "slowest_503_s": round(slowest, 3),
-                "median_503_s": round(sorted(a.seconds for a in during)[len(during) // 2], 3),
-                "first_201_after_start_s": round(back.at + back.seconds - started_at, 2),
-                "failures_after_recovery": sum(a.status != 201 for a in after),
-                "duplicate_deliveries": duplicates,
-                "tasks_that_waited": worker_log.count("waiting for it"),
-            },
-        )
-    finally:
-        for process in processes:
-            process.stop()
+    duplicates = under_load.executed_once(receiver, timeout=60)
+    worker_log = under_load.worker.log()
+    assert "raised unexpected" not in worker_log, worker_log[-3000:]
+    report(
+        "postgres",
+        {
+            "acknowledged": len(load.acknowledged()),
+            "answers_while_down": len(during),
+            "slowest_503_s": round(slowest, 3),
+            "median_503_s": round(sorted(a.seconds for a in during)[len(during) // 2], 3),
+            "first_201_after_start_s": round(back.at + back.seconds - started_at, 2),
+            "failures_after_recovery": sum(a.status != 201 for a in after),
+            "duplicate_deliveries": duplicates,
+            "tasks_that_waited": worker_log.count("waiting for it"),
+        },
+    )
 
 
 def test_redis_stopped_under_load_keeps_accepting_and_delivers_everything_after(
-    tmp_path: Path, receiver: Receiver, private_postgres: PrivatePostgres, private_redis: Any
+    under_load: UnderLoad, receiver: Receiver, private_redis: PrivateRedis
 ) -> None:
-    database_url = private_postgres.create_database(database_name())
-    app, processes = start_stack(
-        tmp_path, receiver, database_url=database_url, redis_url=private_redis.url
+    app, load = under_load.app, under_load.load
+    stopped_at = time.monotonic()
+    private_redis.stop()
+    time.sleep(1)
+    ready = httpx.get(f"{app.base}/readyz", timeout=5)
+    time.sleep(max(0.0, stopped_at + 8 - time.monotonic()))
+    private_redis.start()  # empty: whatever the broker held is gone
+    started_at = time.monotonic()
+    time.sleep(3)
+    under_load.stop_load()
+
+    assert ready.status_code == 503 and ready.json()["down"] == ["redis"]
+    during = [a for a in load.answers if stopped_at + 0.5 < a.at < started_at]
+    # The outbox holds the work: proposals are still accepted, the broker nudge waits.
+    assert during and {a.status for a in during} <= {201, 503}, {a.status for a in during}
+    slowest = max(a.seconds for a in during)
+    assert slowest < 2.0
+
+    duplicates = under_load.executed_once(receiver, timeout=90)
+    report(
+        "redis",
+        {
+            "acknowledged": len(load.acknowledged()),
+            "answers_while_down": len(during),
+            "statuses_while_down": sorted({a.status for a in during}),
+            "slowest_while_down_s": round(slowest, 3),
+            "all_executed_after_restart_s": round(time.monotonic() - started_at, 1),
+            "duplicate_deliveries": duplicates,
+        },
     )
-    try:
-        load = Load(app.base, app.key)
-        thread = run_load(load)
-        wait_until(lambda: len(load.acknowledged()) >= 20, timeout=30, what="load to flow")
-
-        stopped_at = time.monotonic()
-        private_redis.stop()
-        time.sleep(1)
-        ready = httpx.get(f"{app.base}/readyz", timeout=5)
-        time.sleep(max(0.0, stopped_at + 8 - time.monotonic()))
-        private_redis.start()  # empty: whatever the broker held is gone
-        started_at = time.monotonic()
-        time.sleep(3)
-        load.stopping.set()
-        thread.join(timeout=15)
-
-        assert ready.status_code == 503 and ready.json()["down"] == ["redis"]
-        during = [a for a in load.answers if stopped_at + 0.5 < a.at < started_at]
-        # The outbox holds the work: proposals are still accepted, the broker nudge waits.
-        assert during and {a.status for a in during} <= {201, 503}, {a.status for a in during}
-        slowest = max(a.seconds for a in during)
-        assert slowest < 2.0
-
-        acknowledged = load.acknowledged()
-        wait_until(
-            lambda: acknowledged <= executed_ids(database_url),
-            timeout=90,
-            what="every acknowledged proposal executed",
-        )
-        all_done = time.monotonic()
-        expected = {execute_id(i) for i in acknowledged}
-        assert expected <= receiver.distinct_ids("/execute")
-        executions = [d for d in receiver.of("/execute") if d.webhook_id in expected]
-        report(
-            "redis",
-            {
-                "acknowledged": len(acknowledged),
-                "answers_while_down": len(during),
-                "statuses_while_down": sorted({a.status for a in during}),
-                "slowest_while_down_s": round(slowest, 3),
-                "all_executed_after_restart_s": round(all_done - started_at, 1),
-                "duplicate_deliveries": len(executions) - len(expected),
-            },
-        )
-    finally:
-        for process in processes:
-            process.stop()
