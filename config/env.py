@@ -104,6 +104,10 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
                 # How long a request waits for a connection: short, so that a database that is
                 # away answers 503 within about a second (approvals/unavailable.py).
                 "timeout": env_float("DB_POOL_TIMEOUT", 1.0),
+                # While the server is away the pool's background reconnection backs off (1, 2,
+                # 4, 8 s …); giving it up after 2 s lets the next request start a fresh attempt,
+                # so the first request after the server returns connects at once.
+                "reconnect_timeout": 2.0,
             }
             options.setdefault("connect_timeout", "2")
         return {

@@ -67,7 +67,8 @@ def test_the_demo_service_asks_its_model_through_the_proxy_and_its_verdicts_are_
     calls = {call.pk: call for call in LLMCall.objects.all()}
     assert len(calls) == 24
     for proposal in proposals:
-        call = calls[proposal.llm_call_id]  # every proposal names the call behind it
+        assert proposal.llm_call_id is not None  # every proposal names the call behind it
+        call = calls[proposal.llm_call_id]
         assert call.status == "ok" and call.service == "demo-shop"
         assert call.feature == proposal.feature
         assert call.model == proposal.model

@@ -30,7 +30,7 @@ class PrivatePostgres:
             entry = pwd.getpwnam(self.user)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
 
-    def _run(self, *args: str, timeout: float = 60) -> None:
+    def _run(self, *args: str | Path, timeout: float = 60) -> None:
         command = [str(a) for a in args]
         if self.user:
             command = ["runuser", "-u", self.user, "--", *command]

@@ -251,7 +251,8 @@ def test_postgres_stopped_under_load_answers_503_fast_and_loses_nothing(
     assert ready.status_code == 503 and ready.json()["down"] == ["database"]
     assert ready.headers["retry-after"]
     assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
-    during = [a for a in load.answers if stopped_at + 0.5 < a.at < started_at]
+    # Asked and answered while it was down (one waiting at the restart may well succeed).
+    during = [a for a in load.answers if stopped_at + 0.5 < a.at and a.at + a.seconds < started_at]
     assert during and {a.status for a in during} == {503}, {a.status for a in during}
     assert all(a.content_type == "application/problem+json" for a in during)
     assert all(a.retry_after for a in during)

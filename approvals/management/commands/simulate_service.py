@@ -36,7 +36,7 @@ from approvals.demo_model import KINDS, SYSTEM_PROMPT, make_proposal, ticket
 __all__ = ["Command", "make_proposal"]
 CALL_ID_HEADER = "X-Gatehouse-Call-Id"
 # What the service takes from its model's reply; anything else in it is ignored.
-FROM_MODEL = {
+FROM_MODEL: dict[str, type | tuple[type, ...]] = {
     "action_type": str,
     "payload": dict,
     "summary": str,

@@ -24,7 +24,8 @@ from approvals import demo_model
 
 def completion(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """An OpenAI chat completion answering `body` (a chat completions request)."""
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    given = body.get("messages")
+    messages = [m for m in given if isinstance(m, dict)] if isinstance(given, list) else []
     content = demo_model.answer(messages)
     prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 8
     return {
