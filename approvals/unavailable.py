@@ -31,8 +31,8 @@ def unavailable_response(request: HttpRequest, service: str) -> HttpResponse:
 
     retry_after = str(settings.UNAVAILABLE_RETRY_AFTER)
     detail = (
-        f"Gatehouse cannot reach its {service} right now; nothing was stored. "
-        f"Try again in {retry_after} s."
+        f"Gatehouse cannot reach its {service} right now. Try again in {retry_after} s; "
+        "a retry with the same Idempotency-Key is safe."
     )
     accepts_html = "text/html" in request.headers.get("Accept", "")
     if request.path.startswith(_API_PREFIXES) or not accepts_html:
