@@ -9,7 +9,11 @@ TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/1)
 TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE_URL) \
 	REDIS_URL=$(TEST_REDIS_URL) GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=1
 
-.PHONY: install run test lint format check-types bench clean
+.PHONY: install run test lint format check-types bench clean system-packages
+
+# Debian packages the tests need, as `command=package`: each is installed when its command is
+# missing (as root: apt-get; otherwise one line naming what to install, and stop).
+SYSTEM_PACKAGES := /usr/bin/chromium=chromium
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,17 +23,25 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo's simulated model listens here (manage.py simulate_provider).
+DEMO_MODEL_PORT ?= $(shell echo $$(($(PORT) + 10560)))
+DEMO_EVALS := sleep 75; while :; do $(PY) manage.py evals harvest support-drafts --holdout 0.2 --limit 25; \
+	$(PY) manage.py evals run support-drafts --prompt support-drafts@production; sleep 120; done
+
 run: install
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
-	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo
+	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo --model-url http://127.0.0.1:$(DEMO_MODEL_PORT)/v1
 	@echo "Gatehouse is at http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/v1/docs)"
-	@echo "Starting web, worker, beat, a simulated service posting proposals and a simulated reviewer"
-	@echo "(it decides what nobody took within 60 s); Ctrl-C stops them all."
+	@echo "Starting web, worker, beat, a simulated model, a simulated service that asks it what to propose"
+	@echo "(through /llm/v1) and posts its proposals, a simulated reviewer (it decides what nobody took"
+	@echo "within 60 s) and an eval run of the model against those verdicts every 2 minutes; Ctrl-C stops them all."
 	@DEBUG=$${DEBUG:-1} GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=$${GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS:-1} \
 		INSIGHTS_WINDOW=$${INSIGHTS_WINDOW:-5m} INSIGHTS_CHECK_INTERVAL=$${INSIGHTS_CHECK_INTERVAL:-20s} \
 		SITE_URL=http://127.0.0.1:$(PORT) $(PY) manage.py run_stack --port $(PORT) \
+		--extra "model=$(PY) manage.py simulate_provider --port $(DEMO_MODEL_PORT)" \
 		--extra "simulator=$(PY) manage.py simulate_service --url http://127.0.0.1:$(PORT) --rate $${SIMULATE_RATE:-1.5}" \
-		--extra "reviewers=$(PY) manage.py simulate_reviewers --delay $${SIMULATE_REVIEW_DELAY:-60}"
+		--extra "reviewers=$(PY) manage.py simulate_reviewers --delay $${SIMULATE_REVIEW_DELAY:-60}" \
+		--extra "evals=sh -c '$(DEMO_EVALS)'"
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -42,7 +54,19 @@ format: install
 check-types: install
 	$(TEST_ENV) $(VENV)/bin/mypy .
 
-test: install lint check-types
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make test needs Debian packages:$$missing (apt-get install -y$$missing)"; exit 1; fi; \
+		echo "installing$$missing for the tests"; \
+		apt-get install -y -q $$missing >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } \
+			|| { echo "could not install$$missing (apt-get install -y$$missing)"; exit 1; }; \
+	fi
+
+test: install system-packages lint check-types
 	@$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v 0
 	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -206,18 +206,29 @@ def outbox_reconcile(*, now: datetime | None = None, limit: int = 1000) -> int:
     failed after commit, a retry that lived only in a dead worker's memory, and an attempt cut
     short by a crash (its lease lapses). Dispatching twice is harmless: only one worker can take
     the lease, and a message already done is skipped.
+
+    Under a backlog it re-sends only what is surely lost: while messages still wait in the
+    broker, one that no worker ever took is most likely among them and is left to be taken in
+    turn; one whose lease lapsed was taken by a worker that died. A message re-sent is due again
+    from now, so the copy gets a grace period of its own before another is sent.
     """
     now = now or timezone.now()
-    due = (
-        OutboxMessage.objects.filter(
-            _available(now), next_attempt_at__lte=now - settings.OUTBOX_RECONCILE_GRACE
-        )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
+    overdue = OutboxMessage.objects.filter(
+        _available(now), next_attempt_at__lte=now - settings.OUTBOX_RECONCILE_GRACE
     )
-    ids = list(due)
+    backlog = outbox.broker_backlog()
+    if backlog:
+        overdue = overdue.filter(locked_until__isnull=False)
+    ids = list(overdue.order_by("next_attempt_at").values_list("pk", flat=True)[:limit])
     if ids:
-        log.info("reconciler: re-dispatching %s outbox messages", len(ids))
+        OutboxMessage.objects.filter(pk__in=ids, status=MessageStatus.PENDING).update(
+            next_attempt_at=now
+        )
+        log.info(
+            "reconciler: re-dispatching %s outbox messages (%s waiting in the broker)",
+            len(ids),
+            "unknown" if backlog is None else backlog,
+        )
         outbox.dispatch(ids)
     return len(ids)
 

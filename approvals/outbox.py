@@ -111,3 +111,19 @@ def dispatch(message_ids: Iterable[int], *, countdown: float | None = None) -> N
             log.warning(
                 "could not publish outbox message %s; the reconciler will", pk, exc_info=True
             )
+
+
+def broker_backlog() -> int | None:
+    """How many messages wait in the broker's task queue; None if the broker does not answer."""
+    from config.celery import app
+
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            declared = conn.default_channel.queue_declare(
+                queue=app.conf.task_default_queue, durable=True, auto_delete=False
+            )
+            return int(declared.message_count)
+    except Exception:
+        log.warning("could not read the broker's queue length", exc_info=True)
+        return None

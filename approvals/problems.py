@@ -11,9 +11,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.errors import _default_exception as ninja_default_exception
 from ninja.parser import Parser
 
 from approvals.errors import ApplicationError
+from approvals.unavailable import answer_unavailable
 
 PROBLEM_TYPE = "urn:gatehouse:problem:"
 TITLES = {
@@ -110,6 +112,12 @@ def install(api: NinjaAPI) -> None:
         if isinstance(exc.__cause__, ApplicationError):
             return application_error(request, exc.__cause__)
         return problem(exc.status_code, "http-error", str(exc))
+
+    @api.exception_handler(Exception)
+    def unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+        # A database or Redis that is away is a 503 here too (ninja would answer DEBUG's
+        # traceback page before Django's middleware saw it); anything else is ninja's.
+        return answer_unavailable(request, exc) or ninja_default_exception(request, exc, api)
 
     @api.exception_handler(RequestDataTooBig)
     def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:

@@ -8,16 +8,66 @@ Every periodic job is defined here and nowhere else.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from django.conf import settings
 
-app = Celery("gatehouse")
+log = logging.getLogger("gatehouse.worker")
+
+
+class DatabaseGatedTask(Task):  # type: ignore[misc]
+    """A task that meets a database that is away waits for it, then runs once more.
+
+    The worker slot stays busy meanwhile, and with a prefetch of one the worker takes no more
+    messages, so a queue of work is not consumed and failed while PostgreSQL restarts: it is
+    picked up as soon as the database answers. A wait that outlasts the task's time limit gives
+    the message up; the outbox row stays pending and the reconciler sends it again.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from config.health import backing_service_down
+
+        started = time.monotonic()
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if backing_service_down(exc) != "database":
+                raise
+            limit = self.soft_time_limit or self.time_limit or settings.WORKER_DATABASE_WAIT
+            deadline = started + min(float(limit), settings.WORKER_DATABASE_WAIT) - 1
+            log.warning("%s: the database is unreachable; waiting for it", self.name)
+            if not _wait_for_database(deadline):
+                log.warning("%s: the database stayed away; the reconciler re-sends it", self.name)
+                return None
+        return super().__call__(*args, **kwargs)
+
+
+def _wait_for_database(deadline: float) -> bool:
+    from django.db import connection
+
+    while True:
+        connection.close()  # never reuse a connection that died with the old server
+        try:
+            connection.ensure_connection()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except Exception:
+            if time.monotonic() >= deadline:
+                connection.close()
+                return False
+            time.sleep(0.5)
+
+
+app = Celery("gatehouse", task_cls=DatabaseGatedTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(
     task_serializer="json",

@@ -101,8 +101,15 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
             options["pool"] = {
                 "min_size": 1,
                 "max_size": env_int("DB_POOL_MAX", 20, minimum=1),
-                "timeout": 10,
+                # How long a request waits for a connection: short, so that a database that is
+                # away answers 503 within about a second (approvals/unavailable.py).
+                "timeout": env_float("DB_POOL_TIMEOUT", 1.0),
+                # While the server is away the pool's background reconnection backs off (1, 2,
+                # 4, 8 s …); giving it up after 2 s lets the next request start a fresh attempt,
+                # so the first request after the server returns connects at once.
+                "reconnect_timeout": 2.0,
             }
+            options.setdefault("connect_timeout", "2")
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path.lstrip("/")) or "gatehouse",
@@ -111,7 +118,10 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
             "CONN_MAX_AGE": 0 if pool else 60,
-            "CONN_HEALTH_CHECKS": not pool,
+            # With the pool, Django hands this to psycopg_pool as its `check`: a connection that
+            # died with the old server (restart, failover) is found and replaced before it is
+            # handed out, so no request fails on it.
+            "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
         }
     if scheme == "sqlite":

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "approvals.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -89,6 +90,9 @@ DATABASES = {
         pool=env_bool("DB_POOL", True),
     )
 }
+# While PostgreSQL or Redis is unreachable every request answers 503 with this Retry-After
+# (seconds) instead of waiting; see approvals/unavailable.py and docs/operations.md.
+UNAVAILABLE_RETRY_AFTER = env_int("UNAVAILABLE_RETRY_AFTER", 5, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: cache (and, in later parts, the Celery broker and the channel layer) when set.
@@ -99,7 +103,12 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     )
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # A Redis that is away must fail a request fast (503), not hang it.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+        }
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
@@ -212,6 +221,7 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # One line per webhook comes from gatehouse.execution already.
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the openai client's HTTP library
     },
 }
 
@@ -253,6 +263,9 @@ OUTBOX_RECONCILE_GRACE = env_duration("OUTBOX_RECONCILE_GRACE", "30s")
 EXPIRY_INTERVAL = env_duration("EXPIRY_INTERVAL", "30s")
 # How often review SLAs are checked (a reminder at 80%, escalation when breached).
 SLA_CHECK_INTERVAL = env_duration("SLA_CHECK_INTERVAL", "30s")
+# A task that finds the database away holds its worker slot and waits up to this many seconds
+# (never beyond its time limit) for it to return, so workers take no more work meanwhile.
+WORKER_DATABASE_WAIT = env_float("WORKER_DATABASE_WAIT", 60.0)
 IDEMPOTENCY_PURGE_INTERVAL = env_duration("IDEMPOTENCY_PURGE_INTERVAL", "1h")
 
 # Insights (docs/insights.md): agreement windows, the drift job, and the optional drift webhook.

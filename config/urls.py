@@ -2,12 +2,23 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
 
 from approvals.api import api
+from approvals.unavailable import handler500 as handler500
 from config import health
 
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    # Browsers ask every page's origin for /favicon.ico (the admin and the API docs too).
+    return redirect(static("favicon.svg"), permanent=True)
+
+
 urlpatterns = [
+    path("favicon.ico", favicon),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/", api.urls),

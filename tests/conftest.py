@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -237,3 +237,17 @@ def workers(transactional_db: None, tmp_path: Any) -> Any:
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def demo_model_url() -> Iterator[str]:
+    """The demo's simulated model (`manage.py simulate_provider`'s server) on a free port."""
+    import threading
+
+    from llmcalls.management.commands.simulate_provider import make_server
+
+    server = make_server("127.0.0.1", 0, latency=(0.0, 0.01))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()

@@ -33,9 +33,30 @@
   });
   body.addEventListener("htmx:wsError", function () { setLive("closed", "reconnecting…"); });
 
+  // --- pushed fragments this page has no target for -------------------------------------
+  // A push goes to every reviewer page, and htmx reports (console.error) each fragment whose
+  // target is not on the page. This extension (hx-ext="ws,live-place") takes those out of the
+  // message before htmx swaps it: a new queue or history row is placed where it fits, the rest
+  // (a state badge for a proposal not open here, a deletion of a row not shown) is dropped.
+  // The fragments are the server's, rendered and escaped; nothing is built from model text.
+  htmx.defineExtension("live-place", {
+    transformResponse: function (text, xhr) {
+      if (xhr) return text; // an ordinary htmx request, not a push
+      var template = document.createElement("template");
+      template.innerHTML = text;
+      Array.prototype.slice.call(template.content.children).forEach(function (fragment) {
+        if (!fragment.id || document.getElementById(fragment.id)) return;
+        fragment.remove();
+        if (fragment.hasAttribute("data-queue-row")) placeQueueRow(fragment);
+        else if (fragment.hasAttribute("data-history-row")) placeHistoryRow(fragment);
+      });
+      return template.innerHTML;
+    },
+  });
+
   // --- live insertion of new queue rows --------------------------------------------------
   // A pushed row replaces the row with its id (hx-swap-oob). A row the page does not have yet
-  // ends up here; we place it if it fits the filters on screen.
+  // comes here; we place it if it fits the filters on screen.
   // The value of a filter field on screen ("" when unset; a checkbox counts when checked).
   function fieldValue(formId, name) {
     var form = document.getElementById(formId);
@@ -45,11 +66,9 @@
   }
   function filterValue(name) { return fieldValue("queue-filters", name); }
   var missed = 0;
-  body.addEventListener("htmx:oobErrorNoTarget", function (event) {
-    var row = event.detail && event.detail.content;
+  function placeQueueRow(row) {
     var rows = document.getElementById("queue-rows");
-    if (!rows || !row || !row.hasAttribute || !row.hasAttribute("data-queue-row")) return;
-    if (document.getElementById(row.id)) return;
+    if (!rows) return;
     if (filterValue("type") && filterValue("type") !== row.getAttribute("data-action-type")) return;
     if (filterValue("risk") && filterValue("risk") !== row.getAttribute("data-risk")) return;
     if (filterValue("age")) return; // a new proposal is never "older than" anything yet
@@ -71,17 +90,15 @@
     if (empty) empty.remove();
     htmx.process(placed);
     placed.classList.add("arrived");
-  });
+  }
 
   // --- live history rows ---------------------------------------------------------------------
   // A decision pushes the proposal's history row: it replaces the row with its id, or, new to
   // this page, goes on top (the page is latest change first) if it fits the filters on screen.
   function historyFilter(name) { return fieldValue("history-filters", name); }
-  body.addEventListener("htmx:oobErrorNoTarget", function (event) {
-    var row = event.detail && event.detail.content;
+  function placeHistoryRow(row) {
     var rows = document.getElementById("history-rows");
-    if (!rows || !row || !row.hasAttribute || !row.hasAttribute("data-history-row")) return;
-    if (document.getElementById(row.id)) return;
+    if (!rows) return;
     // A search or "reviewed by me" cannot be judged from the row: those pages wait for a reload.
     if (historyFilter("q") || historyFilter("mine")) return;
     if (historyFilter("state") && historyFilter("state") !== row.getAttribute("data-state")) return;
@@ -94,7 +111,7 @@
     if (empty) empty.remove();
     htmx.process(placed);
     placed.classList.add("arrived");
-  });
+  }
 
   // Claims lapse on their own; hide labels whose time has passed until the next push.
   function expireClaims() {

@@ -14,7 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from approvals import execution, services, webhooks
+from approvals import execution, outbox, services, webhooks
 from approvals.models import ActionType, Attempt, OutboxMessage, Proposal
 from tests.conftest import ServiceClient, decide_as, refund_body
 from tests.execution_support import Receiver
@@ -300,14 +300,39 @@ def test_a_message_held_by_one_worker_is_not_taken_by_another(
 
 
 def test_the_reconciler_picks_up_only_overdue_unheld_pending_messages(
-    webhook_shop: ServiceClient, reviewer: User, django_capture_on_commit_callbacks: Any
+    webhook_shop: ServiceClient,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(outbox, "broker_backlog", lambda: 0)
     decide_as(reviewer, pending(webhook_shop))
     now = timezone.now()
     assert execution.outbox_reconcile(now=now) == 0  # within the grace period
     assert execution.outbox_reconcile(now=now + timedelta(minutes=5)) == 2
+    # A copy just sent gets a grace period of its own before another is sent.
+    assert execution.outbox_reconcile(now=now + timedelta(minutes=5, seconds=29)) == 0
     OutboxMessage.objects.filter(kind="callback").update(status="delivered")
+    assert execution.outbox_reconcile(now=now + timedelta(minutes=10)) == 1
+
+
+def test_under_a_backlog_the_reconciler_resends_only_what_a_dead_worker_held(
+    webhook_shop: ServiceClient, reviewer: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 400 messages still wait in the broker: the two never taken are most likely among them.
+    monkeypatch.setattr(outbox, "broker_backlog", lambda: 400)
+    decide_as(reviewer, pending(webhook_shop))
+    now = timezone.now()
+    assert execution.outbox_reconcile(now=now + timedelta(minutes=5)) == 0
+    # A worker took the execution and died: its lease lapsed, so that one is lost for sure.
+    execute = OutboxMessage.objects.get(kind="execute")
+    OutboxMessage.objects.filter(pk=execute.pk).update(
+        locked_until=now + timedelta(seconds=25), attempts=1
+    )
     assert execution.outbox_reconcile(now=now + timedelta(minutes=5)) == 1
+    # The broker does not answer: everything overdue is re-sent, as before.
+    monkeypatch.setattr(outbox, "broker_backlog", lambda: None)
+    assert execution.outbox_reconcile(now=now + timedelta(minutes=10)) == 2
 
 
 def test_expired_idempotency_keys_are_purged_after_the_retention(

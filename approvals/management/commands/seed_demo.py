@@ -5,22 +5,32 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from approvals import configfile, services
 from approvals.models import ApiKey, Service
 
 DEMO_FILE = Path(settings.BASE_DIR) / "config" / "demo.yaml"
+# Where config/demo.yaml expects the demo's simulated model; `--model-url` moves it.
+DEMO_MODEL_URL = "http://127.0.0.1:18560/v1"
 DEMO_PASSWORD = "gatehouse-demo"  # noqa: S105 - the demo's own login, printed for the newcomer
 
 
 class Command(BaseCommand):
     help = "Load the demo configuration, a demo service with a fresh key, and demo logins."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--model-url",
+            default=DEMO_MODEL_URL,
+            help="base URL of the demo's simulated model (manage.py simulate_provider)",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        text = DEMO_FILE.read_text().replace(DEMO_MODEL_URL, options["model_url"])
         with transaction.atomic():
-            configfile.apply(DEMO_FILE.read_text(), source=str(DEMO_FILE))
+            configfile.apply(text, source=str(DEMO_FILE))
             reviewer = self._user("reviewer", staff=False, groups=["support", "trust-and-safety"])
             self._user("reviewer2", staff=False, groups=["support", "trust-and-safety"])
             self._user("admin", staff=True, groups=[])
