@@ -6,7 +6,7 @@ import hashlib
 import secrets
 import string
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,9 +57,34 @@ def webhook_secret_generate() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-@transaction.atomic
+# Apps above the core register what else a new service may be granted there (llmcalls: the
+# features it may call through the model proxy): option name -> (help, grant(service, values)).
+SERVICE_GRANTS: dict[str, tuple[str, Callable[[Service, list[str]], None]]] = {}
+
+
 def service_create(
-    *, name: str, action_type_keys: Iterable[str] = (), callback_url: str = ""
+    *,
+    name: str,
+    action_type_keys: Iterable[str] = (),
+    callback_url: str = "",
+    grants: dict[str, list[str]] | None = None,
+) -> tuple[Service, str]:
+    """Create a service with its first API key; `grants` go to SERVICE_GRANTS, all or nothing."""
+    unknown = sorted(set(grants or {}) - set(SERVICE_GRANTS))
+    if unknown:
+        raise ApplicationError(f"Unknown grants: {', '.join(unknown)}", code="unknown-grant")
+    with transaction.atomic():
+        service, plain = _service_create(
+            name=name, action_type_keys=action_type_keys, callback_url=callback_url
+        )
+        for grant, values in (grants or {}).items():
+            if values:
+                SERVICE_GRANTS[grant][1](service, values)
+    return service, plain
+
+
+def _service_create(
+    *, name: str, action_type_keys: Iterable[str], callback_url: str
 ) -> tuple[Service, str]:
     keys = [k for k in action_type_keys if k]
     found = {t.key: t for t in ActionType.objects.filter(key__in=keys)}

@@ -185,7 +185,7 @@ def feature_grant_upsert(
     return "created" if created else "updated (action_types)"
 
 
-def feature_grants_for_new_service(*, service: Service, features: list[str]) -> None:
+def feature_grants_for_new_service(service: Service, features: list[str]) -> None:
     """`create_service --llm-features a,b`: grant each, seen by all the service's reviewers."""
     for feature in features:
         feature_grant_upsert(service=service, feature=feature, actor="system")
