@@ -2,7 +2,8 @@
 
 A call follows its feature's route (llmcalls.routing):
 
-1. Budget: if the feature has spent its daily budget, refuse, or (over_budget: next-model) drop
+1. Budget: if the calling service has spent the feature's daily budget, refuse, or (over_budget:
+   next-model) drop
    the first model and go on with the later, cheaper ones, marking the call `over_budget`.
 2. For each provider/model of the route, in order:
    a. exact cache (when the route has cache_ttl): a hit ends the call at zero cost;

@@ -1,4 +1,5 @@
-"""Routes and prices as plain values, read from the database and kept in memory briefly.
+"""Routes, prices and feature grants as plain values, read from the database and kept in memory
+briefly.
 
 A model call must not pay several queries for configuration, so each process keeps a snapshot for
 LLM_CONFIG_TTL seconds (admin edits take effect within that time; edits made through
