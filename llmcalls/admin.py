@@ -29,6 +29,12 @@ class _ForgetsSnapshot(admin.ModelAdmin):
         transaction.on_commit(routing.forget)
 
 
+def _unless(problem: str, value: str) -> str:
+    if problem:
+        raise forms.ValidationError(problem)
+    return value
+
+
 def _actor(request: HttpRequest) -> str:
     return f"user:{request.user.get_username()}"
 
@@ -40,10 +46,7 @@ class ProviderForm(forms.ModelForm):
 
     def clean_api_key_env(self) -> str:
         value = str(self.cleaned_data.get("api_key_env") or "").strip()
-        problem = services.api_key_env_problem(value)
-        if problem:
-            raise forms.ValidationError(problem)
-        return value
+        return _unless(services.api_key_env_problem(value), value)
 
 
 @admin.register(Provider)
@@ -72,10 +75,7 @@ class FeatureGrantForm(forms.ModelForm):
 
     def clean_feature(self) -> str:
         value = str(self.cleaned_data.get("feature") or "")
-        problem = services.feature_problem(value)
-        if problem:
-            raise forms.ValidationError(problem)
-        return value
+        return _unless(services.feature_problem(value), value)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -11,6 +11,12 @@ from pydantic import Field, field_validator, model_validator
 from approvals.configfile import ConfigFileError, Duration, StrictItem, register
 
 
+def _unless(problem: str, value: str) -> str:
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class ProviderSpec(StrictItem):
     name: str = Field(pattern=r"^[-a-zA-Z0-9_]+$", max_length=100)
     base_url: str = Field(pattern=r"^https?://", max_length=500)
@@ -21,10 +27,7 @@ class ProviderSpec(StrictItem):
     def _allowed_key_env(cls, value: str) -> str:
         from llmcalls.services import api_key_env_problem
 
-        problem = api_key_env_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+        return _unless(api_key_env_problem(value), value)
 
 
 class TargetSpec(StrictItem):
@@ -122,10 +125,7 @@ class GrantSpec(StrictItem):
     def _feature(cls, value: str) -> str:
         from llmcalls.services import feature_problem
 
-        problem = feature_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+        return _unless(feature_problem(value), value)
 
 
 @register("llm_grants", GrantSpec, order=65)
