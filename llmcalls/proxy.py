@@ -150,6 +150,14 @@ def _body_problem(body: Any) -> HttpResponse | None:
                 f"{name} is not a chat-completion parameter this proxy passes on.",
                 loc=["body", name],
             )
+        if _not_utf8(body[name]):
+            # Neither the provider nor the call log can take it: refuse it here, by name.
+            return _problem(
+                400,
+                "invalid-text",
+                f"{name} holds text that is not valid Unicode (a lone surrogate).",
+                loc=["body", name],
+            )
     messages = body.get("messages")
     if (
         not isinstance(messages, list)
@@ -176,6 +184,20 @@ def _body_problem(body: Any) -> HttpResponse | None:
     if not isinstance(body.get("model", ""), str):
         return _problem(400, "invalid-field", "model must be a string.", loc=["body", "model"])
     return None
+
+
+def _not_utf8(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_not_utf8(k) or _not_utf8(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_not_utf8(v) for v in value)
+    return False
 
 
 @csrf_exempt

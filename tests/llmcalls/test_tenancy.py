@@ -141,6 +141,8 @@ def test_reserved_or_unknown_body_fields_are_a_400_naming_the_field(
         ({"messages": MESSAGES, "stream": "yes"}, "stream"),
         ({"messages": MESSAGES, "stream_options": []}, "stream_options"),
         ({"messages": MESSAGES, "model": {"x": 1}}, "model"),
+        ({"messages": [{"role": "user", "content": "hi \udfff"}]}, "messages"),
+        ({"messages": MESSAGES, "stop": ["\ud800"]}, "stop"),
     ],
 )
 def test_badly_shaped_fields_are_a_400_naming_the_field(
