@@ -62,29 +62,13 @@ def webhook_secret_generate() -> str:
 SERVICE_GRANTS: dict[str, tuple[str, Callable[[Service, list[str]], None]]] = {}
 
 
+@transaction.atomic
 def service_create(
     *,
     name: str,
     action_type_keys: Iterable[str] = (),
     callback_url: str = "",
     grants: dict[str, list[str]] | None = None,
-) -> tuple[Service, str]:
-    """Create a service with its first API key; `grants` go to SERVICE_GRANTS, all or nothing."""
-    unknown = sorted(set(grants or {}) - set(SERVICE_GRANTS))
-    if unknown:
-        raise ApplicationError(f"Unknown grants: {', '.join(unknown)}", code="unknown-grant")
-    with transaction.atomic():
-        service, plain = _service_create(
-            name=name, action_type_keys=action_type_keys, callback_url=callback_url
-        )
-        for grant, values in (grants or {}).items():
-            if values:
-                SERVICE_GRANTS[grant][1](service, values)
-    return service, plain
-
-
-def _service_create(
-    *, name: str, action_type_keys: Iterable[str], callback_url: str
 ) -> tuple[Service, str]:
     keys = [k for k in action_type_keys if k]
     found = {t.key: t for t in ActionType.objects.filter(key__in=keys)}
@@ -101,6 +85,11 @@ def _service_create(
     service.action_types.set(found.values())
     _, plain = api_key_create(service=service, label="created with the service")
     AuditEvent.objects.create(kind="service.created", actor="system", data={"service": name})
+    for grant, values in (grants or {}).items():
+        if grant not in SERVICE_GRANTS:
+            raise ApplicationError(f"Unknown grant: {grant}", code="unknown-grant")
+        if values:
+            SERVICE_GRANTS[grant][1](service, values)
     return service, plain
 
 
