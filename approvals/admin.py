@@ -115,7 +115,7 @@ class ServiceAdmin(admin.ModelAdmin):
     actions = ["issue_key"]
     readonly_fields = ["created_at"]
 
-    @admin.action(description="Issue a new API key (shown once)")
+    @admin.action(description="Issue a new API key (shown once)", permissions=["change"])
     def issue_key(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:
         for service in queryset:
             _, plain = services.api_key_create(service=service, label=f"issued by {request.user}")
@@ -136,7 +136,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are issued from the service page so the secret is shown once
 
-    @admin.action(description="Revoke the selected keys")
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             services.api_key_revoke(prefix=key.prefix)
@@ -370,7 +370,10 @@ class WebhookEndpointAdmin(ReadOnlyAdmin):
     list_display = ["url", "disabled_at", "disabled_reason"]
     actions = ["enable"]
 
-    @admin.action(description="Re-enable the selected endpoints")
+    def has_enable_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("approvals.change_webhookendpoint")
+
+    @admin.action(description="Re-enable the selected endpoints", permissions=["enable"])
     def enable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
         for endpoint in queryset:
             execution.webhook_endpoint_enable(url=endpoint.url, by=str(request.user))

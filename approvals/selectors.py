@@ -244,7 +244,8 @@ def linked_model_call(*, proposal: Proposal) -> ModelCall | None:
         model = apps.get_model(LLMCALLS_APP, "LLMCall")
     except LookupError:
         return None
-    call = model.objects.filter(pk=proposal.llm_call_id).first()
+    # Only a call of the proposal's own service: never another tenant's prompt on this page.
+    call = model.objects.filter(pk=proposal.llm_call_id, service=proposal.service.name).first()
     if call is None:
         return None
     return ModelCall(

@@ -6,12 +6,13 @@ import hashlib
 import secrets
 import string
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, connection, transaction
@@ -56,9 +57,18 @@ def webhook_secret_generate() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+# Apps above the core register what else a new service may be granted there (llmcalls: the
+# features it may call through the model proxy): option name -> (help, grant(service, values)).
+SERVICE_GRANTS: dict[str, tuple[str, Callable[[Service, list[str]], None]]] = {}
+
+
 @transaction.atomic
 def service_create(
-    *, name: str, action_type_keys: Iterable[str] = (), callback_url: str = ""
+    *,
+    name: str,
+    action_type_keys: Iterable[str] = (),
+    callback_url: str = "",
+    grants: dict[str, list[str]] | None = None,
 ) -> tuple[Service, str]:
     keys = [k for k in action_type_keys if k]
     found = {t.key: t for t in ActionType.objects.filter(key__in=keys)}
@@ -75,6 +85,11 @@ def service_create(
     service.action_types.set(found.values())
     _, plain = api_key_create(service=service, label="created with the service")
     AuditEvent.objects.create(kind="service.created", actor="system", data={"service": name})
+    for grant, values in (grants or {}).items():
+        if grant not in SERVICE_GRANTS:
+            raise ApplicationError(f"Unknown grant: {grant}", code="unknown-grant")
+        if values:
+            SERVICE_GRANTS[grant][1](service, values)
     return service, plain
 
 
@@ -187,6 +202,24 @@ def _allowed_action_type(*, service: Service, key: str) -> ActionType:
     return action_type
 
 
+def _check_own_llm_call(*, service: Service, call_id: Any) -> None:
+    """A proposal links only a model call of its own service: reviewers are shown its prompt."""
+    call_model = None
+    if apps.is_installed("llmcalls"):  # the call log is an optional app above the core
+        call_model = apps.get_model("llmcalls", "LLMCall")
+    if (
+        call_model is None
+        or not call_model.objects.filter(pk=call_id, service=service.name).exists()
+    ):
+        raise ApplicationError(
+            f"llm_call_id {call_id} is not a model call of service {service.name!r}: link the "
+            "X-Gatehouse-Call-Id of a call this service made through the proxy.",
+            status=422,
+            code="unknown-llm-call",
+            errors=[{"loc": ["body", "llm_call_id"], "msg": "not a model call of this service"}],
+        )
+
+
 def proposal_submit(
     *, service: Service, data: dict[str, Any], idempotency_key: str | None = None
 ) -> SubmitResult:
@@ -198,6 +231,8 @@ def proposal_submit(
     """
     request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
+    if data.get("llm_call_id") is not None:
+        _check_own_llm_call(service=service, call_id=data["llm_call_id"])
     schema_errors = schemas_cache.validate_payload(action_type, data["payload"])
     if schema_errors:
         raise ApplicationError(

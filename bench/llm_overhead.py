@@ -138,7 +138,9 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
         over_budget="refuse",
         params={},
     )
-    _, key = approvals_services.service_create(name="bench-llm")
+    _, key = approvals_services.service_create(
+        name="bench-llm", grants={"llm-features": ["bench-llm"]}
+    )
 
     raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
     via_proxy = openai.OpenAI(base_url=f"{gatehouse}/llm/v1", api_key=key, max_retries=0)

@@ -42,7 +42,7 @@ class EvalSetAdmin(admin.ModelAdmin):
     readonly_fields = ["holdout_sealed_at", "created_at"]
     actions = ["seal_holdout"]
 
-    @admin.action(description="Seal the holdout (cannot be undone)")
+    @admin.action(description="Seal the holdout (cannot be undone)", permissions=["change"])
     def seal_holdout(self, request: HttpRequest, queryset: QuerySet[EvalSet]) -> None:
         for eval_set in queryset:
             services.holdout_seal(eval_set=eval_set)

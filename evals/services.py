@@ -281,7 +281,7 @@ def cases_harvest(
             llm_call_id__isnull=False,
         )
         .exclude(eval_cases__eval_set=eval_set)
-        .select_related("action_type")
+        .select_related("action_type", "service")
         .order_by("decided_at", "id")
     )
     if action_types:
@@ -296,7 +296,9 @@ def cases_harvest(
         new: list[EvalCase] = []
         for proposal in candidates:
             call = calls.get(proposal.llm_call_id)
-            if call is None or not call.messages:
+            # Only the proposal's own service's call: a link stored before links were checked
+            # could name another tenant's prompt.
+            if call is None or call.service != proposal.service.name or not call.messages:
                 report.without_call += 1
                 continue
             ideal = {

@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from approvals.admin import ReadOnlyAdmin
-from llmcalls import routing
-from llmcalls.models import LLMCall, ModelPrice, Provider, Route, RouteTarget
+from llmcalls import routing, services
+from llmcalls.models import FeatureGrant, LLMCall, ModelPrice, Provider, Route, RouteTarget
 
 
 class _ForgetsSnapshot(admin.ModelAdmin):
@@ -27,10 +29,92 @@ class _ForgetsSnapshot(admin.ModelAdmin):
         transaction.on_commit(routing.forget)
 
 
+def _unless(problem: str, value: str) -> str:
+    if problem:
+        raise forms.ValidationError(problem)
+    return value
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"user:{request.user.get_username()}"
+
+
+class ProviderForm(forms.ModelForm):
+    class Meta:
+        model = Provider
+        fields = ["name", "base_url", "api_key_env"]
+
+    def clean_api_key_env(self) -> str:
+        value = str(self.cleaned_data.get("api_key_env") or "").strip()
+        return _unless(services.api_key_env_problem(value), value)
+
+
 @admin.register(Provider)
-class ProviderAdmin(_ForgetsSnapshot):
+class ProviderAdmin(admin.ModelAdmin):
+    """Where a provider's key goes is audited: every change of name, base URL or key variable."""
+
+    form = ProviderForm
     list_display = ["name", "base_url", "api_key_env", "updated_at"]
     search_fields = ["name", "base_url"]
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        services.provider_save(provider=obj, actor=_actor(request))
+
+    def delete_model(self, request: HttpRequest, obj: Provider) -> None:
+        services.provider_delete(provider=obj, actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        for provider in queryset:
+            services.provider_delete(provider=provider, actor=_actor(request))
+
+
+class FeatureGrantForm(forms.ModelForm):
+    class Meta:
+        model = FeatureGrant
+        fields = ["service", "feature", "action_types"]
+
+    def clean_feature(self) -> str:
+        value = str(self.cleaned_data.get("feature") or "")
+        return _unless(services.feature_problem(value), value)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        service = data.get("service")
+        if service is not None:
+            problem = services.feature_grant_action_types_problem(
+                service=service, action_types=data.get("action_types") or []
+            )
+            if problem:
+                self.add_error("action_types", problem)
+        return data
+
+
+@admin.register(FeatureGrant)
+class FeatureGrantAdmin(admin.ModelAdmin):
+    """Which features a service may call through the proxy, and whose reviewers see the calls."""
+
+    form = FeatureGrantForm
+    list_display = ["service", "feature", "reviewed_by", "created_at"]
+    list_filter = ["service"]
+    search_fields = ["feature", "service__name"]
+    filter_horizontal = ["action_types"]
+
+    @admin.display(description="calls seen by reviewers of")
+    def reviewed_by(self, obj: FeatureGrant) -> str:
+        return ", ".join(t.key for t in obj.action_types.all()) or "every type of the service"
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        services.feature_grant_changed(
+            grant=form.instance, created=not change, actor=_actor(request)
+        )
+
+    def delete_model(self, request: HttpRequest, obj: FeatureGrant) -> None:
+        services.feature_grant_revoke(grant=obj, actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FeatureGrant]) -> None:
+        for grant in queryset.select_related("service"):
+            services.feature_grant_revoke(grant=grant, actor=_actor(request))
 
 
 class RouteTargetInline(admin.TabularInline):

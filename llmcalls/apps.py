@@ -8,5 +8,13 @@ class LlmcallsConfig(AppConfig):
     verbose_name = "Model calls"
 
     def ready(self) -> None:
-        # Registers the llm_providers and llm_routes sections of `manage.py apply`.
+        # Registers the llm_providers, llm_routes and llm_grants sections of `manage.py apply`,
+        # and `create_service --llm-features`.
+        from approvals.services import SERVICE_GRANTS
         from llmcalls import configspec  # noqa: F401
+        from llmcalls.services import feature_grants_for_new_service
+
+        SERVICE_GRANTS["llm-features"] = (
+            "comma-separated features the service may call through the model proxy (/llm/v1)",
+            feature_grants_for_new_service,
+        )

@@ -2,7 +2,8 @@
 
 A call follows its feature's route (llmcalls.routing):
 
-1. Budget: if the feature has spent its daily budget, refuse, or (over_budget: next-model) drop
+1. Budget: if the calling service has spent the feature's daily budget, refuse, or (over_budget:
+   next-model) drop
    the first model and go on with the later, cheaper ones, marking the call `over_budget`.
 2. For each provider/model of the route, in order:
    a. exact cache (when the route has cache_ttl): a hit ends the call at zero cost;
@@ -257,9 +258,10 @@ class _Call:
             config = None  # an explicitly named route must exist; no fallback to `default`
         self.route = config
         self.route_name = route or feature
+        # The route's parameters are the admin's: a caller may add others, never override them.
         self.params = {
-            **(config.params if config else {}),
             **{k: v for k, v in params.items() if k not in _OUR_PARAMS},
+            **(config.params if config else {}),
         }
         if isinstance(deadline, timedelta):
             deadline = deadline.total_seconds()
@@ -297,33 +299,38 @@ class _Call:
         targets = self.route.targets
         budget = self.route.daily_budget_usd
         if budget is not None:
-            spent = services.spent_today(feature=self.feature)
+            # Each service has the budget of its own: one cannot spend another's.
+            spent = services.spent_today(feature=self.feature, service=self.service)
             if spent >= budget:
                 if self.route.over_budget == "next-model" and len(targets) > 1:
                     logger.warning(
-                        "feature %s is over its daily budget ($%s of $%s); using later models",
+                        "feature %s (service %r) is over its daily budget ($%s of $%s); "
+                        "using later models",
                         self.feature,
+                        self.service,
                         spent,
                         budget,
                     )
                     self.over_budget = True
                     return targets[1:]
+                whose = f" for service {self.service!r}" if self.service else ""
                 raise BudgetExceeded(
-                    f"Feature {self.feature!r} has spent ${spent:.4f} of its daily budget of "
-                    f"${budget}; calls are refused until 00:00 UTC.",
+                    f"Feature {self.feature!r} has spent ${spent:.4f}{whose} of its daily budget "
+                    f"of ${budget}; calls are refused until 00:00 UTC.",
                     call_id=self.id,
                 )
         return targets
 
     def cache_key(self, target: Target) -> str:
-        # Provider-independent: the same model behind another provider shares the entry.
+        # Provider-independent: the same model behind another provider shares the entry. Keyed
+        # by the service too: one service never reads another's answers.
         body = json.dumps(
-            [self.feature, target.model, self.params, self.messages],
+            [self.service, self.feature, target.model, self.params, self.messages],
             sort_keys=True,
             separators=(",", ":"),
             default=str,
         )
-        return "llm:cache:v1:" + hashlib.sha256(body.encode()).hexdigest()
+        return "llm:cache:v2:" + hashlib.sha256(body.encode()).hexdigest()
 
     def record(self, **values: Any) -> dict[str, Any]:
         record = {
@@ -392,6 +399,11 @@ _clients_lock = threading.Lock()
 def _client(target: Target) -> openai.OpenAI:
     api_key = "not-needed"
     if target.api_key_env:
+        # Checked again here, not only at save: a row written around the checks (SQL, an old
+        # release) must never send one of Gatehouse's own secrets to a provider.
+        refused = services.api_key_env_problem(target.api_key_env)
+        if refused:
+            raise _Misconfigured(f"provider {target.provider}: {refused}")
         api_key = os.environ.get(target.api_key_env, "")
         if not api_key:
             raise _Misconfigured(

@@ -1,4 +1,4 @@
-"""The `llm_providers` and `llm_routes` sections of `manage.py apply`."""
+"""The `llm_providers`, `llm_routes` and `llm_grants` sections of `manage.py apply`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,23 @@ from pydantic import Field, field_validator, model_validator
 from approvals.configfile import ConfigFileError, Duration, StrictItem, register
 
 
+def _unless(problem: str, value: str) -> str:
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class ProviderSpec(StrictItem):
     name: str = Field(pattern=r"^[-a-zA-Z0-9_]+$", max_length=100)
     base_url: str = Field(pattern=r"^https?://", max_length=500)
     api_key_env: str = Field(default="", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$|^$", max_length=100)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _allowed_key_env(cls, value: str) -> str:
+        from llmcalls.services import api_key_env_problem
+
+        return _unless(api_key_env_problem(value), value)
 
 
 class TargetSpec(StrictItem):
@@ -97,3 +110,47 @@ def apply_routes(items: list[RouteSpec]) -> list[str]:
         )
         for spec in items
     ]
+
+
+class GrantSpec(StrictItem):
+    service: str = Field(min_length=1, max_length=100)
+    feature: str = Field(min_length=1, max_length=200)
+    action_types: list[str] = Field(
+        default_factory=list,
+        description="whose reviewers see the calls; omit: every type the service may propose",
+    )
+
+    @field_validator("feature")
+    @classmethod
+    def _feature(cls, value: str) -> str:
+        from llmcalls.services import feature_problem
+
+        return _unless(feature_problem(value), value)
+
+
+@register("llm_grants", GrantSpec, order=65)
+def apply_grants(items: list[GrantSpec]) -> list[str]:
+    from approvals.errors import ApplicationError
+    from approvals.models import Service
+    from llmcalls import services
+
+    found = {s.name: s for s in Service.objects.filter(name__in=[i.service for i in items])}
+    report = []
+    for index, spec in enumerate(items):
+        where = f"llm_grants[{index}] ({spec.service} → {spec.feature})"
+        service = found.get(spec.service)
+        if service is None:
+            raise ConfigFileError(
+                [f"{where}: unknown service {spec.service!r}; create it first (create_service)"]
+            )
+        try:
+            result = services.feature_grant_upsert(
+                service=service,
+                feature=spec.feature,
+                action_type_keys=spec.action_types,
+                actor="config:apply",
+            )
+        except ApplicationError as exc:
+            raise ConfigFileError([f"{where}: {exc.message}"]) from None
+        report.append(f"llm grant {spec.service} → {spec.feature}: {result}")
+    return report

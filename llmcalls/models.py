@@ -87,6 +87,38 @@ class RouteTarget(models.Model):
         return f"{self.provider.name}/{self.model}"
 
 
+class FeatureGrant(models.Model):
+    """A service may call this feature through the proxy (/llm/v1), and no feature without one.
+
+    Its calls are shown to the reviewers of `action_types` — those of them the service may
+    propose; blank: every action type the service may propose (llmcalls.selectors).
+    """
+
+    service = models.ForeignKey(
+        "approvals.Service", on_delete=models.CASCADE, related_name="llm_feature_grants"
+    )
+    feature = models.CharField(
+        max_length=200, help_text="Sent as X-Gatehouse-Feature (default: the service's name)"
+    )
+    action_types = models.ManyToManyField(
+        "approvals.ActionType",
+        blank=True,
+        related_name="+",
+        help_text="Whose reviewers see these calls (only types the service may propose count); "
+        "blank: the reviewers of every type the service may propose",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["service", "feature"]
+        constraints = [
+            models.UniqueConstraint(fields=["service", "feature"], name="featuregrant_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service} → {self.feature}"
+
+
 class ModelPrice(models.Model):
     """USD per million tokens, valid from a date. Blank provider: the price for any provider."""
 
@@ -164,7 +196,12 @@ class LLMCall(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["feature", "created_at"], name="llmcall_feature_created")]
+        # Serves spend per service and feature today (budgets).
+        indexes = [
+            models.Index(
+                fields=["feature", "service", "created_at"], name="llmcall_feature_service"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.feature} {self.model} {self.status}"

@@ -2,8 +2,11 @@
 
 Every request goes through llmcalls.client with the feature from `X-Gatehouse-Feature` (default:
 the service's name), so it gets the route's deadline, retries, fallback, cache, budget and log.
-The route decides the model; the `model` in the request is not used to pick one. Responses carry
-`X-Gatehouse-Call-Id`; errors are in OpenAI's shape (`{"error": {...}}`) so the SDK raises them.
+Nothing the caller sends is taken on trust: the feature must be granted to the service
+(FeatureGrant), the route, its deadline and its parameters are the admin's, and the body may carry
+only chat-completion parameters (others: 400 naming the field). The route decides the model; the
+`model` in the request is not used to pick one. Responses carry `X-Gatehouse-Call-Id`; errors are
+in OpenAI's shape (`{"error": {...}}`) so the SDK raises them.
 """
 
 from __future__ import annotations
@@ -13,18 +16,68 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from approvals import problems
+from approvals.errors import ApplicationError
 from approvals.models import Service
 from approvals.services import api_key_authenticate
 from llmcalls import client, routing
 from llmcalls.client import CompletionStream, LLMError
 
 CALL_ID_HEADER = "X-Gatehouse-Call-Id"
+FEATURE_HEADER = "X-Gatehouse-Feature"
+# Chat-completion parameters a caller may send; the route's own params override them.
+ALLOWED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "user",
+        "reasoning_effort",
+        "verbosity",
+        "modalities",
+        "prediction",
+        "audio",
+        "web_search_options",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
+# What Gatehouse decides, not the caller, and where it comes from instead.
+RESERVED_FIELDS = {
+    "feature": f"the feature comes from the {FEATURE_HEADER} header and must be granted",
+    "service": "the service is the one the API key belongs to",
+    "route": "the route is the feature's, set by an admin",
+    "deadline": "the deadline is the route's, set by an admin",
+    "attempt_timeout": "the attempt timeout is the route's, set by an admin",
+    "timeout": "the deadline is the route's, set by an admin",
+    "store": "whether the provider stores the exchange is the route's choice (its params)",
+    "metadata": "metadata goes with `store`, the route's choice (its params)",
+    "service_tier": "the service tier (and its price) is the route's choice (its params)",
+}
 _NOT_PARAMS = {"model", "messages", "stream", "stream_options"}
 
 
@@ -38,6 +91,25 @@ def _error(
     if call_id is not None:
         response[CALL_ID_HEADER] = str(call_id)
     return response
+
+
+def _problem(status: int, code: str, message: str, *, loc: list[str] | None = None) -> HttpResponse:
+    """problem+json naming the field, with the same in OpenAI's `error` so the SDK raises it."""
+    param = loc[-1] if loc else None
+    return problems.problem(
+        status,
+        code,
+        message,
+        errors=[{"loc": loc, "msg": message}] if loc else None,
+        extra={
+            "error": {
+                "message": message,
+                "type": "invalid_request_error" if status < 403 else "permission_error",
+                "code": code,
+                "param": param,
+            }
+        },
+    )
 
 
 def _service(request: HttpRequest) -> Service | None:
@@ -59,6 +131,75 @@ def _unauthorized() -> JsonResponse:
     return response
 
 
+def _body_problem(body: Any) -> HttpResponse | None:
+    """A 400 for the first field the caller may not send or sent in the wrong shape."""
+    if not isinstance(body, dict):
+        return _problem(400, "invalid-body", "The body must be a JSON object.", loc=["body"])
+    for name in body:
+        if name in RESERVED_FIELDS:
+            return _problem(
+                400,
+                "reserved-field",
+                f"{name} may not be sent: {RESERVED_FIELDS[name]}.",
+                loc=["body", name],
+            )
+        if name not in ALLOWED_FIELDS:
+            return _problem(
+                400,
+                "unknown-field",
+                f"{name} is not a chat-completion parameter this proxy passes on.",
+                loc=["body", name],
+            )
+        if _not_utf8(body[name]):
+            # Neither the provider nor the call log can take it: refuse it here, by name.
+            return _problem(
+                400,
+                "invalid-text",
+                f"{name} holds text that is not valid Unicode (a lone surrogate).",
+                loc=["body", name],
+            )
+    messages = body.get("messages")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) for m in messages)
+    ):
+        return _problem(
+            400,
+            "invalid-messages",
+            "messages must be a non-empty list of message objects.",
+            loc=["body", "messages"],
+        )
+    if not isinstance(body.get("stream", False), bool):
+        return _problem(
+            400, "invalid-field", "stream must be true or false.", loc=["body", "stream"]
+        )
+    if not isinstance(body.get("stream_options", {}), dict | None):
+        return _problem(
+            400,
+            "invalid-field",
+            "stream_options must be an object.",
+            loc=["body", "stream_options"],
+        )
+    if not isinstance(body.get("model", ""), str):
+        return _problem(400, "invalid-field", "model must be a string.", loc=["body", "model"])
+    return None
+
+
+def _not_utf8(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_not_utf8(k) or _not_utf8(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_not_utf8(v) for v in value)
+    return False
+
+
 @csrf_exempt
 @require_POST
 def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
@@ -66,20 +207,22 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     if service is None:
         return _unauthorized()
     try:
-        body = json.loads(request.body)
-    except RequestDataTooBig:
-        return _error(413, "The request body is too large.", "request_too_large")
-    except ValueError:
-        return _error(400, "The body must be JSON.", "invalid_json", kind="invalid_request_error")
-    messages = body.get("messages") if isinstance(body, dict) else None
-    if not isinstance(messages, list) or not messages:
-        return _error(
-            400,
-            "messages must be a non-empty list.",
-            "invalid_messages",
-            kind="invalid_request_error",
+        body = problems.parse_json_body(request)
+    except ApplicationError as exc:
+        return _problem(exc.status, exc.code, exc.message, loc=["body"])
+    refused = _body_problem(body)
+    if refused is not None:
+        return refused
+    feature = request.headers.get(FEATURE_HEADER, "").strip() or service.name
+    if feature not in routing.granted_features(service_id=service.pk):
+        return _problem(
+            403,
+            "feature-not-granted",
+            f"Service {service.name!r} may not call the feature {feature[:200]!r}; an admin "
+            "grants features (llm_grants in `manage.py apply`, or the admin).",
+            loc=["header", FEATURE_HEADER],
         )
-    feature = request.headers.get("X-Gatehouse-Feature", "").strip() or service.name
+    messages = body["messages"]
     params = {k: v for k, v in body.items() if k not in _NOT_PARAMS}
     try:
         if body.get("stream"):
@@ -148,10 +291,14 @@ def _close(events: Any, stream: CompletionStream) -> None:
 
 @require_GET
 def models(request: HttpRequest) -> HttpResponse:
-    if _service(request) is None:
+    service = _service(request)
+    if service is None:
         return _unauthorized()
     seen: dict[str, str] = {}
-    for model, provider in routing.all_models():
+    # Only the models of the features granted to this service: other routes are not its business.
+    for model, provider in routing.models_for(
+        features=routing.granted_features(service_id=service.pk)
+    ):
         seen.setdefault(model, provider)
     return JsonResponse(
         {

@@ -1,4 +1,5 @@
-"""Routes and prices as plain values, read from the database and kept in memory briefly.
+"""Routes, prices and feature grants as plain values, read from the database and kept in memory
+briefly.
 
 A model call must not pay several queries for configuration, so each process keeps a snapshot for
 LLM_CONFIG_TTL seconds (admin edits take effect within that time; edits made through
@@ -71,6 +72,7 @@ class _Snapshot:
     loaded_at: float
     routes: dict[str, RouteConfig]
     prices: dict[str, list[Price]]  # model -> newest first
+    grants: dict[int, frozenset[str]]  # service id -> the features it may call through the proxy
 
 
 _lock = threading.Lock()
@@ -85,7 +87,7 @@ def forget() -> None:
 
 
 def _load() -> _Snapshot:
-    from llmcalls.models import ModelPrice, Route
+    from llmcalls.models import FeatureGrant, ModelPrice, Route
 
     routes: dict[str, RouteConfig] = {}
     for route in Route.objects.prefetch_related("targets__provider"):
@@ -116,7 +118,10 @@ def _load() -> _Snapshot:
                 row.effective_from,
             )
         )
-    return _Snapshot(time.monotonic(), routes, prices)
+    grants: dict[int, set[str]] = {}
+    for service_id, feature in FeatureGrant.objects.values_list("service_id", "feature"):
+        grants.setdefault(service_id, set()).add(feature)
+    return _Snapshot(time.monotonic(), routes, prices, {k: frozenset(v) for k, v in grants.items()})
 
 
 def _current() -> _Snapshot:
@@ -147,6 +152,12 @@ def price_for(*, provider: str, model: str, on: date) -> Price | None:
     return None
 
 
-def all_models() -> list[tuple[str, str]]:
-    """(model, provider) of every route target."""
-    return [(t.model, t.provider) for r in _current().routes.values() for t in r.targets]
+def granted_features(*, service_id: int) -> frozenset[str]:
+    """The features a service may call through the proxy."""
+    return _current().grants.get(service_id, frozenset())
+
+
+def models_for(*, features: frozenset[str]) -> list[tuple[str, str]]:
+    """(model, provider) of the routes that serve these features."""
+    routes = {route.feature: route for f in features if (route := route_for(f)) is not None}
+    return [(t.model, t.provider) for r in routes.values() for t in r.targets]

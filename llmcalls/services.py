@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Sum
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from approvals.configfile import upsert
-from llmcalls.models import LLMCall, Provider, Route, RouteTarget
+from approvals.errors import ApplicationError
+from approvals.models import ActionType, AuditEvent, Service
+from llmcalls.models import FeatureGrant, LLMCall, Provider, Route, RouteTarget
 
 logger = logging.getLogger("llmcalls")
 
@@ -22,13 +27,194 @@ logger = logging.getLogger("llmcalls")
 # --- configuration -------------------------------------------------------------------------------
 
 
-def provider_upsert(*, name: str, base_url: str, api_key_env: str) -> str:
+KEY_ENV_PREFIX = "GATEHOUSE_PROVIDER_"
+# Gatehouse's own secrets and connections: never a provider's key, whatever the allow-list says.
+_NEVER_KEY_ENVS = frozenset(
+    {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "INSIGHTS_WEBHOOK_SECRET", "METRICS_TOKEN"}
+)
+_NEVER_KEY_ENV_PREFIXES = ("DJANGO_", "GATEHOUSE_", "DATABASE", "REDIS", "CELERY_", "PG")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PROVIDER_AUDITED = ("name", "base_url", "api_key_env")
+
+
+def api_key_env_problem(name: str) -> str:
+    """Why a provider may not take its key from this environment variable ('' if it may).
+
+    A provider's key goes to its base URL, so whoever may edit a provider could otherwise send
+    any variable of the process (SECRET_KEY, DATABASE_URL …) to a host of their choosing.
+    """
+    if not name:
+        return ""
+    if not _ENV_NAME.match(name):
+        return f"{name!r} is not an environment variable name"
+    if name.startswith(KEY_ENV_PREFIX) and len(name) > len(KEY_ENV_PREFIX):
+        return ""
+    upper = name.upper()
+    if upper in _NEVER_KEY_ENVS or upper.startswith(_NEVER_KEY_ENV_PREFIXES):
+        return f"{name} holds one of Gatehouse's own settings; it is never sent to a provider"
+    if name in settings.LLM_PROVIDER_KEY_ENVS:
+        return ""
+    return (
+        f"a provider's key must come from a variable named {KEY_ENV_PREFIX}… "
+        f"or listed in LLM_PROVIDER_KEY_ENVS; {name} is neither"
+    )
+
+
+def provider_save(*, provider: Provider, actor: str) -> bool:
+    """Create or change a provider; audit where its key goes (name, base URL, key variable).
+
+    Returns whether an audited field changed (or the provider is new).
+    """
+    problem = api_key_env_problem(provider.api_key_env)
+    if problem:
+        raise ApplicationError(
+            f"api_key_env: {problem}.",
+            status=422,
+            code="api-key-env-refused",
+            errors=[{"loc": ["api_key_env"], "msg": problem}],
+        )
     with transaction.atomic():
-        result = upsert(
-            Provider, {"name": name}, {"base_url": base_url, "api_key_env": api_key_env}
+        before = (
+            Provider.objects.select_for_update().filter(pk=provider.pk).first()
+            if provider.pk
+            else None
+        )
+        provider.save()
+        changes = {
+            name: {"old": getattr(before, name) if before else None, "new": getattr(provider, name)}
+            for name in _PROVIDER_AUDITED
+            if before is None or getattr(before, name) != getattr(provider, name)
+        }
+        if changes:
+            AuditEvent.objects.create(
+                kind="llm_provider.created" if before is None else "llm_provider.changed",
+                actor=actor,
+                data={"provider": provider.name, **changes},
+            )
+    _config_changed()
+    return bool(changes)
+
+
+def provider_delete(*, provider: Provider, actor: str) -> None:
+    with transaction.atomic():
+        AuditEvent.objects.create(
+            kind="llm_provider.deleted",
+            actor=actor,
+            data={
+                "provider": provider.name,
+                "base_url": provider.base_url,
+                "api_key_env": provider.api_key_env,
+            },
+        )
+        provider.delete()
+    _config_changed()
+
+
+def provider_upsert(
+    *, name: str, base_url: str, api_key_env: str, actor: str = "config:apply"
+) -> str:
+    with transaction.atomic():
+        provider = Provider.objects.select_for_update().filter(name=name).first()
+        created = provider is None
+        provider = provider or Provider(name=name)
+        wanted = {"base_url": base_url, "api_key_env": api_key_env}
+        changed = [field for field, value in wanted.items() if getattr(provider, field) != value]
+        if not created and not changed:
+            return "unchanged"
+        for field, value in wanted.items():
+            setattr(provider, field, value)
+        provider_save(provider=provider, actor=actor)
+    return "created" if created else "updated (" + ", ".join(changed) + ")"
+
+
+# --- feature grants: what a service may call through the proxy -----------------------------------
+
+
+def feature_problem(feature: str) -> str:
+    if not feature or len(feature) > 200:
+        return "a feature name has 1 to 200 characters"
+    if feature != feature.strip() or not feature.isprintable():
+        return "a feature name has no surrounding spaces and no control characters"
+    return ""
+
+
+def feature_grant_action_types_problem(
+    *, service: Service, action_types: Iterable[ActionType]
+) -> str:
+    """The grant may name only action types the service may propose (their reviewers see it)."""
+    allowed = set(service.action_types.values_list("pk", flat=True))
+    foreign = sorted(t.key for t in action_types if t.pk not in allowed)
+    if foreign:
+        return f"service {service.name!r} may not propose {', '.join(foreign)}"
+    return ""
+
+
+def feature_grant_upsert(
+    *, service: Service, feature: str, action_type_keys: list[str] | None = None, actor: str
+) -> str:
+    """Let a service call a feature through the proxy; report what changed.
+
+    `action_type_keys` names whose reviewers see the calls (None or empty: the reviewers of
+    every type the service may propose).
+    """
+    problem = feature_problem(feature)
+    if problem:
+        raise ApplicationError(f"{feature!r}: {problem}.", code="bad-feature")
+    keys = sorted(set(action_type_keys or ()))
+    types = list(ActionType.objects.filter(key__in=keys))
+    missing = sorted(set(keys) - {t.key for t in types})
+    if missing:
+        raise ApplicationError(
+            f"Unknown action types: {', '.join(missing)}.", code="unknown-action-type"
+        )
+    problem = feature_grant_action_types_problem(service=service, action_types=types)
+    if problem:
+        raise ApplicationError(f"{problem}.", code="action-type-not-allowed")
+    with transaction.atomic():
+        grant, created = FeatureGrant.objects.get_or_create(service=service, feature=feature)
+        before = sorted(grant.action_types.values_list("key", flat=True))
+        if not created and before == keys:
+            return "unchanged"
+        grant.action_types.set(types)
+        AuditEvent.objects.create(
+            kind="llm_feature.granted",
+            actor=actor,
+            data={"service": service.name, "feature": feature, "action_types": keys},
         )
     _config_changed()
-    return result
+    return "created" if created else "updated (action_types)"
+
+
+def feature_grants_for_new_service(service: Service, features: list[str]) -> None:
+    """`create_service --llm-features a,b`: grant each, seen by all the service's reviewers."""
+    for feature in features:
+        feature_grant_upsert(service=service, feature=feature, actor="system")
+
+
+def feature_grant_changed(*, grant: FeatureGrant, created: bool, actor: str) -> None:
+    """Audit a grant saved by the admin (which writes the row and its action types itself)."""
+    AuditEvent.objects.create(
+        kind="llm_feature.granted",
+        actor=actor,
+        data={
+            "service": grant.service.name,
+            "feature": grant.feature,
+            "action_types": sorted(grant.action_types.values_list("key", flat=True)),
+            "created": created,
+        },
+    )
+    _config_changed()
+
+
+def feature_grant_revoke(*, grant: FeatureGrant, actor: str) -> None:
+    with transaction.atomic():
+        AuditEvent.objects.create(
+            kind="llm_feature.revoked",
+            actor=actor,
+            data={"service": grant.service.name, "feature": grant.feature},
+        )
+        grant.delete()
+    _config_changed()
 
 
 def route_upsert(
@@ -93,10 +279,11 @@ def day_start(now: datetime | None = None) -> datetime:
     return datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
 
 
-def spent_today(*, feature: str) -> Decimal:
-    total = LLMCall.objects.filter(feature=feature, created_at__gte=day_start()).aggregate(
-        total=Sum("cost_usd")
-    )["total"]
+def spent_today(*, feature: str, service: str) -> Decimal:
+    """What one service ("" for Gatehouse's own calls) spent on a feature today."""
+    total = LLMCall.objects.filter(
+        feature=feature, service=service, created_at__gte=day_start()
+    ).aggregate(total=Sum("cost_usd"))["total"]
     return total or Decimal(0)
 
 

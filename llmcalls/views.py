@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -16,28 +17,30 @@ from llmcalls.models import LLMCall
 WINDOW_DAYS = 7
 
 
-def _require_reader(request: HttpRequest) -> None:
-    """Staff, and reviewers (members of a group that reviews some action type)."""
-    user = request.user
-    if user.is_staff or user.groups.filter(action_types__isnull=False).exists():  # type: ignore[union-attr]
-        return
-    raise PermissionDenied("Model calls are visible to staff and reviewers.")
+def _require_reader(request: HttpRequest) -> QuerySet[LLMCall]:
+    """The calls this user may read: all with llmcalls.view_llmcall, else their teams' lines."""
+    if not selectors.can_read_calls(user=request.user):
+        raise PermissionDenied(
+            "Model calls are visible to reviewers (their teams' calls) and to users allowed "
+            "to view model calls."
+        )
+    return selectors.visible_calls(user=request.user)
 
 
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    _require_reader(request)
+    calls = _require_reader(request)
     since = timezone.now() - timedelta(days=WINDOW_DAYS)
     context = {
         "window_days": WINDOW_DAYS,
-        "chart": selectors.cost_per_feature_per_day(days=14),
-        "models": selectors.model_stats(since=since),
-        "rates": selectors.rates(since=since),
-        "unpriced": selectors.unpriced_models(since=since),
-        "slowest": selectors.slowest_calls(since=since),
-        "expensive": selectors.most_expensive_calls(since=since),
-        "budgets": selectors.budgets_today(),
+        "chart": selectors.cost_per_feature_per_day(days=14, calls=calls),
+        "models": selectors.model_stats(since=since, calls=calls),
+        "rates": selectors.rates(since=since, calls=calls),
+        "unpriced": selectors.unpriced_models(since=since, calls=calls),
+        "slowest": selectors.slowest_calls(since=since, calls=calls),
+        "expensive": selectors.most_expensive_calls(since=since, calls=calls),
+        "budgets": selectors.budgets_today(calls=calls),
     }
     return render(request, "llmcalls/dashboard.html", context)
 
@@ -45,6 +48,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def call_detail(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:
-    _require_reader(request)
-    call = get_object_or_404(LLMCall, id=call_id)
+    # Another team's call is not found, rather than forbidden: its existence is not theirs.
+    call = get_object_or_404(_require_reader(request), id=call_id)
     return render(request, "llmcalls/call.html", {"call": call})

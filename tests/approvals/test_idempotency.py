@@ -120,6 +120,11 @@ def test_twenty_concurrent_posts_with_one_key_create_exactly_one_proposal(
 
 
 def test_a_replay_works_for_a_proposal_that_links_a_model_call(shop: ServiceClient) -> None:
+    from llmcalls.models import LLMCall
+
+    LLMCall.objects.create(
+        id="5b0d3c56-7a1e-4c8e-9f00-0123456789ab", feature="shop", service="shop", status="ok"
+    )
     body = refund_body(llm_call_id="5b0d3c56-7a1e-4c8e-9f00-0123456789ab")
     first = shop.post_json("/api/v1/proposals", body, **{"Idempotency-Key": "with-call"})
     replay = shop.post_json("/api/v1/proposals", body, **{"Idempotency-Key": "with-call"})

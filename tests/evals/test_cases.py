@@ -123,7 +123,9 @@ def test_harvest_turns_reviewer_verdicts_on_logged_calls_into_cases(
     ]
     calls = [
         client.complete(
-            feature="evals-small", messages=[*messages, {"role": "user", "content": str(i)}]
+            feature="evals-small",
+            messages=[*messages, {"role": "user", "content": str(i)}],
+            service="shop",  # a proposal links only a call of its own service
         )
         for i in range(3)
     ]
@@ -137,19 +139,26 @@ def test_harvest_turns_reviewer_verdicts_on_logged_calls_into_cases(
     )
     rejected = _decided(shop, reviewer, verdict="reject", call_id=calls[2].call_id)
     no_call = _decided(shop, reviewer, verdict="approve", call_id=None)
-    lost_call = _decided(
-        shop, reviewer, verdict="approve", call_id="00000000-0000-0000-0000-000000000001"
+    lost_call = _decided(shop, reviewer, verdict="approve", call_id=None)
+    # A link whose call left the log, and one stored before links were checked (another
+    # service's call): neither becomes a case.
+    Proposal.objects.filter(pk=lost_call.pk).update(
+        llm_call_id="00000000-0000-0000-0000-000000000001"
     )
+    foreign = client.complete(feature="evals-small", messages=messages, service="other-shop")
+    foreign_link = _decided(shop, reviewer, verdict="approve", call_id=None)
+    Proposal.objects.filter(pk=foreign_link.pk).update(llm_call_id=foreign.call_id)
     approvals_services.proposal_submit(
         service=shop.service, data=refund_body(llm_call_id=str(calls[0].call_id), summary="pending")
     )
 
     report = services.cases_harvest(eval_set=eval_set)
 
-    assert (report.created, report.skipped, report.without_call) == (3, 0, 1)
+    assert (report.created, report.skipped, report.without_call) == (3, 0, 2)
     by_proposal = {c.proposal_id: c for c in eval_set.cases.all()}
     assert set(by_proposal) == {approved.pk, edited.pk, rejected.pk}
     assert no_call.pk not in by_proposal and lost_call.pk not in by_proposal
+    assert foreign_link.pk not in by_proposal
     case = by_proposal[approved.pk]
     assert case.source == "harvested" and case.split == "dev"
     assert case.input[:2] == messages

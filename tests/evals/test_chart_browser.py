@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from evals import services
@@ -40,7 +40,9 @@ def test_the_accuracy_chart_draws_under_script_src_self(
         )
         services.run_finish(run=run)
     session = Client()
-    session.force_login(User.objects.create_user("sam", is_staff=True))
+    viewer = User.objects.create_user("sam", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_evalset"))
+    session.force_login(viewer)
     cookie = session.cookies[settings.SESSION_COOKIE_NAME].value
 
     series, drawn, violations = read_chart(

@@ -14,9 +14,52 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(db: None) -> Client:
+    """Staff allowed to view eval sets (being staff alone is not enough)."""
+    user = User.objects.create_user("sam", password="pw-sam-123456", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_evalset"))
     client = Client()
-    client.force_login(User.objects.create_user("sam", password="pw-sam-123456", is_staff=True))
+    client.force_login(user)
     return client
+
+
+def test_staff_without_the_permission_reads_no_eval(runs: tuple[EvalRun, EvalRun]) -> None:
+    # Eval cases are harvested from every team's proposals and prompts: staff status is no pass.
+    client = Client()
+    client.force_login(User.objects.create_user("stan", is_staff=True))
+    for path in ("/evals/", "/evals/sets/refunds/", f"/evals/runs/{runs[1].pk}/"):
+        assert client.get(path).status_code == 403, path
+
+
+def test_a_view_only_user_cannot_seal_a_holdout(refund_set: EvalSet) -> None:
+    viewer = User.objects.create_user("vic", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_evalset"))
+    client = Client()
+    client.force_login(viewer)
+
+    client.post(
+        "/admin/evals/evalset/",
+        {"action": "seal_holdout", "_selected_action": [refund_set.pk]},
+    )
+
+    refund_set.refresh_from_db()
+    assert not refund_set.is_sealed
+
+
+def test_the_run_page_links_a_call_only_for_who_may_read_it(
+    staff: Client, runs: tuple[EvalRun, EvalRun]
+) -> None:
+    from llmcalls.models import LLMCall
+
+    call = LLMCall.objects.create(feature="evals:refunds", status="ok")
+    EvalResult.objects.filter(run=runs[1]).update(llm_call=call)
+
+    html = staff.get(f"/evals/runs/{runs[1].pk}/").content.decode()
+    assert f"/llm/calls/{call.id}/" not in html
+    User.objects.get(username="sam").user_permissions.add(
+        Permission.objects.get(codename="view_llmcall")
+    )
+    html = staff.get(f"/evals/runs/{runs[1].pk}/").content.decode()
+    assert f"/llm/calls/{call.id}/" in html
 
 
 @pytest.fixture

@@ -90,3 +90,20 @@ def prices(db: None) -> None:
 
 
 MESSAGES = [{"role": "user", "content": "Is order 42 eligible for a refund?"}]
+
+
+@pytest.fixture
+def grant(db: None) -> Callable[..., None]:
+    """grant(service_client, "feature", "refund.issue", …): let a service call a feature."""
+    from llmcalls.models import FeatureGrant
+
+    def make(service: Any, feature: str, *action_types: str) -> None:
+        target = getattr(service, "service", service)
+        row, _ = FeatureGrant.objects.get_or_create(service=target, feature=feature)
+        if action_types:
+            from approvals.models import ActionType
+
+            row.action_types.set(ActionType.objects.filter(key__in=action_types))
+        routing.forget()
+
+    return make

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.django_db
 
 FILE = """
 llm_providers:
-  - {name: primary, base_url: "http://127.0.0.1:9100/v1", api_key_env: PRIMARY_API_KEY}
-  - {name: backup, base_url: "http://127.0.0.1:9101/v1", api_key_env: BACKUP_API_KEY}
+  - {name: primary, base_url: "http://127.0.0.1:9100/v1", api_key_env: GATEHOUSE_PROVIDER_PRIMARY}
+  - {name: backup, base_url: "http://127.0.0.1:9101/v1", api_key_env: GATEHOUSE_PROVIDER_BACKUP}
 llm_routes:
   - feature: support-refunds
     models: [{provider: primary, model: gpt-4o-mini}, {provider: backup, model: small-model}]
@@ -39,7 +39,7 @@ def test_providers_and_routes_are_applied_once() -> None:
     assert route.deadline == timedelta(seconds=20) and route.cache_ttl == timedelta(hours=1)
     assert route.attempt_timeout == timedelta(seconds=8)
     assert route.daily_budget_usd == Decimal(50) and route.params == {"temperature": 0}
-    assert Provider.objects.get(name="primary").api_key_env == "PRIMARY_API_KEY"
+    assert Provider.objects.get(name="primary").api_key_env == "GATEHOUSE_PROVIDER_PRIMARY"
 
     assert configfile.apply(FILE) == [
         "llm provider primary: unchanged",

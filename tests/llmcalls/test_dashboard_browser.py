@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from llmcalls import client as llm
@@ -30,6 +30,7 @@ def test_the_cost_chart_draws_under_script_src_self(
     llm.complete(feature="support", messages=MESSAGES)
     llm.complete(feature="triage", messages=MESSAGES)
     staff = User.objects.create_user("sam", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_llmcall"))
     session = Client()
     session.force_login(staff)
     cookie = session.cookies[settings.SESSION_COOKIE_NAME].value

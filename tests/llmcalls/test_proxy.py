@@ -18,6 +18,14 @@ Route = Callable[..., None]
 PROMPT: Any = MESSAGES  # the SDK's message types are stricter than these dicts need
 
 
+@pytest.fixture
+def shop(shop: ServiceClient, grant: Callable[..., None]) -> ServiceClient:
+    """The service, granted its default feature (its name) and one more."""
+    grant(shop, "shop")
+    grant(shop, "support-refunds")
+    return shop
+
+
 @pytest.fixture(scope="module")
 def proxy_url(live_app: str) -> str:
     return f"{live_app}/llm/v1"
@@ -146,6 +154,33 @@ class TestThroughTheSdk:
         assert "Every model of the route failed" in caught.value.message
         call_id = caught.value.response.headers["x-gatehouse-call-id"]
         assert LLMCall.objects.get(id=call_id).status == "error"
+
+    def test_the_sdk_raises_a_field_gatehouse_keeps_with_its_name(
+        self, proxy_url: str, fake: FakeProvider, make_route: Route, shop: ServiceClient
+    ) -> None:
+        make_route("shop", "primary/ok")
+
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk(proxy_url, shop.key).chat.completions.create(
+                model="x", messages=PROMPT, extra_body={"deadline": 60}
+            )
+
+        assert caught.value.param == "deadline"
+        assert "deadline is the route's" in caught.value.message
+        assert not fake.requests
+
+    def test_the_sdk_raises_a_feature_not_granted(
+        self, proxy_url: str, fake: FakeProvider, make_route: Route, shop: ServiceClient
+    ) -> None:
+        make_route("default", "primary/ok")
+
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            sdk(
+                proxy_url, shop.key, **{"X-Gatehouse-Feature": "someone-elses"}
+            ).chat.completions.create(model="x", messages=PROMPT)
+
+        assert caught.value.code == "feature-not-granted"
+        assert not fake.requests
 
     def test_a_wrong_key_is_refused(
         self, proxy_url: str, fake: FakeProvider, make_route: Route, db: None

@@ -4,7 +4,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from approvals.models import ActionType
@@ -30,9 +30,12 @@ def calls(fake: FakeProvider, make_route: Route, prices: None) -> list[LLMCall]:
 
 
 @pytest.fixture
-def reviewer_client(reviewer: User, refund_type: ActionType) -> Client:
+def reviewer_client(refund_type: ActionType) -> Client:
+    """Allowed to read every call (the fixture's calls are Gatehouse's own, of no service)."""
+    auditor = User.objects.create_user("audrey")
+    auditor.user_permissions.add(Permission.objects.get(codename="view_llmcall"))
     c = Client()
-    c.force_login(reviewer)
+    c.force_login(auditor)
     return c
 
 
@@ -97,9 +100,10 @@ def test_an_outsider_is_refused_and_a_visitor_sent_to_log_in(
     assert client.get(f"/llm/calls/{calls[0].id}/").status_code == 403
 
 
-def test_staff_may_read(calls: list[LLMCall], client: Client) -> None:
+def test_staff_without_the_permission_may_not_read(calls: list[LLMCall], client: Client) -> None:
     client.force_login(User.objects.create_user("sam", is_staff=True))
-    assert client.get("/llm/").status_code == 200
+    assert client.get("/llm/").status_code == 403
+    assert client.get(f"/llm/calls/{calls[0].id}/").status_code == 403
 
 
 def test_post_is_405(reviewer_client: Client, fake: FakeProvider) -> None:
@@ -114,8 +118,12 @@ def test_the_summary_fragment_renders_a_linked_call_or_says_it_is_missing(
     from llmcalls.selectors import call_by_id
 
     call = LLMCall.objects.filter(feature="support").earliest("created_at")
-    html = render_to_string("llmcalls/_call_summary.html", {"call": call_by_id(call_id=call.id)})
+    html = render_to_string(
+        "llmcalls/_call_summary.html", {"call": call_by_id(call_id=call.id, service="")}
+    )
     assert f"/llm/calls/{call.id}/" in html and "Is order 42 eligible" in html
     assert "ms" in html and "$0.026" in html
-    missing = render_to_string("llmcalls/_call_summary.html", {"call": call_by_id(call_id="junk")})
+    missing = render_to_string(
+        "llmcalls/_call_summary.html", {"call": call_by_id(call_id="junk", service="")}
+    )
     assert "not in the log" in missing

@@ -17,12 +17,18 @@ class Command(BaseCommand):
         parser.add_argument("--action-types", default="", help="comma-separated action type keys")
         parser.add_argument("--callback-url", default="")
         parser.add_argument("--json", action="store_true", help="print JSON")
+        for grant, (help_text, _) in sorted(services.SERVICE_GRANTS.items()):
+            parser.add_argument(f"--{grant}", default="", help=help_text)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        keys = [k.strip() for k in options["action_types"].split(",") if k.strip()]
+        keys = _split(options["action_types"])
+        grants = {g: _split(options[g.replace("-", "_")]) for g in services.SERVICE_GRANTS}
         try:
             service, api_key = services.service_create(
-                name=options["name"], action_type_keys=keys, callback_url=options["callback_url"]
+                name=options["name"],
+                action_type_keys=keys,
+                callback_url=options["callback_url"],
+                grants=grants,
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
@@ -42,3 +48,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"  API key:        {api_key}")
         self.stdout.write(f"  Webhook secret: {service.webhook_secret}")
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
