@@ -15,6 +15,14 @@ DEMO_FILE = Path(settings.BASE_DIR) / "config" / "demo.yaml"
 # Where config/demo.yaml expects the demo's simulated model; `--model-url` moves it.
 DEMO_MODEL_URL = "http://127.0.0.1:18560/v1"
 DEMO_PASSWORD = "gatehouse-demo"  # noqa: S105 - the demo's own login, printed for the newcomer
+# The features the demo service may call through the model proxy, each for the action type its
+# proposals take (so each team reads only its own model calls). Applied once the service exists.
+DEMO_GRANTS = """
+llm_grants:
+  - {service: demo-shop, feature: support-refunds, action_types: [refund.issue]}
+  - {service: demo-shop, feature: support-replies, action_types: [email.send]}
+  - {service: demo-shop, feature: trust-and-safety, action_types: [account.close]}
+"""
 
 
 class Command(BaseCommand):
@@ -45,6 +53,7 @@ class Command(BaseCommand):
                     revoked_at=service.created_at
                 )
                 _, api_key = services.api_key_create(service=service, label="demo")
+            configfile.apply(DEMO_GRANTS, source="seed_demo")
         self.stdout.write(f"Demo reviewer login: {reviewer.username} / {DEMO_PASSWORD}")
         self.stdout.write(f"Admin login:         admin / {DEMO_PASSWORD}")
         self.stdout.write(f"Demo service key:    {api_key}")
