@@ -11,10 +11,12 @@ TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE
 
 .PHONY: install run test lint format check-types bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q '.[dev]'
+	@# The Python client and its adapters, tested by tests/clients/ against the live app.
+	@$(PY) -m pip install -q -e './clients/python[openai-agents,langgraph]'
 	@touch $@
 
 install: $(VENV)/.installed
