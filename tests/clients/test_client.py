@@ -9,11 +9,11 @@ import json
 import time
 from typing import Any
 
+import gatehouse_client as gc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gatehouse_client as gc
 from approvals import models as server_models
 from approvals import outbox, webhooks
 from approvals.models import Proposal

@@ -130,6 +130,20 @@ class Gatehouse(_Base):
         headers: dict[str, str] | None = None,
         extra_timeout: float = 0.0,
     ) -> Any:
+        return self._send(
+            method, path, json=json, params=params, headers=headers, extra_timeout=extra_timeout
+        )[0]
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        extra_timeout: float = 0.0,
+    ) -> tuple[Any, httpx.Headers]:
         url = self._url(path)
         attempt = 0
         while True:
@@ -150,7 +164,7 @@ class Gatehouse(_Base):
                 continue
             body, error = _retry.outcome(response)
             if error is None:
-                return body
+                return body, response.headers
             if attempt >= self.retry.max_attempts or not _retry.is_retryable(
                 response.status_code, body
             ):
@@ -187,10 +201,10 @@ class Gatehouse(_Base):
             llm_call_id=llm_call_id,
             metadata=metadata,
         )
-        data = self._request(
+        data, headers = self._send(
             "POST", "/proposals", json=body, headers=self._post_headers(idempotency_key)
         )
-        return Proposal.from_json(data)
+        return Proposal.from_json(data, replayed=headers.get("Idempotent-Replayed") == "true")
 
     def get(self, proposal_id: str) -> Proposal:
         return Proposal.from_json(self._request("GET", f"/proposals/{proposal_id}"))
@@ -280,6 +294,21 @@ class AsyncGatehouse(_Base):
         headers: dict[str, str] | None = None,
         extra_timeout: float = 0.0,
     ) -> Any:
+        sent = await self._send(
+            method, path, json=json, params=params, headers=headers, extra_timeout=extra_timeout
+        )
+        return sent[0]
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        extra_timeout: float = 0.0,
+    ) -> tuple[Any, httpx.Headers]:
         url = self._url(path)
         attempt = 0
         while True:
@@ -300,7 +329,7 @@ class AsyncGatehouse(_Base):
                 continue
             body, error = _retry.outcome(response)
             if error is None:
-                return body
+                return body, response.headers
             if attempt >= self.retry.max_attempts or not _retry.is_retryable(
                 response.status_code, body
             ):
@@ -336,10 +365,10 @@ class AsyncGatehouse(_Base):
             llm_call_id=llm_call_id,
             metadata=metadata,
         )
-        data = await self._request(
+        data, headers = await self._send(
             "POST", "/proposals", json=body, headers=self._post_headers(idempotency_key)
         )
-        return Proposal.from_json(data)
+        return Proposal.from_json(data, replayed=headers.get("Idempotent-Replayed") == "true")
 
     async def get(self, proposal_id: str) -> Proposal:
         return Proposal.from_json(await self._request("GET", f"/proposals/{proposal_id}"))

@@ -36,6 +36,7 @@ from gatehouse_client.errors import (
     Cancelled,
     Conflict,
     Expired,
+    NotApproved,
     PayloadMismatch,
     Rejected,
 )
@@ -117,9 +118,10 @@ def approved_payload(proposal: Proposal, *, proposed: Payload) -> Payload:
             raise PayloadMismatch(
                 "Gatehouse did not say which payload it approved; not running.", proposal=proposal
             )
-        if proposal.state in {"executed", "failed"} and (proposal.execution or {}).get(
-            "executor"
-        ) == "none":
+        if (
+            proposal.state in {"executed", "failed"}
+            and (proposal.execution or {}).get("executor") == "none"
+        ):
             # Found again through its idempotency key: this call already ran and reported.
             raise AlreadyExecuted(
                 f"Proposal {proposal.id} already ran ({proposal.state}); not running again.",
@@ -141,10 +143,21 @@ def approved_payload(proposal: Proposal, *, proposed: Payload) -> Payload:
     if proposal.state == "rejected":
         raise Rejected(proposal.reason or "rejected", proposal=proposal)
     if proposal.state == "expired":
-        raise Expired(proposal.reason or "No decision before the review expired.", proposal=proposal)
+        raise Expired(
+            proposal.reason or "No decision before the review expired.", proposal=proposal
+        )
     if proposal.state == "cancelled":
         raise Cancelled(proposal.reason or "The proposal was withdrawn.", proposal=proposal)
     raise ApprovalTimeout(f"No decision yet (state {proposal.state}).", proposal=proposal)
+
+
+def rejection_text(exc: NotApproved) -> str:
+    """What a model reads as a tool's result when the call did not run (the adapters)."""
+    if isinstance(exc, AlreadyExecuted):
+        return f"Already done earlier: {exc}"
+    if isinstance(exc, Rejected):
+        return f"Not done: Gatehouse rejected this action. Reason: {exc.reason}"
+    return f"Not done: {exc}"
 
 
 def decide(
@@ -152,26 +165,34 @@ def decide(
 ) -> tuple[Proposal, Payload]:
     """Wait (bounded) for `proposal`'s decision: the decided proposal and the approved payload,
     or raise."""
+    if proposal.replayed:
+        proposal = client.get(proposal.id)
     if not proposal.is_decided:
         proposal = client.wait(proposal.id, timeout=gate.wait_timeout)
     if not proposal.is_decided and gate.cancel_on_timeout:
         try:
-            proposal = client.cancel(proposal.id, _stopped_waiting(gate))
+            withdrawn = client.cancel(proposal.id, _stopped_waiting(gate))
         except Conflict:
             proposal = client.get(proposal.id)  # decided in the meantime: that decision applies
+        else:
+            raise ApprovalTimeout(_stopped_waiting(gate), proposal=withdrawn)
     return proposal, approved_payload(proposal, proposed=proposed)
 
 
 async def adecide(
     client: AsyncGatehouse, proposal: Proposal, gate: Gate, proposed: Payload
 ) -> tuple[Proposal, Payload]:
+    if proposal.replayed:
+        proposal = await client.get(proposal.id)
     if not proposal.is_decided:
         proposal = await client.wait(proposal.id, timeout=gate.wait_timeout)
     if not proposal.is_decided and gate.cancel_on_timeout:
         try:
-            proposal = await client.cancel(proposal.id, _stopped_waiting(gate))
+            withdrawn = await client.cancel(proposal.id, _stopped_waiting(gate))
         except Conflict:
             proposal = await client.get(proposal.id)
+        else:
+            raise ApprovalTimeout(_stopped_waiting(gate), proposal=withdrawn)
     return proposal, approved_payload(proposal, proposed=proposed)
 
 
@@ -196,9 +217,7 @@ class _Binder:
         bound.apply_defaults()
         return as_payload(dict(bound.arguments))
 
-    def call_args(
-        self, approved: Payload, proposal: Proposal
-    ) -> tuple[list[Any], dict[str, Any]]:
+    def call_args(self, approved: Payload, proposal: Proposal) -> tuple[list[Any], dict[str, Any]]:
         names = set(self.signature.parameters)
         if set(approved) - names:
             raise PayloadMismatch(

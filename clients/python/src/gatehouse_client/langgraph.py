@@ -35,19 +35,14 @@ from gatehouse_client.decorator import (
     Payload,
     _Binder,
     approved_payload,
+    rejection_text,
 )
-from gatehouse_client.errors import NotApproved, Rejected
+from gatehouse_client.errors import NotApproved
 from gatehouse_client.models import Proposal
 
 log = logging.getLogger("gatehouse_client")
 
 INTERRUPT_KIND = "gatehouse.review"
-
-
-def rejection_text(exc: NotApproved) -> str:
-    if isinstance(exc, Rejected):
-        return f"Not done: Gatehouse rejected this action. Reason: {exc.reason}"
-    return f"Not done: {exc}"
 
 
 def gatehouse_tool(
@@ -84,6 +79,8 @@ def gatehouse_tool(
         proposed = binder.payload((), kwargs)
         key = f"langgraph:{action_type}:{call_id}"
         proposal = client.propose(**gate.propose_kwargs(proposed, key))
+        if proposal.replayed:  # a re-run of the node: the first answer is history
+            proposal = client.get(proposal.id)
         if not proposal.is_decided:
             # Stops the graph here the first time; on resume returns, and the decision is read
             # from Gatehouse rather than taken from the resume value.

@@ -52,10 +52,13 @@ class Proposal:
     expires_at: str | None = None
     created_at: str | None = None
     links: dict[str, str] = field(default_factory=dict)
+    # True when `propose` got the first answer to its Idempotency-Key again: that answer shows
+    # the proposal as it was then; `get` shows it now.
+    replayed: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Proposal:
+    def from_json(cls, data: dict[str, Any], *, replayed: bool = False) -> Proposal:
         decision = data.get("decision")
         routing = data.get("routing") or {}
         return cls(
@@ -75,6 +78,7 @@ class Proposal:
             expires_at=data.get("expires_at"),
             created_at=data.get("created_at"),
             links=dict(data.get("links") or {}),
+            replayed=replayed,
             raw=data,
         )
 

@@ -31,8 +31,15 @@ from agents import FunctionTool, RunContextWrapper, RunState, function_tool
 from agents.tool_context import ToolContext
 
 from gatehouse_client.client import AsyncGatehouse
-from gatehouse_client.decorator import Derived, Gate, Payload, approved_payload, as_payload
-from gatehouse_client.errors import NotApproved, Rejected
+from gatehouse_client.decorator import (
+    Derived,
+    Gate,
+    Payload,
+    approved_payload,
+    as_payload,
+    rejection_text,
+)
+from gatehouse_client.errors import NotApproved
 from gatehouse_client.models import Proposal
 
 log = logging.getLogger("gatehouse_client")
@@ -46,15 +53,10 @@ def _key(gate: Gate, call_id: str) -> str:
 
 async def _propose(client: AsyncGatehouse, gate: Gate, arguments: Any, call_id: str) -> Proposal:
     """The call's proposal: created the first time, found again (same key, same body) after."""
-    payload = as_payload(arguments if isinstance(arguments, dict) else json.loads(arguments or "{}"))
+    payload = as_payload(
+        arguments if isinstance(arguments, dict) else json.loads(arguments or "{}")
+    )
     return await client.propose(**gate.propose_kwargs(payload, _key(gate, call_id)))
-
-
-def rejection_text(exc: NotApproved) -> str:
-    """What the model reads as the tool's result when the call did not run."""
-    if isinstance(exc, Rejected):
-        return f"Not done: Gatehouse rejected this action. Reason: {exc.reason}"
-    return f"Not done: {exc}"
 
 
 def gatehouse_tool(
