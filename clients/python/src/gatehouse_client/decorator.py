@@ -27,9 +27,9 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, Unpack, cast
 
-from gatehouse_client.client import AsyncGatehouse, Gatehouse
+from gatehouse_client.client import AsyncGatehouse, Gatehouse, ResultStatus
 from gatehouse_client.errors import (
     AlreadyExecuted,
     ApprovalTimeout,
@@ -61,6 +61,17 @@ def current_proposal() -> Proposal | None:
 
 def _value(option: Any, payload: Payload) -> Any:
     return option(payload) if callable(option) else option
+
+
+class GateOptions(TypedDict, total=False):
+    """What else a proposal says, each a value or a function of the payload where marked."""
+
+    rationale: str | Derived | None
+    model: str | None
+    prompt_version: str | None
+    feature: str | None
+    external_id: str | Derived | None
+    metadata: Payload | Derived | None
 
 
 @dataclass(frozen=True)
@@ -254,38 +265,30 @@ def requires_approval(
     action_type: str,
     summary: str | Derived,
     confidence: float | Derived,
-    rationale: str | Derived | None = None,
-    model: str | None = None,
-    prompt_version: str | None = None,
-    feature: str | None = None,
-    external_id: str | Derived | None = None,
-    metadata: Payload | Derived | None = None,
     idempotency_key: Callable[[Payload], str] | None = None,
     wait_timeout: float = 300.0,
     cancel_on_timeout: bool = True,
     report_result: bool = True,
     on_proposal: Callable[[Proposal], None] | None = None,
+    **details: Unpack[GateOptions],
 ) -> Callable[[F], F]:
     """Gate a function (sync or async) behind a Gatehouse decision; see the module docstring.
 
-    `summary`, `confidence`, `rationale`, `external_id` and `metadata` are values or callables of
-    the payload (the arguments by name). `idempotency_key(payload)` makes a re-run of the same
-    logical call find its earlier proposal instead of raising a new one. `on_proposal` hears the
-    proposal as soon as it exists (for logs); every exception carries it as `.proposal`.
-    An async function may use either client; a sync function needs `Gatehouse`.
+    `summary`, `confidence` and the `details` (`rationale`, `model`, `prompt_version`, `feature`,
+    `external_id`, `metadata`) go into the proposal; `summary`, `confidence`, `rationale`,
+    `external_id` and `metadata` may be callables of the payload (the arguments by name).
+    `idempotency_key(payload)` makes a re-run of the same logical call find its earlier proposal
+    instead of raising a new one. `on_proposal` hears the proposal as soon as it exists (for
+    logs); every exception carries it as `.proposal`. An async function may use either client;
+    a sync function needs `Gatehouse`.
     """
     gate = Gate(
         action_type=action_type,
         summary=summary,
         confidence=confidence,
-        rationale=rationale,
-        model=model,
-        prompt_version=prompt_version,
-        feature=feature,
-        external_id=external_id,
-        metadata=metadata,
         wait_timeout=wait_timeout,
         cancel_on_timeout=cancel_on_timeout,
+        **details,
     )
 
     def decorate(fn: F) -> F:
@@ -300,9 +303,6 @@ def requires_approval(
             log.info("proposal %s for %s: %s", proposal.id, action_type, proposal.state)
             if on_proposal is not None:
                 on_proposal(proposal)
-
-        def should_report(proposal: Proposal) -> bool:
-            return report_result and (proposal.execution or {}).get("executor") == "none"
 
         if inspect.iscoroutinefunction(fn):
             if isinstance(client, AsyncGatehouse):
@@ -330,13 +330,11 @@ def requires_approval(
                         *call_args, **call_kwargs
                     )
                 except Exception as exc:
-                    if should_report(proposal):
-                        await _report_async(client, proposal, "failed", repr(exc))
+                    await areport(client, proposal, report_result, "failed", repr(exc))
                     raise
                 finally:
                     _current.reset(token)
-                if should_report(proposal):
-                    await _report_async(client, proposal, "executed", "")
+                await areport(client, proposal, report_result, "executed", "")
                 return result
 
             return cast(F, functools.wraps(fn)(run_async))
@@ -355,13 +353,11 @@ def requires_approval(
             try:
                 result = fn(*call_args, **call_kwargs)
             except Exception as exc:
-                if should_report(proposal):
-                    _report(sync, proposal, "failed", repr(exc))
+                report(sync, proposal, report_result, "failed", repr(exc))
                 raise
             finally:
                 _current.reset(token)
-            if should_report(proposal):
-                _report(sync, proposal, "executed", "")
+            report(sync, proposal, report_result, "executed", "")
             return result
 
         return cast(F, functools.wraps(fn)(run))
@@ -369,16 +365,32 @@ def requires_approval(
     return decorate
 
 
-def _report(client: Gatehouse, proposal: Proposal, status: Any, detail: str) -> None:
+def _reports(proposal: Proposal, enabled: bool) -> bool:
+    # Only executor `none` takes results from the service; the others Gatehouse runs itself.
+    return enabled and (proposal.execution or {}).get("executor") == "none"
+
+
+def report(
+    client: Gatehouse, proposal: Proposal, enabled: bool, status: ResultStatus, detail: str
+) -> None:
+    """Tell Gatehouse how running an approved proposal went, where it wants to hear it."""
+    if not _reports(proposal, enabled):
+        return
     try:
         client.report_result(proposal.id, status, detail)
     except Exception:  # the function ran: a lost report must not make it look as if it had not
         log.warning("could not report the result of proposal %s", proposal.id, exc_info=True)
 
 
-async def _report_async(
-    client: Gatehouse | AsyncGatehouse, proposal: Proposal, status: Any, detail: str
+async def areport(
+    client: Gatehouse | AsyncGatehouse,
+    proposal: Proposal,
+    enabled: bool,
+    status: ResultStatus,
+    detail: str,
 ) -> None:
+    if not _reports(proposal, enabled):
+        return
     try:
         if isinstance(client, AsyncGatehouse):
             await client.report_result(proposal.id, status, detail)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Unpack
 
 from langchain_core.tools import InjectedToolCallId, StructuredTool
 from langgraph.types import Command, interrupt
@@ -32,13 +32,13 @@ from gatehouse_client.client import Gatehouse
 from gatehouse_client.decorator import (
     Derived,
     Gate,
-    Payload,
+    GateOptions,
     _Binder,
     approved_payload,
     rejection_text,
+    report,
 )
 from gatehouse_client.errors import NotApproved
-from gatehouse_client.models import Proposal
 
 log = logging.getLogger("gatehouse_client")
 
@@ -52,27 +52,14 @@ def gatehouse_tool(
     action_type: str,
     summary: str | Derived,
     confidence: float | Derived,
-    rationale: str | Derived | None = None,
-    model: str | None = None,
-    prompt_version: str | None = None,
-    feature: str | None = None,
-    metadata: Payload | Derived | None = None,
     name: str | None = None,
     description: str | None = None,
     report_result: bool = True,
+    **details: Unpack[GateOptions],
 ) -> StructuredTool:
     """A LangChain tool (for `ToolNode` or any agent) whose calls Gatehouse decides."""
     binder = _Binder(func)
-    gate = Gate(
-        action_type=action_type,
-        summary=summary,
-        confidence=confidence,
-        rationale=rationale,
-        model=model,
-        prompt_version=prompt_version,
-        feature=feature,
-        metadata=metadata,
-    )
+    gate = Gate(action_type=action_type, summary=summary, confidence=confidence, **details)
 
     def gated(**kwargs: Any) -> Any:
         call_id = str(kwargs.pop("tool_call_id"))
@@ -102,9 +89,9 @@ def gatehouse_tool(
         try:
             result = func(*args, **call_kwargs)
         except Exception as exc:
-            _report(client, proposal, report_result, "failed", repr(exc))
+            report(client, proposal, report_result, "failed", repr(exc))
             raise
-        _report(client, proposal, report_result, "executed", "")
+        report(client, proposal, report_result, "executed", "")
         return result
 
     # The tool's schema: the function's parameters plus the call id LangChain injects (hidden
@@ -128,15 +115,6 @@ def gatehouse_tool(
         name=name or func.__name__,
         description=description or inspect.getdoc(func) or func.__name__,
     )
-
-
-def _report(client: Gatehouse, proposal: Proposal, enabled: bool, status: Any, detail: str) -> None:
-    if not enabled or (proposal.execution or {}).get("executor") != "none":
-        return
-    try:
-        client.report_result(proposal.id, status, detail)
-    except Exception:  # the tool ran: a lost report must not turn into a failed call
-        log.warning("could not report the result of proposal %s", proposal.id, exc_info=True)
 
 
 def pending_reviews(graph: Any, config: dict[str, Any]) -> dict[str, str]:

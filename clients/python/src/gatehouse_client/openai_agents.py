@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 from agents import FunctionTool, RunContextWrapper, RunState, function_tool
 from agents.tool_context import ToolContext
@@ -34,8 +34,9 @@ from gatehouse_client.client import AsyncGatehouse
 from gatehouse_client.decorator import (
     Derived,
     Gate,
-    Payload,
+    GateOptions,
     approved_payload,
+    areport,
     as_payload,
     rejection_text,
 )
@@ -66,27 +67,14 @@ def gatehouse_tool(
     action_type: str,
     summary: str | Derived,
     confidence: float | Derived,
-    rationale: str | Derived | None = None,
-    model: str | None = None,
-    prompt_version: str | None = None,
-    feature: str | None = None,
-    metadata: Payload | Derived | None = None,
     name: str | None = None,
     description: str | None = None,
     report_result: bool = True,
+    **details: Unpack[GateOptions],
 ) -> FunctionTool:
     """A function tool whose calls Gatehouse decides; see the module docstring."""
     inner = function_tool(func, name_override=name, description_override=description)
-    gate = Gate(
-        action_type=action_type,
-        summary=summary,
-        confidence=confidence,
-        rationale=rationale,
-        model=model,
-        prompt_version=prompt_version,
-        feature=feature,
-        metadata=metadata,
-    )
+    gate = Gate(action_type=action_type, summary=summary, confidence=confidence, **details)
 
     async def needs_approval(
         _ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
@@ -108,9 +96,9 @@ def gatehouse_tool(
         try:
             result = await inner.on_invoke_tool(ctx, json.dumps(approved))
         except Exception as exc:
-            await _report(client, proposal, report_result, "failed", repr(exc))
+            await areport(client, proposal, report_result, "failed", repr(exc))
             raise
-        await _report(client, proposal, report_result, "executed", "")
+        await areport(client, proposal, report_result, "executed", "")
         return result
 
     tool = FunctionTool(
@@ -123,17 +111,6 @@ def gatehouse_tool(
     )
     tool.__dict__[_GATE_ATTR] = gate  # found again by resolve_interruptions
     return tool
-
-
-async def _report(
-    client: AsyncGatehouse, proposal: Proposal, enabled: bool, status: Any, detail: str
-) -> None:
-    if not enabled or (proposal.execution or {}).get("executor") != "none":
-        return
-    try:
-        await client.report_result(proposal.id, status, detail)
-    except Exception:  # the tool ran: a lost report must not turn into a failed call
-        log.warning("could not report the result of proposal %s", proposal.id, exc_info=True)
 
 
 def _gate_for(item: Any) -> Gate | None:
