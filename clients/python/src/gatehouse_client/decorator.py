@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -105,6 +106,14 @@ class Gate:
             "metadata": _value(self.metadata, payload),
             "idempotency_key": idempotency_key,
         }
+
+
+def call_key(*parts: str) -> str:
+    """An Idempotency-Key for one tool call; hashed when it would pass the server's 255."""
+    key = ":".join(parts)
+    if len(key) <= 255 and key.isprintable():
+        return key
+    return f"{parts[0]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def as_payload(value: Payload) -> Payload:

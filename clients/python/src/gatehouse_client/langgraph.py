@@ -8,8 +8,8 @@
     ...                                                # any time later, in any process:
     resume_when_decided(gh, graph, config, timeout=300)
 
-Each call of the tool proposes its arguments (Idempotency-Key `langgraph:<action type>:<tool
-call id>`: LangGraph re-runs an interrupted node from its start, and the re-run finds the same
+Each call of the tool proposes its arguments (Idempotency-Key `langgraph:<action type>:<thread
+id>:<tool call id>`: LangGraph re-runs an interrupted node from its start, and the re-run finds the same
 proposal). A rule decided → it goes on at once; otherwise the tool calls `interrupt()` with the
 proposal's id and the graph stops, its state in the checkpointer. `resume_when_decided` waits for
 Gatehouse's decisions and resumes with `Command(resume=…)`. The resume value is never trusted:
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Unpack
 
 from langchain_core.tools import InjectedToolCallId, StructuredTool
+from langgraph.config import get_config
 from langgraph.types import Command, interrupt
 
 from gatehouse_client.client import Gatehouse
@@ -35,6 +36,7 @@ from gatehouse_client.decorator import (
     GateOptions,
     _Binder,
     approved_payload,
+    call_key,
     rejection_text,
     report,
 )
@@ -64,7 +66,7 @@ def gatehouse_tool(
     def gated(**kwargs: Any) -> Any:
         call_id = str(kwargs.pop("tool_call_id"))
         proposed = binder.payload((), kwargs)
-        key = f"langgraph:{action_type}:{call_id}"
+        key = call_key("langgraph", action_type, _thread_id(), call_id)
         proposal = client.propose(**gate.propose_kwargs(proposed, key))
         if proposal.replayed:  # a re-run of the node: the first answer is history
             proposal = client.get(proposal.id)
@@ -115,6 +117,15 @@ def gatehouse_tool(
         name=name or func.__name__,
         description=description or inspect.getdoc(func) or func.__name__,
     )
+
+
+def _thread_id() -> str:
+    """The graph thread the call runs in: model call ids need only be unique within a thread."""
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # called outside a graph
+        return "-"
+    return str(configurable.get("thread_id", "-"))
 
 
 def pending_reviews(graph: Any, config: dict[str, Any]) -> dict[str, str]:

@@ -12,7 +12,8 @@
 
 How a call goes: the SDK asks the tool's `needs_approval`, which proposes the model's arguments
 (Idempotency-Key `openai-agents:<action type>:<call id>`, so asking again finds the same
-proposal). A rule decided → no pause; otherwise the run pauses with the call among its
+proposal; call ids must be unique across runs, as OpenAI's are — a provider that reuses them
+would make a later run find an earlier run's proposal). A rule decided → no pause; otherwise the run pauses with the call among its
 interruptions. `resolve_interruptions` waits for Gatehouse's decisions and approves or rejects
 each call in the run state (a rejection reaches the model as the tool's result, with the
 reason). Whatever the run state says, the tool body runs only after Gatehouse itself answers
@@ -38,6 +39,7 @@ from gatehouse_client.decorator import (
     approved_payload,
     areport,
     as_payload,
+    call_key,
     rejection_text,
 )
 from gatehouse_client.errors import NotApproved
@@ -49,7 +51,7 @@ _GATE_ATTR = "_gatehouse_gate"
 
 
 def _key(gate: Gate, call_id: str) -> str:
-    return f"openai-agents:{gate.action_type}:{call_id}"
+    return call_key("openai-agents", gate.action_type, call_id)
 
 
 async def _propose(client: AsyncGatehouse, gate: Gate, arguments: Any, call_id: str) -> Proposal:
