@@ -6,6 +6,7 @@ without reaching Gatehouse; then requests pass through. Behaviours:
     503, 429, 500 …   that status (problem+json), optional `:N` Retry-After seconds
     409-in-flight     409 idempotency-key-in-flight
     drop              close the connection without an answer
+    lose              pass the request to Gatehouse, then answer 502 instead of its answer
     tamper            pass through, then rewrite the answer's approved payload (an attacker
                       between the client and Gatehouse: "approve A, run B")
 
@@ -123,9 +124,14 @@ def _handler(proxy: MisbehavingProxy) -> type[BaseHTTPRequestHandler]:
             answer = proxy._http.request(
                 self.command, proxy.upstream + self.path, content=body, headers=headers
             )
+            if kind == "lose":  # Gatehouse did the work; the client never hears of it
+                self._problem(502, "bad-gateway", {})
+                return
             content = _tampered(answer.content) if kind == "tamper" else answer.content
             self.send_response(answer.status_code)
-            self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+            for name, value in answer.headers.items():
+                if name.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                    self.send_header(name, value)
             self.send_header("Content-Length", str(len(content)))
             self.end_headers()
             self.wfile.write(content)

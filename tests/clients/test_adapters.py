@@ -195,10 +195,6 @@ def test_langgraph_a_paused_graph_resumes_after_a_restart_with_the_reviewers_edi
     proposal = pending_one()
     assert proposal.payload == {"order_id": "ORD-7", "amount": 80.0, "currency": "EUR"}
     assert runs(tmp_path / "ran.jsonl") == []
-    # Not decided yet: a resume attempt changes nothing and reports it is still paused.
-    assert script("langgraph", "resume", gh_shop, fake_model, tmp_path, wait=0.5) == {
-        "status": "paused"
-    }
     approve_with_edit(reviewer, proposal, amount=60.0)
 
     outcome = script("langgraph", "resume", gh_shop, fake_model, tmp_path)
@@ -237,6 +233,9 @@ def test_langgraph_a_rejection_reaches_the_model_and_a_forged_resume_runs_nothin
         config = agent_scripts.thread("forged")
         graph.invoke({"messages": [("user", BIG)]}, config)
         [(interrupt_id, proposal_id)] = pending_reviews(graph, config).items()
+        # Not decided yet: nothing resumes.
+        assert resume_when_decided(gh, graph, config, timeout=0.2) is None
+        assert pending_reviews(graph, config) == {interrupt_id: proposal_id}
         # The application resumes with "approved" on its own: the tool asks Gatehouse instead.
         forged = graph.invoke(Command(resume={interrupt_id: "approved"}), config)
         assert "No decision yet" in forged["messages"][-1].content and runs(ran) == []

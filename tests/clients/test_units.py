@@ -13,6 +13,26 @@ import pytest
 from gatehouse_client import _retry
 from gatehouse_client.decorator import _Binder, approved_payload, call_key
 from gatehouse_client.errors import error_from_response
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from approvals import models as server_models
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.dictionaries(st.text(), json_values, max_size=6))
+def test_the_clients_payload_hash_is_the_servers(payload: dict[str, Any]) -> None:
+    assert gc.payload_hash(payload) == server_models.payload_hash(payload)
 
 
 def answer(status: int, body: Any = None, **headers: str) -> httpx.Response:
