@@ -87,6 +87,23 @@ class _Base:
     def _timeout(self, extra: float) -> httpx.Timeout:
         return httpx.Timeout(self.timeout + extra, connect=min(self.timeout, 10.0))
 
+    def _judge(
+        self, method: str, url: str, attempt: int, outcome: httpx.Response | httpx.TransportError
+    ) -> tuple[Any, httpx.Headers] | float:
+        """The answer (body, headers), or how long to wait before the next attempt; raises the
+        typed error when the answer is final or the attempts are used up."""
+        last = attempt >= self.retry.max_attempts
+        if isinstance(outcome, httpx.TransportError):
+            if last:
+                raise _retry.connection_failed(method, url, outcome) from outcome
+            return float(self.retry.backoff(attempt))
+        body, error = _retry.outcome(outcome)
+        if error is None:
+            return body, outcome.headers
+        if last or not _retry.is_retryable(outcome.status_code, body):
+            raise error
+        return float(_retry.delay_for(self.retry, attempt, outcome))
+
     @staticmethod
     def _post_headers(idempotency_key: str | None) -> dict[str, str]:
         # One key per logical call, generated here (before the retry loop) and reused by every
@@ -158,18 +175,12 @@ class Gatehouse(_Base):
                     timeout=self._timeout(extra_timeout),
                 )
             except httpx.TransportError as exc:
-                if attempt >= self.retry.max_attempts:
-                    raise _retry.connection_failed(method, url, exc) from exc
-                time.sleep(self.retry.backoff(attempt))
-                continue
-            body, error = _retry.outcome(response)
-            if error is None:
-                return body, response.headers
-            if attempt >= self.retry.max_attempts or not _retry.is_retryable(
-                response.status_code, body
-            ):
-                raise error
-            time.sleep(_retry.delay_for(self.retry, attempt, response))
+                step = self._judge(method, url, attempt, exc)
+            else:
+                step = self._judge(method, url, attempt, response)
+            if not isinstance(step, float):
+                return step
+            time.sleep(step)
 
     def propose(
         self,
@@ -323,18 +334,12 @@ class AsyncGatehouse(_Base):
                     timeout=self._timeout(extra_timeout),
                 )
             except httpx.TransportError as exc:
-                if attempt >= self.retry.max_attempts:
-                    raise _retry.connection_failed(method, url, exc) from exc
-                await asyncio.sleep(self.retry.backoff(attempt))
-                continue
-            body, error = _retry.outcome(response)
-            if error is None:
-                return body, response.headers
-            if attempt >= self.retry.max_attempts or not _retry.is_retryable(
-                response.status_code, body
-            ):
-                raise error
-            await asyncio.sleep(_retry.delay_for(self.retry, attempt, response))
+                step = self._judge(method, url, attempt, exc)
+            else:
+                step = self._judge(method, url, attempt, response)
+            if not isinstance(step, float):
+                return step
+            await asyncio.sleep(step)
 
     async def propose(
         self,
