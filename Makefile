@@ -15,10 +15,12 @@ TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE
 # missing (as root: apt-get; otherwise one line naming what to install, and stop).
 SYSTEM_PACKAGES := /usr/bin/chromium=chromium
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q '.[dev]'
+	@# The Python client and its adapters, tested by tests/clients/ against the live app.
+	@$(PY) -m pip install -q -e './clients/python[openai-agents,langgraph]'
 	@touch $@
 
 install: $(VENV)/.installed

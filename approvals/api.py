@@ -98,6 +98,7 @@ class ProposalOut(Schema):
     state: str
     payload: dict[str, Any]
     final_payload: dict[str, Any] | None
+    payload_hash: str | None = None
     confidence: float
     summary: str
     external_id: str | None

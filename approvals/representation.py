@@ -75,6 +75,8 @@ def proposal_representation(proposal: Proposal) -> dict[str, Any]:
         "state": proposal.state,
         "payload": proposal.payload,
         "final_payload": proposal.final_payload,
+        # What a decision is bound to: the hash of the edit if there is one, else of the payload.
+        "payload_hash": proposal.effective_payload_hash,
         "confidence": proposal.confidence,
         "summary": proposal.summary,
         "external_id": proposal.external_id or None,
