@@ -17,7 +17,16 @@ from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import bulk, decisions, events, localcache, outbox, schemas_cache, selectors
+from approvals import (
+    bulk,
+    decisions,
+    events,
+    localcache,
+    outbox,
+    schemas_cache,
+    selectors,
+    webhooks,
+)
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     ActionType,
@@ -57,6 +66,36 @@ def webhook_secret_generate() -> str:
 
 
 @transaction.atomic
+def service_webhook_secret_rotate(*, service: Service, actor: str) -> str:
+    """A new signing secret; the old one keeps signing too (two signatures) until the rotation
+    is finished. Returns the new secret, which is shown once and never again."""
+    locked = Service.objects.select_for_update().get(pk=service.pk)
+    secret = webhook_secret_generate()
+    Service.objects.filter(pk=locked.pk).update(
+        webhook_secret=secret, previous_webhook_secret=locked.webhook_secret
+    )
+    AuditEvent.objects.create(
+        kind="service.webhook_secret_rotated", actor=actor, data={"service": locked.name}
+    )
+    return secret
+
+
+@transaction.atomic
+def service_webhook_rotation_finish(*, service: Service, actor: str) -> bool:
+    """Stop signing with the previous secret (the receivers have the new one)."""
+    if (
+        not Service.objects.filter(pk=service.pk)
+        .exclude(previous_webhook_secret="")
+        .update(previous_webhook_secret="")
+    ):
+        return False
+    AuditEvent.objects.create(
+        kind="service.webhook_rotation_finished", actor=actor, data={"service": service.name}
+    )
+    return True
+
+
+@transaction.atomic
 def service_create(
     *, name: str, action_type_keys: Iterable[str] = (), callback_url: str = ""
 ) -> tuple[Service, str]:
@@ -69,6 +108,13 @@ def service_create(
         )
     if Service.objects.filter(name=name).exists():
         raise ApplicationError(f"A service named {name!r} exists already.", code="duplicate")
+    problem = webhooks.url_problem(callback_url) if callback_url else None
+    if problem:
+        raise ApplicationError(
+            f"callback_url is refused: {problem}",
+            code="bad-url",
+            errors=[{"loc": ["callback_url"], "msg": problem}],
+        )
     service = Service.objects.create(
         name=name, callback_url=callback_url, webhook_secret=webhook_secret_generate()
     )

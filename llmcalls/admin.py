@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db import transaction
 from django.http import HttpRequest
 
+from approvals import webhooks
 from approvals.admin import ReadOnlyAdmin
 from llmcalls import routing
 from llmcalls.models import LLMCall, ModelPrice, Provider, Route, RouteTarget
@@ -27,8 +29,22 @@ class _ForgetsSnapshot(admin.ModelAdmin):
         transaction.on_commit(routing.forget)
 
 
+class ProviderForm(forms.ModelForm):
+    class Meta:
+        model = Provider
+        fields = "__all__"
+
+    def clean_base_url(self) -> str:
+        url = self.cleaned_data["base_url"]
+        problem = webhooks.url_problem(url)
+        if problem:
+            raise forms.ValidationError(f"This base URL is refused: {problem}")
+        return url
+
+
 @admin.register(Provider)
 class ProviderAdmin(_ForgetsSnapshot):
+    form = ProviderForm
     list_display = ["name", "base_url", "api_key_env", "updated_at"]
     search_fields = ["name", "base_url"]
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from approvals import webhooks
 from approvals.configfile import ConfigFileError, Duration, StrictItem, register
 
 
@@ -15,6 +16,14 @@ class ProviderSpec(StrictItem):
     name: str = Field(pattern=r"^[-a-zA-Z0-9_]+$", max_length=100)
     base_url: str = Field(pattern=r"^https?://", max_length=500)
     api_key_env: str = Field(default="", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$|^$", max_length=100)
+
+    @field_validator("base_url")
+    @classmethod
+    def _egress(cls, base_url: str) -> str:
+        problem = webhooks.url_problem(base_url)
+        if problem:
+            raise ValueError(f"the base_url is refused: {problem}")
+        return base_url
 
 
 class TargetSpec(StrictItem):
