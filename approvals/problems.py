@@ -13,6 +13,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
+from approvals import jsonvalues
 from approvals.errors import ApplicationError
 
 PROBLEM_TYPE = "urn:gatehouse:problem:"
@@ -29,7 +30,6 @@ TITLES = {
     429: "Too many requests",
     500: "Internal server error",
 }
-MAX_DEPTH = 64
 
 
 def problem(
@@ -132,22 +132,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_depth_and_nul(value: Any, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("strings may not contain the NUL character")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                raise ValueError("keys may not contain the NUL character")
-            _check_depth_and_nul(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_depth_and_nul(item, depth + 1)
-
-
 def parse_json_body(request: HttpRequest) -> Any:
     """Parse a JSON request body strictly; raise ApplicationError with a usable message."""
     content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
@@ -180,7 +164,9 @@ def parse_json_body(request: HttpRequest) -> Any:
         )
     try:
         value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-        _check_depth_and_nul(value)
+        jsonvalues.check(value)
+    except jsonvalues.BadValue as exc:
+        raise exc.refusal(status=400, prefix=("body",)) from None
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         position = (

@@ -21,6 +21,7 @@ from approvals import (
     bulk,
     decisions,
     events,
+    jsonvalues,
     localcache,
     outbox,
     schemas_cache,
@@ -242,6 +243,10 @@ def proposal_submit(
     returns the first response; the same key with another body is refused (422); the same key
     while the first request is still running is a conflict (409).
     """
+    try:
+        jsonvalues.check(data)  # the API checked already; other callers (commands, tests) not
+    except jsonvalues.BadValue as exc:
+        raise exc.refusal() from None
     request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
     schema_errors = schemas_cache.validate_payload(action_type, data["payload"])
@@ -670,6 +675,10 @@ def _evaluate_edit(
             code="validation-error",
             errors=[{"loc": ["payload"], "msg": "must be a JSON object"}],
         )
+    try:
+        jsonvalues.check(edited_payload, ("payload",))
+    except jsonvalues.BadValue as exc:
+        raise exc.refusal() from None
     errors = schemas_cache.validate_payload(proposal.action_type, edited_payload)
     if errors:
         raise ApplicationError(

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import statistics
@@ -61,7 +62,7 @@ def raw_with_ticker(expression: str, payload: dict[str, Any]) -> tuple[float, fl
     time.sleep(0.05)
     stop.set()
     ticker.join()
-    gap = max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+    gap = max(b - a for a, b in itertools.pairwise(ticks))
     return elapsed, gap
 
 
@@ -139,8 +140,10 @@ def main() -> None:
         payload = {"items": [float(i * 2) for i in range(n)]}  # no match: the whole square
         if not args.skip_attack:
             elapsed, gap = raw_with_ticker(ATTACK, payload)
-            print(f"  {n:>6} items, unbounded: {elapsed * 1000:10.1f} ms, other threads held "
-                  f"{gap * 1000:.1f} ms")
+            print(
+                f"  {n:>6} items, unbounded: {elapsed * 1000:10.1f} ms, other threads held "
+                f"{gap * 1000:.1f} ms"
+            )
         elapsed, outcome, error = guarded(ATTACK, payload)
         print(f"  {n:>6} items, bounded:   {elapsed * 1000:10.3f} ms -> {outcome} ({error})")
     n = 100_000

@@ -32,7 +32,7 @@ class _ForgetsSnapshot(admin.ModelAdmin):
 class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
-        fields = "__all__"
+        fields = ["name", "base_url", "api_key_env"]
 
     def clean_base_url(self) -> str:
         url = self.cleaned_data["base_url"]

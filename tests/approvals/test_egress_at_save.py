@@ -37,7 +37,7 @@ def superuser() -> Client:
 @pytest.mark.parametrize("url", PRIVATE)
 @override_settings(GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=False)
 def test_create_service_refuses_a_private_callback_url(url: str) -> None:
-    with pytest.raises(CommandError, match="callback_url is refused: .*private"):
+    with pytest.raises(CommandError, match=r"callback_url is refused: .*private"):
         call_command("create_service", "shop", "--callback-url", url, stdout=StringIO())
     assert not Service.objects.exists()
 
@@ -47,8 +47,7 @@ def test_private_targets_stay_allowed_for_development() -> None:
     call_command("create_service", "shop", "--callback-url", PRIVATE[0], stdout=StringIO())
     assert Service.objects.get().callback_url == PRIVATE[0]
     configfile.parse(
-        "action_types:\n  - {key: a.b, title: t, executor: {kind: webhook, url: '%s'}}\n"
-        % PRIVATE[0]
+        f"action_types:\n  - {{key: a.b, title: t, executor: {{kind: webhook, url: '{PRIVATE[0]}'}}}}\n"
     )
 
 
