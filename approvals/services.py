@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -865,6 +867,19 @@ def proposal_comment(*, proposal_id: uuid.UUID, reviewer: User, text: str) -> Au
     return event
 
 
+def password_check(*, password: str, user: User) -> None:
+    """Django's password validators (AUTH_PASSWORD_VALIDATORS), as a refusal naming the field:
+    every way Gatehouse sets a password runs them, as the admin's forms do."""
+    try:
+        validate_password(password, user)
+    except DjangoValidationError as exc:
+        raise ApplicationError(
+            "The password is refused: " + " ".join(exc.messages),
+            code="weak-password",
+            errors=[{"loc": ["password"], "msg": m} for m in exc.messages],
+        ) from None
+
+
 @transaction.atomic
 def reviewer_create(
     *, username: str, action_type_keys: Iterable[str], password: str | None = None
@@ -897,6 +912,7 @@ def reviewer_create(
     if password is None and created:
         generated = password = secrets.token_urlsafe(15)
     if password is not None:
+        password_check(password=password, user=user)
         user.set_password(password)
         user.save()
     user.groups.add(*groups)
