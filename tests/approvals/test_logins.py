@@ -158,3 +158,13 @@ def test_the_reviewer_service_refuses_a_weak_password_naming_the_field(refunds: 
 @pytest.mark.parametrize("username", ["reviewer", "comms", "reviewer2", "admin"])
 def test_the_demo_password_passes_the_validators(username: str) -> None:
     services.password_check(password=DEMO_PASSWORD, user=User(username=username))
+
+
+@pytest.mark.parametrize("page", LOGIN_PAGES)
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/", "/\\evil.example"])
+def test_signing_in_never_redirects_off_the_site(reviewer: User, page: str, target: str) -> None:
+    reviewer.is_staff = True
+    reviewer.save()
+    response = Client().post(page, {"username": "rita", "password": PASSWORD, "next": target})
+    assert response.status_code == 302
+    assert "evil.example" not in response["Location"]
