@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from evals import services
@@ -39,8 +39,10 @@ def test_the_accuracy_chart_draws_under_script_src_self(
             EvalResult(run=run, case=c, passed=i >= wrong) for i, c in enumerate(cases)
         )
         services.run_finish(run=run)
+    sam = User.objects.create_user("sam", is_staff=True)
+    sam.user_permissions.add(Permission.objects.get(codename="view_evalset"))
     session = Client()
-    session.force_login(User.objects.create_user("sam", is_staff=True))
+    session.force_login(sam)
     cookie = session.cookies[settings.SESSION_COOKIE_NAME].value
 
     series, drawn, violations = read_chart(
