@@ -136,12 +136,12 @@ class ServiceAdmin(admin.ModelAdmin):
             obj.webhook_secret = services.webhook_secret_generate()
         super().save_model(request, obj, form, change)
         if not change:
-            self.message_user(
-                request,
-                f"Webhook secret of {obj.name} (copy it now, it is not shown again): "
-                f"{obj.webhook_secret}",
-                messages.WARNING,
-            )
+            self._show_once(request, f"Webhook secret of {obj.name}", obj.webhook_secret)
+
+    def _show_once(self, request: HttpRequest, what: str, secret: str) -> None:
+        self.message_user(
+            request, f"{what} (copy it now, it is not shown again): {secret}", messages.WARNING
+        )
 
     @admin.action(description="Rotate the webhook secret (the new one is shown once)")
     def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:
@@ -149,12 +149,11 @@ class ServiceAdmin(admin.ModelAdmin):
             secret = services.service_webhook_secret_rotate(
                 service=service, actor=f"user:{request.user}"
             )
-            self.message_user(
-                request,
-                f"New webhook secret of {service.name} (copy it now, it is not shown again; the "
-                f"previous one also signs until you finish the rotation): {secret}",
-                messages.WARNING,
+            what = (
+                f"New webhook secret of {service.name} "
+                "(the previous one also signs until you finish the rotation)"
             )
+            self._show_once(request, what, secret)
 
     @admin.action(description="Finish the rotation (stop signing with the previous secret)")
     def finish_rotation(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:

@@ -20,13 +20,17 @@ review.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celpy.celparser import CELParser
 from lark import Token, Tree
 
 from approvals import celcheck
 
+# The payload every saved condition must fit in the time budget with (rules.py refuses the
+# others at save); a payload no larger costs each rule at most its reference bound.
+REFERENCE_ITEMS = 100
+REFERENCE_STRING = 1000
 STEP_NS = 250.0  # one node evaluated once inside a comprehension (bind, clone, dispatch)
 ELEMENT_NS = 60.0  # one element visited by `in`, `==` on lists, list `+`
 BYTE_NS = 0.5  # one byte scanned by a string function or compared
@@ -43,19 +47,28 @@ class CostShape:
 
     steps: tuple[int, ...]
     walks: tuple[int, ...]
+    # Derived once (evaluate reads them for every rule of every proposal): the deepest
+    # comprehension nesting, and whether the cost does not depend on the payload at all.
+    depth: int = field(init=False)
+    reference_ns: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", len(self.steps) - 1)
+        reference = self.nanoseconds(
+            longest_collection=REFERENCE_ITEMS, longest_string=REFERENCE_STRING
+        )
+        object.__setattr__(self, "reference_ns", reference)
 
     @property
     def flat(self) -> bool:
         """No comprehension and no walk: the cost does not depend on the payload."""
-        return len(self.steps) == 1 and not any(self.walks)
-
-    @property
-    def depth(self) -> int:
-        return len(self.steps) - 1
+        return self.depth == 0 and not self.walks[0]
 
     def nanoseconds(self, *, longest_collection: int, longest_string: int) -> float:
         n = max(longest_collection, 1)
         per_walk = n * ELEMENT_NS + longest_string * BYTE_NS
+        if not self.depth:  # the common case, without the loops
+            return self.steps[0] * STEP_NS + self.walks[0] * per_walk
         total = 0.0
         for d, count in enumerate(self.steps):
             total += count * n**d * STEP_NS
@@ -141,3 +154,15 @@ class Extent:
 
     longest_collection: int = 0
     longest_string: int = 0
+
+    @property
+    def within_reference(self) -> bool:
+        return (
+            self.longest_collection <= REFERENCE_ITEMS and self.longest_string <= REFERENCE_STRING
+        )
+
+    def bound(self, shape: CostShape) -> float:
+        """Nanoseconds `shape` can take on this payload."""
+        return shape.nanoseconds(
+            longest_collection=self.longest_collection, longest_string=self.longest_string
+        )

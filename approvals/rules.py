@@ -38,10 +38,6 @@ from approvals.decisions import AutoDecision
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
 
 MAX_CONDITION_LENGTH = 4000
-# A condition is refused at save when its cost bound on a payload with a list of this many
-# items (and strings this long) exceeds the time budget: nested comprehensions multiply.
-REFERENCE_ITEMS = 100
-REFERENCE_STRING = 1000
 # The reason of every proposal no rule decided (insights/gate.py reuses it, so that an audit
 # sample reads exactly like any other such proposal).
 NO_MATCH_REASON = "No rule decided; a reviewer decides."
@@ -126,13 +122,11 @@ def _condition_cost(when: str) -> celcost.CostShape:
     """The cost shape of a compiled condition; refused when even a small payload exceeds the
     time budget (see celcost)."""
     shape = celcost.shape(when)
-    reference = shape.nanoseconds(
-        longest_collection=REFERENCE_ITEMS, longest_string=REFERENCE_STRING
-    )
+    reference = shape.reference_ns
     if not shape.flat and reference / 1e9 > _time_budget():
         raise RuleCompileError(
             f"The condition is too costly: comprehensions nested {shape.depth} deep would take "
-            f"about {reference / 1e6:,.0f} ms on a payload with a {REFERENCE_ITEMS}-item list, "
+            f"about {reference / 1e6:,.0f} ms on a payload with a {celcost.REFERENCE_ITEMS}-item list, "
             f"over the {_time_budget() * 1000:g} ms budget (RULES_TIME_BUDGET_MS). "
             "Nest fewer comprehensions."
         )
@@ -445,6 +439,8 @@ def evaluate(
             ],
         )
     decision: AutoDecision | None = None
+    # Saved conditions fit the budget on a payload this small: no bound to compute per rule.
+    small = extent.within_reference
     for rule in rules:
         spec = rule.spec
         if decision is not None and spec.mode == "enforce":
@@ -461,12 +457,7 @@ def evaluate(
             break
         # The evaluator cannot be stopped once it runs: a rule that could outlast the budget on
         # this payload is not run at all (celcost).
-        bound = 0.0
-        if not rule.cost.flat:
-            bound = rule.cost.nanoseconds(
-                longest_collection=extent.longest_collection,
-                longest_string=extent.longest_string,
-            )
+        bound = rule.cost.reference_ns if small else extent.bound(rule.cost)
         if bound / 1e9 > left:
             trace.append(
                 _entry(
@@ -477,40 +468,22 @@ def evaluate(
                     "time budget",
                 )
             )
-            if spec.mode == "enforce":
-                decision = AutoDecision(
-                    outcome="review",
-                    reason=f"Rule {spec.name} is too costly for this payload; a reviewer decides.",
-                    rule=spec.name,
-                    rule_version=spec.version,
-                    trace=trace,
-                )
+            reason = f"Rule {spec.name} is too costly for this payload; a reviewer decides."
+            decision = _fail_closed(spec, trace, reason) or decision
             continue
         try:
             result = rule.program.execute(context)
         except Exception as exc:  # any library or stats error fails closed
             trace.append(_entry(spec, "error", error=str(exc)[:500]))
-            if spec.mode == "enforce":
-                decision = AutoDecision(
-                    outcome="review",
-                    reason=f"Rule {spec.name} failed to evaluate; a reviewer decides.",
-                    rule=spec.name,
-                    rule_version=spec.version,
-                    trace=trace,
-                )
+            reason = f"Rule {spec.name} failed to evaluate; a reviewer decides."
+            decision = _fail_closed(spec, trace, reason) or decision
             continue
         if not isinstance(result, bool):
             trace.append(
                 _entry(spec, "error", error=f"the condition gave {type(result).__name__}, not bool")
             )
-            if spec.mode == "enforce":
-                decision = AutoDecision(
-                    outcome="review",
-                    reason=f"Rule {spec.name} did not give true or false; a reviewer decides.",
-                    rule=spec.name,
-                    rule_version=spec.version,
-                    trace=trace,
-                )
+            reason = f"Rule {spec.name} did not give true or false; a reviewer decides."
+            decision = _fail_closed(spec, trace, reason) or decision
             continue
         if not result:
             trace.append(rule.no_match)
@@ -540,6 +513,16 @@ def evaluate(
     if decision is None:
         decision = AutoDecision(outcome="review", reason=NO_MATCH_REASON, trace=trace)
     return decision
+
+
+def _fail_closed(spec: RuleSpec, trace: list[dict[str, Any]], reason: str) -> AutoDecision | None:
+    """An enforced rule that cannot decide stops the walk with review; a shadow one only
+    leaves its trace entry (None)."""
+    if spec.mode != "enforce":
+        return None
+    return AutoDecision(
+        outcome="review", reason=reason, rule=spec.name, rule_version=spec.version, trace=trace
+    )
 
 
 def _entry(
