@@ -32,7 +32,7 @@ DEMO_EVALS := sleep 75; while :; do $(PY) manage.py evals harvest support-drafts
 
 run: install
 	@DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
-	@DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo --model-url http://127.0.0.1:$(DEMO_MODEL_PORT)/v1
+	@DEBUG=$${DEBUG:-1} GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=$${GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS:-1} $(PY) manage.py seed_demo --model-url http://127.0.0.1:$(DEMO_MODEL_PORT)/v1
 	@echo "Gatehouse is at http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/v1/docs)"
 	@echo "Starting web, worker, beat, a simulated model, a simulated service that asks it what to propose"
 	@echo "(through /llm/v1) and posts its proposals, a simulated reviewer (it decides what nobody took"

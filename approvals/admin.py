@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from approvals import backtest, execution, services
+from approvals import backtest, execution, services, webhooks
 from approvals.errors import ApplicationError
 from approvals.models import (
     ActionType,
@@ -77,6 +77,8 @@ class ActionTypeForm(forms.ModelForm):
         kind, target = data.get("executor_kind"), (data.get("executor_target") or "").strip()
         if kind == "webhook" and not target.startswith(("http://", "https://")):
             self.add_error("executor_target", "A webhook executor needs an http(s) URL.")
+        elif kind == "webhook" and (problem := webhooks.url_problem(target)):
+            self.add_error("executor_target", f"This webhook URL is refused: {problem}")
         if kind == "callable" and not target:
             self.add_error("executor_target", "A callable executor needs a dotted path.")
         return data
@@ -107,13 +109,71 @@ class ApiKeyInline(admin.TabularInline):
     can_delete = False
 
 
+class ServiceForm(forms.ModelForm):
+    class Meta:
+        model = Service
+        fields = ["name", "action_types", "callback_url", "is_active"]
+
+    def clean_callback_url(self) -> str:
+        url = self.cleaned_data["callback_url"]
+        problem = webhooks.url_problem(url) if url else None
+        if problem:
+            raise forms.ValidationError(f"This callback URL is refused: {problem}")
+        return url
+
+
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
+    """The signing secret is never shown on the form: once when the service is created and once
+    per rotation (the actions), as `create_service` prints it once."""
+
+    form = ServiceForm
     list_display = ["name", "is_active", "callback_url", "created_at"]
     filter_horizontal = ["action_types"]
     inlines = [ApiKeyInline]
-    actions = ["issue_key"]
-    readonly_fields = ["created_at"]
+    actions = ["issue_key", "rotate_webhook_secret", "finish_rotation"]
+    readonly_fields = ["signing_secret", "created_at"]
+
+    @admin.display(description="webhook signing secret")
+    def signing_secret(self, obj: Service) -> str:
+        if not obj.pk:
+            return "generated when you save, and shown once"
+        state = "set (shown only when created or rotated)"
+        if obj.previous_webhook_secret:
+            state += "; rotating: the previous secret also signs until the rotation is finished"
+        return state
+
+    def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
+        if not change:
+            obj.webhook_secret = services.webhook_secret_generate()
+        super().save_model(request, obj, form, change)
+        if not change:
+            self._show_once(request, f"Webhook secret of {obj.name}", obj.webhook_secret)
+
+    def _show_once(self, request: HttpRequest, what: str, secret: str) -> None:
+        self.message_user(
+            request, f"{what} (copy it now, it is not shown again): {secret}", messages.WARNING
+        )
+
+    @admin.action(description="Rotate the webhook secret (the new one is shown once)")
+    def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:
+        for service in queryset:
+            secret = services.service_webhook_secret_rotate(
+                service=service, actor=f"user:{request.user}"
+            )
+            what = (
+                f"New webhook secret of {service.name} "
+                "(the previous one also signs until you finish the rotation)"
+            )
+            self._show_once(request, what, secret)
+
+    @admin.action(description="Finish the rotation (stop signing with the previous secret)")
+    def finish_rotation(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:
+        done = sum(
+            services.service_webhook_rotation_finish(service=s, actor=f"user:{request.user}")
+            for s in queryset
+        )
+        self.message_user(request, f"Finished the rotation of {done} service(s).")
 
     @admin.action(description="Issue a new API key (shown once)", permissions=["change"])
     def issue_key(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:

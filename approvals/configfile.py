@@ -182,6 +182,16 @@ class ExecutorSpec(StrictItem):
     url: str | None = None
     path: str | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _egress(cls, url: str | None) -> str | None:
+        from approvals.webhooks import url_problem
+
+        problem = url_problem(url) if url and url.startswith(("http://", "https://")) else None
+        if problem:
+            raise ValueError(f"the webhook URL is refused: {problem}")
+        return url
+
     @model_validator(mode="after")
     def _target(self) -> ExecutorSpec:
         if self.kind == "webhook" and not (self.url or "").startswith(("http://", "https://")):

@@ -24,10 +24,14 @@ INTERNAL_ERROR = 1011
 
 
 class QueueConsumer(AsyncWebsocketConsumer):
-    """Joins one group per action type the reviewer may see. Origin is checked by the ASGI
-    router (AllowedHostsOriginValidator); the session by AuthMiddlewareStack."""
+    """Joins one group per action type the reviewer may see, and follows changes to that:
+    told by `events.reviewer_access_changed` (group membership, action types' groups) and
+    re-reading it with the session every LIVE_SESSION_CHECK_SECONDS, it leaves the groups of
+    types it may no longer see; a push for such a type still in flight is dropped. Origin is
+    checked by the ASGI router (approvals/origins.py); the session by AuthMiddlewareStack."""
 
     groups_joined: list[str]
+    type_ids: set[int]
     identities: set[str]
     presence: asyncio.Task[None] | None = None
     session_watch: asyncio.Task[None] | None = None
@@ -37,16 +41,31 @@ class QueueConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)  # before accept: the handshake gets 403
             return
-        type_ids = await database_sync_to_async(selectors.visible_action_type_ids)(user=user)
+        self.type_ids = await database_sync_to_async(selectors.visible_action_type_ids)(user=user)
         self.identities = selectors.reviewer_identities(user=user)
-        self.groups_joined = [events.group_for_action_type(i) for i in sorted(type_ids)]
-        self.groups_joined.append(events.group_for_reviewer(user.pk))
+        self.groups_joined = [events.group_for_action_type(i) for i in sorted(self.type_ids)]
+        self.groups_joined += [events.group_for_reviewer(user.pk), events.ALL_REVIEWERS_GROUP]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         relay.ensure_started()
-        self.presence = asyncio.create_task(self._stay_present(sorted(type_ids)))
+        self.presence = asyncio.create_task(self._stay_present())
         self.session_watch = asyncio.create_task(self._watch_session(user.pk))
+
+    async def _follow_access(self, user: Any) -> None:
+        """Join and leave action type groups to match what `user` may see now."""
+        now = await database_sync_to_async(selectors.visible_action_type_ids)(user=user)
+        for gone in self.type_ids - now:
+            group = events.group_for_action_type(gone)
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined.remove(group)
+        for new in now - self.type_ids:
+            group = events.group_for_action_type(new)
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.append(group)
+        if now - self.type_ids:
+            await sync_to_async(events.mark_listening)(sorted(now - self.type_ids))
+        self.type_ids = now
 
     async def _watch_session(self, user_id: int) -> None:
         """Close the socket once the session that opened it is no longer valid.
@@ -70,11 +89,12 @@ class QueueConsumer(AsyncWebsocketConsumer):
             if not user.is_authenticated or user.pk != user_id:
                 await self.close(code=UNAUTHENTICATED)
                 return
+            await self._follow_access(user)  # a change no signal announced (raw SQL, …)
 
-    async def _stay_present(self, type_ids: list[int]) -> None:
+    async def _stay_present(self) -> None:
         """Tell senders someone listens for these types, for as long as the socket is open."""
         while True:
-            await sync_to_async(events.mark_listening)(type_ids)
+            await sync_to_async(events.mark_listening)(sorted(self.type_ids))
             await asyncio.sleep(events.PRESENCE_REFRESH)
 
     async def disconnect(self, code: int) -> None:
@@ -93,7 +113,21 @@ class QueueConsumer(AsyncWebsocketConsumer):
         """The reviewer logged out (in this or another tab): stop pushing to this browser."""
         await self.close(code=UNAUTHENTICATED)
 
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        """Who may see what changed: re-read it from the database for the session's user."""
+        try:
+            user = await get_user(self.scope)
+            if not user.is_authenticated:
+                await self.close(code=UNAUTHENTICATED)
+                return
+            await self._follow_access(user)
+        except Exception:
+            log.exception("re-reading a reviewer socket's access failed; closing it")
+            await self.close(code=INTERNAL_ERROR)
+
     async def proposal_update(self, event: dict[str, Any]) -> None:
         if event.get("raised_by") and event["raised_by"] in self.identities:
             return
+        if event.get("action_type_id") not in (None, *self.type_ids):
+            return  # sent before this socket left the type's group
         await self.send(text_data=event["html"])

@@ -46,6 +46,10 @@ def group_for_reviewer(user_id: int) -> str:
     return f"gatehouse.reviewer-{user_id}"
 
 
+# Every open socket: told when who may see which action type changed for everyone at once.
+ALL_REVIEWERS_GROUP = "gatehouse.reviewers"
+
+
 def _run(coroutine_function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Run a send from sync code (the usual case: a view, task or command), or schedule it on
     the running loop when called from async code."""
@@ -63,6 +67,23 @@ async def _end_session(user_id: int) -> None:
     layer = get_channel_layer()
     if layer is not None:
         await layer.group_send(group_for_reviewer(user_id), {"type": "session.ended"})
+
+
+async def _access_changed(user_ids: list[int] | None) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    groups = [ALL_REVIEWERS_GROUP] if user_ids is None else map(group_for_reviewer, user_ids)
+    for group in groups:
+        await layer.group_send(group, {"type": "access.changed"})
+
+
+def reviewer_access_changed(user_ids: list[int] | None) -> None:
+    """After commit, the open sockets of these reviewers (None: of everyone) re-read which
+    action types they may see, and leave the groups of those they no longer may: group
+    membership is not only read when a socket connects (approvals/apps.py connects the model
+    signals that call this; each socket also re-reads it every LIVE_SESSION_CHECK_SECONDS)."""
+    transaction.on_commit(lambda: _run(_access_changed, user_ids), robust=True)
 
 
 def reviewer_logged_out(user_id: int) -> None:
@@ -162,6 +183,7 @@ def render_update(proposal_id: uuid.UUID) -> dict[str, Any] | None:
         "group": group_for_action_type(proposal.action_type_id),
         "html": html,
         "raised_by": proposal.raised_by,
+        "action_type_id": proposal.action_type_id,
     }
 
 
@@ -171,5 +193,10 @@ async def send_update(message: dict[str, Any]) -> None:
         return
     await layer.group_send(
         message["group"],
-        {"type": message["type"], "html": message["html"], "raised_by": message["raised_by"]},
+        {
+            "type": message["type"],
+            "html": message["html"],
+            "raised_by": message["raised_by"],
+            "action_type_id": message.get("action_type_id"),
+        },
     )

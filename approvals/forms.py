@@ -5,6 +5,8 @@ from typing import Any
 
 from django import forms
 
+from approvals import jsonvalues
+
 
 class DecisionForm(forms.Form):
     verdict = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
@@ -17,9 +19,20 @@ class DecisionForm(forms.Form):
         if not text:
             return None
         try:
-            return json.loads(text)
+            value = json.loads(text, parse_constant=_not_a_number)
+            jsonvalues.check(value, ("payload",))
+        except jsonvalues.BadValue as exc:
+            raise forms.ValidationError(f"Not saved: {exc}.") from None
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}).") from None
+        except RecursionError:
+            raise forms.ValidationError("Not valid JSON: nested too deep.") from None
+        return value
+
+
+def _not_a_number(name: str) -> float:
+    # NaN and Infinity are not JSON; refused by name rather than parsed into a float.
+    raise jsonvalues.BadValue(("payload",), f"{name} is not a JSON number")
 
 
 class CommentForm(forms.Form):

@@ -14,6 +14,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.errors import _default_exception as ninja_default_exception
 from ninja.parser import Parser
 
+from approvals import jsonvalues
 from approvals.errors import ApplicationError
 from approvals.unavailable import answer_unavailable
 
@@ -31,7 +32,6 @@ TITLES = {
     429: "Too many requests",
     500: "Internal server error",
 }
-MAX_DEPTH = 64
 
 
 def problem(
@@ -142,30 +142,12 @@ def _finite_float(text: str) -> float:
 
 def check_storable(value: Any) -> str | None:
     """None if a JSON value parsed elsewhere (MCP) can be stored as the API would store it;
-    else why not: nested too deep, a NUL character, or a number that is not finite."""
+    else why not, naming the field (jsonvalues.check)."""
     try:
-        _check_depth_and_nul(value)
-    except (ValueError, RecursionError) as exc:
+        jsonvalues.check(value)
+    except jsonvalues.BadValue as exc:
         return str(exc)
     return None
-
-
-def _check_depth_and_nul(value: Any, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value} is out of range for a number")
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("strings may not contain the NUL character")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                raise ValueError("keys may not contain the NUL character")
-            _check_depth_and_nul(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_depth_and_nul(item, depth + 1)
 
 
 def parse_json_body(request: HttpRequest) -> Any:
@@ -200,7 +182,9 @@ def parse_json_body(request: HttpRequest) -> Any:
         )
     try:
         value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-        _check_depth_and_nul(value)
+        jsonvalues.check(value)
+    except jsonvalues.BadValue as exc:
+        raise exc.refusal(status=400, prefix=("body",)) from None
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         position = (

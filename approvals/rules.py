@@ -33,7 +33,7 @@ from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from approvals import celcheck, velocity
+from approvals import celcheck, celcost, velocity
 from approvals.decisions import AutoDecision
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
 
@@ -85,6 +85,7 @@ class CompiledRule:
     spec: RuleSpec
     program: cel.Program
     uses_stats: bool
+    cost: celcost.CostShape
     # The trace entry of the common case, built once: entries are only serialised, never changed.
     no_match: dict[str, Any] = field(init=False, repr=False, compare=False)
 
@@ -96,7 +97,12 @@ class CompiledRule:
 
 
 def compile_condition(when: str) -> cel.Program:
-    """Compile and type-check a condition; raise RuleCompileError with a message for people."""
+    """Compile, type-check and bound the cost of a condition; raise RuleCompileError with a
+    message for people."""
+    return _compile(when)[0]
+
+
+def _compile(when: str) -> tuple[cel.Program, celcost.CostShape]:
     if not when.strip():
         raise RuleCompileError("The condition is empty.")
     if len(when) > MAX_CONDITION_LENGTH:
@@ -109,12 +115,29 @@ def compile_condition(when: str) -> cel.Program:
         celcheck.check(when)
     except celcheck.CelTypeError as exc:
         raise RuleCompileError(f"Type check failed: {exc}") from None
-    return program
+    return program, _condition_cost(when)
+
+
+def _condition_cost(when: str) -> celcost.CostShape:
+    """The cost shape of a compiled condition; refused when even a small payload exceeds the
+    time budget (see celcost)."""
+    shape = celcost.shape(when)
+    reference = shape.reference_ns
+    if not shape.flat and reference / 1e9 > _time_budget():
+        raise RuleCompileError(
+            f"The condition is too costly: comprehensions nested {shape.depth} deep would take "
+            f"about {reference / 1e6:,.0f} ms on a payload with a {celcost.REFERENCE_ITEMS}-item list, "
+            f"over the {_time_budget() * 1000:g} ms budget (RULES_TIME_BUDGET_MS). "
+            "Nest fewer comprehensions."
+        )
+    return shape
 
 
 def compile_rule(spec: RuleSpec) -> CompiledRule:
-    program = compile_condition(spec.when)
-    return CompiledRule(spec=spec, program=program, uses_stats="stats" in program.variables())
+    program, cost = _compile(spec.when)
+    return CompiledRule(
+        spec=spec, program=program, uses_stats="stats" in program.variables(), cost=cost
+    )
 
 
 # --- the per-process cache ---------------------------------------------------------------------
@@ -270,15 +293,21 @@ def current_ruleset() -> RuleSet:
 # --- evaluation ----------------------------------------------------------------------------
 
 
-def _json_numbers_as_doubles(value: Any) -> Any:
+def _json_numbers_as_doubles(value: Any, extent: celcost.Extent) -> Any:
     # CEL maps JSON numbers to double, so `payload.amount * 2.0` works whether the service sent
-    # 30 or 30.0 (booleans stay booleans).
+    # 30 or 30.0 (booleans stay booleans). The same walk measures the payload for the cost bound.
     if isinstance(value, dict):
-        return {k: _json_numbers_as_doubles(v) for k, v in value.items()}
+        extent.longest_collection = max(extent.longest_collection, len(value))
+        for k in value:
+            extent.longest_string = max(extent.longest_string, len(k))
+        return {k: _json_numbers_as_doubles(v, extent) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_numbers_as_doubles(v) for v in value]
+        extent.longest_collection = max(extent.longest_collection, len(value))
+        return [_json_numbers_as_doubles(v, extent) for v in value]
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(value, str):
+        extent.longest_string = max(extent.longest_string, len(value))
     return value
 
 
@@ -332,11 +361,12 @@ def build_context(
     now: datetime,
     stats_as_of: datetime | None = None,
     with_stats: bool = True,
+    extent: celcost.Extent | None = None,
 ) -> cel.Context:
     context = cel.Context(
         {
             "confidence": float(proposal.confidence),
-            "payload": _json_numbers_as_doubles(payload),
+            "payload": _json_numbers_as_doubles(payload, extent or celcost.Extent()),
             "action": {
                 "type": action_type.key,
                 "irreversible": action_type.irreversible,
@@ -388,6 +418,7 @@ def evaluate(
                 reason=f"Rule {spec.name} could not be compiled; a reviewer decides.",
                 trace=trace,
             )
+    extent = celcost.Extent()
     try:
         context = build_context(
             proposal=proposal,
@@ -397,6 +428,7 @@ def evaluate(
             now=now,
             stats_as_of=stats_as_of,
             with_stats=any(r.uses_stats for r in rules),
+            extent=extent,
         )
     except Exception as exc:  # a payload the library cannot take (too deep, …) fails closed
         return AutoDecision(
@@ -407,11 +439,14 @@ def evaluate(
             ],
         )
     decision: AutoDecision | None = None
+    # Saved conditions fit the budget on a payload this small: no bound to compute per rule.
+    small = extent.within_reference
     for rule in rules:
         spec = rule.spec
         if decision is not None and spec.mode == "enforce":
             continue  # decided; only shadow rules still run, for their trace
-        if time.perf_counter() - started > budget:
+        left = budget - (time.perf_counter() - started)
+        if left < 0:
             trace.append(_entry(spec, "error", error="time budget exceeded"))
             if decision is None:
                 decision = AutoDecision(
@@ -420,31 +455,35 @@ def evaluate(
                     trace=trace,
                 )
             break
+        # The evaluator cannot be stopped once it runs: a rule that could outlast the budget on
+        # this payload is not run at all (celcost).
+        bound = rule.cost.reference_ns if small else extent.bound(rule.cost)
+        if bound / 1e9 > left:
+            trace.append(
+                _entry(
+                    spec,
+                    "error",
+                    error=f"not run: could take up to {bound / 1e6:,.0f} ms on this payload "
+                    f"(largest list or map: {extent.longest_collection} items), over the "
+                    "time budget",
+                )
+            )
+            reason = f"Rule {spec.name} is too costly for this payload; a reviewer decides."
+            decision = _fail_closed(spec, trace, reason) or decision
+            continue
         try:
             result = rule.program.execute(context)
         except Exception as exc:  # any library or stats error fails closed
             trace.append(_entry(spec, "error", error=str(exc)[:500]))
-            if spec.mode == "enforce":
-                decision = AutoDecision(
-                    outcome="review",
-                    reason=f"Rule {spec.name} failed to evaluate; a reviewer decides.",
-                    rule=spec.name,
-                    rule_version=spec.version,
-                    trace=trace,
-                )
+            reason = f"Rule {spec.name} failed to evaluate; a reviewer decides."
+            decision = _fail_closed(spec, trace, reason) or decision
             continue
         if not isinstance(result, bool):
             trace.append(
                 _entry(spec, "error", error=f"the condition gave {type(result).__name__}, not bool")
             )
-            if spec.mode == "enforce":
-                decision = AutoDecision(
-                    outcome="review",
-                    reason=f"Rule {spec.name} did not give true or false; a reviewer decides.",
-                    rule=spec.name,
-                    rule_version=spec.version,
-                    trace=trace,
-                )
+            reason = f"Rule {spec.name} did not give true or false; a reviewer decides."
+            decision = _fail_closed(spec, trace, reason) or decision
             continue
         if not result:
             trace.append(rule.no_match)
@@ -474,6 +513,16 @@ def evaluate(
     if decision is None:
         decision = AutoDecision(outcome="review", reason=NO_MATCH_REASON, trace=trace)
     return decision
+
+
+def _fail_closed(spec: RuleSpec, trace: list[dict[str, Any]], reason: str) -> AutoDecision | None:
+    """An enforced rule that cannot decide stops the walk with review; a shadow one only
+    leaves its trace entry (None)."""
+    if spec.mode != "enforce":
+        return None
+    return AutoDecision(
+        outcome="review", reason=reason, rule=spec.name, rule_version=spec.version, trace=trace
+    )
 
 
 def _entry(

@@ -15,10 +15,22 @@ import psycopg
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import bulk, decisions, events, localcache, outbox, schemas_cache, selectors
+from approvals import (
+    bulk,
+    decisions,
+    events,
+    jsonvalues,
+    localcache,
+    outbox,
+    schemas_cache,
+    selectors,
+    webhooks,
+)
 from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     ActionType,
@@ -63,6 +75,36 @@ SERVICE_GRANTS: dict[str, tuple[str, Callable[[Service, list[str]], None]]] = {}
 
 
 @transaction.atomic
+def service_webhook_secret_rotate(*, service: Service, actor: str) -> str:
+    """A new signing secret; the old one keeps signing too (two signatures) until the rotation
+    is finished. Returns the new secret, which is shown once and never again."""
+    locked = Service.objects.select_for_update().get(pk=service.pk)
+    secret = webhook_secret_generate()
+    Service.objects.filter(pk=locked.pk).update(
+        webhook_secret=secret, previous_webhook_secret=locked.webhook_secret
+    )
+    AuditEvent.objects.create(
+        kind="service.webhook_secret_rotated", actor=actor, data={"service": locked.name}
+    )
+    return secret
+
+
+@transaction.atomic
+def service_webhook_rotation_finish(*, service: Service, actor: str) -> bool:
+    """Stop signing with the previous secret (the receivers have the new one)."""
+    if (
+        not Service.objects.filter(pk=service.pk)
+        .exclude(previous_webhook_secret="")
+        .update(previous_webhook_secret="")
+    ):
+        return False
+    AuditEvent.objects.create(
+        kind="service.webhook_rotation_finished", actor=actor, data={"service": service.name}
+    )
+    return True
+
+
+@transaction.atomic
 def service_create(
     *,
     name: str,
@@ -79,6 +121,13 @@ def service_create(
         )
     if Service.objects.filter(name=name).exists():
         raise ApplicationError(f"A service named {name!r} exists already.", code="duplicate")
+    problem = webhooks.url_problem(callback_url) if callback_url else None
+    if problem:
+        raise ApplicationError(
+            f"callback_url is refused: {problem}",
+            code="bad-url",
+            errors=[{"loc": ["callback_url"], "msg": problem}],
+        )
     service = Service.objects.create(
         name=name, callback_url=callback_url, webhook_secret=webhook_secret_generate()
     )
@@ -229,6 +278,10 @@ def proposal_submit(
     returns the first response; the same key with another body is refused (422); the same key
     while the first request is still running is a conflict (409).
     """
+    try:
+        jsonvalues.check(data)  # the API checked already; other callers (commands, tests) not
+    except jsonvalues.BadValue as exc:
+        raise exc.refusal() from None
     request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
     if data.get("llm_call_id") is not None:
@@ -663,6 +716,10 @@ def _evaluate_edit(
             code="validation-error",
             errors=[{"loc": ["payload"], "msg": "must be a JSON object"}],
         )
+    try:
+        jsonvalues.check(edited_payload, ("payload",))
+    except jsonvalues.BadValue as exc:
+        raise exc.refusal() from None
     errors = schemas_cache.validate_payload(proposal.action_type, edited_payload)
     if errors:
         raise ApplicationError(
@@ -947,6 +1004,19 @@ def proposal_comment(*, proposal_id: uuid.UUID, reviewer: User, text: str) -> Au
     return event
 
 
+def password_check(*, password: str, user: User) -> None:
+    """Django's password validators (AUTH_PASSWORD_VALIDATORS), as a refusal naming the field:
+    every way Gatehouse sets a password runs them, as the admin's forms do."""
+    try:
+        validate_password(password, user)
+    except DjangoValidationError as exc:
+        raise ApplicationError(
+            "The password is refused: " + " ".join(exc.messages),
+            code="weak-password",
+            errors=[{"loc": ["password"], "msg": m} for m in exc.messages],
+        ) from None
+
+
 @transaction.atomic
 def reviewer_create(
     *, username: str, action_type_keys: Iterable[str], password: str | None = None
@@ -979,6 +1049,7 @@ def reviewer_create(
     if password is None and created:
         generated = password = secrets.token_urlsafe(15)
     if password is not None:
+        password_check(password=password, user=user)
         user.set_password(password)
         user.save()
     user.groups.add(*groups)

@@ -66,11 +66,50 @@ def signed_headers(
     }
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: IPv4 in the low 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: the site's own
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, compatible, NAT64, 6to4), if any."""
+    embedded = ip.ipv4_mapped or ip.sixtofour
+    if embedded is None and (ip in _NAT64 or ip in _IPV4_COMPATIBLE):
+        embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return embedded
+
+
 def _is_public(address: str) -> bool:
+    """Public: a global unicast address, and for an IPv6 address that carries an IPv4 one
+    (mapped, compatible, NAT64, 6to4), the embedded IPv4 address is public too — a gateway on
+    the way would otherwise deliver to it. Teredo and local-use NAT64 are refused outright."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL or ip.teredo is not None:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return _is_public(str(embedded)) and (ip.ipv4_mapped is not None or ip.is_global)
     return ip.is_global and not ip.is_multicast
+
+
+def _describe(address: str) -> str:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    return f"{address}, which carries {embedded}" if embedded is not None else address
+
+
+def url_problem(url: str) -> str | None:
+    """Why a webhook, callback or provider URL would be refused at send time, checked when it
+    is saved (admin, `apply`, commands); None when it may be used. A name that does not resolve
+    now is accepted: it is resolved and checked again on every send."""
+    try:
+        resolve_target(url)
+    except EgressRefused as exc:
+        if str(exc).startswith("cannot resolve"):
+            return None
+        return str(exc)
+    return None
 
 
 def resolve_target(url: str) -> tuple[str, str]:
@@ -94,7 +133,8 @@ def resolve_target(url: str) -> tuple[str, str]:
         private = [a for a in addresses if not _is_public(a)]
         if private:
             raise EgressRefused(
-                f"{host!r} resolves to a private, loopback or link-local address ({private[0]}); "
+                f"{host!r} resolves to a private, loopback or link-local address "
+                f"({_describe(private[0])}); "
                 "set GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=1 to allow that in development"
             )
     address = addresses[0]

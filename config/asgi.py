@@ -1,8 +1,9 @@
 """ASGI entry point: `uvicorn config.asgi:application`.
 
 HTTP goes to Django, except MCP under /mcp (mcpgate.asgi: streamable HTTP, long waits);
-websockets (the live reviewer queue) go to Channels, behind a check of the Origin header
-against ALLOWED_HOSTS and Django's session authentication. The lifespan starts and stops MCP.
+websockets (the live reviewer queue) go to Channels, behind a check of the Origin header's
+scheme, host and port against the site's origins (approvals/origins.py) and Django's session
+authentication. The lifespan starts and stops MCP.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from approvals.origins import SiteOriginValidator  # noqa: E402
 from approvals.routing import websocket_urlpatterns  # noqa: E402
 from mcpgate import asgi as mcp  # noqa: E402
 
 
-def websocket_application() -> AllowedHostsOriginValidator:
-    """Origin must be one of ALLOWED_HOSTS (read now); then the session sets scope["user"]."""
-    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+def websocket_application() -> SiteOriginValidator:
+    """Origin must be one of the site's (settings read per handshake); then the session sets
+    scope["user"]."""
+    return SiteOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 
 
 application = ProtocolTypeRouter(

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "insights",
     "notify",
     "mcpgate",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -60,6 +61,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -115,9 +117,24 @@ CACHES = {
 }
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in throttling on /login/ and /admin/login/ (django-axes, approvals/logins.py): after
+# LOGIN_FAILURE_LIMIT failures for one username or from one address, 429 for LOGIN_LOCKOUT.
+AUTHENTICATION_BACKENDS = [
+    "approvals.logins.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = env_duration("LOGIN_LOCKOUT", "15m")
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "approvals/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "approvals.logins.client_address"
+AXES_VERBOSE = False
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
@@ -225,6 +242,8 @@ LOGGING = {
         # One line per webhook comes from gatehouse.execution already.
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},  # the openai client's HTTP library
+        # axes logs every failed sign-in at INFO; the lockout itself is a WARNING.
+        "axes": {"level": "WARNING"},
     },
 }
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from approvals import jsonvalues
 from approvals.errors import ApplicationError, Conflict
 from approvals.models import Proposal
 from evals import scorers, stats
@@ -132,6 +133,10 @@ class ImportReport:
     by_split: dict[str, int] = field(default_factory=dict)
 
 
+def _not_a_number(name: str) -> float:
+    raise jsonvalues.BadValue((), f"{name} is not a JSON number")
+
+
 def cases_import(*, eval_set: EvalSet, lines: Iterable[str]) -> ImportReport:
     """Import JSON Lines, all or nothing: any bad line refuses the whole file, naming each line."""
     problems: list[str] = []
@@ -140,7 +145,11 @@ def cases_import(*, eval_set: EvalSet, lines: Iterable[str]) -> ImportReport:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = json.loads(line, parse_constant=_not_a_number)
+            jsonvalues.check(data)  # NUL, lone surrogates, NaN: unstorable or not numbers
+        except jsonvalues.BadValue as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
         except ValueError as exc:
             problems.append(f"line {number}: not JSON: {exc}")
             continue

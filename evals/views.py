@@ -19,7 +19,8 @@ CASES_SHOWN = 500
 
 
 def _require_reader(request: HttpRequest) -> None:
-    # Cases come from every team's proposals and model calls: being staff is not enough.
+    # The permission, not is_staff: eval cases carry harvested payloads (customer data), and
+    # staff holding some other permission must not read them.
     if request.user.has_perm("evals.view_evalset"):
         return
     raise PermissionDenied("Evals are visible to users allowed to view eval sets.")

@@ -35,7 +35,10 @@ class BrakeAdmin(ReadOnlyAdmin):
     list_display = ["action_type", "engaged_at", "errors", "audited", "target", "lifted_at"]
     actions = ["lift"]
 
-    @admin.action(description="Lift the selected brakes (resume automatic approval)")
+    @admin.action(
+        description="Lift the selected brakes (resume automatic approval)",
+        permissions=["lift"],
+    )
     def lift(self, request: HttpRequest, queryset: QuerySet[Brake]) -> None:
         lifted = 0
         for brake in queryset.filter(lifted_at__isnull=True).select_related("action_type"):
@@ -43,8 +46,12 @@ class BrakeAdmin(ReadOnlyAdmin):
             lifted += 1
         self.message_user(request, f"Lifted {lifted} brake(s).", messages.SUCCESS)
 
+    def has_lift_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(services.LIFT_BRAKE)
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.is_staff) and obj is None  # the list (and its action) only
+        # the list (and its action) only, for those who may lift a brake
+        return request.user.has_perm(services.LIFT_BRAKE) and obj is None
 
 
 @admin.register(AuditSample)

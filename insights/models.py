@@ -83,6 +83,7 @@ class Alert(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("acknowledge_alert", "Can acknowledge an insights alert")]
 
     def __str__(self) -> str:
         return self.title
@@ -105,6 +106,7 @@ class Brake(models.Model):
 
     class Meta:
         ordering = ["-engaged_at"]
+        permissions = [("lift_brake", "Can lift a brake (resume automatic approval)")]
         constraints = [
             models.UniqueConstraint(
                 fields=["action_type"],
@@ -135,6 +137,7 @@ class RuleDraft(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("draft_rule", "Can draft a shadow rule from a threshold suggestion")]
 
     def __str__(self) -> str:
         return f"{self.rule} (confidence >= {self.threshold:g})"

@@ -24,6 +24,13 @@ from insights.models import Alert, Brake, RuleDraft, TypeSettings
 
 log = logging.getLogger("gatehouse.insights")
 
+# What each action on /insights/ asks of a user (superusers have them all); the admin asks the
+# same through its model permissions.
+CHANGE_SETTINGS = "insights.change_typesettings"
+LIFT_BRAKE = "insights.lift_brake"
+DRAFT_RULE = ("insights.draft_rule", "approvals.add_rule")
+ACKNOWLEDGE_ALERT = "insights.acknowledge_alert"
+
 
 @dataclass
 class CheckResult:
@@ -159,8 +166,10 @@ def brake_check(*, action_type: ActionType, now: datetime) -> Brake | None:
 
 def brake_lift(*, action_type: ActionType, user: User, note: str = "") -> Brake:
     """An admin resumes automatic approval; later audits are judged from now on."""
-    if not user.is_staff:
-        raise ApplicationError("Only an admin can lift a brake.", status=403, code="forbidden")
+    if not user.has_perm(LIFT_BRAKE):
+        raise ApplicationError(
+            "Lifting a brake needs the permission “Can lift a brake”.", status=403, code="forbidden"
+        )
     now = timezone.now()
     with transaction.atomic():
         brake = (
@@ -188,6 +197,12 @@ def brake_lift(*, action_type: ActionType, user: User, note: str = "") -> Brake:
 
 
 def alert_acknowledge(*, alert: Alert, user: User) -> bool:
+    if not user.has_perm(ACKNOWLEDGE_ALERT):
+        raise ApplicationError(
+            "Acknowledging an alert needs the permission “Can acknowledge an insights alert”.",
+            status=403,
+            code="forbidden",
+        )
     return (
         Alert.objects.filter(pk=alert.pk, acknowledged_at__isnull=True).update(
             acknowledged_at=timezone.now(), acknowledged_by=user
@@ -220,8 +235,12 @@ def rule_draft(*, action_type: ActionType, threshold: float, user: User) -> Rule
     The rule approves proposals of the type at or above the threshold; in shadow mode it is only
     traced. An admin reviews the backtest and switches it to enforce in the rules admin.
     """
-    if not user.is_staff:
-        raise ApplicationError("Only an admin can draft a rule.", status=403, code="forbidden")
+    if not all(user.has_perm(p) for p in DRAFT_RULE):
+        raise ApplicationError(
+            "Drafting a rule needs the permissions “Can draft a shadow rule” and “Can add rule”.",
+            status=403,
+            code="forbidden",
+        )
     if not 0 < threshold <= 1:
         raise ApplicationError("The threshold is a confidence within (0, 1].")
     config = selectors.settings_for(action_type)

@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals import selectors as approvals_selectors
@@ -32,9 +33,19 @@ def _visible_type_or_404(request: HttpRequest, key: str) -> ActionType:
     return action_type
 
 
-def _admin_only(request: HttpRequest) -> None:
-    if not _user(request).is_staff:
-        raise PermissionDenied("Only an admin can do this.")
+def _require(request: HttpRequest, *permissions: str) -> None:
+    """403 for a user who sees the type but lacks the action's permission (services.py)."""
+    if not _user(request).has_perms(permissions):
+        raise PermissionDenied("You do not have the permission for this action.")
+
+
+def _same_site(request: HttpRequest, target: str | None, fallback: str) -> str:
+    """`next` only when it is a path of this site: never an open redirect."""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return fallback
 
 
 @login_required
@@ -62,7 +73,7 @@ def action_type_page(request: HttpRequest, key: str) -> HttpResponse:
 @require_POST
 def settings_save(request: HttpRequest, key: str) -> HttpResponse:
     action_type = _visible_type_or_404(request, key)
-    _admin_only(request)
+    _require(request, services.CHANGE_SETTINGS)
     try:
         services.type_settings_save(
             action_type=action_type,
@@ -80,7 +91,7 @@ def settings_save(request: HttpRequest, key: str) -> HttpResponse:
 @require_POST
 def draft_rule(request: HttpRequest, key: str) -> HttpResponse:
     action_type = _visible_type_or_404(request, key)
-    _admin_only(request)
+    _require(request, *services.DRAFT_RULE)
     try:
         draft = services.rule_draft(
             action_type=action_type,
@@ -99,7 +110,7 @@ def draft_rule(request: HttpRequest, key: str) -> HttpResponse:
 @require_POST
 def lift_brake(request: HttpRequest, key: str) -> HttpResponse:
     action_type = _visible_type_or_404(request, key)
-    _admin_only(request)
+    _require(request, services.LIFT_BRAKE)
     try:
         services.brake_lift(
             action_type=action_type, user=_user(request), note=request.POST.get("note", "")
@@ -118,5 +129,6 @@ def alert_acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
         pk=alert_id,
         action_type__in=approvals_selectors.visible_action_types(user=request.user),
     )
+    _require(request, services.ACKNOWLEDGE_ALERT)
     services.alert_acknowledge(alert=alert, user=_user(request))
-    return redirect(request.POST.get("next") or reverse("insights:index"))
+    return redirect(_same_site(request, request.POST.get("next"), reverse("insights:index")))

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from approvals import webhooks
 from approvals.admin import ReadOnlyAdmin
 from llmcalls import routing, services
 from llmcalls.models import FeatureGrant, LLMCall, ModelPrice, Provider, Route, RouteTarget
@@ -47,6 +48,13 @@ class ProviderForm(forms.ModelForm):
     def clean_api_key_env(self) -> str:
         value = str(self.cleaned_data.get("api_key_env") or "").strip()
         return _unless(services.api_key_env_problem(value), value)
+
+    def clean_base_url(self) -> str:
+        url = self.cleaned_data["base_url"]
+        problem = webhooks.url_problem(url)
+        if problem:
+            raise forms.ValidationError(f"This base URL is refused: {problem}")
+        return url
 
 
 @admin.register(Provider)

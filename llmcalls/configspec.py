@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from approvals import webhooks
 from approvals.configfile import ConfigFileError, Duration, StrictItem, register
 
 
@@ -28,6 +29,14 @@ class ProviderSpec(StrictItem):
         from llmcalls.services import api_key_env_problem
 
         return _unless(api_key_env_problem(value), value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _egress(cls, base_url: str) -> str:
+        problem = webhooks.url_problem(base_url)
+        if problem:
+            raise ValueError(f"the base_url is refused: {problem}")
+        return base_url
 
 
 class TargetSpec(StrictItem):

@@ -154,6 +154,42 @@ BAD_INPUTS: list[tuple[str, str | bytes, str, int, str | None]] = [
         400,
         None,
     ),
+    # A lone surrogate is valid JSON text but not Unicode: PostgreSQL cannot store it (issue 12).
+    (
+        "lone surrogate in a payload value",
+        body_with().replace('"ORD-1"', '"ORD-\\udfff"'),
+        "application/json",
+        400,
+        "order_id",
+    ),
+    (
+        "lone surrogate in a payload key",
+        body_with().replace('"currency"', '"cur\\ud800rency"'),
+        "application/json",
+        400,
+        "payload",
+    ),
+    (
+        "lone surrogate in metadata",
+        body_with(metadata={"ticket": "T-1"}).replace('"T-1"', '"T-\\udfff"'),
+        "application/json",
+        400,
+        "ticket",
+    ),
+    (
+        "lone surrogate in the summary",
+        body_with().replace('"Refund a late delivery"', '"Refund \\udfff"'),
+        "application/json",
+        400,
+        "summary",
+    ),
+    (
+        "NUL in metadata",
+        body_with(metadata={"note": "a\u0000b"}),
+        "application/json",
+        400,
+        "note",
+    ),
     ("over 256 KiB", body_with(rationale=BIG), "application/json", 413, None),
     ("invalid UTF-8", b'{"summary": "\xff\xfe"}', "application/json", 400, None),
 ]
@@ -256,3 +292,26 @@ def test_an_invalid_idempotency_key_is_refused(shop: ServiceClient) -> None:
 def test_the_wrong_method_is_refused(shop: ServiceClient) -> None:
     assert shop.delete("/api/v1/proposals").status_code == 405
     assert shop.put("/api/v1/action-types").status_code == 405
+
+
+# --- the same refusals on every other way a payload comes in (issue 12) ---------------------
+
+BAD_VALUES = [
+    ({"order_id": "ORD-\udfff", "amount": 1.0}, "payload.order_id", "lone surrogate"),
+    ({"order_id": "ORD-1", "amount": float("nan")}, "payload.amount", "NaN"),
+    ({"order_id": "ORD-1", "amount": float("inf")}, "payload.amount", "inf"),
+    ({"order_id": "ORD-\x00", "amount": 1.0}, "payload.order_id", "NUL"),
+    ({"order_id": "ORD-1", "amount": 1.0, "x\udfff": 1}, "payload", "a key contains"),
+]
+
+
+@pytest.mark.parametrize(("payload", "where", "what"), BAD_VALUES)
+def test_the_submit_service_refuses_bad_values_naming_the_field(
+    shop: ServiceClient, counts: Any, payload: dict[str, Any], where: str, what: str
+) -> None:
+    before = counts()
+    with pytest.raises(services.ApplicationError) as refused:
+        services.proposal_submit(service=shop.service, data=refund_body(payload=payload))
+    assert refused.value.status == 422
+    assert refused.value.message.startswith(where) and what in refused.value.message
+    assert counts() == before

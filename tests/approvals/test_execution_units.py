@@ -102,6 +102,15 @@ def test_our_signature_matches_the_reference_implementation() -> None:
         "http://[fe80::1]/x",
         "http://[fd00::1]/x",
         "http://224.0.0.1/x",
+        # IPv6 forms that carry an IPv4 address decide on that address (issue 12)
+        "http://[64:ff9b::7f00:1]/x",  # NAT64 of 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/x",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "http://[64:ff9b:1::808:808]/x",  # local-use NAT64: the site's own translator
+        "http://[2002:7f00:1::1]/x",  # 6to4 of 127.0.0.1
+        "http://[2002:a00:1::1]/x",  # 6to4 of 10.0.0.1
+        "http://[::7f00:1]/x",  # IPv4-compatible 127.0.0.1
+        "http://[::a00:1]/x",  # IPv4-compatible 10.0.0.1
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x",  # Teredo
     ],
 )
 @override_settings(GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=False)
@@ -120,6 +129,15 @@ def test_only_http_urls_are_called(url: str) -> None:
 def test_a_public_address_is_called_at_the_address_that_was_checked() -> None:
     target, host = webhooks.resolve_target("https://93.184.215.14:8443/hook?x=1")
     assert (target, host) == ("https://93.184.215.14:8443/hook?x=1", "93.184.215.14")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[64:ff9b::808:808]/x", "http://[2002:808:808::1]/x", "http://[::ffff:8.8.8.8]/x"],
+)
+@override_settings(GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=False)
+def test_ipv6_forms_of_a_public_ipv4_address_are_allowed(url: str) -> None:
+    assert webhooks.url_problem(url) is None
 
 
 @override_settings(GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=True)

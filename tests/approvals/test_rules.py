@@ -528,3 +528,84 @@ def test_a_payload_the_library_cannot_take_goes_to_review(
     )
     assert decision.outcome == "review"
     assert decision.trace[0]["result"] == "error"
+
+
+# --- the cost of one evaluation (issue 12) --------------------------------------------------
+
+NESTED = "payload.items.exists(x, payload.items.exists(y, x == y + 1.0))"
+
+
+@pytest.fixture
+def batch(make_service: Callable[..., ServiceClient]) -> tuple[ServiceClient, ActionType]:
+    """A service proposing an action type whose payload carries a list of any length."""
+    action_type = ActionType.objects.create(
+        key="batch.run", title="Run a batch", payload_schema={"type": "object"}
+    )
+    return make_service("batcher", action_type), action_type
+
+
+def batch_body(items: list[float]) -> dict[str, Any]:
+    return {
+        "action_type": "batch.run",
+        "payload": {"items": items},
+        "confidence": 0.9,
+        "summary": "s",
+    }
+
+
+def test_a_nested_comprehension_over_a_large_payload_is_not_run_and_goes_to_review(
+    batch: tuple[ServiceClient, ActionType], make_rule: Callable[..., Rule]
+) -> None:
+    # Before the bound, 3,000 items kept the evaluator (and the GIL) busy for over 4 s.
+    client, action_type = batch
+    make_rule("pairs", action_type=action_type, when=NESTED, outcome="approve")
+    started = time.perf_counter()
+    body = client.post_json(
+        "/api/v1/proposals", batch_body([float(i * 2) for i in range(3000)])
+    ).json()
+    elapsed = time.perf_counter() - started
+    assert body["state"] == "pending_review"
+    entry = body["routing"]["trace"][0]
+    assert entry["result"] == "error"
+    assert entry["error"].startswith("not run: could take up to")
+    assert "3000 items" in entry["error"]
+    assert "too costly" in body["routing"]["reason"]
+    assert elapsed < 1.0
+
+
+def test_the_same_rule_still_decides_on_a_small_payload(
+    batch: tuple[ServiceClient, ActionType], make_rule: Callable[..., Rule]
+) -> None:
+    client, action_type = batch
+    make_rule("pairs", action_type=action_type, when=NESTED, outcome="approve")
+    body = client.post_json("/api/v1/proposals", batch_body([1.0, 3.0, 2.0])).json()
+    assert body["state"] == "approved"
+
+
+def test_a_shadow_rule_too_costly_for_the_payload_does_not_decide(
+    batch: tuple[ServiceClient, ActionType], make_rule: Callable[..., Rule]
+) -> None:
+    client, action_type = batch
+    make_rule("pairs", action_type=action_type, when=NESTED, outcome="reject", mode="shadow")
+    make_rule("approve-all", action_type=action_type, priority=200)
+    items = [float(i) for i in range(2000)]
+    body = client.post_json("/api/v1/proposals", batch_body(items)).json()
+    assert body["state"] == "approved"
+    assert body["decision"]["trace"][0]["error"].startswith("not run")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "payload.a.exists(x, payload.a.exists(y, payload.a.exists(z, x == y + z)))",
+        "payload.a.map(x, payload.a.map(y, payload.a.filter(z, z > y))).size() > 0",
+    ],
+)
+def test_a_condition_too_costly_even_for_a_small_payload_is_refused_at_save(
+    make_rule: Callable[..., Rule], when: str
+) -> None:
+    with pytest.raises(ApplicationError) as refused:
+        make_rule("cubic", when=when)
+    assert "too costly" in refused.value.message
+    assert "100-item list" in refused.value.message
+    assert not Rule.objects.exists()

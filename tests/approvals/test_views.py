@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from approvals import services
+from approvals.errors import ApplicationError
 from approvals.models import Proposal
 from tests.conftest import logged_in
 
@@ -325,3 +326,43 @@ def test_the_proposal_page_shows_the_rule_trace_that_routed_it(
     body = logged_in(reviewer).get(f"/proposals/{p.pk}/").content.decode()
     assert "<code>huge-refunds</code>" in body and "no_match" in body
     assert "<code>shadow-check</code>" in body and "matched → reject" in body
+
+
+@pytest.mark.parametrize(
+    ("edited", "named"),
+    [
+        ('{"order_id": "ORD-1", "amount": NaN}', "NaN is not a JSON number"),
+        ('{"order_id": "ORD-1", "amount": Infinity}', "Infinity is not a JSON number"),
+        ('{"order_id": "ORD-1", "amount": -1e999}', "payload.amount: -inf"),
+        ('{"order_id": "ORD-\\u0000", "amount": 1}', "payload.order_id: contains the NUL"),
+        ('{"order_id": "ORD-\\udfff", "amount": 1}', "payload.order_id: contains a lone surrogate"),
+    ],
+)
+def test_an_edit_with_nan_infinity_nul_or_a_surrogate_is_refused_naming_the_field(
+    proposal: Proposal, reviewer: User, edited: str, named: str
+) -> None:
+    client = logged_in(reviewer)
+    client.post(f"/proposals/{proposal.pk}/claim/", headers=HTMX)
+    response = client.post(
+        f"/proposals/{proposal.pk}/decide/",
+        {"verdict": "approve", "payload_hash": proposal.payload_hash, "edited_payload": edited},
+    )
+    assert response.status_code == 422
+    assert named in response.content.decode()
+    proposal.refresh_from_db()
+    assert proposal.state == State.PENDING_REVIEW and proposal.final_payload is None
+    assert not proposal.reviews.exists()
+
+
+def test_the_decide_service_refuses_a_nan_edit(proposal: Proposal, reviewer: User) -> None:
+    services.claim_acquire(proposal_id=proposal.pk, reviewer=reviewer)
+    with pytest.raises(ApplicationError) as refused:
+        services.proposal_decide(
+            proposal=proposal,
+            reviewer=reviewer,
+            verdict="approve",
+            edited_payload={"order_id": "ORD-1", "amount": float("nan")},
+        )
+    assert refused.value.status == 422 and "payload.amount" in refused.value.message
+    proposal.refresh_from_db()
+    assert proposal.final_payload is None

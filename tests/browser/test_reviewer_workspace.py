@@ -251,7 +251,7 @@ def test_screenshots_of_the_queue_and_a_proposal(
     configfile.apply(demo.read_text(), source=str(demo))
     for name in ("rita", "sam"):
         user = User.objects.create_user(name, password=PASSWORD)
-        user.groups.add(*Group.objects.filter(name__in=["support", "trust-and-safety"]))
+        user.groups.add(*Group.objects.filter(name__in=["support", "comms", "trust-and-safety"]))
     _, key = services.service_create(
         name="demo-shop", action_type_keys=["refund.issue", "email.send", "account.close"]
     )

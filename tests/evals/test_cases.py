@@ -274,3 +274,21 @@ def test_the_database_refuses_changes_to_a_sealed_holdout(eval_set: EvalSet) -> 
             attempt()
     assert held.get().ideal == "held"
     eval_set.cases.filter(split="dev").update(ideal="fine")  # the dev split stays open
+
+
+def test_nan_nul_and_lone_surrogates_refuse_the_file_naming_line_and_field(
+    eval_set: EvalSet,
+) -> None:
+    lines = [
+        line(),
+        line().replace('"y"', "NaN"),
+        line(ideal="a\u0000b"),
+        line().replace('"y"', '"\\udfff"'),
+    ]
+    with pytest.raises(ApplicationError) as info:
+        services.cases_import(eval_set=eval_set, lines=lines)
+    messages = [e["msg"] for e in info.value.errors]
+    assert [m.split(":")[0] for m in messages] == ["line 2", "line 3", "line 4"]
+    assert "NaN" in messages[0] and "ideal: contains the NUL" in messages[1]
+    assert "lone surrogate" in messages[2]
+    assert eval_set.cases.count() == 0

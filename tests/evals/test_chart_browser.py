@@ -39,10 +39,10 @@ def test_the_accuracy_chart_draws_under_script_src_self(
             EvalResult(run=run, case=c, passed=i >= wrong) for i, c in enumerate(cases)
         )
         services.run_finish(run=run)
+    sam = User.objects.create_user("sam", is_staff=True)
+    sam.user_permissions.add(Permission.objects.get(codename="view_evalset"))
     session = Client()
-    viewer = User.objects.create_user("sam", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_evalset"))
-    session.force_login(viewer)
+    session.force_login(sam)
     cookie = session.cookies[settings.SESSION_COOKIE_NAME].value
 
     series, drawn, violations = read_chart(

@@ -105,9 +105,15 @@ def test_anonymous_users_are_sent_to_log_in_and_others_refused(
     anonymous = Client()
     outsider = Client()
     outsider.force_login(User.objects.create_user("olga", password="pw-olga-123456"))
+    # staff holding another permission only (issue 12): eval cases carry customer data
+    narrow_staff = User.objects.create_user("sid", password="pw-sid-1234567", is_staff=True)
+    narrow_staff.user_permissions.add(Permission.objects.get(codename="change_typesettings"))
+    staff_only = Client()
+    staff_only.force_login(narrow_staff)
     for path in paths:
         assert anonymous.get(path).status_code == 302
         assert outsider.get(path).status_code == 403
+        assert staff_only.get(path).status_code == 403
     viewer = User.objects.create_user("vic", password="pw-vic-123456")
     viewer.user_permissions.add(Permission.objects.get(codename="view_evalset"))
     allowed = Client()

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from approvals import services as approvals_services
@@ -142,7 +142,12 @@ def test_the_brake_engages_on_audited_errors_above_target_and_an_admin_lifts_it(
     reviewer = User.objects.create_user("rev", password="x")
     with pytest.raises(ApplicationError):
         services.brake_lift(action_type=refund_type, user=reviewer)
-    admin = User.objects.create_user("boss", password="x", is_staff=True)
+    staff = User.objects.create_user("staff", password="x", is_staff=True)
+    with pytest.raises(ApplicationError):  # staff is not enough: it takes the permission
+        services.brake_lift(action_type=refund_type, user=staff)
+    admin = User.objects.create_user("boss", password="x")
+    admin.user_permissions.add(Permission.objects.get(codename="lift_brake"))
+    admin = User.objects.get(pk=admin.pk)  # a fresh permission cache
     services.brake_lift(action_type=refund_type, user=admin, note="prompt rolled back")
 
     brake.refresh_from_db()

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.utils import timezone
 
 from approvals.models import ActionType, Rule, RuleVersion
@@ -105,14 +105,87 @@ def test_an_admin_lifts_the_brake_from_the_page_and_banners_show_alerts(
     assert "insight-banner" not in logged_in(reviewer).get("/").content.decode()
 
 
-def test_alerts_can_be_acknowledged_by_who_sees_the_type(
+def test_alerts_are_acknowledged_by_who_sees_the_type_with_the_permission(
     refund_type: ActionType, reviewer: User, outsider: User
 ) -> None:
     alert = Alert.objects.create(kind="drift", action_type=refund_type, title="Drop")
-    assert logged_in(outsider).post(f"/insights/alerts/{alert.pk}/acknowledge/").status_code == 404
-    assert logged_in(reviewer).post(f"/insights/alerts/{alert.pk}/acknowledge/").status_code == 302
+    url = f"/insights/alerts/{alert.pk}/acknowledge/"
+    assert logged_in(outsider).post(url).status_code == 404
+    assert logged_in(reviewer).post(url).status_code == 403
+    assert "Acknowledge</button>" not in logged_in(reviewer).get("/insights/").content.decode()
+    _grant(reviewer, "acknowledge_alert")
+    assert "Acknowledge</button>" in logged_in(reviewer).get("/insights/").content.decode()
+    assert logged_in(reviewer).post(url).status_code == 302
     alert.refresh_from_db()
     assert alert.acknowledged_by == reviewer
+
+
+def _grant(user: User, *codenames: str) -> None:
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example/",
+        "https:///evil.example/",
+        "javascript:alert(1)",
+    ],
+)
+def test_acknowledging_never_redirects_off_the_site(
+    refund_type: ActionType, admin_user: User, target: str
+) -> None:
+    alert = Alert.objects.create(kind="drift", action_type=refund_type, title="Drop")
+    response = logged_in(admin_user).post(
+        f"/insights/alerts/{alert.pk}/acknowledge/", {"next": target}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/insights/"
+
+
+def test_acknowledging_follows_a_path_of_the_site(
+    refund_type: ActionType, admin_user: User
+) -> None:
+    alert = Alert.objects.create(kind="drift", action_type=refund_type, title="Drop")
+    response = logged_in(admin_user).post(
+        f"/insights/alerts/{alert.pk}/acknowledge/", {"next": "/insights/refund.issue/?x=1"}
+    )
+    assert response["Location"] == "/insights/refund.issue/?x=1"
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "codenames"),
+    [
+        (
+            "settings",
+            {"audit_percent": "0", "target_percent": "50"},
+            ["change_typesettings"],
+        ),
+        ("draft-rule", {"threshold": "0.5"}, ["draft_rule", "add_rule"]),
+        ("lift-brake", {"note": "x"}, ["lift_brake"]),
+    ],
+)
+def test_staff_without_the_permission_cannot_act_on_insights(
+    history: None,
+    refund_type: ActionType,
+    path: str,
+    data: dict[str, str],
+    codenames: list[str],
+) -> None:
+    # A staff user holding every other permission (here: the model providers' ones).
+    staff = User.objects.create_user("sid", password="pw-sid-1234567", is_staff=True)
+    staff.groups.add(Group.objects.get_or_create(name="support")[0])
+    _grant(staff, "add_modelprovider", "change_modelprovider", "view_typesettings")
+    Brake.objects.create(action_type=refund_type, reason="r", errors=3, audited=10, target=0.02)
+    response = logged_in(staff).post(f"/insights/refund.issue/{path}/", data)
+    assert response.status_code == 403
+    assert not TypeSettings.objects.exists()
+    assert not Rule.objects.exists()
+    assert Brake.objects.get().engaged
+    _grant(staff, *codenames)
+    assert logged_in(staff).post(f"/insights/refund.issue/{path}/", data).status_code == 302
 
 
 def test_settings_are_saved_by_an_admin(refund_type: ActionType, admin_user: User) -> None:

@@ -30,9 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         password = None
         if options["password_stdin"]:
-            password = sys.stdin.readline().rstrip("\n")
-            if len(password) < 8:
-                raise CommandError("The password must have at least 8 characters.")
+            password = sys.stdin.readline().rstrip("\n")  # checked by the password validators
         try:
             user, groups, generated = services.reviewer_create(
                 username=options["name"],

@@ -39,8 +39,11 @@ class Command(BaseCommand):
         text = DEMO_FILE.read_text().replace(DEMO_MODEL_URL, options["model_url"])
         with transaction.atomic():
             configfile.apply(text, source=str(DEMO_FILE))
+            # Two teams, so that per-team visibility shows: `reviewer` decides refunds and
+            # account closures, `comms` the customer emails; the simulated reviewer2 all three.
             reviewer = self._user("reviewer", staff=False, groups=["support", "trust-and-safety"])
-            self._user("reviewer2", staff=False, groups=["support", "trust-and-safety"])
+            self._user("comms", staff=False, groups=["comms"])
+            self._user("reviewer2", staff=False, groups=["support", "comms", "trust-and-safety"])
             self._user("admin", staff=True, groups=[])
             service = Service.objects.filter(name="demo-shop").first()
             if service is None:
@@ -55,6 +58,7 @@ class Command(BaseCommand):
                 _, api_key = services.api_key_create(service=service, label="demo")
             configfile.apply(DEMO_GRANTS, source="seed_demo")
         self.stdout.write(f"Demo reviewer login: {reviewer.username} / {DEMO_PASSWORD}")
+        self.stdout.write(f"Emails team login:   comms / {DEMO_PASSWORD}")
         self.stdout.write(f"Admin login:         admin / {DEMO_PASSWORD}")
         self.stdout.write(f"Demo service key:    {api_key}")
         (Path(settings.BASE_DIR) / ".demo-key").write_text(api_key + "\n")
@@ -64,6 +68,7 @@ class Command(BaseCommand):
             username=name, defaults={"is_staff": staff, "is_superuser": staff}
         )
         if created:
+            services.password_check(password=DEMO_PASSWORD, user=user)
             user.set_password(DEMO_PASSWORD)
             user.save()
         for group_name in groups:
