@@ -150,14 +150,6 @@ def _body_problem(body: Any) -> HttpResponse | None:
                 f"{name} is not a chat-completion parameter this proxy passes on.",
                 loc=["body", name],
             )
-        if _not_utf8(body[name]):
-            # Neither the provider nor the call log can take it: refuse it here, by name.
-            return _problem(
-                400,
-                "invalid-text",
-                f"{name} holds text that is not valid Unicode (a lone surrogate).",
-                loc=["body", name],
-            )
     messages = body.get("messages")
     if (
         not isinstance(messages, list)
@@ -186,20 +178,6 @@ def _body_problem(body: Any) -> HttpResponse | None:
     return None
 
 
-def _not_utf8(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_not_utf8(k) or _not_utf8(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_not_utf8(v) for v in value)
-    return False
-
-
 @csrf_exempt
 @require_POST
 def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
@@ -209,7 +187,9 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     try:
         body = problems.parse_json_body(request)
     except ApplicationError as exc:
-        return _problem(exc.status, exc.code, exc.message, loc=["body"])
+        # Name the top-level parameter (OpenAI's `param`) when the parser found the field.
+        where = exc.errors[0]["loc"][:2] if exc.errors else ["body"]
+        return _problem(exc.status, exc.code, exc.message, loc=[str(part) for part in where])
     refused = _body_problem(body)
     if refused is not None:
         return refused

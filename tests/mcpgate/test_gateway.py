@@ -223,7 +223,7 @@ def test_arguments_that_break_the_tools_schema_name_the_field_and_nothing_is_for
     assert wrong_type.structured_content["errors"][0]["field"] == "path"
     assert "- path: ['a.txt'] is not of type 'string'" in _text(wrong_type)
     assert "'target' is a required property" in _text(missing)
-    assert "strings may not contain the NUL character" in _text(nul)
+    assert "path: contains the NUL character" in _text(nul)
     assert Proposal.objects.count() == 0
     assert files.calls == []
 
