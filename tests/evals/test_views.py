@@ -21,6 +21,10 @@ def staff(db: None) -> Client:
 
 @pytest.fixture
 def runs(refund_set: EvalSet) -> tuple[EvalRun, EvalRun]:
+    return finished_runs(refund_set)
+
+
+def finished_runs(refund_set: EvalSet) -> tuple[EvalRun, EvalRun]:
     """Two finished runs on stored results (no model needed): case 1 flips right→wrong and
     carries model output that tries to inject markup."""
     v1 = services.prompt_resolve(ref="refunds@1")
