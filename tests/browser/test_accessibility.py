@@ -229,6 +229,13 @@ def test_on_a_390px_phone_the_queue_is_cards_the_nav_collapses_and_decisions_are
     page.evaluate("document.activeElement.blur()")
     page.screenshot(path=str(SCREENSHOTS / "queue-mobile.png"), full_page=True)
 
+    # The history reads the same way.
+    page.goto(f"{live_url}/history/")
+    assert page.locator("#history-rows tr[data-history-row]").count() > 10
+    assert no_sideways_scroll(page)
+    assert within_width(page, "#history-rows tr[data-history-row] .badge")
+    assert axe_violations(page, live_url) == []
+
     # The proposal reads in one column and approve / reject / edit are reachable as they are.
     page.goto(f"{live_url}/proposals/{demo['proposal'].pk}/")
     page.wait_for_selector("[data-claimed-by-me]")
