@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import base64
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
-from ninja import Field, NinjaAPI, Query, Schema
+from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
-from pydantic import ConfigDict, StrictFloat, StrictStr
+from pydantic import ConfigDict, StrictFloat, StrictStr, WithJsonSchema
 
 from approvals import jsonfast, problems, selectors, services
 from approvals.errors import ApplicationError, NotFound
@@ -30,7 +30,7 @@ class ServiceKeyAuth(HttpBearer):
         return service
 
 
-api = NinjaAPI(
+api = problems.ProblemAPI(
     title="Gatehouse API",
     version="1.0.0",
     description=(
@@ -47,24 +47,35 @@ api = NinjaAPI(
 )
 problems.install(api)
 
-Text200 = Annotated[StrictStr, Field(max_length=200)]
+Text200 = Annotated[StrictStr, Field(max_length=200, pattern=problems.NO_NUL)]
 Confidence = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]
+JsonObject = Annotated[dict[str, Any], WithJsonSchema(problems.JSON_OBJECT_MARK)]
 
 
 class ProposalIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    action_type: Annotated[StrictStr, Field(min_length=1, max_length=100)]
-    payload: dict[str, Any]
+    action_type: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=100,
+            pattern=problems.NO_NUL,
+            description="One of the keys `GET /action-types` lists; any other is refused (422).",
+        ),
+    ]
+    payload: Annotated[
+        JsonObject, Field(description="Checked against the action type's `payload_schema` (422).")
+    ]
     confidence: Confidence
-    summary: Annotated[StrictStr, Field(min_length=1, max_length=200)]
-    rationale: Annotated[StrictStr, Field(max_length=20_000)] = ""
+    summary: Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=problems.NO_NUL)]
+    rationale: Annotated[StrictStr, Field(max_length=20_000, pattern=problems.NO_NUL)] = ""
     model: Text200 = ""
     prompt_version: Text200 = ""
     feature: Text200 = ""
     external_id: Text200 = ""
     llm_call_id: uuid.UUID | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class DecisionOut(Schema):
@@ -127,13 +138,13 @@ class ProblemOut(Schema):
 
 class CancelIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    reason: Annotated[StrictStr, Field(max_length=2000)] = ""
+    reason: Annotated[StrictStr, Field(max_length=2000, pattern=problems.NO_NUL)] = ""
 
 
 class ResultIn(Schema):
     model_config = ConfigDict(extra="forbid")
     status: Literal["executed", "failed"]
-    detail: Annotated[StrictStr, Field(max_length=2000)] = ""
+    detail: Annotated[StrictStr, Field(max_length=2000, pattern=problems.NO_NUL)] = ""
 
 
 class ActionTypeOut(Schema):
@@ -148,16 +159,76 @@ class ActionTypeOut(Schema):
     payload_schema: dict[str, Any]
 
 
+# Cursors are opaque to clients; any value of this shape is a position in the list (a time and
+# an id), so every cursor the document calls valid is accepted.
+CURSOR_PATTERN = r"^[0-9]{1,16}-[0-9a-f]{32}$"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Filter = Annotated[str, Field(max_length=200, pattern=problems.NO_NUL)]
+
+
 class ListFilters(Schema):
     state: Proposal.State | None = None
-    action_type: str | None = None
-    external_id: str | None = None
-    cursor: str | None = None
+    action_type: Filter | None = None
+    external_id: Filter | None = None
+    cursor: Annotated[
+        str | None,
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": CURSOR_PATTERN,
+                "description": "Opaque: the `next_cursor` of the page before (400 otherwise).",
+            }
+        ),
+    ] = None
     limit: int = Field(50, ge=1, le=200)
 
 
-ERRORS: dict[int, type[Schema]] = {
-    code: ProblemOut for code in (400, 401, 403, 404, 409, 413, 415, 422)
+# What each error status means, per kind of request; every error is application/problem+json.
+AUTH = {401: "No valid service key: send `Authorization: Bearer gh_<prefix>_<secret>`."}
+BODY = {
+    400: (
+        "The body is not JSON, or holds NaN/Infinity, a number out of range, a string or key "
+        f"with the NUL character, or nests deeper than {problems.MAX_DEPTH} levels."
+    ),
+    413: "The body is larger than `API_MAX_BODY_BYTES` (256 KiB by default).",
+    415: "The body is not `application/json`.",
+}
+INVALID = {422: "A field is missing or wrong; `errors` lists each one."}
+NOT_FOUND = {404: "No such proposal for this service (another service's proposal too)."}
+
+
+def responses(ok: dict[int, Any], *errors: dict[int, str]) -> dict[str, Any]:
+    """`response=` and `openapi_extra=` for an operation: its successes and its documented
+    errors, each with the problem schema and a description of when it happens."""
+    described = {code: text for group in errors for code, text in group.items()}
+    return {
+        "response": {**ok, **dict.fromkeys(described, ProblemOut)},
+        "openapi_extra": {
+            "responses": {code: {"description": text} for code, text in described.items()}
+        },
+    }
+
+
+def _link(operation_id: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": {"proposal_id": "$response.body#/id"}}
+
+
+# The operations a proposal's id leads to, as OpenAPI links (clients and fuzzers follow them).
+PROPOSAL_LINKS = {
+    "GetProposal": _link("approvals_api_get_proposal"),
+    "CancelProposal": _link("approvals_api_cancel_proposal"),
+    "ReportResult": _link("approvals_api_report_result"),
+}
+IDEMPOTENCY_KEY = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    "description": (
+        "Makes a retry safe: the same key with the same body replays the first response (200); "
+        "with another body it is refused (422); while the first is still running, 409. "
+        "1 to 255 printable characters, quoted or bare (400 otherwise)."
+    ),
+    "schema": {"type": "string", "pattern": r"^[!#-~]{1,255}$"},
 }
 
 
@@ -188,7 +259,27 @@ def _idempotency_key(request: HttpRequest) -> str | None:
     return key
 
 
-@api.post("/proposals", response={200: ProposalOut, 201: ProposalOut, **ERRORS}, tags=["proposals"])
+SUBMIT = responses(
+    {200: ProposalOut, 201: ProposalOut},
+    AUTH,
+    BODY,
+    {400: BODY[400] + " Or the Idempotency-Key is not 1 to 255 printable characters."},
+    {403: "This service may not propose that action type; an admin can allow it."},
+    {409: "A request with the same Idempotency-Key is still being processed; retry shortly."},
+    {
+        422: (
+            "A field is missing or wrong, the action type is unknown, the payload breaks the "
+            "action type's JSON Schema, or the Idempotency-Key was used with another body; "
+            "`errors` lists each field."
+        )
+    },
+)
+SUBMIT["openapi_extra"]["parameters"] = [IDEMPOTENCY_KEY]
+for _code in (200, 201):
+    SUBMIT["openapi_extra"]["responses"][_code] = {"links": PROPOSAL_LINKS}
+
+
+@api.post("/proposals", **SUBMIT, tags=["proposals"])
 def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     """Submit a proposed action. 201 when new, 200 when an idempotent replay."""
     key = _idempotency_key(request)
@@ -202,7 +293,11 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     return response
 
 
-@api.get("/proposals/{proposal_id}", response={200: ProposalOut, **ERRORS}, tags=["proposals"])
+@api.get(
+    "/proposals/{proposal_id}",
+    **responses({200: ProposalOut}, AUTH, NOT_FOUND, INVALID),
+    tags=["proposals"],
+)
 async def get_proposal(
     request: HttpRequest,
     proposal_id: uuid.UUID,
@@ -221,25 +316,29 @@ async def get_proposal(
 
 
 def _encode_cursor(proposal: Proposal) -> str:
-    raw = f"{proposal.created_at.isoformat()}|{proposal.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    micros = (proposal.created_at - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{proposal.id.hex}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, pk = raw.split("|")
-        return datetime.fromisoformat(created), uuid.UUID(pk)
-    except ValueError:
+    if re.fullmatch(CURSOR_PATTERN, cursor) is None:
         raise ApplicationError(
             "The cursor is not one this API returned.",
             status=400,
             code="invalid-cursor",
             errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
-        ) from None
+        )
+    micros, pk = cursor.split("-")
+    return EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=pk)
 
 
-@api.get("/proposals", response={200: ProposalPage, **ERRORS}, tags=["proposals"])
+@api.get(
+    "/proposals",
+    **responses(
+        {200: ProposalPage}, AUTH, {400: "The cursor is not one this API returned."}, INVALID
+    ),
+    tags=["proposals"],
+)
 def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpResponse:
     """Your proposals, newest first, `limit` at a time; pass `next_cursor` back as `cursor`."""
     qs = (
@@ -268,7 +367,16 @@ def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpRes
 
 
 @api.post(
-    "/proposals/{proposal_id}/cancel", response={200: ProposalOut, **ERRORS}, tags=["proposals"]
+    "/proposals/{proposal_id}/cancel",
+    **responses(
+        {200: ProposalOut},
+        AUTH,
+        BODY,
+        NOT_FOUND,
+        {409: "The proposal is no longer pending; `state` says what it is."},
+        INVALID,
+    ),
+    tags=["proposals"],
 )
 def cancel_proposal(
     request: HttpRequest, proposal_id: uuid.UUID, data: CancelIn | None = None
@@ -281,7 +389,21 @@ def cancel_proposal(
 
 
 @api.post(
-    "/proposals/{proposal_id}/result", response={200: ProposalOut, **ERRORS}, tags=["proposals"]
+    "/proposals/{proposal_id}/result",
+    **responses(
+        {200: ProposalOut},
+        AUTH,
+        BODY,
+        NOT_FOUND,
+        {
+            409: (
+                "The proposal is not approved (`state` says what it is), or its action type "
+                "is executed by Gatehouse, not by the service (executor is not `none`)."
+            )
+        },
+        INVALID,
+    ),
+    tags=["proposals"],
 )
 def report_result(request: HttpRequest, proposal_id: uuid.UUID, data: ResultIn) -> HttpResponse:
     """For executor `none`: report that you executed the approved action, or that it failed."""
@@ -294,7 +416,7 @@ def report_result(request: HttpRequest, proposal_id: uuid.UUID, data: ResultIn) 
     return _json(proposal_representation(proposal))
 
 
-@api.get("/action-types", response={200: list[ActionTypeOut], **ERRORS}, tags=["action types"])
+@api.get("/action-types", **responses({200: list[ActionTypeOut]}, AUTH), tags=["action types"])
 def list_action_types(request: HttpRequest) -> list[dict[str, Any]]:
     """The action types this service may propose, with the JSON Schema of their payloads."""
     return [

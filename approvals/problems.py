@@ -211,3 +211,74 @@ class StrictJSONParser(Parser):
                 errors=[{"loc": ["body"], "msg": "must be an object"}],
             )
         return value
+
+
+# --- the OpenAPI document: what the wire does --------------------------------------------------
+
+PROBLEM_JSON = "application/problem+json"
+# Strings we store never hold NUL (PostgreSQL text refuses it; the body parser answers 400).
+NO_NUL = r"^[^\x00]*$"
+# Any JSON value the body parser accepts inside `payload` and `metadata`: no NUL in strings or
+# keys (nesting deeper than MAX_DEPTH is refused too, which a schema cannot say).
+JSON_VALUE = {
+    "description": f"Any JSON value: strings and keys without NUL, nested at most {MAX_DEPTH} deep.",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"$ref": "#/components/schemas/JsonObject"},
+    ],
+}
+# pydantic cannot refer to a component it does not know: a schema field says JSON_OBJECT_MARK and
+# `document` puts the object schema in its place.
+JSON_OBJECT_MARK = {"x-json-object": True}
+JSON_OBJECT = {
+    "type": "object",
+    "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+}
+
+
+class ProblemAPI(NinjaAPI):
+    """NinjaAPI whose OpenAPI document says what the wire does: errors are problem+json."""
+
+    def get_openapi_schema(
+        self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None
+    ) -> Any:
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        return document(schema)
+
+
+def document(schema: Any) -> Any:
+    """Rewrite ninja's document in place: error responses as problem+json, request bodies that
+    must be objects (the parser refuses `null`), and the JSON value schemas they refer to."""
+    for path in schema["paths"].values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if int(status) >= 400 and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                choices = body["schema"].get("anyOf", [])
+                objects = [c for c in choices if c != {"type": "null"}]
+                if len(choices) == 2 and len(objects) == 1:
+                    body["schema"] = objects[0]
+    _expand_json_objects(schema)
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["JsonValue"] = JSON_VALUE
+    schemas["JsonObject"] = JSON_OBJECT
+    return schema
+
+
+def _expand_json_objects(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.pop("x-json-object", False):
+            node.update(JSON_OBJECT)
+        for value in node.values():
+            _expand_json_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            _expand_json_objects(value)

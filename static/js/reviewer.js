@@ -12,7 +12,16 @@
     var el = document.getElementById("live-status");
     if (!el) return;
     el.setAttribute("data-state", state);
-    el.textContent = text;
+    var label = el.querySelector("[data-live-text]") || el;
+    label.textContent = text;
+  }
+  // Screen readers hear live changes through one polite live region; focus never moves.
+  // textContent only: the summary is the server-escaped text of the row, never markup.
+  function announce(text) {
+    var region = document.getElementById("announcer");
+    if (!region) return;
+    region.textContent = "";
+    window.setTimeout(function () { region.textContent = text; }, 50);
   }
   // How long a web process may keep believing nobody listens (approvals/events.py
   // ABSENCE_MEMORY, 2 s), plus a margin.
@@ -28,8 +37,10 @@
   body.addEventListener("htmx:wsClose", function (event) {
     var closed = event.detail && event.detail.event;
     // 4401: the session ended (logged out here or in another tab); the socket stays closed.
-    if (closed && closed.code === 4401) setLive("closed", "signed out: reload");
-    else setLive("closed", "reconnecting…");
+    if (closed && closed.code === 4401) {
+      setLive("closed", "signed out: reload");
+      announce("Live updates stopped: you are signed out. Reload the page.");
+    } else setLive("closed", "reconnecting…");
   });
   body.addEventListener("htmx:wsError", function () { setLive("closed", "reconnecting…"); });
 
@@ -84,6 +95,8 @@
       }
       return;
     }
+    var summary = row.querySelector(".col-summary");
+    announce("New proposal: " + (summary ? summary.textContent.trim() : ""));
     var placed = document.importNode(row, true);
     if (newestFirst) rows.insertBefore(placed, rows.firstChild); else rows.appendChild(placed);
     var empty = document.getElementById("queue-empty");
@@ -204,6 +217,8 @@
     }
     if (event.ctrlKey) return;
     var key = event.key;
+    // Enter on a focused link, button or disclosure does what that control does.
+    if (key === "Enter" && target.closest && target.closest("a, button, summary")) return;
     if (key === "?") { event.preventDefault(); showKeys(); return; }
     if (page() === "queue") {
       if (key === "j") { event.preventDefault(); move(1); }

@@ -151,6 +151,15 @@ def browser() -> Iterator[Any]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+def log_in(page: Any, live_url: str, username: str, password: str) -> None:
+    """Sign in through the login form; the queue is then on screen."""
+    page.goto(f"{live_url}/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#queue-rows")
+
+
 @pytest.fixture
 def open_as(browser: Any, live_url: str) -> Iterator[Callable[[str, str], Any]]:
     """Log a reviewer in, in a fresh browser context of their own, and open the queue."""
@@ -161,11 +170,7 @@ def open_as(browser: Any, live_url: str) -> Iterator[Callable[[str, str], Any]]:
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(10_000)
-        page.goto(f"{live_url}/")
-        page.fill("#id_username", username)
-        page.fill("#id_password", password)
-        page.click("button[type=submit]")
-        page.wait_for_selector("#queue-rows")
+        log_in(page, live_url, username, password)
         page.wait_for_selector("#live-status[data-state=open]")
         return page
 

@@ -23,7 +23,7 @@ PASSWORD = "pw-browser-123456"
 SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 
 
-def _plant_history() -> None:
+def plant_insights_history() -> None:
     """Four days of refunds. Until 20 hours ago reviewers agree more often the surer the model
     is; then a silent update (same model name and prompt version) makes gpt-4o-mini worse below
     0.95 confidence, where the rules auto-approve from 0.9. A second model appears 2 days ago."""
@@ -76,7 +76,7 @@ def _plant_history() -> None:
 def test_the_insights_page_draws_its_charts_and_is_screenshotted(
     db: None, browser: Any, live_url: str
 ) -> None:
-    _plant_history()
+    plant_insights_history()
     result = insights_services.insights_check()
     assert len(result.alerts) == 1  # the silent update on gpt-4o-mini
     assert len(result.brakes) == 1
@@ -118,7 +118,7 @@ def test_the_insights_page_draws_its_charts_and_is_screenshotted(
 
 
 def test_drafting_a_rule_from_the_page(db: None, browser: Any, live_url: str) -> None:
-    _plant_history()
+    plant_insights_history()
     admin = User.objects.create_superuser("ada", password=PASSWORD)
     admin.groups.add(*Group.objects.all())
     context = browser.new_context(viewport={"width": 1280, "height": 900})

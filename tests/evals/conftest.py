@@ -96,6 +96,10 @@ USER = (
 
 @pytest.fixture
 def refund_set(db: None) -> EvalSet:
+    return make_refund_set()
+
+
+def make_refund_set() -> EvalSet:
     """The shipped example set (48 dev, 12 holdout) with prompt versions 1 and 2."""
     eval_set, _ = eval_services.eval_set_upsert(
         name="refunds",

@@ -64,6 +64,10 @@ def test_the_run_page_links_a_call_only_for_who_may_read_it(
 
 @pytest.fixture
 def runs(refund_set: EvalSet) -> tuple[EvalRun, EvalRun]:
+    return finished_runs(refund_set)
+
+
+def finished_runs(refund_set: EvalSet) -> tuple[EvalRun, EvalRun]:
     """Two finished runs on stored results (no model needed): case 1 flips right→wrong and
     carries model output that tries to inject markup."""
     v1 = services.prompt_resolve(ref="refunds@1")
