@@ -14,7 +14,7 @@ from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, StrictFloat, StrictStr, WithJsonSchema
 
-from approvals import jsonfast, problems, selectors, services
+from approvals import jsonfast, jsonvalues, problems, selectors, services
 from approvals.errors import ApplicationError, NotFound
 from approvals.models import Proposal, Service
 from approvals.representation import action_type_representation, proposal_representation
@@ -74,7 +74,13 @@ class ProposalIn(Schema):
     prompt_version: Text200 = ""
     feature: Text200 = ""
     external_id: Text200 = ""
-    llm_call_id: uuid.UUID | None = None
+    llm_call_id: Annotated[
+        uuid.UUID | None,
+        Field(
+            description="The `X-Gatehouse-Call-Id` of a model call this service made through "
+            "the proxy (`/llm/v1`); any other id is refused (422)."
+        ),
+    ] = None
     metadata: JsonObject = Field(default_factory=dict)
 
 
@@ -188,7 +194,7 @@ AUTH = {401: "No valid service key: send `Authorization: Bearer gh_<prefix>_<sec
 BODY = {
     400: (
         "The body is not JSON, or holds NaN/Infinity, a number out of range, a string or key "
-        f"with the NUL character, or nests deeper than {problems.MAX_DEPTH} levels."
+        f"with the NUL character, or nests deeper than {jsonvalues.MAX_DEPTH} levels."
     ),
     413: "The body is larger than `API_MAX_BODY_BYTES` (256 KiB by default).",
     415: "The body is not `application/json`.",

@@ -221,7 +221,7 @@ NO_NUL = r"^[^\x00]*$"
 # Any JSON value the body parser accepts inside `payload` and `metadata`: no NUL in strings or
 # keys (nesting deeper than MAX_DEPTH is refused too, which a schema cannot say).
 JSON_VALUE = {
-    "description": f"Any JSON value: strings and keys without NUL, nested at most {MAX_DEPTH} deep.",
+    "description": f"Any JSON value: strings and keys without NUL, nested at most {jsonvalues.MAX_DEPTH} deep.",
     "anyOf": [
         {"type": "string", "pattern": NO_NUL},
         {"type": "number"},

@@ -1,7 +1,8 @@
 """schemathesis hooks for tests/approvals/test_openapi.py (loaded by the CLI from this path).
 
-Two facts of a deployment that no document can state, given to the fuzzer the way one gives it
-real ids: which action types exist (the document says any other is a 422), and that an
+Three facts of a deployment that no document can state, given to the fuzzer the way one gives it
+real ids: which action types exist (the document says any other is a 422), that an
+`llm_call_id` must name a model call the service made (any other is a 422), and that an
 Idempotency-Key reused with another body is a 422 by design. Negative cases are left alone."""
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def map_case(context: Any, case: Any) -> Any:
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("action_type"), str):
         body["action_type"] = OPEN_ACTION_TYPE
+    if isinstance(body, dict):
+        # A random id names no call of this service; the fuzzer has no real one to give.
+        body.pop("llm_call_id", None)
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and key:
         # The same body keeps the same key (a replay, answered 200); another body gets another.
