@@ -21,6 +21,7 @@ from approvals import jsonfast, problems, services
 from approvals.errors import ApplicationError, NotFound
 from approvals.models import ActionType, Proposal, Service
 from approvals.representation import proposal_representation
+from telemetry import metrics
 
 
 class ServiceKeyAuth(HttpBearer):
@@ -193,6 +194,7 @@ def _idempotency_key(request: HttpRequest) -> str | None:
 @api.post("/proposals", response={200: ProposalOut, 201: ProposalOut, **ERRORS}, tags=["proposals"])
 def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     """Submit a proposed action. 201 when new, 200 when an idempotent replay."""
+    started = time.perf_counter()
     key = _idempotency_key(request)
     result = services.proposal_submit(
         service=_service(request), data=data.model_dump(mode="json"), idempotency_key=key
@@ -201,6 +203,7 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     response["Location"] = f"/api/v1/proposals/{result.proposal.id}"
     if result.replayed:
         response["Idempotent-Replayed"] = "true"
+    metrics.SUBMIT_SECONDS.observe(time.perf_counter() - started)
     return response
 
 

@@ -314,3 +314,51 @@ def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int =
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].pk)
     return Page(rows=rows, next_cursor=next_cursor, action_types=types)
+
+
+# --- metrics (read when Prometheus scrapes; see telemetry/metrics.py) ---------------------------
+
+MetricSamples = list[tuple[str, tuple[str, ...], float]]
+
+
+def metrics_pending(*, now: datetime | None = None) -> MetricSamples:
+    """Pending proposals per action type and the age of the oldest: one grouped query on the
+    proposal_state_created index (state, created_at)."""
+    from django.db.models import Count, Min
+
+    now = now or timezone.now()
+    rows = (
+        Proposal.objects.filter(state=State.PENDING_REVIEW)
+        .values("action_type__key")
+        .annotate(count=Count("id"), oldest=Min("created_at"))
+        .order_by()
+    )
+    samples: MetricSamples = []
+    for row in rows:
+        key = (row["action_type__key"],)
+        samples.append(("gatehouse_pending_proposals", key, row["count"]))
+        age = (now - row["oldest"]).total_seconds()
+        samples.append(("gatehouse_pending_oldest_age_seconds", key, max(age, 0.0)))
+    return samples
+
+
+def metrics_outbox(*, now: datetime | None = None) -> MetricSamples:
+    """Undelivered outbox messages per kind and the age of the oldest: one grouped query over
+    the partial index outbox_pending_due (pending rows only)."""
+    from django.db.models import Count, Min
+
+    from approvals.models import OutboxMessage
+
+    now = now or timezone.now()
+    rows = (
+        OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
+        .values("kind")
+        .annotate(count=Count("id"), oldest=Min("created_at"))
+        .order_by()
+    )
+    samples: MetricSamples = []
+    for row in rows:
+        samples.append(("gatehouse_outbox_backlog", (row["kind"],), row["count"]))
+        age = (now - row["oldest"]).total_seconds()
+        samples.append(("gatehouse_outbox_oldest_age_seconds", (row["kind"],), max(age, 0.0)))
+    return samples

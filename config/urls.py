@@ -6,10 +6,12 @@ from django.urls import include, path
 
 from approvals.api import api
 from config import health
+from telemetry.views import metrics_view
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
     path("llm/", include("llmcalls.urls")),

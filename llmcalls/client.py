@@ -48,6 +48,7 @@ from django.utils import timezone
 from llmcalls import routing, services
 from llmcalls.breaker import breaker
 from llmcalls.routing import Target
+from telemetry import logs
 
 try:  # openai >= 3 sends through httpx2; earlier versions through httpx
     import httpx2 as _http
@@ -393,6 +394,7 @@ def _client(target: Target) -> openai.OpenAI:
     api_key = "not-needed"
     if target.api_key_env:
         api_key = os.environ.get(target.api_key_env, "")
+        logs.register_secret(api_key)
         if not api_key:
             raise _Misconfigured(
                 f"provider {target.provider}: environment variable {target.api_key_env} is not set"
@@ -564,6 +566,7 @@ def complete(
         cost_usd=cost,
         price_missing=missing,
         provider_request_id=request_id,
+        response_model=data.get("model") or target.model,
     )
     result.latency_ms = record["latency_ms"]
     call.logged = True
