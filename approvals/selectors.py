@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -362,3 +363,19 @@ def metrics_outbox(*, now: datetime | None = None) -> MetricSamples:
         age = (now - row["oldest"]).total_seconds()
         samples.append(("gatehouse_outbox_oldest_age_seconds", (row["kind"],), max(age, 0.0)))
     return samples
+
+
+# --- archive ---------------------------------------------------------------------------------
+
+
+def audit_export(*, since: datetime) -> Iterator[dict[str, Any]]:
+    """Proposals created since `since`, then the audit events written since then, as plain
+    dicts (every column, foreign keys as ids), streamed in chunks for `manage.py export_audit`."""
+    for model, kind, order in (
+        (Proposal, "proposal", ("created_at", "id")),
+        (AuditEvent, "audit_event", ("id",)),
+    ):
+        fields = [f.attname for f in model._meta.concrete_fields]
+        rows = model.objects.filter(created_at__gte=since).order_by(*order).values(*fields)
+        for row in rows.iterator(chunk_size=2000):
+            yield {"record": kind, **row}

@@ -237,3 +237,31 @@ def workers(transactional_db: None, tmp_path: Any) -> Any:
     yield start
     for worker in started:
         worker.stop()
+
+
+# --- traces (telemetry/tracing.py) ---------------------------------------------------------------
+
+_span_exporter: Any = None
+
+
+@pytest.fixture
+def spans() -> Any:
+    """Tracing on for one test, into the SDK's in-memory exporter; returns the exporter."""
+    global _span_exporter
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from telemetry import tracing
+
+    if _span_exporter is None:  # the global provider can be set once per process
+        _span_exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_span_exporter))
+        trace.set_tracer_provider(provider)
+    _span_exporter.clear()
+    tracing.instrument()
+    yield _span_exporter
+    tracing.uninstrument()
+    _span_exporter.clear()
