@@ -237,6 +237,9 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # One line per webhook comes from gatehouse.execution already.
         "httpx": {"level": "WARNING"},
+        "httpx2": {
+            "level": "WARNING"
+        },  # the openai client's; one line per call comes from llmcalls
     },
 }
 

@@ -149,15 +149,17 @@ def _classify(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException | None) -> str:
+    """The error for the call log and the caller, without credentials: a provider that echoes
+    the key it was sent ("Incorrect API key provided: sk-…") must not hand it on."""
     if exc is None:
         return ""
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"[:500]
+        return logs.redact(f"HTTP {exc.status_code}: {exc.message}")[:500]
     cause = exc.__cause__ or exc.__context__
     text = f"{type(exc).__name__}: {exc}"
     if cause is not None and isinstance(exc, openai.APIConnectionError):
         text += f" ({type(cause).__name__}: {cause})"
-    return text[:500]
+    return logs.redact(text)[:500]
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -355,7 +357,7 @@ class _Call:
 
     def log_error(self, exc: BaseException, **values: Any) -> None:
         values.setdefault("error_class", type(exc).__name__)
-        values.setdefault("error_message", str(exc)[:5000])
+        values.setdefault("error_message", logs.redact(str(exc))[:5000])
         status = "refused" if isinstance(exc, BudgetExceeded | NoRoute) else "error"
         self.log(status=status, **values)
 

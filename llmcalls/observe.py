@@ -17,7 +17,9 @@ log = logging.getLogger("llmcalls")
 
 def call_observe(*, record: dict[str, Any], response_model: str = "") -> None:
     feature = record.get("feature", "")
-    model = record.get("model") or "-"
+    # A call that no model answered is counted under the last model it tried.
+    tried = record.get("fallback_path") or []
+    model = record.get("model") or (tried[-1].split("/", 1)[-1] if tried else "-")
     status = record.get("status", "")
     latency_ms = float(record.get("latency_ms") or 0.0)
     cost = record.get("cost_usd")
@@ -60,16 +62,16 @@ def call_observe(*, record: dict[str, Any], response_model: str = "") -> None:
         extra=context,
     )
     if tracing.enabled():
-        _span(record, response_model or model, latency_ms)
+        _span(record, model, response_model or model, latency_ms)
 
 
-def _span(record: dict[str, Any], response_model: str, latency_ms: float) -> None:
+def _span(record: dict[str, Any], model: str, response_model: str, latency_ms: float) -> None:
     params = record.get("params") or {}
     finish = record.get("finish_reason")
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": record.get("provider", ""),
-        "gen_ai.request.model": record.get("model", ""),
+        "gen_ai.request.model": model,
         "gen_ai.response.model": response_model,
         "gen_ai.usage.input_tokens": record.get("input_tokens"),
         "gen_ai.usage.output_tokens": record.get("output_tokens"),
@@ -95,7 +97,7 @@ def _span(record: dict[str, Any], response_model: str, latency_ms: float) -> Non
         attributes["gen_ai.output.messages"] = json.dumps([output], ensure_ascii=False)
     start_ns = int(record["created_at"].timestamp() * 1e9)
     tracing.record_span(
-        f"chat {record.get('model') or ''}".strip(),
+        f"chat {model}",
         start_ns=start_ns,
         end_ns=start_ns + int(latency_ms * 1e6),
         attributes=attributes,
