@@ -181,9 +181,9 @@ def test_expiry_and_cancel_are_counted_as_who_decided(
     stale, withdrawn = submit(), submit()
     with django_capture_on_commit_callbacks(execute=True):
         services.proposal_cancel(service=shop.service, proposal_id=withdrawn.pk)
-    with time_machine.travel(timezone.now() + timedelta(days=2)):
-        with django_capture_on_commit_callbacks(execute=True):
-            assert execution.proposals_expire() == 1
+    later = time_machine.travel(timezone.now() + timedelta(days=2))
+    with later, django_capture_on_commit_callbacks(execute=True):
+        assert execution.proposals_expire() == 1
     assert decided("expiry", "expire") == expired_before + 1
     assert decided("cancel", "cancel") == cancelled_before + 1
     assert stale.pk != withdrawn.pk
