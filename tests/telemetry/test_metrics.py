@@ -63,8 +63,8 @@ def test_the_endpoint_is_off_without_a_token(settings: Any) -> None:
 def test_a_missing_or_wrong_token_gets_401_and_reveals_nothing(
     metrics_on: None, header: str | None
 ) -> None:
-    extra = {} if header is None else {"HTTP_AUTHORIZATION": header}
-    response = Client().get("/metrics", **extra)
+    headers = {} if header is None else {"Authorization": header}
+    response = Client().get("/metrics", headers=headers)
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
     assert b"gatehouse_" not in response.content

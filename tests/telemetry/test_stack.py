@@ -61,7 +61,7 @@ class Process:
 
     def alive(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.proc.args[:3]} exited:\n{self.output()[-3000:]}")
+            raise AssertionError(f"{self.log_path.name}: exited:\n{self.output()[-3000:]}")
         return True
 
     def stop(self) -> None:
