@@ -260,7 +260,7 @@ def observability(args: argparse.Namespace, env: dict[str, str], key: str) -> No
                 "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
             },
         }
-        bases = {}
+        bases: dict[str, str] = {}
         for name, mode_env in modes.items():
             if "PROMETHEUS_MULTIPROC_DIR" in mode_env:
                 Path(mode_env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
