@@ -756,36 +756,6 @@ def proposal_decide(
     seen_payload_hash: str | None = None,
     edited_payload: Any = None,
 ) -> Proposal:
-    """A reviewer's verdict (see _proposal_decide), in a span naming who, what and how long
-    the proposal waited."""
-    attributes = {
-        "gatehouse.proposal_id": str(proposal.pk),
-        "gatehouse.reviewer": reviewer.get_username(),
-        "gatehouse.verdict": verdict,
-        "gatehouse.waited_seconds": (timezone.now() - proposal.created_at).total_seconds(),
-    }
-    with tracing.span("gatehouse.proposal.review", attributes) as span:
-        decided = _proposal_decide(
-            proposal=proposal,
-            reviewer=reviewer,
-            verdict=verdict,
-            comment=comment,
-            seen_payload_hash=seen_payload_hash,
-            edited_payload=edited_payload,
-        )
-        tracing.set_attributes(span, {"gatehouse.state": decided.state})
-    return decided
-
-
-def _proposal_decide(
-    *,
-    proposal: Proposal,
-    reviewer: User,
-    verdict: str,
-    comment: str = "",
-    seen_payload_hash: str | None = None,
-    edited_payload: Any = None,
-) -> Proposal:
     """A reviewer's verdict on a pending proposal they hold the claim on.
 
     1. The reviewer must see the type, not have raised the proposal nor reviewed it already,
@@ -809,7 +779,13 @@ def _proposal_decide(
         raise ApplicationError("An edit can only be approved.", code="invalid-verdict")
     now = timezone.now()
     actor = f"user:{reviewer.get_username()}"
-    with transaction.atomic():
+    review = {
+        "gatehouse.proposal_id": str(proposal.pk),
+        "gatehouse.reviewer": reviewer.get_username(),
+        "gatehouse.verdict": verdict,
+        "gatehouse.waited_seconds": (now - proposal.created_at).total_seconds(),
+    }
+    with tracing.span("gatehouse.proposal.review", review) as span, transaction.atomic():
         locked = _locked_for_reviewer(proposal.pk, reviewer)
         _check_may_decide(locked, reviewer)
         _check_claim(locked, reviewer, now)
@@ -872,8 +848,10 @@ def _proposal_decide(
                 created_at=now,
             )
             events.proposal_changed(locked.pk)
+            tracing.set_attributes(span, {"gatehouse.state": locked.state})
         else:
             to_state = State.APPROVED if verdict == Review.Verdict.APPROVE else State.REJECTED
+            tracing.set_attributes(span, {"gatehouse.state": to_state})
             won = transition(
                 proposal_id=locked.pk,
                 from_states=[State.PENDING_REVIEW],

@@ -290,7 +290,7 @@ def observability(args: argparse.Namespace, env: dict[str, str], key: str) -> No
                 if name not in best or _cpu(run) < _cpu(best[name]):
                     best[name] = run
                 ratios.setdefault(name, []).append(_cpu(run) / floor)
-        lines = sum(1 for line in (folder / "1.log").open("rb") if line.startswith(b"{"))
+        lines = (folder / "1.log").read_bytes().count(b"\n{")
     print(
         f"\n{args.connections} connections, {args.seconds} s a round, {args.rounds} rounds "
         f"alternating the three servers, uvicorn --workers {args.workers}, PostgreSQL"

@@ -48,6 +48,15 @@ def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def decided(by: str, outcome: str) -> float:
+    return value(
+        "gatehouse_proposals_decided_total",
+        action_type="refund.issue",
+        decided_by=by,
+        outcome=outcome,
+    )
+
+
 @pytest.mark.django_db
 def test_the_endpoint_is_off_without_a_token(settings: Any) -> None:
     settings.METRICS_TOKEN = ""
@@ -90,18 +99,8 @@ def test_submissions_decisions_and_the_queue_are_counted(
     make_rule("tiny", action_type=refund_type, when="payload.amount < 5.0", outcome="approve")
     before = {
         "submitted": value("gatehouse_proposals_submitted_total", action_type="refund.issue"),
-        "by_rule": value(
-            "gatehouse_proposals_decided_total",
-            action_type="refund.issue",
-            decided_by="rule",
-            outcome="approve",
-        ),
-        "by_reviewer": value(
-            "gatehouse_proposals_decided_total",
-            action_type="refund.issue",
-            decided_by="reviewer",
-            outcome="reject",
-        ),
+        "by_rule": decided("rule", "approve"),
+        "by_reviewer": decided("reviewer", "reject"),
         "latency": value("gatehouse_submit_duration_seconds_count"),
     }
     start = timezone.now()
@@ -124,24 +123,8 @@ def test_submissions_decisions_and_the_queue_are_counted(
     assert value("gatehouse_proposals_submitted_total", action_type="refund.issue") == (
         before["submitted"] + 5
     )
-    assert (
-        value(
-            "gatehouse_proposals_decided_total",
-            action_type="refund.issue",
-            decided_by="rule",
-            outcome="approve",
-        )
-        == before["by_rule"] + 1
-    )
-    assert (
-        value(
-            "gatehouse_proposals_decided_total",
-            action_type="refund.issue",
-            decided_by="reviewer",
-            outcome="reject",
-        )
-        == before["by_reviewer"] + 1
-    )
+    assert decided("rule", "approve") == before["by_rule"] + 1
+    assert decided("reviewer", "reject") == before["by_reviewer"] + 1
     assert value("gatehouse_submit_duration_seconds_count") == before["latency"] + 6
     waited = value(
         "gatehouse_time_to_decision_seconds_bucket",
@@ -169,14 +152,6 @@ def test_submissions_decisions_and_the_queue_are_counted(
 def test_expiry_and_cancel_are_counted_as_who_decided(
     submit: Callable[..., Proposal], shop: ServiceClient, django_capture_on_commit_callbacks: Any
 ) -> None:
-    def decided(by: str, outcome: str) -> float:
-        return value(
-            "gatehouse_proposals_decided_total",
-            action_type="refund.issue",
-            decided_by=by,
-            outcome=outcome,
-        )
-
     expired_before, cancelled_before = decided("expiry", "expire"), decided("cancel", "cancel")
     stale, withdrawn = submit(), submit()
     with django_capture_on_commit_callbacks(execute=True):
