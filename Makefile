@@ -9,7 +9,7 @@ TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/1)
 TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE_URL) \
 	REDIS_URL=$(TEST_REDIS_URL) GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=1
 
-.PHONY: install run test lint format check-types bench clean system-packages
+.PHONY: install run test lint format check-types bench clean system-packages prometheus
 
 # Debian packages the tests need, as `command=package`: each is installed when its command is
 # missing (as root: apt-get; otherwise one line naming what to install, and stop).
@@ -68,7 +68,22 @@ system-packages:
 			|| { echo "could not install$$missing (apt-get install -y$$missing)"; exit 1; }; \
 	fi
 
-test: install system-packages lint check-types
+# The metrics test scrapes a running Gatehouse with Debian's Prometheus (never started as a service).
+prometheus:
+	@if [ ! -x /usr/bin/prometheus ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make test needs Debian's package prometheus: apt-get install -y prometheus"; exit 1; \
+		fi; \
+		echo "installing Debian's prometheus for the metrics test"; \
+		policy=/usr/sbin/policy-rc.d; made=; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; made=1; fi; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+		  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }; \
+		status=$$?; [ -n "$$made" ] && rm -f $$policy; \
+		[ $$status = 0 ] || { echo "could not install prometheus (apt-get install -y prometheus)"; exit 1; }; \
+	fi
+
+test: install system-packages prometheus lint check-types
 	@$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v 0
 	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
 

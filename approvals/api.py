@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from approvals import jsonfast, jsonvalues, problems, selectors, services
 from approvals.errors import ApplicationError, NotFound
 from approvals.models import Proposal, Service
 from approvals.representation import action_type_representation, proposal_representation
+from telemetry import metrics
 
 
 class ServiceKeyAuth(HttpBearer):
@@ -288,6 +290,7 @@ for _code in (200, 201):
 @api.post("/proposals", **SUBMIT, tags=["proposals"])
 def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     """Submit a proposed action. 201 when new, 200 when an idempotent replay."""
+    started = time.perf_counter()
     key = _idempotency_key(request)
     result = services.proposal_submit(
         service=_service(request), data=data.model_dump(mode="json"), idempotency_key=key
@@ -296,6 +299,7 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     response["Location"] = f"/api/v1/proposals/{result.proposal.id}"
     if result.replayed:
         response["Idempotent-Replayed"] = "true"
+    metrics.SUBMIT_SECONDS.observe(time.perf_counter() - started)
     return response
 
 

@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from telemetry import tracing
+
 if TYPE_CHECKING:
     from approvals.models import ActionType, Proposal, Service
 
@@ -53,14 +55,26 @@ def decide_automatically(
     applicable = ruleset.for_action_type(action_type.pk)
     if any(rule.uses_stats for rule in applicable):
         services.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
-    decision = rules.evaluate(
-        proposal=proposal,
-        service=service,
-        action_type=action_type,
-        rules=applicable,
-        broken=ruleset.broken,
-        payload=payload,
-    )
+    with tracing.span(
+        "gatehouse.rules.evaluate", {"gatehouse.action_type": action_type.key}
+    ) as span:
+        decision = rules.evaluate(
+            proposal=proposal,
+            service=service,
+            action_type=action_type,
+            rules=applicable,
+            broken=ruleset.broken,
+            payload=payload,
+        )
+        tracing.set_attributes(
+            span,
+            {
+                "gatehouse.rules.evaluated": len(applicable),
+                "gatehouse.rule": decision.rule,
+                "gatehouse.rule_version": decision.rule_version,
+                "gatehouse.outcome": decision.outcome,
+            },
+        )
     if new and decision.outcome == "approve":
         from insights import gate
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -29,6 +30,7 @@ from approvals.models import (
     Proposal,
     WebhookEndpoint,
 )
+from telemetry import metrics, tracing
 
 log = logging.getLogger("gatehouse.execution")
 
@@ -51,7 +53,24 @@ def _available(now: datetime) -> Q:
 
 
 def outbox_deliver(*, message_id: int) -> str:
-    """Make one attempt at one outbox message; returns what happened, for the worker's log."""
+    """Make one attempt at one outbox message; returns what happened, for the worker's log.
+
+    Traced as a continuation of the trace that wrote the message (its stored trace context).
+    """
+    parent = None
+    if tracing.enabled():
+        parent = (
+            OutboxMessage.objects.filter(pk=message_id)
+            .values_list("trace_context", flat=True)
+            .first()
+        )
+    with tracing.span(
+        "gatehouse.outbox.deliver", {"gatehouse.outbox_message": message_id}, parent=parent
+    ) as span:
+        return _deliver(message_id, span)
+
+
+def _deliver(message_id: int, span: Any) -> str:
     now = timezone.now()
     lease = now + lease_duration()
     # Taking the lease, starting the execution and recording the attempt commit together, and
@@ -101,17 +120,33 @@ def outbox_deliver(*, message_id: int) -> str:
             ]
         )
         if outcome.ok:
+            verdict = "succeeded"
             result = _finish_message(message, lease, MessageStatus.DELIVERED, "")
         elif outcome.retry and message.attempts < settings.EXECUTION_MAX_ATTEMPTS:
+            verdict = "retry"
             result = _schedule_retry(message, lease, outcome, finished)
         else:
+            verdict = "failed"
             error = outcome.error
             if outcome.retry:
                 error += f" (gave up after {message.attempts} attempts)"
             if outcome.gone:
                 _disable_endpoint(message.target, reason=outcome.error, at=finished)
             result = _finish_message(message, lease, MessageStatus.FAILED, error)
-    log.info("%s %s attempt %s: %s", message.event, proposal.pk, attempt.number, result)
+    metrics.DELIVERY_ATTEMPTS.labels(message.kind, verdict).inc()
+    context = {
+        "service": proposal.service.name,
+        "proposal_id": str(proposal.pk),
+        "action_type": proposal.action_type.key,
+        "event": message.event,
+        "attempt": attempt.number,
+        "status_code": outcome.status_code,
+        "outcome": verdict,
+    }
+    tracing.set_attributes(span, {f"gatehouse.{k}": v for k, v in context.items()})
+    log.info(
+        "%s %s attempt %s: %s", message.event, proposal.pk, attempt.number, result, extra=context
+    )
     return result
 
 

@@ -479,6 +479,9 @@ class OutboxMessage(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # W3C trace context (traceparent, tracestate) of the transaction that wrote the row, so the
+    # worker's spans join the trace of the request that decided; empty when tracing is off.
+    trace_context = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["id"]

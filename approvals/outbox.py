@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from approvals.models import ExecutorKind, OutboxMessage, Proposal
 from approvals.representation import decision_representation, proposal_representation
+from telemetry import tracing
 
 log = logging.getLogger("gatehouse.outbox")
 
@@ -64,6 +65,7 @@ def outbox_record(*, proposal: Proposal, to_state: str) -> list[OutboxMessage]:
     """
     messages: list[OutboxMessage] = []
     action_type = proposal.action_type
+    trace_context = tracing.carrier()
     if to_state == State.APPROVED and action_type.executor_kind != ExecutorKind.NONE:
         event = "proposal.execute"
         msg_id = webhook_id(proposal, event)
@@ -75,6 +77,7 @@ def outbox_record(*, proposal: Proposal, to_state: str) -> list[OutboxMessage]:
                 webhook_id=msg_id,
                 target=action_type.executor_target,
                 body=execute_body(proposal, msg_id),
+                trace_context=trace_context,
             )
         )
     callback_url = proposal.service.callback_url
@@ -93,6 +96,7 @@ def outbox_record(*, proposal: Proposal, to_state: str) -> list[OutboxMessage]:
                     "timestamp": timezone.now().isoformat(),
                     "data": proposal_representation(proposal),
                 },
+                trace_context=trace_context,
             )
         )
     if messages:

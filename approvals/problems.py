@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ from approvals import jsonvalues
 from approvals.errors import ApplicationError
 from approvals.unavailable import answer_unavailable
 
+log = logging.getLogger("gatehouse.api")
 PROBLEM_TYPE = "urn:gatehouse:problem:"
 TITLES = {
     400: "Bad request",
@@ -44,6 +46,10 @@ def problem(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> HttpResponse:
+    # One line per refused API request: what was refused and why, never what was sent.
+    log.info(
+        "problem %s %s: %s", status, code, detail[:300], extra={"status": status, "code": code}
+    )
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + code,
         "title": title or TITLES.get(status, "Error"),

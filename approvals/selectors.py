@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -359,3 +359,67 @@ async def proposal_wait_decided(
         pause = min(pause * 1.5, 0.5)
         proposal = await load() or proposal
     return proposal
+
+
+# --- metrics (read when Prometheus scrapes; see telemetry/metrics.py) ---------------------------
+
+MetricSamples = list[tuple[str, tuple[str, ...], float]]
+
+
+def metrics_pending(*, now: datetime | None = None) -> MetricSamples:
+    """Pending proposals per action type and the age of the oldest: one grouped query on the
+    proposal_state_created index (state, created_at)."""
+    from django.db.models import Count, Min
+
+    now = now or timezone.now()
+    rows = (
+        Proposal.objects.filter(state=State.PENDING_REVIEW)
+        .values("action_type__key")
+        .annotate(count=Count("id"), oldest=Min("created_at"))
+        .order_by()
+    )
+    samples: MetricSamples = []
+    for row in rows:
+        key = (row["action_type__key"],)
+        samples.append(("gatehouse_pending_proposals", key, row["count"]))
+        age = (now - row["oldest"]).total_seconds()
+        samples.append(("gatehouse_pending_oldest_age_seconds", key, max(age, 0.0)))
+    return samples
+
+
+def metrics_outbox(*, now: datetime | None = None) -> MetricSamples:
+    """Undelivered outbox messages per kind and the age of the oldest: one grouped query over
+    the partial index outbox_pending_due (pending rows only)."""
+    from django.db.models import Count, Min
+
+    from approvals.models import OutboxMessage
+
+    now = now or timezone.now()
+    rows = (
+        OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
+        .values("kind")
+        .annotate(count=Count("id"), oldest=Min("created_at"))
+        .order_by()
+    )
+    samples: MetricSamples = []
+    for row in rows:
+        samples.append(("gatehouse_outbox_backlog", (row["kind"],), row["count"]))
+        age = (now - row["oldest"]).total_seconds()
+        samples.append(("gatehouse_outbox_oldest_age_seconds", (row["kind"],), max(age, 0.0)))
+    return samples
+
+
+# --- archive ---------------------------------------------------------------------------------
+
+
+def audit_export(*, since: datetime) -> Iterator[dict[str, Any]]:
+    """Proposals created since `since`, then the audit events written since then, as plain
+    dicts (every column, foreign keys as ids), streamed in chunks for `manage.py export_audit`."""
+    for model, kind, order in (
+        (Proposal, "proposal", ("created_at", "id")),
+        (AuditEvent, "audit_event", ("id",)),
+    ):
+        fields = [f.attname for f in model._meta.concrete_fields]
+        rows = model.objects.filter(created_at__gte=since).order_by(*order).values(*fields)
+        for row in rows.iterator(chunk_size=2000):
+            yield {"record": kind, **row}

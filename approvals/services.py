@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import string
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -45,7 +47,9 @@ from approvals.models import (
     payload_hash,
 )
 from approvals.representation import proposal_representation
+from telemetry import metrics, tracing
 
+log = logging.getLogger("gatehouse.decisions")
 State = Proposal.State
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -294,27 +298,58 @@ def proposal_submit(
             code="validation-error",
             errors=schema_errors,
         )
-    try:
-        with transaction.atomic():
-            if idempotency_key is not None:
-                replay = _idempotent_replay(service, idempotency_key, request_hash)
-                if replay is not None:
-                    return replay
-            new = _decide_proposal(service, action_type, data, idempotency_key, request_hash)
-            if not new.insert_is_all or _transaction_started():
-                return _record_proposal(new)
-        # The decision read nothing (no lock, no velocity figures) and the proposal with its
-        # audit events, one INSERT statement, is all there is to write: on its own that
-        # statement is atomic, so it runs without BEGIN and COMMIT, one round trip, not three.
-        return _record_proposal(new)
-    except IntegrityError:
-        # Only the idempotency constraint can collide here: another request won the race.
-        if idempotency_key is None:
-            raise
-        raise Conflict(
-            "A request with this Idempotency-Key is being processed; retry shortly.",
-            code="idempotency-key-in-flight",
-        ) from None
+    with tracing.span("gatehouse.proposal.submit", {"gatehouse.service": service.name}) as span:
+        try:
+            with transaction.atomic():
+                if idempotency_key is not None:
+                    replay = _idempotent_replay(service, idempotency_key, request_hash)
+                    if replay is not None:
+                        tracing.set_attributes(span, {"gatehouse.replayed": True})
+                        return replay
+                new = _decide_proposal(service, action_type, data, idempotency_key, request_hash)
+                alone = new.insert_is_all and not _transaction_started()
+                if not alone:
+                    result = _record_proposal(new)
+            if alone:
+                # The decision read nothing (no lock, no velocity figures) and the proposal with
+                # its audit events, one INSERT statement, is all there is to write: on its own
+                # that statement is atomic, so it runs without BEGIN and COMMIT, one round trip.
+                result = _record_proposal(new)
+        except IntegrityError:
+            # Only the idempotency constraint can collide here: another request won the race.
+            if idempotency_key is None:
+                raise
+            raise Conflict(
+                "A request with this Idempotency-Key is being processed; retry shortly.",
+                code="idempotency-key-in-flight",
+            ) from None
+        _observe_submit(result.proposal, new.decision, span)
+    return result
+
+
+def _observe_submit(proposal: Proposal, decision: decisions.AutoDecision, span: Any) -> None:
+    """Metrics, the decision's log line and span attributes for a new proposal (committed)."""
+    action_type = proposal.action_type.key
+    metrics.PROPOSALS_SUBMITTED.labels(action_type).inc()
+    if proposal.decided_by:
+        metrics.PROPOSALS_DECIDED.labels(action_type, proposal.decided_by, decision.outcome).inc()
+        metrics.TIME_TO_DECISION_SECONDS.labels(action_type, proposal.decided_by).observe(0)
+    context = {
+        "service": proposal.service.name,
+        "proposal_id": str(proposal.pk),
+        "action_type": action_type,
+        "outcome": decision.outcome,
+        "rule": decision.rule,
+        "rule_version": decision.rule_version,
+    }
+    log.info(
+        "proposal %s %s by %s",
+        proposal.pk,
+        proposal.state,
+        f"rule {decision.rule} v{decision.rule_version}" if decision.rule else "policy",
+        extra=context,
+    )
+    tracing.set_attributes(span, {f"gatehouse.{k}": v for k, v in context.items()})
 
 
 def _idempotent_replay(service: Service, key: str, request_hash: str) -> SubmitResult | None:
@@ -503,15 +538,57 @@ def transition(
                 created_at=now,
             )
             if to_state in outbox.CALLBACK_STATES:
+                proposal = Proposal.objects.select_related(
+                    "service", "action_type", "decision_reviewer"
+                ).get(pk=proposal_id)
                 # Execution and callbacks are recorded with the change and sent after commit.
-                outbox.outbox_record(
-                    proposal=Proposal.objects.select_related(
-                        "service", "action_type", "decision_reviewer"
-                    ).get(pk=proposal_id),
-                    to_state=to_state,
-                )
+                outbox.outbox_record(proposal=proposal, to_state=to_state)
+                transaction.on_commit(partial(_observe_transition, proposal, current, now))
             events.proposal_changed(proposal_id)
         return won
+
+
+#: Who decided, for the decisions that are not a rule's, a reviewer's or the policy's.
+_DECIDED_BY: dict[str, str] = {State.EXPIRED: "expiry", State.CANCELLED: "cancel"}
+_OUTCOME: dict[str, str] = {
+    State.APPROVED: "approve",
+    State.REJECTED: "reject",
+    State.EXPIRED: "expire",
+    State.CANCELLED: "cancel",
+}
+
+
+def _observe_transition(proposal: Proposal, from_state: str, now: datetime) -> None:
+    """Metrics and the log line of a committed decision or execution result."""
+    action_type = proposal.action_type.key
+    context: dict[str, Any] = {
+        "service": proposal.service.name,
+        "proposal_id": str(proposal.pk),
+        "action_type": action_type,
+        "from_state": from_state,
+        "to_state": proposal.state,
+    }
+    if from_state in (State.RECEIVED, State.PENDING_REVIEW) and proposal.state in _OUTCOME:
+        decided_by = proposal.decided_by or _DECIDED_BY.get(proposal.state, "policy")
+        outcome = _OUTCOME[proposal.state]
+        metrics.PROPOSALS_DECIDED.labels(action_type, decided_by, outcome).inc()
+        metrics.TIME_TO_DECISION_SECONDS.labels(action_type, decided_by).observe(
+            max((now - proposal.created_at).total_seconds(), 0.0)
+        )
+        context.update(
+            outcome=outcome,
+            decided_by=decided_by,
+            rule=proposal.decision_rule,
+            rule_version=proposal.decision_rule_version,
+            reviewer=proposal.decision_reviewer.get_username()
+            if proposal.decision_reviewer
+            else "",
+        )
+        log.info("proposal %s %s by %s", proposal.pk, proposal.state, decided_by, extra=context)
+        return
+    if proposal.state == State.FAILED:
+        metrics.EXECUTIONS_FAILED.labels(action_type).inc()
+    log.info("proposal %s %s → %s", proposal.pk, from_state, proposal.state, extra=context)
 
 
 def _own_proposal(service: Service, proposal_id: uuid.UUID) -> Proposal:
@@ -801,7 +878,13 @@ def proposal_decide(
         raise ApplicationError("An edit can only be approved.", code="invalid-verdict")
     now = timezone.now()
     actor = f"user:{reviewer.get_username()}"
-    with transaction.atomic():
+    review = {
+        "gatehouse.proposal_id": str(proposal.pk),
+        "gatehouse.reviewer": reviewer.get_username(),
+        "gatehouse.verdict": verdict,
+        "gatehouse.waited_seconds": (now - proposal.created_at).total_seconds(),
+    }
+    with tracing.span("gatehouse.proposal.review", review) as span, transaction.atomic():
         locked = _locked_for_reviewer(proposal.pk, reviewer)
         _check_may_decide(locked, reviewer)
         _check_claim(locked, reviewer, now)
@@ -865,8 +948,10 @@ def proposal_decide(
                 created_at=now,
             )
             events.proposal_changed(locked.pk)
+            tracing.set_attributes(span, {"gatehouse.state": locked.state})
         else:
             to_state = State.APPROVED if verdict == Review.Verdict.APPROVE else State.REJECTED
+            tracing.set_attributes(span, {"gatehouse.state": to_state})
             won = transition(
                 proposal_id=locked.pk,
                 from_states=[State.PENDING_REVIEW],

@@ -14,20 +14,36 @@ PostgreSQL, Redis and wrk.
 `--config` applies a YAML file (rules, for instance) before measuring. `--rules N` loads N enabled
 rules on refund.issue (bench/rulesets.py) that the benchmark body never matches, so each submit
 evaluates all N (the worst case) and ends in review.
+
+`--observability` measures instead what metrics, JSON logs and traces cost a submit: three servers
+side by side on the same database, rounds alternating between them, the CPU each request cost
+(that server's processes and PostgreSQL's backends of the bench database only, so that other work
+on the machine is left out) compared with the first:
+- off: no METRICS_TOKEN, LOG_FORMAT=text at LOG_LEVEL=WARNING (nothing logged per submit);
+- on: METRICS_TOKEN with PROMETHEUS_MULTIPROC_DIR, LOG_FORMAT=json at INFO (a line per decision,
+  written to a file), and a scrape of /metrics every 5 s;
+- on + OpenTelemetry: the same with OTEL_EXPORTER_OTLP_ENDPOINT at a receiver on loopback that
+  answers every export (its own CPU is this script's, not counted).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bench_env, fresh_database, manage, print_table, uvicorn, wrk_post
+from common import SESSIONS, bench_env, fresh_database, manage, print_table, uvicorn, wrk_post
 from rulesets import synthetic_rules_yaml
 
 CONFIG = """\
@@ -91,6 +107,11 @@ def main() -> None:
         help="as in production (broker, channel layer, cache); '' for the embedded default",
     )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="compare the submit with metrics and JSON logs off, on, and on with OpenTelemetry",
+    )
     args = parser.parse_args()
 
     fresh_database(args.database)
@@ -110,6 +131,10 @@ def main() -> None:
     key = json.loads(
         manage(env, "create_service", "bench", "--action-types", "refund.issue", "--json")
     )["api_key"]
+
+    if args.observability:
+        observability(args, env, key)
+        return
 
     best: dict[str, dict[str, float]] = {}
     round_ratios: dict[str, list[float]] = {}
@@ -167,6 +192,124 @@ def main() -> None:
         print(f"WARNING: {bad:.0f} requests failed (non-2xx or socket errors)")
     if args.json:
         print(json.dumps({"best": best, "round_ratios": round_ratios}))
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that accepts every export (the empty response is valid protobuf)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+
+@contextlib.contextmanager
+def _otlp_sink() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
+def _scraper(url: str, token: str) -> Iterator[None]:
+    """GET /metrics every 5 s, as Prometheus would (its cost lands on the server)."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(5.0):
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+            with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5) as r:
+                r.read()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def observability(args: argparse.Namespace, env: dict[str, str], key: str) -> None:
+    token = "bench-metrics-token-0123456789"
+    common = {"seconds": args.seconds, "connections": args.connections}
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh-obs-")))
+        env = {**env, "DB_POOL_MAX": "8"}  # three servers share PostgreSQL's connections
+        sink = stack.enter_context(_otlp_sink())
+        on = {
+            **env,
+            "METRICS_TOKEN": token,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+        }
+        modes = {
+            "off": env,
+            "metrics + JSON logs": {**on, "PROMETHEUS_MULTIPROC_DIR": str(folder / "on")},
+            "  … + OpenTelemetry": {
+                **on,
+                "PROMETHEUS_MULTIPROC_DIR": str(folder / "otel"),
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+            },
+        }
+        bases: dict[str, str] = {}
+        for name, mode_env in modes.items():
+            if "PROMETHEUS_MULTIPROC_DIR" in mode_env:
+                Path(mode_env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
+            log = stack.enter_context((folder / f"{len(bases)}.log").open("wb"))
+            bases[name] = stack.enter_context(uvicorn(mode_env, workers=args.workers, output=log))
+            if name != "off":
+                stack.enter_context(_scraper(bases[name] + "/metrics", token))
+        post = {"auth": f"Bearer {key}", "connections": args.connections}
+        for base in bases.values():  # warm every server
+            wrk_post(base + "/api/v1/proposals", BODY, seconds=2, **post)  # type: ignore[arg-type]
+        best: dict[str, dict[str, float]] = {}
+        ratios: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            runs = {
+                name: wrk_post(
+                    base + "/api/v1/proposals",
+                    BODY,
+                    auth=f"Bearer {key}",
+                    database=args.database,
+                    sessions={SESSIONS[base]},
+                    **common,  # type: ignore[arg-type]
+                )
+                for name, base in bases.items()
+            }
+            floor = _cpu(runs["off"])
+            for name, run in runs.items():
+                if name not in best or _cpu(run) < _cpu(best[name]):
+                    best[name] = run
+                ratios.setdefault(name, []).append(_cpu(run) / floor)
+        lines = (folder / "1.log").read_bytes().count(b"\n{")
+    print(
+        f"\n{args.connections} connections, {args.seconds} s a round, {args.rounds} rounds "
+        f"alternating the three servers, uvicorn --workers {args.workers}, PostgreSQL"
+    )
+    print_table(list(best.items()))
+    for name in list(bases)[1:]:
+        rounds = ratios[name]
+        print(
+            f"CPU a submit (server + PostgreSQL), {name.strip()} / off: median of rounds "
+            f"{statistics.median(rounds):.3f} (rounds: {', '.join(f'{r:.3f}' for r in rounds)}); "
+            f"best / best {_cpu(best[name]) / _cpu(best['off']):.3f}"
+        )
+    print(f"(the JSON-logging server wrote {lines} log lines)")
+    if args.json:
+        print(json.dumps({"best": best, "round_ratios": ratios}))
+
+
+def _cpu(run: dict[str, float]) -> float:
+    return run["cpu_ms_server"] + run["cpu_ms_postgres"]
 
 
 if __name__ == "__main__":

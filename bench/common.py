@@ -83,10 +83,16 @@ def wait_for(url: str, timeout: float = 30) -> None:
     raise SystemExit(f"server at {url} did not come up within {timeout} s")
 
 
+SESSIONS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
-def uvicorn(env: dict[str, str], *, workers: int = 2) -> Iterator[str]:
-    """The production ASGI server (as in the Procfile) on a free loopback port (or BENCH_PORT)."""
-    port = int(os.environ.get("BENCH_PORT") or 0) or free_port()
+def uvicorn(
+    env: dict[str, str], *, workers: int = 2, output: Any = None, port: int = 0
+) -> Iterator[str]:
+    """The production ASGI server (as in the Procfile) on a free loopback port (or BENCH_PORT).
+    `output`: a file for its stdout and stderr (the logs), else the terminal."""
+    port = port or int(os.environ.get("BENCH_PORT") or 0) or free_port()
     process = subprocess.Popen(
         [
             PYTHON,
@@ -105,9 +111,12 @@ def uvicorn(env: dict[str, str], *, workers: int = 2) -> Iterator[str]:
         ],
         cwd=ROOT,
         env=env,
+        stdout=output,
+        stderr=output,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    SESSIONS[base] = process.pid  # its own session: the server's processes are that session's
     try:
         wait_for(base + "/healthz")
         yield base
@@ -155,10 +164,16 @@ end
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds_by_group() -> dict[str, float]:
-    """CPU time (user + system) so far of the processes that share the machine during a run:
-    the app server, PostgreSQL, Redis and everything else, read from /proc (Linux)."""
-    totals = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+def cpu_seconds_by_pid(
+    *, database: str | None = None, sessions: set[int] | None = None
+) -> dict[int, tuple[str, float]]:
+    """CPU time (user + system) so far of each process that shares the machine during a run, by
+    group: the app server, PostgreSQL, Redis, read from /proc (Linux). With `sessions`, the
+    server is only the processes of those sessions (the uvicorn groups this run started); with
+    `database`, PostgreSQL only the backends of that database: other work on the machine is left
+    out."""
+    found: dict[int, tuple[str, float]] = {}
+    marker = f" {database} ".encode() if database else b""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -173,11 +188,27 @@ def cpu_seconds_by_group() -> dict[str, float]:
         fields = stat[stat.rindex(b")") + 2 :].split()
         seconds = (int(fields[11]) + int(fields[12])) / _TICK
         if comm == b"postgres" or cmdline.startswith(b"postgres:"):
-            totals["postgres"] += seconds
+            if not marker or marker in cmdline.replace(b"\0", b" "):
+                found[int(entry.name)] = ("postgres", seconds)
         elif comm.startswith(b"redis-server"):
-            totals["redis"] += seconds
+            found[int(entry.name)] = ("redis", seconds)
+        elif sessions is not None:
+            if int(fields[3]) in sessions:
+                found[int(entry.name)] = ("server", seconds)
         elif b"uvicorn" in cmdline or b"multiprocessing" in cmdline:
-            totals["server"] += seconds
+            found[int(entry.name)] = ("server", seconds)
+    return found
+
+
+def cpu_used(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per group between two snapshots, process by process (a process that exited
+    meanwhile is left out rather than subtracted)."""
+    totals = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+    for pid, (group, seconds) in after.items():
+        previous = before.get(pid)
+        totals[group] += seconds - (previous[1] if previous and previous[0] == group else 0.0)
     return totals
 
 
@@ -194,6 +225,8 @@ def wrk_post(
     connections: int = 32,
     threads: int = 2,
     unique_keys: bool = False,
+    database: str | None = None,
+    sessions: set[int] | None = None,
 ) -> dict[str, float]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
@@ -204,7 +237,7 @@ def wrk_post(
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
-    cpu_before = cpu_seconds_by_group()
+    cpu_before = cpu_seconds_by_pid(database=database, sessions=sessions)
     children_before = os.times()
     try:
         result = subprocess.run(
@@ -231,9 +264,8 @@ def wrk_post(
     if not match:
         raise SystemExit(f"could not read wrk's output:\n{result.stdout}\n{result.stderr}")
     raw = json.loads(match.group(1))
-    cpu_after = cpu_seconds_by_group()
+    cpu = cpu_used(cpu_before, cpu_seconds_by_pid(database=database, sessions=sessions))
     children_after = os.times()
-    cpu = {group: cpu_after[group] - cpu_before[group] for group in cpu_before}
     cpu["wrk"] = (children_after.children_user + children_after.children_system) - (
         children_before.children_user + children_before.children_system
     )

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -114,6 +114,10 @@ app.conf.beat_schedule = {
         "task": "approvals.purge_idempotency_keys",
         "schedule": _seconds(settings.IDEMPOTENCY_PURGE_INTERVAL),
     },
+    "llmcalls-purge-call-text": {
+        "task": "llmcalls.purge_call_text",
+        "schedule": _seconds(settings.LLMCALLS_PURGE_INTERVAL),
+    },
     "insights-check": {
         "task": "insights.check",
         "schedule": _seconds(settings.INSIGHTS_CHECK_INTERVAL),
@@ -131,5 +135,32 @@ app.conf.beat_schedule = {
         "schedule": _seconds(settings.NOTIFY_RECONCILE_INTERVAL),
     },
 }
+
+
+@signals.setup_logging.connect
+def _logging(**kwargs: object) -> None:
+    """Worker and beat log exactly as the web does (LOG_FORMAT, context, redaction)."""
+    import logging.config
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str = "", task: object = None, **kwargs: object) -> None:
+    from telemetry import logs
+
+    _task_tokens[task_id] = logs.bind(task_name=getattr(task, "name", ""), task_id=task_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task(task_id: str = "", **kwargs: object) -> None:
+    from telemetry import logs
+
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        logs.unbind(token)
+
+
+_task_tokens: dict[str, Any] = {}
 
 app.autodiscover_tasks()

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "ninja",
     "django_htmx",
     "channels",
+    "telemetry",
     "approvals",
     "llmcalls",
     "evals",
@@ -50,6 +51,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "telemetry.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "approvals.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
@@ -227,15 +229,40 @@ LLM_CONFIG_TTL = env_float("LLM_CONFIG_TTL", 5.0)
 # Environment variables a model provider may take its key from besides GATEHOUSE_PROVIDER_*
 # (docs/llmcalls.md); Gatehouse's own secrets are refused whatever this says.
 LLM_PROVIDER_KEY_ENVS = env_list("LLM_PROVIDER_KEY_ENVS", [])
+# Prompts and responses can hold personal data: their text is purged after this long (the
+# numbers stay); a dotted path to a function(record) -> record redacts each call before it is
+# stored, logged or traced; prompt and completion text goes into traces only when asked.
+LLMCALLS_LOG_RETENTION = env_duration("LLMCALLS_LOG_RETENTION", "30d")
+LLMCALLS_PURGE_INTERVAL = env_duration("LLMCALLS_PURGE_INTERVAL", "1h")
+LLMCALLS_REDACT = env_str("LLMCALLS_REDACT", "")
+LLMCALLS_TRACE_CONTENT = env_bool("LLMCALLS_TRACE_CONTENT", False)
 
 # Evals: how many model calls one eval run makes at once.
 EVALS_CONCURRENCY = env_int("EVALS_CONCURRENCY", 4, minimum=1)
 
+# Logs (docs/operations.md, "Observability"): text or one JSON object a line, with the request
+# id and the event's context; every line is scrubbed of credentials (telemetry/logs.py).
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json; got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "telemetry.logs.ContextFilter"}},
+    "formatters": {
+        "text": {
+            "()": "telemetry.logs.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "telemetry.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.request": {"level": "ERROR"},
@@ -246,6 +273,21 @@ LOGGING = {
         "axes": {"level": "WARNING"},
     },
 }
+
+# Metrics (GET /metrics, Prometheus text format): off while METRICS_TOKEN is unset. Several
+# processes (uvicorn workers, Celery) add up their counters through files in
+# PROMETHEUS_MULTIPROC_DIR, which prometheus-client reads from the environment itself.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+if METRICS_TOKEN and not PROMETHEUS_MULTIPROC_DIR and not DEBUG:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN is set but PROMETHEUS_MULTIPROC_DIR is not: with several web and worker "
+        "processes each would count alone. Point it at an empty directory (see docs/operations.md)."
+    )
+if PROMETHEUS_MULTIPROC_DIR and not Path(PROMETHEUS_MULTIPROC_DIR).is_dir():
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR!r} is not a directory"
+    )
 
 # Benchmarks only: mounts /bench/floor (see bench/api_submit.py). Never on in production.
 BENCH_FLOOR_ENDPOINT = env_bool("BENCH_FLOOR_ENDPOINT", False)

@@ -10,6 +10,7 @@ from django.urls import include, path
 from approvals.api import api
 from approvals.unavailable import handler500 as handler500
 from config import health
+from telemetry.views import metrics_view
 
 
 def favicon(request: HttpRequest) -> HttpResponse:
@@ -21,6 +22,7 @@ urlpatterns = [
     path("favicon.ico", favicon),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
     path("llm/", include("llmcalls.urls")),

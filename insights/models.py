@@ -84,6 +84,12 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-created_at"]
         permissions = [("acknowledge_alert", "Can acknowledge an insights alert")]
+        # The open alerts (the banner, the metrics gauge) without reading acknowledged ones.
+        indexes = [
+            models.Index(
+                fields=["kind"], condition=models.Q(acknowledged_at__isnull=True), name="alert_open"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.title

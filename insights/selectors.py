@@ -296,3 +296,27 @@ def type_card(*, action_type: ActionType, now: datetime | None = None) -> dict[s
         "settings": settings_for(action_type),
         "brake": engaged_brake(action_type.pk),
     }
+
+
+# --- metrics (read when Prometheus scrapes; see telemetry/metrics.py) ---------------------------
+
+
+def metrics_brakes_and_alerts() -> list[tuple[str, tuple[str, ...], float]]:
+    """Engaged brakes (the partial unique index one_engaged_brake_per_type) and unacknowledged
+    alerts per kind (the partial index alert_open): one query each."""
+    from django.db.models import Count
+
+    samples: list[tuple[str, tuple[str, ...], float]] = [
+        ("gatehouse_brakes_engaged", (key,), 1.0)
+        for key in Brake.objects.filter(lifted_at__isnull=True).values_list(
+            "action_type__key", flat=True
+        )
+    ]
+    for row in (
+        Alert.objects.filter(acknowledged_at__isnull=True)
+        .values("kind")
+        .annotate(count=Count("id"))
+        .order_by()
+    ):
+        samples.append(("gatehouse_open_alerts", (row["kind"],), row["count"]))
+    return samples

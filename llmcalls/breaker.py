@@ -50,6 +50,10 @@ class MemoryBreaker:
         with self._lock:
             self._state.clear()
 
+    def open_targets(self) -> list[str]:
+        now = time.time()
+        return [key for key, (_, open_until) in list(self._state.items()) if open_until > now]
+
 
 class RedisBreaker:
     PREFIX = "llm:cb:"
@@ -98,7 +102,24 @@ class RedisBreaker:
         for name in self._redis.scan_iter(f"{self.PREFIX}*"):
             self._redis.delete(name)
 
+    def open_targets(self) -> list[str]:
+        """Targets whose circuit is open now: a SCAN of the (few) `:open` keys and one MGET."""
+        names = list(self._redis.scan_iter(f"{self.PREFIX}*:open", count=1000))
+        if not names:
+            return []
+        now = time.time()
+        return [
+            name.decode()[len(self.PREFIX) : -len(":open")]
+            for name, until in zip(names, self._redis.mget(names), strict=True)
+            if until is not None and float(until) > now
+        ]
+
 
 @cache
 def breaker() -> MemoryBreaker | RedisBreaker:
     return RedisBreaker(settings.REDIS_URL) if settings.REDIS_URL else MemoryBreaker()
+
+
+def metrics_open_circuits() -> list[tuple[str, tuple[str, ...], float]]:
+    """The breaker state for /metrics (without Redis: the scraping process's own breakers)."""
+    return [("gatehouse_model_circuit_open", (key,), 1.0) for key in breaker().open_targets()]

@@ -49,6 +49,7 @@ from django.utils import timezone
 from llmcalls import routing, services
 from llmcalls.breaker import breaker
 from llmcalls.routing import Target
+from telemetry import logs
 
 try:  # openai >= 3 sends through httpx2; earlier versions through httpx
     import httpx2 as _http
@@ -149,15 +150,17 @@ def _classify(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException | None) -> str:
+    """The error for the call log and the caller, without credentials: a provider that echoes
+    the key it was sent ("Incorrect API key provided: sk-…") must not hand it on."""
     if exc is None:
         return ""
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"[:500]
+        return logs.redact(f"HTTP {exc.status_code}: {exc.message}")[:500]
     cause = exc.__cause__ or exc.__context__
     text = f"{type(exc).__name__}: {exc}"
     if cause is not None and isinstance(exc, openai.APIConnectionError):
         text += f" ({type(cause).__name__}: {cause})"
-    return text[:500]
+    return logs.redact(text)[:500]
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -361,7 +364,7 @@ class _Call:
 
     def log_error(self, exc: BaseException, **values: Any) -> None:
         values.setdefault("error_class", type(exc).__name__)
-        values.setdefault("error_message", str(exc)[:5000])
+        values.setdefault("error_message", logs.redact(str(exc))[:5000])
         status = "refused" if isinstance(exc, BudgetExceeded | NoRoute) else "error"
         self.log(status=status, **values)
 
@@ -405,6 +408,7 @@ def _client(target: Target) -> openai.OpenAI:
         if refused:
             raise _Misconfigured(f"provider {target.provider}: {refused}")
         api_key = os.environ.get(target.api_key_env, "")
+        logs.register_secret(api_key)
         if not api_key:
             raise _Misconfigured(
                 f"provider {target.provider}: environment variable {target.api_key_env} is not set"
@@ -576,6 +580,7 @@ def complete(
         cost_usd=cost,
         price_missing=missing,
         provider_request_id=request_id,
+        response_model=data.get("model") or target.model,
     )
     result.latency_ms = record["latency_ms"]
     call.logged = True

@@ -193,14 +193,22 @@ class LLMCall(models.Model):
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
     price_missing = models.BooleanField(default=False)
     provider_request_id = models.CharField(max_length=200, blank=True)
+    # When the prompt and response text were emptied after LLMCALLS_LOG_RETENTION.
+    text_purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        # Serves spend per service and feature today (budgets).
         indexes = [
+            # Serves spend per service and feature today (budgets).
             models.Index(
                 fields=["feature", "service", "created_at"], name="llmcall_feature_service"
-            )
+            ),
+            # What the retention purge still has to read: calls whose text is kept.
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(text_purged_at__isnull=True),
+                name="llmcall_text_kept",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -15,10 +16,12 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Sum
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from approvals.configfile import upsert
 from approvals.errors import ApplicationError
 from approvals.models import ActionType, AuditEvent, Service
+from llmcalls import observe
 from llmcalls.models import FeatureGrant, LLMCall, Provider, Route, RouteTarget
 
 logger = logging.getLogger("llmcalls")
@@ -302,6 +305,8 @@ def call_log_write(*, record: dict[str, Any]) -> LLMCall:
     itself crashed in the next fraction of a second. If the database refuses the row, the
     record goes to the `llmcalls` logger in full instead.
     """
+    response_model = record.pop("response_model", "") or record.get("model", "")
+    record = redact(record)
     call = LLMCall(**record)
     durable = record.get("status") != LLMCall.Status.OK
     try:
@@ -318,7 +323,52 @@ def call_log_write(*, record: dict[str, Any]) -> LLMCall:
             "llm call log write failed; the record follows: %s",
             json.dumps(record, default=str, ensure_ascii=False),
         )
+    observe.call_observe(record=record, response_model=response_model)
     return call
+
+
+@functools.cache
+def _redactor(path: str) -> Any:
+    return import_string(path)
+
+
+def redact(record: dict[str, Any]) -> dict[str, Any]:
+    """Run the LLMCALLS_REDACT hook (a dotted path to `function(record) -> record`) on a call
+    before it is stored, logged or traced. If the hook fails, the call's text is dropped and its
+    numbers kept: text the hook could not clean is never stored."""
+    path = settings.LLMCALLS_REDACT
+    if not path:
+        return record
+    try:
+        redacted = _redactor(path)(dict(record))
+        if not isinstance(redacted, dict):
+            raise TypeError(f"returned {type(redacted).__name__}, not the record")
+        return redacted
+    except Exception:
+        logger.exception("LLMCALLS_REDACT %s failed; the call's text is not kept", path)
+        return {**record, "messages": [], "response_text": "", "tool_calls": None}
+
+
+def call_text_purge(*, now: datetime | None = None, batch: int = 1000) -> int:
+    """Empty the prompt and response text of calls older than LLMCALLS_LOG_RETENTION.
+
+    Tokens, latency, cost and the rest stay for the cost history. Marked rows (`text_purged_at`)
+    leave the partial index the next run reads, so each run touches only new work.
+    """
+    now = now or timezone.now()
+    cutoff = now - settings.LLMCALLS_LOG_RETENTION
+    purged = 0
+    while True:
+        ids = list(
+            LLMCall.objects.filter(created_at__lt=cutoff, text_purged_at__isnull=True)
+            .order_by("created_at")
+            .values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            return purged
+        purged += LLMCall.objects.filter(pk__in=ids, text_purged_at__isnull=True).update(
+            messages=[], response_text="", tool_calls=None, text_purged_at=now
+        )
 
 
 def _inside_callers_transaction() -> bool:

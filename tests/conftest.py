@@ -251,3 +251,31 @@ def demo_model_url() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     server.server_close()
+
+
+# --- traces (telemetry/tracing.py) ---------------------------------------------------------------
+
+_span_exporter: Any = None
+
+
+@pytest.fixture
+def spans() -> Any:
+    """Tracing on for one test, into the SDK's in-memory exporter; returns the exporter."""
+    global _span_exporter
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from telemetry import tracing
+
+    if _span_exporter is None:  # the global provider can be set once per process
+        _span_exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_span_exporter))
+        trace.set_tracer_provider(provider)
+    _span_exporter.clear()
+    tracing.instrument()
+    yield _span_exporter
+    tracing.uninstrument()
+    _span_exporter.clear()

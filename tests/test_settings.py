@@ -36,6 +36,11 @@ def start_with(**env: str) -> subprocess.CompletedProcess[str]:
         ({"SECRET_KEY": ""}, "SECRET_KEY"),
         ({"API_MAX_BODY_BYTES": "lots"}, "API_MAX_BODY_BYTES"),
         ({"IDEMPOTENCY_KEY_RETENTION": "forever"}, "IDEMPOTENCY_KEY_RETENTION"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"METRICS_TOKEN": "t" * 20}, "PROMETHEUS_MULTIPROC_DIR"),
+        ({"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
+        ({"LLMCALLS_LOG_RETENTION": "a month"}, "LLMCALLS_LOG_RETENTION"),
+        ({"LLMCALLS_TRACE_CONTENT": "perhaps"}, "LLMCALLS_TRACE_CONTENT"),
     ],
 )
 def test_a_bad_value_fails_at_start_naming_the_variable(env: dict[str, str], named: str) -> None:

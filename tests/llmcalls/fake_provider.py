@@ -13,6 +13,7 @@ script for its (provider, model), or else by the model's name:
     stall         stream two chunks, then stop sending (until the server stops)
     malformed     200 with a body that is not JSON
     length        a normal answer with finish_reason "length" (truncated)
+    echo-auth     401 whose message repeats the Authorization header it received
 
 Every request is recorded (provider, model, body, time) so tests can check what was tried.
 """
@@ -108,7 +109,18 @@ class FakeProvider:
             self.requests.append(received)
 
 
-BEHAVIOURS = {"ok", "delay", "429", "500", "hang", "cut", "stall", "malformed", "length"}
+BEHAVIOURS = {
+    "ok",
+    "delay",
+    "429",
+    "500",
+    "hang",
+    "cut",
+    "stall",
+    "malformed",
+    "length",
+    "echo-auth",
+}
 
 
 def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
@@ -150,6 +162,9 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     {"error": {"message": "rate limited", "type": "rate_limit"}},
                     {"Retry-After": arg or "1"},
                 )
+            elif kind == "echo-auth":  # a provider that repeats the key it was sent
+                message = f"Incorrect API key provided: {self.headers.get('Authorization')}"
+                self._json(401, {"error": {"message": message, "type": "invalid_request_error"}})
             elif kind.isdigit():
                 self._json(int(kind), {"error": {"message": f"fake {kind}", "type": "fake"}})
             elif kind == "hang":

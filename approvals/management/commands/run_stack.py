@@ -63,6 +63,7 @@ class Command(BaseCommand):
             f"{options['concurrency']} worker processes, {'no beat' if options['no_beat'] else 'beat'}, "
             f"broker {broker}. Ctrl-C stops everything."
         )
+        _share_metrics()
         for child in children:
             child.proc = subprocess.Popen(
                 child.argv,
@@ -150,6 +151,18 @@ class Command(BaseCommand):
                 _signal_group(child, signal.SIGKILL)
                 child.proc.wait()
         self.stdout.write("All stopped.")
+
+
+def _share_metrics() -> None:
+    """With METRICS_TOKEN set, the children count into one fresh PROMETHEUS_MULTIPROC_DIR
+    (BROKER_DIR/metrics unless the variable names another), so /metrics adds them all up."""
+    if not settings.METRICS_TOKEN or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    folder = settings.BROKER_DIR / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # counters of an earlier run would be added in
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 def _signal_group(child: Child, signum: int) -> None:
