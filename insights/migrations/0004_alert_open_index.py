@@ -7,8 +7,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('approvals', '0008_outbox_trace_context'),
-        ('insights', '0002_alert_webhook_retries'),
+        ('approvals', '0009_outbox_trace_context'),
+        ('insights', '0003_permissions'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

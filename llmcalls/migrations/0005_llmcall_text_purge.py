@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('llmcalls', '0003_route_attempt_timeout'),
+        ('llmcalls', '0004_service_feature_grants'),
     ]
 
     operations = [

@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("approvals", "0007_rule_approvals_required")]
+    dependencies = [("approvals", "0008_review_sla")]
 
     operations = [
         migrations.AddField(
