@@ -83,33 +83,85 @@ def wait_for(url: str, timeout: float = 30) -> None:
     raise SystemExit(f"server at {url} did not come up within {timeout} s")
 
 
+# The HTTP servers a benchmark can put in front of a WSGI/ASGI application, as argv templates:
+# {app} is "module:attribute", {port}, {workers} and {threads} are filled in.
+SERVERS: dict[str, list[str]] = {
+    # The Procfile's `web:` (WSGI on worker threads).
+    "granian-wsgi": [
+        "-m",
+        "granian",
+        "--interface",
+        "wsgi",
+        "{app}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--workers",
+        "{workers}",
+        "--blocking-threads",
+        "{threads}",
+        "--no-ws",
+        "--log-level",
+        "warning",
+    ],
+    "gunicorn": [
+        "-m",
+        "gunicorn",
+        "{app}",
+        "--bind",
+        "127.0.0.1:{port}",
+        "--workers",
+        "{workers}",
+        "--threads",
+        "{threads}",
+        "--worker-class",
+        "gthread",
+        "--log-level",
+        "warning",
+    ],
+    # The Procfile's `live:` (ASGI; before issue 16 it served everything).
+    "uvicorn": [
+        "-m",
+        "uvicorn",
+        "{app}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--workers",
+        "{workers}",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ],
+}
+WSGI_SERVERS = {"granian-wsgi", "gunicorn"}
+
+
 @contextlib.contextmanager
-def uvicorn(env: dict[str, str], *, workers: int = 2) -> Iterator[str]:
-    """The production ASGI server (as in the Procfile) on a free loopback port (or BENCH_PORT)."""
+def serve(
+    env: dict[str, str],
+    *,
+    server: str = "uvicorn",
+    app: str = "",
+    workers: int = 2,
+    threads: int = 8,
+    cwd: Path = ROOT,
+    ready: str = "/healthz",
+) -> Iterator[str]:
+    """`server` running `app` (the project's own WSGI or ASGI entry by default) on a free
+    loopback port (or BENCH_PORT); yields its base URL and stops it afterwards."""
     port = int(os.environ.get("BENCH_PORT") or 0) or free_port()
-    process = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
+    app = app or (
+        "config.wsgi:application" if server in WSGI_SERVERS else "config.asgi:application"
     )
+    values = {"app": app, "port": port, "workers": workers, "threads": threads}
+    argv = [PYTHON, *(part.format(**values) for part in SERVERS[server])]
+    process = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(base + "/healthz")
+        wait_for(base + ready)
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -117,6 +169,11 @@ def uvicorn(env: dict[str, str], *, workers: int = 2) -> Iterator[str]:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def uvicorn(env: dict[str, str], *, workers: int = 2) -> contextlib.AbstractContextManager[str]:
+    """The ASGI server (the Procfile's `live:`) on a free loopback port (or BENCH_PORT)."""
+    return serve(env, server="uvicorn", workers=workers)
 
 
 WRK_SCRIPT = """
@@ -176,7 +233,7 @@ def cpu_seconds_by_group() -> dict[str, float]:
             totals["postgres"] += seconds
         elif comm.startswith(b"redis-server"):
             totals["redis"] += seconds
-        elif b"uvicorn" in cmdline or b"multiprocessing" in cmdline:
+        elif any(name in cmdline for name in (b"uvicorn", b"granian", b"gunicorn", b"multipro")):
             totals["server"] += seconds
     return totals
 
