@@ -132,6 +132,7 @@ def main() -> None:
             with serve(
                 bare_env,
                 server=server,
+                project="floorproj",
                 cwd=cwd,
                 ready="/submit",
                 workers=args.workers,
@@ -148,6 +149,7 @@ def main() -> None:
             serve(
                 bare_env,
                 server=fastest,
+                project="floorproj",
                 cwd=cwd,
                 ready="/submit",
                 workers=args.workers,

@@ -144,18 +144,17 @@ def serve(
     env: dict[str, str],
     *,
     server: str = "uvicorn",
-    app: str = "",
+    project: str = "config",
     workers: int = 2,
     threads: int = 8,
     cwd: Path = ROOT,
     ready: str = "/healthz",
 ) -> Iterator[str]:
-    """`server` running `app` (the project's own WSGI or ASGI entry by default) on a free
+    """`server` running `project`'s WSGI or ASGI entry (Gatehouse's by default) on a free
     loopback port (or BENCH_PORT); yields its base URL and stops it afterwards."""
     port = int(os.environ.get("BENCH_PORT") or 0) or free_port()
-    app = app or (
-        "config.wsgi:application" if server in WSGI_SERVERS else "config.asgi:application"
-    )
+    entry = "wsgi" if server in WSGI_SERVERS else "asgi"
+    app = f"{project}.{entry}:application"
     values = {"app": app, "port": port, "workers": workers, "threads": threads}
     argv = [PYTHON, *(part.format(**values) for part in SERVERS[server])]
     process = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)

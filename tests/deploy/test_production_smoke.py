@@ -325,11 +325,14 @@ def test_the_proxy_serves_pages_api_websocket_and_long_polls_on_one_origin(
         detail = rita.get(f"/proposals/{waiting['id']}/")
         payload_hash = re.search(r'name="payload_hash" value="([^"]+)"', detail.text)
         assert payload_hash
+        rita.post(f"/proposals/{waiting['id']}/claim/", {}, page=detail)  # as the page does
         rita.post(
             f"/proposals/{waiting['id']}/decide/",
             {"verdict": "approve", "payload_hash": payload_hash.group(1), "comment": ""},
             page=detail,
         )
         results = [p.result(timeout=40) for p in polls]
-    assert all(body["state"] == "approved" for _, body in results), results[0]
+    # Approved, and by the time some of them read it maybe already executed by the worker.
+    approved = {"approved", "executing", "executed"}
+    assert all(body["state"] in approved for _, body in results), results[0]
     assert max(seconds for seconds, _ in results) < 15, "long polls ended by timeout, not decision"
