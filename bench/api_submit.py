@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -127,17 +128,13 @@ def main() -> None:
     common = {"seconds": args.seconds, "connections": args.connections}
     with contextlib.ExitStack() as stack:
         cwd, bare_env = stack.enter_context(bare_project(env, bare_database))
+        serve_bare = functools.partial(
+            serve, bare_env, project="floorproj", cwd=cwd, ready="/submit",
+            workers=args.workers, threads=args.threads,
+        )  # fmt: skip
         probes: dict[str, float] = {}
         for server in SERVERS:
-            with serve(
-                bare_env,
-                server=server,
-                project="floorproj",
-                cwd=cwd,
-                ready="/submit",
-                workers=args.workers,
-                threads=args.threads,
-            ) as url:
+            with serve_bare(server=server) as url:
                 wrk_post(url + "/submit", BODY, seconds=2, connections=args.connections)
                 probe = wrk_post(
                     url + "/submit", BODY, seconds=args.probe_seconds, connections=args.connections
@@ -145,17 +142,7 @@ def main() -> None:
                 probes[server] = probe["rps"]
                 print(f"bare Django on {server}: {probe['rps']:.0f} req/s ({load()})")
         fastest = max(probes, key=lambda name: probes[name])
-        bare = stack.enter_context(
-            serve(
-                bare_env,
-                server=fastest,
-                project="floorproj",
-                cwd=cwd,
-                ready="/submit",
-                workers=args.workers,
-                threads=args.threads,
-            )
-        )
+        bare = stack.enter_context(serve_bare(server=fastest))
         base = stack.enter_context(
             serve(env, server=args.server, workers=args.workers, threads=args.threads)
         )

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -87,54 +88,19 @@ def wait_for(url: str, timeout: float = 30) -> None:
 # {app} is "module:attribute", {port}, {workers} and {threads} are filled in.
 SERVERS: dict[str, list[str]] = {
     # The Procfile's `web:` (WSGI on worker threads).
-    "granian-wsgi": [
-        "-m",
-        "granian",
-        "--interface",
-        "wsgi",
-        "{app}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--workers",
-        "{workers}",
-        "--blocking-threads",
-        "{threads}",
-        "--no-ws",
-        "--log-level",
-        "warning",
-    ],
-    "gunicorn": [
-        "-m",
-        "gunicorn",
-        "{app}",
-        "--bind",
-        "127.0.0.1:{port}",
-        "--workers",
-        "{workers}",
-        "--threads",
-        "{threads}",
-        "--worker-class",
-        "gthread",
-        "--log-level",
-        "warning",
-    ],
+    "granian-wsgi": shlex.split(
+        "-m granian --interface wsgi {app} --host 127.0.0.1 --port {port} --workers {workers} "
+        "--blocking-threads {threads} --no-ws --log-level warning"
+    ),
+    "gunicorn": shlex.split(
+        "-m gunicorn {app} --bind 127.0.0.1:{port} --workers {workers} --threads {threads} "
+        "--worker-class gthread --log-level warning"
+    ),
     # The Procfile's `live:` (ASGI; before issue 16 it served everything).
-    "uvicorn": [
-        "-m",
-        "uvicorn",
-        "{app}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--workers",
-        "{workers}",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ],
+    "uvicorn": shlex.split(
+        "-m uvicorn {app} --host 127.0.0.1 --port {port} --workers {workers} --no-access-log "
+        "--log-level warning"
+    ),
 }
 WSGI_SERVERS = {"granian-wsgi", "gunicorn"}
 
