@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection as db_connection
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, NinjaAPI, Query, Schema
@@ -213,6 +214,17 @@ def _load(service: Service, proposal_id: uuid.UUID) -> Proposal | None:
     )
 
 
+def _load_and_release(service: Service, proposal_id: uuid.UUID) -> Proposal | None:
+    """`_load`, then the connection goes back to the pool: a long poll sleeps between reads,
+    and 500 waiters each holding a connection for 30 s would exhaust the pool (DB_POOL_MAX)
+    and answer 503 (bench/long_poll.py measured 484 of 500)."""
+    try:
+        return _load(service, proposal_id)
+    finally:
+        if not db_connection.in_atomic_block:  # (tests run each in a transaction)
+            db_connection.close()
+
+
 @api.get("/proposals/{proposal_id}", response={200: ProposalOut, **ERRORS}, tags=["proposals"])
 async def get_proposal(
     request: HttpRequest,
@@ -221,7 +233,7 @@ async def get_proposal(
 ) -> HttpResponse:
     """One of your proposals. `?wait=SECONDS` (at most 30) holds the request until it is decided."""
     service = _service(request)
-    load = sync_to_async(_load)
+    load = sync_to_async(_load_and_release)
     proposal = await load(service, proposal_id)
     if proposal is None:
         raise NotFound("No such proposal for this service.")

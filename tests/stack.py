@@ -115,7 +115,7 @@ def nginx(*, port: int, web_port: int, live_port: int, logdir: Path) -> Process:
     user = "user root root;\n" if os.getuid() == 0 else ""
     (prefix / "nginx.conf").write_text(
         f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
-        f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
+        f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n"
         f"http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n"
         f"  proxy_temp_path {prefix}/proxy;\n  include {prefix}/gatehouse.conf;\n}}\n"
     )

@@ -81,6 +81,8 @@ def production_env(
             "GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS": "1",
             "WEB_CONCURRENCY": "1",
             "WEB_THREADS": "4",
+            # Fewer pooled connections than the proxy test's long polls: waiting holds none.
+            "DB_POOL_MAX": "4",
             "WORKER_CONCURRENCY": "2",
             "BEAT_SCHEDULE_FILE": str(tmp / "beat-schedule"),
         }
