@@ -209,9 +209,11 @@ def test_no_credential_reaches_a_log_line_or_an_error_page(
     # Model calls: a provider that echoes the key it was sent, through the client and the proxy.
     fake_server = FakeProvider(free_port()).start()
     request.addfinalizer(fake_server.stop)
-    monkeypatch.setenv("OBS_TEST_PROVIDER_KEY", PROVIDER_KEY)
+    monkeypatch.setenv("GATEHOUSE_PROVIDER_OBS_TEST_KEY", PROVIDER_KEY)
     llm_services.provider_upsert(
-        name="echo", base_url=fake_server.base_url("echo"), api_key_env="OBS_TEST_PROVIDER_KEY"
+        name="echo",
+        base_url=fake_server.base_url("echo"),
+        api_key_env="GATEHOUSE_PROVIDER_OBS_TEST_KEY",
     )
     from datetime import timedelta
 
@@ -224,6 +226,7 @@ def test_no_credential_reaches_a_log_line_or_an_error_page(
         over_budget="refuse",
         params={},
     )
+    llm_services.feature_grant_upsert(service=shop.service, feature="support", actor="test")
     routing.forget()
     proxied = shop.post_json(
         "/llm/v1/chat/completions",
