@@ -193,17 +193,20 @@ def main() -> None:
             wrk_post(url, BODY, seconds=2, connections=args.connections, **extra)  # type: ignore[arg-type]
         best: dict[str, dict[str, float]] = {}
         ratios: dict[str, list[float]] = {}
+        # The CPU of each run: that server's processes and its database's backends only.
+        on_bare = {**common, "database": bare_database, "sessions": {SESSIONS[bare]}}
+        on_app = {**common, "database": args.database, "sessions": {SESSIONS[base]}}
         for _ in range(args.rounds):
             runs = {
-                bare_name: wrk_post(bare + "/submit", BODY, **common),  # type: ignore[arg-type]
-                app_floor: wrk_post(base + "/bench/floor", BODY, **common),  # type: ignore[arg-type]
-                api: wrk_post(base + "/api/v1/proposals", BODY, auth=auth, **common),  # type: ignore[arg-type]
+                bare_name: wrk_post(bare + "/submit", BODY, **on_bare),  # type: ignore[arg-type]
+                app_floor: wrk_post(base + "/bench/floor", BODY, **on_app),  # type: ignore[arg-type]
+                api: wrk_post(base + "/api/v1/proposals", BODY, auth=auth, **on_app),  # type: ignore[arg-type]
                 new_key: wrk_post(
                     base + "/api/v1/proposals",
                     BODY,
                     auth=auth,
                     unique_keys=True,
-                    **common,  # type: ignore[arg-type]
+                    **on_app,  # type: ignore[arg-type]
                 ),
             }
             runs[bare_name]["load"] = os.getloadavg()[0]
