@@ -1040,17 +1040,22 @@ def proposals_check_sla(*, now: datetime | None = None, limit: int = 1000) -> tu
         reminded += _sla_mark(
             pk, "sla_reminded_at", "proposal.sla_reminder", now, {"due_at": due.isoformat()}
         )
-    for pk, due, group in pending.filter(
+    for pk, due, group, type_key in pending.filter(
         escalated_at__isnull=True, review_due_at__lte=now
-    ).values_list("pk", "review_due_at", "action_type__escalation_group__name")[:limit]:
+    ).values_list("pk", "review_due_at", "action_type__escalation_group__name", "action_type__key")[
+        :limit
+    ]:
         assert due is not None
-        breached += _sla_mark(
+        won = _sla_mark(
             pk,
             "escalated_at",
             "proposal.sla_breached",
             now,
             {"due_at": due.isoformat(), "escalation_group": group},
         )
+        if won:
+            metrics.REVIEW_SLA_BREACHES.labels(type_key).inc()
+        breached += won
     return reminded, breached
 
 

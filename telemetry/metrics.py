@@ -49,6 +49,12 @@ TIME_TO_DECISION_SECONDS = Histogram(
     buckets=_WAIT,
 )
 
+REVIEW_SLA_BREACHES = Counter(
+    "gatehouse_review_sla_breaches",
+    "Proposals whose review SLA passed while they waited (each escalated once)",
+    ["action_type"],
+)
+
 # --- execution ---------------------------------------------------------------------------------
 DELIVERY_ATTEMPTS = Counter(
     "gatehouse_delivery_attempts",

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.execution_support import ROOT, free_port, wait_until
+from tests.stack import manage
 
 pytestmark = pytest.mark.slow
 
@@ -28,20 +29,6 @@ action_types:
     executor: {kind: callable, path: "approvals.demo_executors.record"}
     payload_schema: {type: object}
 """
-
-
-def manage(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def children_of(pid: int) -> list[int]:

@@ -58,6 +58,7 @@ def demo(db: None) -> dict[str, Any]:
     service.action_types.add(*ActionType.objects.filter(key__in=["email.send", "account.close"]))
     _, key = services.api_key_create(service=service, label="a11y")
     call = LLMCall.objects.create(
+        service="demo-shop",
         feature="support-refunds",
         route="refunds",
         provider="sim",

@@ -75,7 +75,7 @@ def test_the_demo_service_asks_its_model_through_the_proxy_and_its_verdicts_are_
         assert call.cost_usd is not None and call.cost_usd > Decimal(0)
         assert proposal.external_id in call.messages[-1]["content"]
 
-    reviewer = User.objects.get(username="reviewer")
+    reviewer = User.objects.get(username="reviewer2")  # in every team (emails are comms')
     pending = [p for p in proposals if p.state == Proposal.State.PENDING_REVIEW]
     assert pending
     for n, proposal in enumerate(pending):

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import gatehouse_client as gc
+import httpx
 import pytest
 
 from approvals import outbox, webhooks
@@ -271,3 +272,27 @@ def test_a_signed_body_that_is_not_a_decision_is_refused() -> None:
     headers = webhooks.signed_headers(secrets=[SECRET], msg_id="msg_1", body=body)
     with pytest.raises(gc.WebhookVerificationError):
         gc.parse_decision_event(SECRET, headers, body)
+
+
+# --- the client against the OpenAPI document ----------------------------------------------------
+
+
+def test_every_call_the_client_makes_matches_the_openapi_document(gh_shop: Shop) -> None:
+    """The client's requests and the answers it gets (errors included) are what the served
+    document declares: the same check schemathesis applies (tests/openapi_contract.py)."""
+    from tests.openapi_contract import DocumentChecker
+
+    checker = DocumentChecker.load(gh_shop.url)
+    http = httpx.Client(event_hooks={"response": [checker.check_response]})
+    with client(gh_shop.url, gh_shop.key, http_client=http) as gh:
+        gh.action_types()
+        proposal = gh.propose("refund.issue", REFUND, confidence=0.7, summary="Refund")
+        gh.get(proposal.id)
+        gh.wait(proposal.id, timeout=0.2)
+        gh.cancel(proposal.id, "the customer withdrew the request")
+        with pytest.raises(gc.GatehouseError):
+            gh.propose("refund.issue", {"order_id": "ORD-8"}, confidence=0.7, summary="Bad")
+        with pytest.raises(gc.GatehouseError):
+            gh.get("00000000-0000-4000-8000-000000000001")
+    http.close()
+    assert len(checker.checked) == 7, checker.checked

@@ -13,6 +13,7 @@ import time_machine
 from django.contrib.auth.models import Group, User
 from django.core import mail
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from approvals import services
 from approvals.models import AuditEvent, Proposal
@@ -71,7 +72,12 @@ def test_a_reminder_at_80_percent_and_escalation_on_breach(
         assert len(slack_on.of("chat.postMessage")) == 2
 
         clock.shift(timedelta(minutes=6))
+        breaches = {"action_type": proposal.action_type.key}
+        counted = REGISTRY.get_sample_value("gatehouse_review_sla_breaches_total", breaches) or 0
         assert committed(services.proposals_check_sla) == (0, 1)
+        assert REGISTRY.get_sample_value("gatehouse_review_sla_breaches_total", breaches) == (
+            counted + 1
+        )
         escalated = slack_on.of("chat.postMessage")[-1]
         assert escalated["channel"] == LEADS_CHANNEL
         assert "Escalated" in json.dumps(escalated["blocks"])
