@@ -13,7 +13,7 @@ TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE
 
 # Debian packages the tests need, as `command=package`: each is installed when its command is
 # missing (as root: apt-get; otherwise one line naming what to install, and stop).
-SYSTEM_PACKAGES := /usr/bin/chromium=chromium
+SYSTEM_PACKAGES := /usr/bin/chromium=chromium /usr/sbin/nginx=nginx-light
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,22 +1,26 @@
-"""POST /api/v1/proposals under load, against a floor measured in the same run.
+"""POST /api/v1/proposals under load, against two floors measured in the same run.
 
-Starts the app under the production ASGI server (uvicorn, 2 workers) on a fresh PostgreSQL
-database, drives it with wrk (32 connections, 10 s a round) and compares it with /bench/floor:
-the same server and database, a view that parses the same JSON and inserts one row with the
-ORM. Rounds alternate floor/api so a drifting machine hurts both alike. The figure to watch is
-the ratio of throughputs (target ≥ 0.7): each round's API run against the floor run just before
-it, and the median of those round ratios, since on a shared 2-core machine single runs move by
-±0.1. The best round of each is printed too, with the CPU each request cost the server,
-PostgreSQL, Redis and wrk.
+The honest floor (issue 16): a bare Django project (bench/bare_django.py: one model, one function
+view that parses the same JSON and inserts one row, Django's default middleware only) generated
+into a temporary directory and served by the fastest of granian WSGI, gunicorn and uvicorn (each
+tried for `--probe-seconds` first). The old in-app floor: /bench/floor, a view inside Gatehouse
+(its middleware, its server) doing the same. Gatehouse itself runs as the Procfile's `web:` does
+(granian WSGI, 2 workers) unless `--server` says otherwise, on a fresh PostgreSQL database; wrk
+drives everything (32 connections, 10 s a round). Rounds alternate bare/in-app/api so a drifting
+machine hurts all alike. The figures to watch are the ratios of throughputs: each round's API run
+against the floors run just before it, and the median of those round ratios, since on a shared
+2-core machine single runs move by ±0.1. The best round of each is printed too, with the CPU each
+request cost the servers, PostgreSQL, Redis and wrk, and the load average before and after.
 
-    .venv/bin/python bench/api_submit.py [--seconds 10] [--rounds 2] [--config extra.yaml] [--rules 50]
+    .venv/bin/python bench/api_submit.py [--seconds 10] [--rounds 2] [--server granian-wsgi]
+        [--config extra.yaml] [--rules 50]
 
 `--config` applies a YAML file (rules, for instance) before measuring. `--rules N` loads N enabled
 rules on refund.issue (bench/rulesets.py) that the benchmark body never matches, so each submit
 evaluates all N (the worst case) and ends in review.
 
 `--observability` measures instead what metrics, JSON logs and traces cost a submit: three servers
-side by side on the same database, rounds alternating between them, the CPU each request cost
+(each `--server`, granian WSGI by default) side by side on the same database, rounds alternating between them, the CPU each request cost
 (that server's processes and PostgreSQL's backends of the bench database only, so that other work
 on the machine is left out) compared with the first:
 - off: no METRICS_TOKEN, LOG_FORMAT=text at LOG_LEVEL=WARNING (nothing logged per submit);
@@ -30,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -43,7 +49,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SESSIONS, bench_env, fresh_database, manage, print_table, uvicorn, wrk_post
+from bare_django import bare_project
+from common import (
+    SERVERS,
+    SESSIONS,
+    bench_env,
+    fresh_database,
+    manage,
+    print_table,
+    serve,
+    wrk_post,
+)
 from rulesets import synthetic_rules_yaml
 
 CONFIG = """\
@@ -95,6 +111,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8, help="per WSGI worker (the Procfile's)")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="granian-wsgi")
+    parser.add_argument("--probe-seconds", type=int, default=5, help="per floor server")
     parser.add_argument("--config", type=Path, help="extra YAML to apply before measuring")
     parser.add_argument("--rules", type=int, default=0, help="load N enabled rules first")
     parser.add_argument(
@@ -136,62 +155,96 @@ def main() -> None:
         observability(args, env, key)
         return
 
-    best: dict[str, dict[str, float]] = {}
-    round_ratios: dict[str, list[float]] = {}
-    with uvicorn(env, workers=args.workers) as base:
-        common = {"seconds": args.seconds, "connections": args.connections}
-        # Warm both paths (imports, pools, caches) before measuring.
-        wrk_post(base + "/bench/floor", BODY, seconds=2, connections=args.connections)
-        wrk_post(
-            base + "/api/v1/proposals",
-            BODY,
-            auth=f"Bearer {key}",
-            seconds=2,
-            connections=args.connections,
+    print(f"load before: {load()}")
+    bare_database = f"{args.database}_bare"
+    fresh_database(bare_database)
+    common = {"seconds": args.seconds, "connections": args.connections}
+    with contextlib.ExitStack() as stack:
+        cwd, bare_env = stack.enter_context(bare_project(env, bare_database))
+        serve_bare = functools.partial(
+            serve, bare_env, project="floorproj", cwd=cwd, ready="/submit",
+            workers=args.workers, threads=args.threads,
+        )  # fmt: skip
+        probes: dict[str, float] = {}
+        for server in SERVERS:
+            with serve_bare(server=server) as url:
+                wrk_post(url + "/submit", BODY, seconds=2, connections=args.connections)
+                probe = wrk_post(
+                    url + "/submit", BODY, seconds=args.probe_seconds, connections=args.connections
+                )
+                probes[server] = probe["rps"]
+                print(f"bare Django on {server}: {probe['rps']:.0f} req/s ({load()})")
+        fastest = max(probes, key=lambda name: probes[name])
+        bare = stack.enter_context(serve_bare(server=fastest))
+        base = stack.enter_context(
+            serve(env, server=args.server, workers=args.workers, threads=args.threads)
         )
+        bare_name = f"bare Django on {fastest}"
+        app_floor = f"in-app floor on {args.server}"
+        api = "POST /api/v1/proposals"
+        new_key = "  … with a new Idempotency-Key"
+        auth = f"Bearer {key}"
+        # Warm every path (imports, pools, caches) before measuring.
+        for url, extra in (
+            (bare + "/submit", {}),
+            (base + "/bench/floor", {}),
+            (base + "/api/v1/proposals", {"auth": auth}),
+        ):
+            wrk_post(url, BODY, seconds=2, connections=args.connections, **extra)  # type: ignore[arg-type]
+        best: dict[str, dict[str, float]] = {}
+        ratios: dict[str, list[float]] = {}
+        # The CPU of each run: that server's processes and its database's backends only.
+        on_bare = {**common, "database": bare_database, "sessions": {SESSIONS[bare]}}
+        on_app = {**common, "database": args.database, "sessions": {SESSIONS[base]}}
         for _ in range(args.rounds):
             runs = {
-                "floor (parse + 1 ORM insert)": wrk_post(base + "/bench/floor", BODY, **common),  # type: ignore[arg-type]
-                "POST /api/v1/proposals": wrk_post(
+                bare_name: wrk_post(bare + "/submit", BODY, **on_bare),  # type: ignore[arg-type]
+                app_floor: wrk_post(base + "/bench/floor", BODY, **on_app),  # type: ignore[arg-type]
+                api: wrk_post(base + "/api/v1/proposals", BODY, auth=auth, **on_app),  # type: ignore[arg-type]
+                new_key: wrk_post(
                     base + "/api/v1/proposals",
                     BODY,
-                    auth=f"Bearer {key}",
-                    **common,  # type: ignore[arg-type]
-                ),
-                "  … with a new Idempotency-Key": wrk_post(
-                    base + "/api/v1/proposals",
-                    BODY,
-                    auth=f"Bearer {key}",
+                    auth=auth,
                     unique_keys=True,
-                    **common,  # type: ignore[arg-type]
+                    **on_app,  # type: ignore[arg-type]
                 ),
             }
-            floor_rps = runs["floor (parse + 1 ORM insert)"]["rps"]
+            runs[bare_name]["load"] = os.getloadavg()[0]
             for name, run in runs.items():
                 if name not in best or run["rps"] > best[name]["rps"]:
                     best[name] = run
-                round_ratios.setdefault(name, []).append(run["rps"] / floor_rps)
+                for floor in (bare_name, app_floor):
+                    ratios.setdefault(f"{name.strip()} / {floor}", []).append(
+                        run["rps"] / runs[floor]["rps"]
+                    )
 
     rows = list(best.items())
     print(
         f"\n{args.connections} connections, {args.seconds} s a round, best of {args.rounds} rounds, "
-        f"uvicorn --workers {args.workers}, PostgreSQL"
+        f"Gatehouse on {args.server} --workers {args.workers} (threads {args.threads}), PostgreSQL"
         + (f", {args.rules} rules" if args.rules else "")
         + (", a spend cap" if args.cap else "")
+        + f"; load after: {load()}"
     )
     print_table(rows)
-    floor = best["floor (parse + 1 ORM insert)"]["rps"]
-    for name, row in rows[1:]:
-        ratios = round_ratios[name]
-        print(
-            f"ratio {name.strip()} / floor: median of rounds {statistics.median(ratios):.2f} "
-            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); best / best {row['rps'] / floor:.2f}"
-        )
+    for name in (api, new_key):
+        for floor in (bare_name, app_floor):
+            values = ratios[f"{name.strip()} / {floor}"]
+            print(
+                f"ratio {name.strip()} / {floor}: median of rounds {statistics.median(values):.2f} "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in values)}); "
+                f"best / best {best[name]['rps'] / best[floor]['rps']:.2f}"
+            )
     bad = sum(row["non2xx"] + row["socket_errors"] for _, row in rows)
     if bad:
         print(f"WARNING: {bad:.0f} requests failed (non-2xx or socket errors)")
     if args.json:
-        print(json.dumps({"best": best, "round_ratios": round_ratios}))
+        print(json.dumps({"best": best, "round_ratios": ratios, "probes": probes}))
+
+
+def load() -> str:
+    """The machine's load average (1, 5, 15 min): on a shared machine it goes beside every figure."""
+    return "load " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -265,7 +318,15 @@ def observability(args: argparse.Namespace, env: dict[str, str], key: str) -> No
             if "PROMETHEUS_MULTIPROC_DIR" in mode_env:
                 Path(mode_env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
             log = stack.enter_context((folder / f"{len(bases)}.log").open("wb"))
-            bases[name] = stack.enter_context(uvicorn(mode_env, workers=args.workers, output=log))
+            bases[name] = stack.enter_context(
+                serve(
+                    mode_env,
+                    server=args.server,
+                    workers=args.workers,
+                    threads=args.threads,
+                    output=log,
+                )
+            )
             if name != "off":
                 stack.enter_context(_scraper(bases[name] + "/metrics", token))
         post = {"auth": f"Bearer {key}", "connections": args.connections}
@@ -293,7 +354,7 @@ def observability(args: argparse.Namespace, env: dict[str, str], key: str) -> No
         lines = (folder / "1.log").read_bytes().count(b"\n{")
     print(
         f"\n{args.connections} connections, {args.seconds} s a round, {args.rounds} rounds "
-        f"alternating the three servers, uvicorn --workers {args.workers}, PostgreSQL"
+        f"alternating the three servers, {args.server} --workers {args.workers}, PostgreSQL"
     )
     print_table(list(best.items()))
     for name in list(bases)[1:]:

@@ -1,4 +1,4 @@
-"""Shared plumbing for the benchmarks: a fresh PostgreSQL database, the production ASGI server,
+"""Shared plumbing for the benchmarks: a fresh PostgreSQL database, the app servers,
 and wrk. Each benchmark runs alone: `.venv/bin/python bench/<name>.py`."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -83,42 +84,59 @@ def wait_for(url: str, timeout: float = 30) -> None:
     raise SystemExit(f"server at {url} did not come up within {timeout} s")
 
 
+# The process group (= session) id of each server serve() started, by base URL: its CPU is that
+# session's processes' (cpu_seconds_by_pid(sessions=…)), whatever else runs on the machine.
 SESSIONS: dict[str, int] = {}
+
+# The HTTP servers a benchmark can put in front of a WSGI/ASGI application, as argv templates:
+# {app} is "module:attribute", {port}, {workers} and {threads} are filled in.
+SERVERS: dict[str, list[str]] = {
+    # The Procfile's `web:` (WSGI on worker threads).
+    "granian-wsgi": shlex.split(
+        "-m granian --interface wsgi {app} --host 127.0.0.1 --port {port} --workers {workers} "
+        "--blocking-threads {threads} --no-ws --log-level warning"
+    ),
+    "gunicorn": shlex.split(
+        "-m gunicorn {app} --bind 127.0.0.1:{port} --workers {workers} --threads {threads} "
+        "--worker-class gthread --log-level warning"
+    ),
+    # The Procfile's `live:` (ASGI; before issue 16 it served everything).
+    "uvicorn": shlex.split(
+        "-m uvicorn {app} --host 127.0.0.1 --port {port} --workers {workers} --no-access-log "
+        "--log-level warning"
+    ),
+}
+WSGI_SERVERS = {"granian-wsgi", "gunicorn"}
 
 
 @contextlib.contextmanager
-def uvicorn(
-    env: dict[str, str], *, workers: int = 2, output: Any = None, port: int = 0
+def serve(
+    env: dict[str, str],
+    *,
+    server: str = "uvicorn",
+    project: str = "config",
+    workers: int = 2,
+    threads: int = 8,
+    cwd: Path = ROOT,
+    ready: str = "/healthz",
+    output: Any = None,
+    port: int = 0,
 ) -> Iterator[str]:
-    """The production ASGI server (as in the Procfile) on a free loopback port (or BENCH_PORT).
+    """`server` running `project`'s WSGI or ASGI entry (Gatehouse's by default) on `port`, else
+    BENCH_PORT, else a free loopback port; yields its base URL and stops it afterwards.
     `output`: a file for its stdout and stderr (the logs), else the terminal."""
     port = port or int(os.environ.get("BENCH_PORT") or 0) or free_port()
+    entry = "wsgi" if server in WSGI_SERVERS else "asgi"
+    app = f"{project}.{entry}:application"
+    values = {"app": app, "port": port, "workers": workers, "threads": threads}
+    argv = [PYTHON, *(part.format(**values) for part in SERVERS[server])]
     process = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=output,
-        stderr=output,
-        start_new_session=True,
+        argv, cwd=cwd, env=env, stdout=output, stderr=output, start_new_session=True
     )
     base = f"http://127.0.0.1:{port}"
     SESSIONS[base] = process.pid  # its own session: the server's processes are that session's
     try:
-        wait_for(base + "/healthz")
+        wait_for(base + ready)
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -126,6 +144,13 @@ def uvicorn(
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def uvicorn(
+    env: dict[str, str], *, workers: int = 2, output: Any = None, port: int = 0
+) -> contextlib.AbstractContextManager[str]:
+    """The ASGI server (the Procfile's `live:`) running Gatehouse; see serve()."""
+    return serve(env, server="uvicorn", workers=workers, output=output, port=port)
 
 
 WRK_SCRIPT = """
@@ -169,7 +194,7 @@ def cpu_seconds_by_pid(
 ) -> dict[int, tuple[str, float]]:
     """CPU time (user + system) so far of each process that shares the machine during a run, by
     group: the app server, PostgreSQL, Redis, read from /proc (Linux). With `sessions`, the
-    server is only the processes of those sessions (the uvicorn groups this run started); with
+    server is only the processes of those sessions (the server groups serve() started); with
     `database`, PostgreSQL only the backends of that database: other work on the machine is left
     out."""
     found: dict[int, tuple[str, float]] = {}
@@ -195,7 +220,7 @@ def cpu_seconds_by_pid(
         elif sessions is not None:
             if int(fields[3]) in sessions:
                 found[int(entry.name)] = ("server", seconds)
-        elif b"uvicorn" in cmdline or b"multiprocessing" in cmdline:
+        elif any(name in cmdline for name in (b"uvicorn", b"granian", b"gunicorn", b"multipro")):
             found[int(entry.name)] = ("server", seconds)
     return found
 

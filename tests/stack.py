@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,6 +88,39 @@ class Process:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def nginx(*, port: int, web_port: int, live_port: int, logdir: Path) -> Process:
+    """Debian's nginx running deploy/nginx.conf as shipped, with only its ports replaced, in
+    front of the Procfile's `web` and `live` processes; on loopback, in the foreground."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(binary).exists(), (
+        "nginx is missing: apt-get install -y nginx-light (make test does it)"
+    )
+    shipped = NGINX_CONF.read_text()
+    for old, new in (
+        ("listen 80;", f"listen 127.0.0.1:{port};"),
+        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{web_port};"),
+        ("server 127.0.0.1:8001;", f"server 127.0.0.1:{live_port};"),
+    ):
+        assert shipped.count(old) == 1, f"{old!r} not once in {NGINX_CONF}"
+        shipped = shipped.replace(old, new)
+    prefix = logdir / "nginx"
+    prefix.mkdir(exist_ok=True)
+    (prefix / "gatehouse.conf").write_text(shipped)
+    # As root, nginx's workers would switch to `nobody`, who cannot enter pytest's tmp dirs.
+    user = "user root root;\n" if os.getuid() == 0 else ""
+    (prefix / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n"
+        f"  proxy_temp_path {prefix}/proxy;\n  include {prefix}/gatehouse.conf;\n}}\n"
+    )
+    command = f"{binary} -p {prefix} -c {prefix}/nginx.conf -e {prefix}/error.log"
+    return Process("nginx", command, env=dict(os.environ), logdir=logdir)
 
 
 def free_port() -> int:
