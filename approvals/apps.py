@@ -12,7 +12,7 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import m2m_changed, post_delete, post_save
 
-        from approvals import localcache
+        from approvals import localcache, tasks  # noqa: F401 - registers the tasks outbox names
         from approvals.models import ActionType, ApiKey, Service
 
         def clear(**kwargs: Any) -> None:

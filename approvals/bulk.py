@@ -3,6 +3,7 @@
 The submit path writes a proposal and its first audit events in the same transaction. On
 PostgreSQL they go in one statement (data-modifying CTEs); foreign keys are deferred to the
 commit, so the order inside the statement does not matter. Elsewhere, one INSERT per table.
+`transaction_started` tells whether such a statement may run alone, without BEGIN and COMMIT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 from django.db.models import AutoField, Field, JSONField, Model
 from django.db.models.sql import InsertQuery
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from approvals import jsonfast
@@ -148,3 +150,11 @@ def insert_rows(*batches: Sequence[Model]) -> None:
         for row in batch:
             row._state.adding = False
             row._state.db = connection.alias
+
+
+def transaction_started() -> bool:
+    """Whether the current atomic block has sent anything to the database yet (PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return True  # elsewhere, stay inside the transaction
+    status = connection.connection.info.transaction_status
+    return bool(status != TransactionStatus.IDLE)

@@ -19,8 +19,8 @@ from approvals.localcache import TTLCache
 from approvals.rules import NO_MATCH_REASON
 
 if TYPE_CHECKING:
-    from approvals.decisions import AutoDecision
     from approvals.models import ActionType, Proposal
+    from approvals.rules import AutoDecision
 
 AUDIT_SAMPLE = "audit sample"
 BRAKE = "brake"

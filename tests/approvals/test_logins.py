@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
 from approvals import services
+from approvals.errors import ApplicationError
 from approvals.management.commands.seed_demo import DEMO_PASSWORD
 from approvals.models import ActionType
 from tests.conftest import logged_in
@@ -148,7 +149,7 @@ def test_create_reviewer_runs_the_password_validators(
 
 
 def test_the_reviewer_service_refuses_a_weak_password_naming_the_field(refunds: ActionType) -> None:
-    with pytest.raises(services.ApplicationError) as refused:
+    with pytest.raises(ApplicationError) as refused:
         services.reviewer_create(
             username="nina", action_type_keys=["refund.issue"], password="12345678"
         )
