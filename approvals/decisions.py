@@ -1,14 +1,22 @@
 """The automatic decision on a new proposal.
 
-Everything else calls only this; the rules engine (approvals/rules.py) does the work.
+Everything else calls only this; the rules engine (approvals/rules.py) does the work, then the
+policy checks named in settings.DECISION_CHECKS (dotted paths, in order, like MIDDLEWARE) see an
+approval of a new proposal: each is `check(*, proposal, action_type, decision) -> AutoDecision`
+and may hold it back (review or reject). Apps above approvals contribute checks there (insights:
+the brake and audit sampling); approvals imports none of them.
 Fail closed: whatever cannot be decided goes to a reviewer.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
 
 from approvals import locks, rules
 from approvals.rules import AutoDecision
@@ -19,6 +27,12 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("gatehouse.decisions")
+
+
+class PolicyCheck(Protocol):
+    def __call__(
+        self, *, proposal: Proposal, action_type: ActionType, decision: AutoDecision
+    ) -> AutoDecision: ...
 
 
 def decide_automatically(
@@ -37,8 +51,9 @@ def decide_automatically(
     one after the other, each seeing the approvals committed before it; without such rules,
     nothing is locked.
 
-    For a `new` proposal, an approval passes through insights (insights/gate.py): the brake or
-    an audit sample may send it to review instead. If that check fails, review: fail closed.
+    For a `new` proposal, an approval passes through the policy checks of
+    settings.DECISION_CHECKS in order (insights adds its brake and audit sampling there): each
+    may send it to review instead. A check that fails sends it to review: fail closed.
     """
     ruleset = rules.current_ruleset()
     applicable = ruleset.for_action_type(action_type.pk)
@@ -65,21 +80,52 @@ def decide_automatically(
             },
         )
     if new and decision.outcome == "approve":
-        from insights import gate
-
-        try:
-            decision = gate.hold_back(proposal=proposal, action_type=action_type, decision=decision)
-        except Exception as exc:
-            log.exception("insights gate failed; sending the proposal to review")
-            decision = replace(
-                decision,
-                outcome="review",
-                reason="The audit and brake check failed; a reviewer decides.",
-                rule="",
-                rule_version=None,
-                trace=[
-                    *decision.trace,
-                    {"rule": "insights", "result": "error", "error": str(exc)[:500]},
-                ],
-            )
+        decision = _run_checks(proposal=proposal, action_type=action_type, decision=decision)
     return decision
+
+
+def policy_checks() -> list[tuple[str, PolicyCheck]]:
+    """The checks named in settings.DECISION_CHECKS, in order (imported once per list)."""
+    return _imported(tuple(settings.DECISION_CHECKS))
+
+
+@functools.cache
+def _imported(paths: tuple[str, ...]) -> list[tuple[str, PolicyCheck]]:
+    return [(path, import_string(path)) for path in paths]
+
+
+def _run_checks(
+    *, proposal: Proposal, action_type: ActionType, decision: AutoDecision
+) -> AutoDecision:
+    """Pass an automatic approval through each policy check until one holds it back.
+
+    The one place that makes the checks fail closed: a check that raises (or cannot be
+    imported) sends the proposal to review, with the error in its trace; none can approve.
+    """
+    try:
+        checks = policy_checks()
+    except Exception as exc:
+        return _held_by_error("DECISION_CHECKS", decision, exc)
+    for path, check in checks:
+        try:
+            result = check(proposal=proposal, action_type=action_type, decision=decision)
+        except Exception as exc:
+            return _held_by_error(path, decision, exc)
+        if result.outcome not in {"approve", "review", "reject"}:
+            return _held_by_error(path, decision, ValueError(f"unknown outcome {result.outcome!r}"))
+        decision = result
+        if decision.outcome != "approve":
+            break
+    return decision
+
+
+def _held_by_error(name: str, decision: AutoDecision, exc: Exception) -> AutoDecision:
+    log.error("policy check %s failed; sending the proposal to review", name, exc_info=exc)
+    return replace(
+        decision,
+        outcome="review",
+        reason=f"The policy check {name} failed; a reviewer decides.",
+        rule="",
+        rule_version=None,
+        trace=[*decision.trace, {"rule": name, "result": "error", "error": str(exc)[:500]}],
+    )

@@ -118,14 +118,6 @@ app.conf.beat_schedule = {
         "task": "llmcalls.purge_call_text",
         "schedule": _seconds(settings.LLMCALLS_PURGE_INTERVAL),
     },
-    "insights-check": {
-        "task": "insights.check",
-        "schedule": _seconds(settings.INSIGHTS_CHECK_INTERVAL),
-    },
-    "insights-redeliver-webhooks": {
-        "task": "insights.redeliver_webhooks",
-        "schedule": _seconds(settings.OUTBOX_RECONCILE_INTERVAL),
-    },
     "notify-digests": {
         "task": "notify.send_digests",
         "schedule": _seconds(settings.NOTIFY_DIGEST_CHECK_INTERVAL),
@@ -135,6 +127,19 @@ app.conf.beat_schedule = {
         "schedule": _seconds(settings.NOTIFY_RECONCILE_INTERVAL),
     },
 }
+
+
+if "insights" in settings.INSTALLED_APPS:  # optional: approvals runs without it
+    app.conf.beat_schedule |= {
+        "insights-check": {
+            "task": "insights.check",
+            "schedule": _seconds(settings.INSIGHTS_CHECK_INTERVAL),
+        },
+        "insights-redeliver-webhooks": {
+            "task": "insights.redeliver_webhooks",
+            "schedule": _seconds(settings.OUTBOX_RECONCILE_INTERVAL),
+        },
+    }
 
 
 @signals.setup_logging.connect

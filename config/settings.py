@@ -66,6 +66,23 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+
+def app_contributions(installed_apps: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """What the optional apps above approvals plug into it, for the apps installed:
+    DECISION_CHECKS, the automatic decision's policy checks (approvals/decisions.py: dotted
+    paths, in order, like MIDDLEWARE), and PAGE_PARTS, templates its pages include per slot
+    (approvals/templatetags/gatehouse.py `page_parts`). Approvals imports none of them."""
+    checks: list[str] = []
+    parts: dict[str, list[str]] = {"banner": [], "sections": []}
+    if "insights" in installed_apps:
+        checks += ["insights.gate.brake", "insights.gate.audit_sample"]
+        parts["banner"].append("insights/_page_banner.html")
+        parts["sections"].append("insights/_section_link.html")
+    return checks, parts
+
+
+DECISION_CHECKS, PAGE_PARTS = app_contributions(INSTALLED_APPS)
+
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
@@ -27,10 +28,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("llm/", include("llmcalls.urls")),
     path("evals/", include("evals.urls")),
-    path("insights/", include("insights.urls")),
     path("", include("notify.urls")),
     path("", include("approvals.urls")),
 ]
+
+if apps.is_installed("insights"):  # optional: approvals runs without it
+    urlpatterns.insert(-2, path("insights/", include("insights.urls")))
 
 if settings.BENCH_FLOOR_ENDPOINT:
     from config import bench_floor

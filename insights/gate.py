@@ -1,6 +1,7 @@
-"""The one point where insights touches the automatic decision (approvals/decisions.py).
+"""Where insights touches the automatic decision: two policy checks in settings.DECISION_CHECKS.
 
-An approval the rules reached on a new proposal is held back, and the proposal goes to review:
+approvals/decisions.py runs them (and makes them fail closed); approvals never imports them. An
+approval the rules reached on a new proposal is held back, and the proposal goes to review:
 - when the action type's brake is engaged (automatic approval suspended), or
 - as an audit sample, with the type's configured probability. A sample looks like any other
   proposal in the queue (same reason, nothing in the row); its trace and an AuditSample row
@@ -55,60 +56,66 @@ def _read_policy(action_type_id: int) -> tuple[float, bool]:
     return (float(fraction), braked)
 
 
-def hold_back(
+def brake(*, proposal: Proposal, action_type: ActionType, decision: AutoDecision) -> AutoDecision:
+    """A policy check (settings.DECISION_CHECKS): while the type's brake is engaged, an
+    automatic approval becomes a review."""
+    if not _policy(action_type.pk)[1]:
+        return decision
+    return replace(
+        decision,
+        outcome="review",
+        reason=f"Automatic approval of {action_type.key} is suspended (brake); a reviewer decides.",
+        rule="",
+        rule_version=None,
+        trace=[
+            *decision.trace,
+            {
+                "rule": BRAKE,
+                "version": None,
+                "mode": "insights",
+                "result": "held",
+                "outcome": "review",
+                "note": f"would have been approved by {decision.rule}",
+            },
+        ],
+    )
+
+
+def audit_sample(
     *, proposal: Proposal, action_type: ActionType, decision: AutoDecision
 ) -> AutoDecision:
-    """`decision` is an approval of a new proposal; return it, or a review in its place."""
+    """A policy check (settings.DECISION_CHECKS): with the type's audit fraction, an automatic
+    approval becomes a review that looks like any other, recorded as an AuditSample."""
     from insights.models import AuditSample
 
-    fraction, braked = _policy(action_type.pk)
-    if braked:
-        return replace(
-            decision,
-            outcome="review",
-            reason=f"Automatic approval of {action_type.key} is suspended (brake); "
-            "a reviewer decides.",
-            rule="",
-            rule_version=None,
-            trace=[
-                *decision.trace,
-                {
-                    "rule": BRAKE,
-                    "version": None,
-                    "mode": "insights",
-                    "result": "held",
-                    "outcome": "review",
-                    "note": f"would have been approved by {decision.rule}",
-                },
-            ],
+    fraction = _policy(action_type.pk)[0]
+    if not (fraction > 0 and _random.random() < fraction):
+        return decision
+    # The proposal row is inserted later in the same transaction; the foreign key is
+    # checked at commit (deferred), so the sample exists exactly when the proposal does.
+    with transaction.atomic():  # a savepoint, as above
+        AuditSample.objects.create(
+            proposal_id=proposal.pk,
+            action_type_id=action_type.pk,
+            fraction=fraction,
+            rule=decision.rule,
+            rule_version=decision.rule_version,
         )
-    if fraction > 0 and _random.random() < fraction:
-        # The proposal row is inserted later in the same transaction; the foreign key is
-        # checked at commit (deferred), so the sample exists exactly when the proposal does.
-        with transaction.atomic():  # a savepoint, as above
-            AuditSample.objects.create(
-                proposal_id=proposal.pk,
-                action_type_id=action_type.pk,
-                fraction=fraction,
-                rule=decision.rule,
-                rule_version=decision.rule_version,
-            )
-        return replace(
-            decision,
-            outcome="review",
-            reason=NO_MATCH_REASON,  # as for any proposal no rule decided: it must not stand out
-            rule="",
-            rule_version=None,
-            trace=[
-                *decision.trace,
-                {
-                    "rule": AUDIT_SAMPLE,
-                    "version": None,
-                    "mode": "insights",
-                    "result": "sampled",
-                    "outcome": "review",
-                    "note": f"p={fraction:g}; rule {decision.rule} approved",
-                },
-            ],
-        )
-    return decision
+    return replace(
+        decision,
+        outcome="review",
+        reason=NO_MATCH_REASON,  # as for any proposal no rule decided: it must not stand out
+        rule="",
+        rule_version=None,
+        trace=[
+            *decision.trace,
+            {
+                "rule": AUDIT_SAMPLE,
+                "version": None,
+                "mode": "insights",
+                "result": "sampled",
+                "outcome": "review",
+                "note": f"p={fraction:g}; rule {decision.rule} approved",
+            },
+        ],
+    )

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
@@ -37,6 +38,8 @@ class ScrapeGauges(Collector):
             for name, (help_text, labels) in metrics.SCRAPE_GAUGES.items()
         }
         for path in metrics.SCRAPE_QUERIES:
+            if not apps.is_installed(path.partition(".")[0]):
+                continue  # an optional app left out
             try:
                 samples = import_string(path)()
             except Exception:

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from django import template
+from django.conf import settings
+from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
 register = template.Library()
@@ -50,3 +52,14 @@ def until(value: datetime | None) -> str:
     if value is None:
         return ""
     return timeuntil(value, depth=1)
+
+
+@register.simple_tag(takes_context=True)
+def page_parts(context: template.Context, slot: str) -> SafeString:
+    """What the apps above approvals add to a slot of its pages (settings.PAGE_PARTS: the
+    banner, the sections menu), rendered with the page's context; approvals names none."""
+    engine = context.template.engine if context.template else template.Engine.get_default()
+    parts = SafeString()
+    for name in settings.PAGE_PARTS[slot]:
+        parts += engine.get_template(name).render(context)  # rendered, hence escaped and safe
+    return parts

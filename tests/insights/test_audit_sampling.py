@@ -125,7 +125,16 @@ def test_a_failing_gate_fails_closed(
     def broken(**kwargs: Any) -> Any:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(gate, "hold_back", broken)
+    monkeypatch.setattr(gate, "_read_policy", broken)
+    gate.forget()
     proposal = approvals_services.proposal_submit(service=shop.service, data=refund_body()).proposal
     assert proposal.state == "pending_review"
     assert proposal.rule_trace[-1]["result"] == "error"
+    assert proposal.rule_trace[-1]["rule"] == "insights.gate.brake"
+
+
+def test_the_project_runs_the_brake_then_audit_sampling() -> None:
+    assert [path for path, _ in decisions.policy_checks()] == [
+        "insights.gate.brake",
+        "insights.gate.audit_sample",
+    ]
