@@ -85,6 +85,7 @@ prometheus:
 
 test: install system-packages prometheus lint check-types
 	@$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v 0
+	$(VENV)/bin/lint-imports
 	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:
