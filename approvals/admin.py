@@ -100,6 +100,11 @@ class ActionTypeAdmin(admin.ModelAdmin):
     list_filter = ["risk", "irreversible", "executor_kind"]
     search_fields = ["key", "title"]
 
+    def save_model(self, request: HttpRequest, obj: ActionType, form: Any, change: bool) -> None:
+        services.action_type_save(
+            action_type=obj, changed=form.changed_data, actor=f"user:{request.user}"
+        )
+
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
@@ -144,11 +149,26 @@ class ServiceAdmin(admin.ModelAdmin):
         return state
 
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
-        if not change:
-            obj.webhook_secret = services.webhook_secret_generate()
-        super().save_model(request, obj, form, change)
-        if not change:
-            self._show_once(request, f"Webhook secret of {obj.name}", obj.webhook_secret)
+        actor = f"user:{request.user}"
+        if change:
+            services.service_update(service=obj, changed=form.changed_data, actor=actor)
+            return
+        # The form's action types and inlines are saved after this (save_related) on `obj`.
+        created, key = services.service_create(
+            name=obj.name,
+            callback_url=obj.callback_url,
+            action_type_keys=[t.key for t in form.cleaned_data.get("action_types", [])],
+            is_active=obj.is_active,
+            actor=actor,
+        )
+        obj.pk, obj.webhook_secret, obj.created_at = (
+            created.pk,
+            created.webhook_secret,
+            created.created_at,
+        )
+        obj._state.adding = False
+        self._show_once(request, f"Webhook secret of {obj.name}", obj.webhook_secret)
+        self._show_once(request, f"First API key of {obj.name}", key)
 
     def _show_once(self, request: HttpRequest, what: str, secret: str) -> None:
         self.message_user(

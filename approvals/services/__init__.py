@@ -3,6 +3,7 @@
 One module per area, each importing only what lies beneath it (the state machine, the rules
 engine, the outbox, the models), never another entry point:
 - access: services, their API keys and webhook secrets; reviewer accounts;
+- action_types: the catalogue of what may be proposed;
 - proposals: submit (with the automatic decision), cancel, report a result;
 - reviews: claims, verdicts, expiry extensions, comments, review SLAs;
 - rules: saving a rule as a new version.
@@ -21,10 +22,12 @@ from approvals.services.access import (
     password_check,
     reviewer_create,
     service_create,
+    service_update,
     service_webhook_rotation_finish,
     service_webhook_secret_rotate,
     webhook_secret_generate,
 )
+from approvals.services.action_types import action_type_save
 from approvals.services.proposals import (
     SubmitResult,
     proposal_cancel,
@@ -48,6 +51,7 @@ __all__ = [
     "SLA_REMINDER_AT",
     "ClaimResult",
     "SubmitResult",
+    "action_type_save",
     "api_key_authenticate",
     "api_key_create",
     "api_key_revoke",
@@ -64,6 +68,7 @@ __all__ = [
     "reviewer_create",
     "rule_save",
     "service_create",
+    "service_update",
     "service_webhook_rotation_finish",
     "service_webhook_secret_rotate",
     "webhook_secret_generate",

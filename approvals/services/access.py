@@ -85,7 +85,11 @@ def service_create(
     action_type_keys: Iterable[str] = (),
     callback_url: str = "",
     grants: dict[str, list[str]] | None = None,
+    is_active: bool = True,
+    actor: str = "system",
 ) -> tuple[Service, str]:
+    """A new service with its webhook signing secret and its first API key (returned in full,
+    shown once), audited. Commands, the admin and the demo all create services here."""
     keys = [k for k in action_type_keys if k]
     found = {t.key: t for t in ActionType.objects.filter(key__in=keys)}
     missing = sorted(set(keys) - set(found))
@@ -103,17 +107,38 @@ def service_create(
             errors=[{"loc": ["callback_url"], "msg": problem}],
         )
     service = Service.objects.create(
-        name=name, callback_url=callback_url, webhook_secret=webhook_secret_generate()
+        name=name,
+        callback_url=callback_url,
+        webhook_secret=webhook_secret_generate(),
+        is_active=is_active,
     )
     service.action_types.set(found.values())
     _, plain = api_key_create(service=service, label="created with the service")
-    AuditEvent.objects.create(kind="service.created", actor="system", data={"service": name})
+    AuditEvent.objects.create(kind="service.created", actor=actor, data={"service": name})
     for grant, values in (grants or {}).items():
         if grant not in SERVICE_GRANTS:
             raise ApplicationError(f"Unknown grant: {grant}", code="unknown-grant")
         if values:
             SERVICE_GRANTS[grant][1](service, values)
     return service, plain
+
+
+@transaction.atomic
+def service_update(*, service: Service, changed: Iterable[str], actor: str) -> None:
+    """Save an edited service (the admin's form, validated there) and audit what changed."""
+    problem = webhooks.url_problem(service.callback_url) if service.callback_url else None
+    if problem:
+        raise ApplicationError(
+            f"callback_url is refused: {problem}",
+            code="bad-url",
+            errors=[{"loc": ["callback_url"], "msg": problem}],
+        )
+    service.save()
+    AuditEvent.objects.create(
+        kind="service.updated",
+        actor=actor,
+        data={"service": service.name, "changed": sorted(changed)},
+    )
 
 
 def api_key_revoke(*, prefix: str) -> ApiKey:
