@@ -19,7 +19,7 @@ from django.db.models import AutoField, Field, JSONField, Model
 from django.db.models.sql import InsertQuery
 from psycopg.types.json import Jsonb
 
-from approvals import jsonfast
+from foundation import jsonfast
 
 # The SQL of a one-row INSERT depends only on the model; compiling it is most of what the ORM
 # spends on the submit path, so it is compiled once per model and only the values are prepared

@@ -22,18 +22,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import (
-    bulk,
-    decisions,
-    events,
-    jsonvalues,
-    localcache,
-    outbox,
-    schemas_cache,
-    selectors,
-    webhooks,
-)
-from approvals.errors import ApplicationError, Conflict, NotFound
+from approvals import bulk, caches, decisions, events, outbox, schemas_cache, selectors
 from approvals.models import (
     ActionType,
     ApiKey,
@@ -47,6 +36,8 @@ from approvals.models import (
     payload_hash,
 )
 from approvals.representation import proposal_representation
+from foundation import jsonvalues, webhooks
+from foundation.errors import ApplicationError, Conflict, NotFound
 from telemetry import metrics, tracing
 
 log = logging.getLogger("gatehouse.decisions")
@@ -154,7 +145,7 @@ def api_key_revoke(*, prefix: str) -> ApiKey:
         key = ApiKey.objects.select_related("service").filter(prefix=prefix).first()
         if key is None:
             raise NotFound(f"No API key with prefix {prefix!r}.")
-        localcache.clear_all()
+        caches.clear_all()
         if updated:
             AuditEvent.objects.create(
                 kind="api_key.revoked",
@@ -170,7 +161,7 @@ def api_key_authenticate(*, token: str) -> Service | None:
     if len(parts) != 3 or parts[0] != "gh" or not parts[1] or not parts[2] or len(parts[1]) > 16:
         return None
     token_hash = ApiKey.hash_secret(token)
-    cached: Service | None = localcache.api_keys.get(token_hash)
+    cached: Service | None = caches.api_keys.get(token_hash)
     if cached is not None:
         return cached
     key = (
@@ -187,7 +178,7 @@ def api_key_authenticate(*, token: str) -> Service | None:
     service.allowed_action_type_ids = frozenset(  # type: ignore[attr-defined]
         service.action_types.values_list("pk", flat=True)
     )
-    localcache.api_keys.set(token_hash, service)
+    caches.api_keys.set(token_hash, service)
     return service
 
 
@@ -228,11 +219,11 @@ def advisory_xact_lock(*parts: object) -> None:
 
 
 def _allowed_action_type(*, service: Service, key: str) -> ActionType:
-    action_type: ActionType | None = localcache.action_types.get(key)
+    action_type: ActionType | None = caches.action_types.get(key)
     if action_type is None:
         action_type = ActionType.objects.filter(key=key).first()
         if action_type is not None:
-            localcache.action_types.set(key, action_type)
+            caches.action_types.set(key, action_type)
     if action_type is None:
         raise ApplicationError(
             f"There is no action type {key!r}. GET /api/v1/action-types lists the ones you may propose.",
@@ -274,18 +265,27 @@ def _check_own_llm_call(*, service: Service, call_id: Any) -> None:
 
 
 def proposal_submit(
-    *, service: Service, data: dict[str, Any], idempotency_key: str | None = None
+    *,
+    service: Service,
+    data: dict[str, Any],
+    idempotency_key: str | None = None,
+    values_checked: bool = False,
 ) -> SubmitResult:
     """Record a proposal, decide it automatically if the rules can, else queue it for review.
 
     `data` is the validated request body. With an idempotency key, a replay with the same body
     returns the first response; the same key with another body is refused (422); the same key
     while the first request is still running is a conflict (409).
+
+    Every value is checked (foundation.jsonvalues: no NUL, lone surrogate, NaN) unless the
+    caller walked the very values `data` holds already (`values_checked`: the API's body parser,
+    the MCP server); commands, tests and other callers leave it False.
     """
-    try:
-        jsonvalues.check(data)  # the API checked already; other callers (commands, tests) not
-    except jsonvalues.BadValue as exc:
-        raise exc.refusal() from None
+    if not values_checked:
+        try:
+            jsonvalues.check(data)
+        except jsonvalues.BadValue as exc:
+            raise exc.refusal() from None
     request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
     if data.get("llm_call_id") is not None:
@@ -1132,7 +1132,7 @@ def reviewer_create(
         if action_type.reviewer_group is None:
             action_type.reviewer_group = Group.objects.get_or_create(name=f"reviewers:{key}")[0]
             action_type.save(update_fields=["reviewer_group", "updated_at"])
-            localcache.clear_all()
+            caches.clear_all()
         groups.append(action_type.reviewer_group)
     user, created = User.objects.get_or_create(username=username)
     generated = None

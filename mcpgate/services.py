@@ -25,7 +25,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import services as approvals
-from approvals.errors import ApplicationError, NotFound
 from approvals.models import (
     ActionType,
     AuditEvent,
@@ -35,7 +34,8 @@ from approvals.models import (
     Service,
     payload_hash,
 )
-from approvals.schemas_cache import check_schema
+from foundation.errors import ApplicationError, NotFound
+from foundation.jsonschemas import check_schema
 from mcpgate.models import Call, Tool, Upstream
 
 State = Proposal.State
