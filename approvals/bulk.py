@@ -21,12 +21,12 @@ from django.db.models.sql import InsertQuery
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from approvals import jsonfast
+from foundation import jsonfast
 
 # The SQL of a one-row INSERT depends only on the model; compiling it is most of what the ORM
 # spends on the submit path, so it is compiled once per model and only the values are prepared
 # per call, the same way the compiler prepares them, with two shortcuts on PostgreSQL: JSON
-# columns are encoded with orjson (approvals/jsonfast.py) rather than json.dumps, and a value
+# columns are encoded with orjson (foundation/jsonfast.py) rather than json.dumps, and a value
 # of the plain Python type of a plain column (a str for a CharField, an aware datetime for a
 # DateTimeField, …), which Django's preparation would hand back unchanged, goes as it is.
 # Several rows of a table repeat the row's VALUES tuple (in order, so serial ids follow the

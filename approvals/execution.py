@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals import executors, outbox, statemachine, webhooks
+from approvals import executors, outbox, statemachine
 from approvals.models import (
     Attempt,
     AuditEvent,
@@ -30,6 +30,7 @@ from approvals.models import (
     Proposal,
     WebhookEndpoint,
 )
+from foundation import webhooks
 from telemetry import metrics, tracing
 
 log = logging.getLogger("gatehouse.execution")

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from django.db import transaction
 
-from approvals.localcache import TTLCache
 from approvals.rules import NO_MATCH_REASON
+from foundation.ttlcache import TTLCache
 
 if TYPE_CHECKING:
     from approvals.models import ActionType, Proposal

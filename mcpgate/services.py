@@ -26,7 +26,6 @@ from django.utils import timezone
 
 from approvals import locks, statemachine
 from approvals import services as approvals
-from approvals.errors import ApplicationError, NotFound
 from approvals.models import (
     ActionType,
     AuditEvent,
@@ -36,7 +35,8 @@ from approvals.models import (
     Service,
     payload_hash,
 )
-from approvals.schemas_cache import check_schema
+from foundation.errors import ApplicationError, NotFound
+from foundation.jsonschemas import check_schema
 from mcpgate.models import Call, Tool, Upstream
 
 State = Proposal.State

@@ -12,17 +12,15 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import (
-    localcache,
-    webhooks,
-)
-from approvals.errors import ApplicationError, NotFound
+from approvals import caches
 from approvals.models import (
     ActionType,
     ApiKey,
     AuditEvent,
     Service,
 )
+from foundation import webhooks
+from foundation.errors import ApplicationError, NotFound
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -149,7 +147,7 @@ def api_key_revoke(*, prefix: str) -> ApiKey:
         key = ApiKey.objects.select_related("service").filter(prefix=prefix).first()
         if key is None:
             raise NotFound(f"No API key with prefix {prefix!r}.")
-        localcache.clear_all()
+        caches.clear_all()
         if updated:
             AuditEvent.objects.create(
                 kind="api_key.revoked",
@@ -165,7 +163,7 @@ def api_key_authenticate(*, token: str) -> Service | None:
     if len(parts) != 3 or parts[0] != "gh" or not parts[1] or not parts[2] or len(parts[1]) > 16:
         return None
     token_hash = ApiKey.hash_secret(token)
-    cached: Service | None = localcache.api_keys.get(token_hash)
+    cached: Service | None = caches.api_keys.get(token_hash)
     if cached is not None:
         return cached
     key = (
@@ -182,7 +180,7 @@ def api_key_authenticate(*, token: str) -> Service | None:
     service.allowed_action_type_ids = frozenset(  # type: ignore[attr-defined]
         service.action_types.values_list("pk", flat=True)
     )
-    localcache.api_keys.set(token_hash, service)
+    caches.api_keys.set(token_hash, service)
     return service
 
 
@@ -224,7 +222,7 @@ def reviewer_create(
         if action_type.reviewer_group is None:
             action_type.reviewer_group = Group.objects.get_or_create(name=f"reviewers:{key}")[0]
             action_type.save(update_fields=["reviewer_group", "updated_at"])
-            localcache.clear_all()
+            caches.clear_all()
         groups.append(action_type.reviewer_group)
     user, created = User.objects.get_or_create(username=username)
     generated = None

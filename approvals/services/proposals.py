@@ -14,14 +14,12 @@ from django.utils import timezone
 
 from approvals import (
     bulk,
+    caches,
     decisions,
     events,
-    jsonvalues,
-    localcache,
     outbox,
     schemas_cache,
 )
-from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.locks import try_advisory_xact_lock
 from approvals.models import (
     ActionType,
@@ -33,6 +31,8 @@ from approvals.models import (
 from approvals.representation import proposal_representation
 from approvals.rules import AutoDecision
 from approvals.statemachine import transition
+from foundation import jsonvalues
+from foundation.errors import ApplicationError, Conflict, NotFound
 from telemetry import metrics, tracing
 
 log = logging.getLogger("gatehouse.decisions")
@@ -47,11 +47,11 @@ class SubmitResult:
 
 
 def _allowed_action_type(*, service: Service, key: str) -> ActionType:
-    action_type: ActionType | None = localcache.action_types.get(key)
+    action_type: ActionType | None = caches.action_types.get(key)
     if action_type is None:
         action_type = ActionType.objects.filter(key=key).first()
         if action_type is not None:
-            localcache.action_types.set(key, action_type)
+            caches.action_types.set(key, action_type)
     if action_type is None:
         raise ApplicationError(
             f"There is no action type {key!r}. GET /api/v1/action-types lists the ones you may propose.",
@@ -93,18 +93,27 @@ def _check_own_llm_call(*, service: Service, call_id: Any) -> None:
 
 
 def proposal_submit(
-    *, service: Service, data: dict[str, Any], idempotency_key: str | None = None
+    *,
+    service: Service,
+    data: dict[str, Any],
+    idempotency_key: str | None = None,
+    values_checked: bool = False,
 ) -> SubmitResult:
     """Record a proposal, decide it automatically if the rules can, else queue it for review.
 
     `data` is the validated request body. With an idempotency key, a replay with the same body
     returns the first response; the same key with another body is refused (422); the same key
     while the first request is still running is a conflict (409).
+
+    Every value is checked (foundation.jsonvalues: no NUL, lone surrogate, NaN) unless the
+    caller walked the very values `data` holds already (`values_checked`: the API's body parser,
+    the MCP server); commands, tests and other callers leave it False.
     """
-    try:
-        jsonvalues.check(data)  # the API checked already; other callers (commands, tests) not
-    except jsonvalues.BadValue as exc:
-        raise exc.refusal() from None
+    if not values_checked:
+        try:
+            jsonvalues.check(data)
+        except jsonvalues.BadValue as exc:
+            raise exc.refusal() from None
     request_hash = payload_hash(data) if idempotency_key is not None else ""
     action_type = _allowed_action_type(service=service, key=data["action_type"])
     if data.get("llm_call_id") is not None:

@@ -15,11 +15,9 @@ from django.utils import timezone
 from approvals import (
     decisions,
     events,
-    jsonvalues,
     schemas_cache,
     selectors,
 )
-from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import (
     AuditEvent,
     Claim,
@@ -29,6 +27,8 @@ from approvals.models import (
 )
 from approvals.rules import AutoDecision
 from approvals.statemachine import transition
+from foundation import jsonvalues
+from foundation.errors import ApplicationError, Conflict, NotFound
 from telemetry import metrics, tracing
 
 State = Proposal.State

@@ -6,7 +6,6 @@ from typing import Any
 
 from django.db import transaction
 
-from approvals.errors import ApplicationError
 from approvals.models import (
     AuditEvent,
     Proposal,
@@ -14,6 +13,7 @@ from approvals.models import (
     RuleVersion,
 )
 from approvals.rules import RuleCompileError, compile_condition, invalidate
+from foundation.errors import ApplicationError
 
 
 def _rule_snapshot(rule: Rule) -> dict[str, Any]:

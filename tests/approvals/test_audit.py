@@ -7,8 +7,8 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, transaction
 
 from approvals import services, statemachine
-from approvals.errors import Conflict
 from approvals.models import AuditEvent, Proposal
+from foundation.errors import Conflict
 from tests.conftest import ServiceClient, refund_body
 
 

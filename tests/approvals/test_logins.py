@@ -13,9 +13,9 @@ from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
 from approvals import services
-from approvals.errors import ApplicationError
 from approvals.management.commands.seed_demo import DEMO_PASSWORD
 from approvals.models import ActionType
+from foundation.errors import ApplicationError
 from tests.conftest import logged_in
 
 pytestmark = pytest.mark.django_db

@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals import decisions, rules, services
-from approvals.errors import ApplicationError, Conflict, NotFound
 from approvals.models import ActionType, AuditEvent, Claim, Proposal, Review, payload_hash
+from foundation.errors import ApplicationError, Conflict, NotFound
 from tests.conftest import logged_in
 
 State = Proposal.State
