@@ -12,7 +12,7 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import m2m_changed, post_delete, post_save
 
-        from approvals import caches, configspec  # noqa: F401 - configspec registers its sections
+        from approvals import caches, configspec, tasks  # noqa: F401 - configspec registers its sections; tasks registers the outbox names
         from approvals.models import ActionType, ApiKey, Service
 
         def clear(**kwargs: Any) -> None:

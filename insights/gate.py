@@ -19,8 +19,8 @@ from approvals.rules import NO_MATCH_REASON
 from foundation.ttlcache import TTLCache
 
 if TYPE_CHECKING:
-    from approvals.decisions import AutoDecision
     from approvals.models import ActionType, Proposal
+    from approvals.rules import AutoDecision
 
 AUDIT_SAMPLE = "audit sample"
 BRAKE = "brake"

@@ -11,6 +11,7 @@ from django.test import Client
 from approvals import services
 from approvals.models import ActionType, AuditEvent, Proposal
 from foundation import jsonvalues
+from foundation.errors import ApplicationError
 from tests.conftest import ServiceClient, refund_body
 
 BIG = "x" * (300 * 1024)
@@ -311,7 +312,7 @@ def test_the_submit_service_refuses_bad_values_naming_the_field(
     shop: ServiceClient, counts: Any, payload: dict[str, Any], where: str, what: str
 ) -> None:
     before = counts()
-    with pytest.raises(services.ApplicationError) as refused:
+    with pytest.raises(ApplicationError) as refused:
         services.proposal_submit(service=shop.service, data=refund_body(payload=payload))
     assert refused.value.status == 422
     assert refused.value.message.startswith(where) and what in refused.value.message
