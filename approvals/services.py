@@ -47,6 +47,7 @@ from approvals.models import (
     payload_hash,
 )
 from approvals.representation import proposal_representation
+from approvals.ruledef import RuleDefinition
 from telemetry import metrics, tracing
 
 log = logging.getLogger("gatehouse.decisions")
@@ -1154,22 +1155,6 @@ def reviewer_create(
 # --- rules ------------------------------------------------------------------------------------
 
 
-def _rule_snapshot(rule: Rule) -> dict[str, Any]:
-    return {
-        "name": rule.name,
-        "description": rule.description,
-        "priority": rule.priority,
-        "action_type_key": rule.action_type.key if rule.action_type is not None else "",
-        "when": rule.when,
-        "outcome": rule.outcome,
-        "reason": rule.reason,
-        "allows_irreversible": rule.allows_irreversible,
-        "approvals_required": rule.approvals_required,
-        "mode": rule.mode,
-        "enabled": rule.enabled,
-    }
-
-
 def rule_save(*, rule: Rule, actor: str) -> bool:
     """Check a rule's condition, save it and record it as a new immutable version.
 
@@ -1199,17 +1184,22 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
             code="invalid-rule",
             errors=[{"loc": ["approvals_required"], "msg": message}],
         )
-    snapshot = _rule_snapshot(rule)
+    snapshot = RuleDefinition.of(rule).snapshot()
     with transaction.atomic():
         latest = None
         if rule.pk is not None:
             Rule.objects.select_for_update().filter(pk=rule.pk).first()
             latest = RuleVersion.objects.filter(rule_id=rule.pk).order_by("-version").first()
-        if latest is not None and all(getattr(latest, k) == v for k, v in snapshot.items()):
+        if (
+            latest is not None
+            and RuleDefinition.from_snapshot(latest.snapshot).snapshot() == snapshot
+        ):
             return False
         rule.version = (latest.version if latest is not None else 0) + 1
         rule.save()
-        RuleVersion.objects.create(rule=rule, version=rule.version, created_by=actor, **snapshot)
+        RuleVersion.objects.create(
+            rule=rule, version=rule.version, created_by=actor, snapshot=snapshot
+        )
         AuditEvent.objects.create(
             kind="rule.saved",
             actor=actor,
