@@ -21,6 +21,17 @@ COLUMNS = [
     "enabled",
 ]
 
+# The columns without a default (NOT NULL), as they were, with one for the way back.
+DEFAULTS_FOR_REVERSAL = {
+    "name": models.CharField(max_length=200, default=""),
+    "priority": models.IntegerField(default=100),
+    "when": models.TextField(default=""),
+    "outcome": models.CharField(max_length=10, default="review"),
+    "allows_irreversible": models.BooleanField(default=False),
+    "mode": models.CharField(max_length=10, default="enforce"),
+    "enabled": models.BooleanField(default=True),
+}
+
 
 def _lift_immutability(schema_editor):
     if schema_editor.connection.vendor == "postgresql":
@@ -62,16 +73,9 @@ class Migration(migrations.Migration):
         ),
         migrations.RunPython(columns_to_snapshots, snapshots_to_columns),
         # Defaults only so that reversing can add the columns back to a table holding rows.
-        migrations.AlterField(
-            model_name="ruleversion", name="priority", field=models.IntegerField(default=100)
-        ),
-        migrations.AlterField(
-            model_name="ruleversion",
-            name="allows_irreversible",
-            field=models.BooleanField(default=False),
-        ),
-        migrations.AlterField(
-            model_name="ruleversion", name="enabled", field=models.BooleanField(default=True)
-        ),
+        *[
+            migrations.AlterField(model_name="ruleversion", name=name, field=field)
+            for name, field in DEFAULTS_FOR_REVERSAL.items()
+        ],
         *[migrations.RemoveField(model_name="ruleversion", name=name) for name in COLUMNS],
     ]
