@@ -83,7 +83,7 @@ class RuleDefinition(BaseModel):
 
     def resolve_action_type(self) -> ActionType | None:
         """The action type the key names (None: every type); ApplicationError when unknown."""
-        from approvals.errors import ApplicationError
+        from foundation.errors import ApplicationError
         from approvals.models import ActionType
 
         if self.action_type is None:

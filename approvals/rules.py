@@ -36,13 +36,25 @@ from django.utils import timezone
 from approvals import celcost, conditions, velocity
 from approvals.conditions import RuleCompileError, compile_with_cost
 from approvals.conditions import compile_condition as compile_condition  # where callers look
-from approvals.decisions import AutoDecision
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
 from approvals.ruledef import RuleDefinition
 
 # The reason of every proposal no rule decided (insights/gate.py reuses it, so that an audit
 # sample reads exactly like any other such proposal).
 NO_MATCH_REASON = "No rule decided; a reviewer decides."
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """What the automatic decision on a proposal came to, with the trace of how."""
+
+    outcome: str  # "approve" | "review" | "reject"
+    reason: str
+    rule: str = ""
+    rule_version: int | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    # A rule may ask for more reviewer approvals than the action type's (never fewer).
+    approvals_required: int | None = None
 
 
 class RuleSpec(RuleDefinition):

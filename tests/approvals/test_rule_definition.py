@@ -19,14 +19,15 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 
-from approvals import configfile, services
+from approvals import configspec, services
 from approvals.admin import RuleForm
 from approvals.backtest import backtest_rule
-from approvals.errors import ApplicationError
 from approvals.management.commands.backtest_rule import specs_from_file
 from approvals.models import ActionType, AuditEvent, Rule, RuleVersion
 from approvals.ruledef import ATTRIBUTES, RuleDefinition
 from approvals.rules import RuleSpec
+from foundation import configfile
+from foundation.errors import ApplicationError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
 
@@ -70,7 +71,7 @@ def test_a_config_file_carries_every_attribute_there_and_back(refund_type: Actio
     assert configfile.apply(yaml.safe_dump({"rules": [item]})) == ["rule name-sample: created"]
     rule = Rule.objects.get()
     assert RuleDefinition.of(rule).snapshot() == item  # every attribute reached the model
-    exported = configfile.export_rules()
+    exported = configspec.export_rules()
     assert yaml.safe_load(exported) == {"rules": [item]}
     assert configfile.apply(exported) == ["rule name-sample: unchanged"]
 

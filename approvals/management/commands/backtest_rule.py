@@ -6,9 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals import backtest, configfile
-from approvals.errors import ApplicationError
+from approvals import backtest
 from approvals.rules import RuleCompileError, RuleSpec
+from foundation import configfile
+from foundation.errors import ApplicationError
 
 
 def specs_from_file(text: str, *, source: str) -> list[RuleSpec]:

@@ -1,7 +1,8 @@
 """Configuration as files: `manage.py apply FILE.yaml`.
 
-Each top-level section (`action_types`, `rules`, …) is registered by the app that owns it with a
-pydantic model for one item and a function that applies a validated list. The whole file is
+Each top-level section (`action_types`, `rules`, …) is registered by the app that owns it (its
+`configspec` module, imported by its AppConfig.ready) with a pydantic model for one item and a
+function that applies a validated list. The whole file is
 checked before anything is written; errors name the line and the field. Applying is idempotent:
 an item equal to what is stored is left alone.
 """
@@ -11,21 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from django.db import transaction
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from approvals.ruledef import RuleDefinition
 from config.env import parse_duration
 
 
@@ -174,104 +166,6 @@ class StrictItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# --- action types ---------------------------------------------------------------------------------
-
-
-class ExecutorSpec(StrictItem):
-    kind: Literal["webhook", "callable", "none"]
-    url: str | None = None
-    path: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _egress(cls, url: str | None) -> str | None:
-        from approvals.webhooks import url_problem
-
-        problem = url_problem(url) if url and url.startswith(("http://", "https://")) else None
-        if problem:
-            raise ValueError(f"the webhook URL is refused: {problem}")
-        return url
-
-    @model_validator(mode="after")
-    def _target(self) -> ExecutorSpec:
-        if self.kind == "webhook" and not (self.url or "").startswith(("http://", "https://")):
-            raise ValueError("a webhook executor needs url: http(s)://…")
-        if self.kind == "callable" and not self.path:
-            raise ValueError("a callable executor needs path: package.module.function")
-        return self
-
-    @property
-    def target(self) -> str:
-        return (
-            self.url if self.kind == "webhook" else self.path if self.kind == "callable" else ""
-        ) or ""
-
-
-class ActionTypeSpec(StrictItem):
-    key: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$", max_length=100)
-    title: str = Field(min_length=1, max_length=200)
-    description: str = ""
-    irreversible: bool = False
-    risk: Literal["low", "medium", "high"] = "medium"
-    approvals_required: Literal[1, 2] = 1
-    review_ttl: Duration = timedelta(hours=24)
-    executor: ExecutorSpec = ExecutorSpec(kind="none")
-    reviewer_group: str | None = None
-    review_sla: Duration | None = None
-    escalation_group: str | None = None
-    redacted_fields: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default_factory=list, description="payload fields (dotted paths) never sent to Slack"
-    )
-    payload_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
-
-    @field_validator("payload_schema")
-    @classmethod
-    def _schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        from approvals.schemas_cache import check_schema
-
-        problem = check_schema(schema)
-        if problem:
-            raise ValueError(problem)
-        return schema
-
-
-@register("action_types", ActionTypeSpec, order=10)
-def apply_action_types(items: list[ActionTypeSpec]) -> list[str]:
-    from django.contrib.auth.models import Group
-
-    from approvals.models import ActionType
-
-    report = []
-    for spec in items:
-        group = (
-            Group.objects.get_or_create(name=spec.reviewer_group)[0]
-            if spec.reviewer_group
-            else None
-        )
-        escalation_group = (
-            Group.objects.get_or_create(name=spec.escalation_group)[0]
-            if spec.escalation_group
-            else None
-        )
-        values = {
-            "title": spec.title,
-            "description": spec.description,
-            "irreversible": spec.irreversible,
-            "risk": spec.risk,
-            "approvals_required": spec.approvals_required,
-            "review_ttl": spec.review_ttl,
-            "executor_kind": spec.executor.kind,
-            "executor_target": spec.executor.target,
-            "payload_schema": spec.payload_schema,
-            "reviewer_group": group,
-            "review_sla": spec.review_sla,
-            "escalation_group": escalation_group,
-            "redacted_fields": spec.redacted_fields,
-        }
-        report.append(f"action type {spec.key}: {upsert(ActionType, {'key': spec.key}, values)}")
-    return report
-
-
 def upsert(model: Any, lookup: dict[str, Any], values: dict[str, Any]) -> str:
     """Create or update one row; leave it untouched when nothing differs. Returns what happened."""
     obj = model.objects.select_for_update().filter(**lookup).first()
@@ -285,44 +179,3 @@ def upsert(model: Any, lookup: dict[str, Any], values: dict[str, Any]) -> str:
         setattr(obj, name, values[name])
     obj.save()
     return "updated (" + ", ".join(changed) + ")"
-
-
-# --- rules ----------------------------------------------------------------------------------------
-
-
-@register("rules", RuleDefinition, order=20)
-def apply_rules(items: list[RuleDefinition]) -> list[str]:
-    from approvals import services
-    from approvals.errors import ApplicationError
-    from approvals.models import Rule
-
-    names = [item.name for item in items]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigFileError([f"rules: names must be unique; repeated: {', '.join(duplicates)}"])
-    report = []
-    for spec in items:
-        rule = Rule.objects.filter(name=spec.name).first()
-        created = rule is None
-        rule = rule or Rule(name=spec.name)
-        try:
-            spec.apply_to(rule)
-            changed = services.rule_save(rule=rule, actor="config:apply")
-        except ApplicationError as exc:
-            raise ConfigFileError([f"rules: {exc.message}"]) from None
-        what = "created" if created else f"updated (v{rule.version})" if changed else "unchanged"
-        report.append(f"rule {spec.name}: {what}")
-    return report
-
-
-def export_rules() -> str:
-    """The stored rules as a `rules:` file that `apply` takes back unchanged."""
-    from approvals.models import Rule
-
-    items = [
-        RuleDefinition.of(rule).export_item()
-        for rule in Rule.objects.select_related("action_type").order_by("priority", "name")
-    ]
-    return yaml.safe_dump(
-        {"rules": items}, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False
-    )
