@@ -83,8 +83,8 @@ class RuleDefinition(BaseModel):
 
     def resolve_action_type(self) -> ActionType | None:
         """The action type the key names (None: every type); ApplicationError when unknown."""
-        from foundation.errors import ApplicationError
         from approvals.models import ActionType
+        from foundation.errors import ApplicationError
 
         if self.action_type is None:
             return None

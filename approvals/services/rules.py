@@ -48,7 +48,10 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
         if rule.pk is not None:
             Rule.objects.select_for_update().filter(pk=rule.pk).first()
             latest = RuleVersion.objects.filter(rule_id=rule.pk).order_by("-version").first()
-        if latest is not None and RuleDefinition.from_snapshot(latest.snapshot).snapshot() == snapshot:
+        if (
+            latest is not None
+            and RuleDefinition.from_snapshot(latest.snapshot).snapshot() == snapshot
+        ):
             return False
         rule.version = (latest.version if latest is not None else 0) + 1
         rule.save()
