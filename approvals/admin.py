@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+from pydantic import ValidationError
 
 from approvals import backtest, execution, services
 from approvals.models import (
@@ -27,7 +28,8 @@ from approvals.models import (
     Service,
     WebhookEndpoint,
 )
-from approvals.rules import RuleCompileError, RuleSpec, compile_condition
+from approvals.ruledef import ATTRIBUTES, ConditionRefused, RuleDefinition
+from approvals.rules import RuleCompileError, RuleSpec
 from foundation import webhooks
 from foundation.admin import ReadOnlyAdmin
 from foundation.errors import ApplicationError
@@ -255,21 +257,14 @@ class ClaimAdmin(ReadOnlyAdmin):
 
 
 class RuleForm(forms.ModelForm):
+    """The rule's attributes (approvals/ruledef.py): Django checks each field, then the cleaned
+    data is validated as a RuleDefinition, whose errors land on their fields."""
+
+    definition: RuleDefinition | None = None
+
     class Meta:
         model = Rule
-        fields = [
-            "name",
-            "description",
-            "priority",
-            "action_type",
-            "when",
-            "outcome",
-            "reason",
-            "allows_irreversible",
-            "approvals_required",
-            "mode",
-            "enabled",
-        ]
+        fields = list(ATTRIBUTES)
         widgets = {
             "when": forms.Textarea(
                 attrs={"rows": 4, "cols": 90, "class": "vLargeTextField", "spellcheck": "false"}
@@ -277,16 +272,21 @@ class RuleForm(forms.ModelForm):
             "description": forms.Textarea(attrs={"rows": 2, "cols": 90}),
         }
 
-    def clean_when(self) -> str:
-        when: str = self.cleaned_data["when"]
-        try:
-            compile_condition(when)
-        except RuleCompileError as exc:
-            raise forms.ValidationError(str(exc)) from None
-        return when
-
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        values = {name: data[name] for name in ATTRIBUTES if name in data}
+        if values.get("action_type") is not None:
+            values["action_type"] = values["action_type"].key
+        try:
+            self.definition = RuleDefinition.model_validate(values)
+        except ValidationError as exc:
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else None
+                if field is not None and (field not in data or field in self.errors):
+                    continue  # Django refused that field already and said why
+                refused = error.get("ctx", {}).get("error")
+                message = refused.reason if isinstance(refused, ConditionRefused) else error["msg"]
+                self.add_error(field, message)
         if not Rule.approvals_fit_outcome(
             data.get("approvals_required") or 1, data.get("outcome") or ""
         ):
@@ -296,23 +296,15 @@ class RuleForm(forms.ModelForm):
             )
         return data
 
-    def spec(self, version: int | None) -> RuleSpec:
-        """The rule as edited, unsaved."""
-        data = self.cleaned_data
-        action_type = data.get("action_type")
-        return RuleSpec(
-            name=data["name"],
-            when=data["when"],
-            outcome=data["outcome"],
-            priority=data["priority"],
-            action_type_id=action_type.pk if action_type is not None else None,
-            reason=data.get("reason") or "",
-            allows_irreversible=data.get("allows_irreversible", False),
-            approvals_required=data.get("approvals_required") or 1,
-            mode=data["mode"],
-            enabled=data.get("enabled", False),
-            version=version,
-        )
+
+def _attribute(name: str) -> Any:
+    """An admin column showing one attribute of a version's snapshot."""
+
+    @admin.display(description=name.replace("_", " "))
+    def show(self: Any, version: RuleVersion) -> Any:
+        return getattr(RuleDefinition.from_snapshot(version.snapshot), name)
+
+    return show
 
 
 class RuleVersionInline(admin.TabularInline):
@@ -322,6 +314,7 @@ class RuleVersionInline(admin.TabularInline):
     fields = ["version", "created_at", "created_by", "enabled", "mode", "priority", "when"]
     readonly_fields = ["version", "created_at", "created_by", "enabled", "mode", "priority", "when"]
     ordering = ["-version"]
+    enabled, mode, priority, when = (_attribute(n) for n in ("enabled", "mode", "priority", "when"))
 
 
 # --- execution: the outbox, its attempts, and endpoints disabled by a 410 ----------------------
@@ -386,21 +379,21 @@ class RuleAdmin(admin.ModelAdmin):
         last = last or backtest.DEFAULT_LAST
         form = None
         candidate = None
-        if request.method == "POST":
-            form = RuleForm(request.POST, instance=rule)
-            if form.is_valid():
-                candidate = form.spec(version=None)
-        elif rule is not None:
-            candidate = RuleSpec.of(rule)
         result = None
         error = ""
-        if candidate is not None:
-            try:
+        try:
+            if request.method == "POST":
+                form = RuleForm(request.POST, instance=rule)
+                if form.is_valid() and form.definition is not None:
+                    candidate = RuleSpec.draft(form.definition)
+            elif rule is not None:
+                candidate = RuleSpec.of(rule)
+            if candidate is not None:
                 result = backtest.backtest_rule(
                     candidate=candidate, last=last, replaces=rule.name if rule else None
                 )
-            except (RuleCompileError, ApplicationError) as exc:
-                error = str(exc)
+        except (RuleCompileError, ApplicationError) as exc:
+            error = str(exc)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -419,7 +412,8 @@ class RuleAdmin(admin.ModelAdmin):
 @admin.register(RuleVersion)
 class RuleVersionAdmin(ReadOnlyAdmin):
     list_display = ["name", "version", "outcome", "mode", "enabled", "created_by", "created_at"]
-    list_filter = ["name"]
+    list_filter = ["rule"]
+    name, outcome, mode, enabled = (_attribute(n) for n in ("name", "outcome", "mode", "enabled"))
 
 
 @admin.register(OutboxMessage)

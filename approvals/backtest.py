@@ -10,11 +10,12 @@ its absence. Where a reviewer decided, the candidate's outcome is compared with 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from approvals import rules as engine
 from approvals.models import Proposal
+from approvals.ruledef import RuleDefinition
 
 DEFAULT_LAST = 10_000
 BACKTEST_TIME_BUDGET = 1.0  # seconds per proposal: history is not the hot path
@@ -51,32 +52,35 @@ class BacktestResult:
 
 
 def backtest_rule(
-    *, candidate: engine.RuleSpec, last: int = DEFAULT_LAST, replaces: str | None = None
+    *, candidate: RuleDefinition, last: int = DEFAULT_LAST, replaces: str | None = None
 ) -> BacktestResult:
-    """Test `candidate` in place of the stored rule named `replaces` (default: its own name).
+    """Test `candidate` (a definition, as a file or the admin form gives it, or a RuleSpec) in
+    place of the stored rule named `replaces` (default: its own name).
 
-    Raises engine.RuleCompileError if the candidate's condition is refused.
+    Raises engine.RuleCompileError if the candidate's condition is refused, ApplicationError if
+    it names an unknown action type.
     """
-    replaced = {candidate.name, replaces or candidate.name}
+    spec = candidate if isinstance(candidate, engine.RuleSpec) else engine.RuleSpec.draft(candidate)
+    replaced = {spec.name, replaces or spec.name}
     compiled = (
-        engine.compile_rule(replace(candidate, mode="enforce")) if candidate.enabled else None
+        engine.compile_rule(spec.model_copy(update={"mode": "enforce"})) if spec.enabled else None
     )
     current = engine.current_ruleset()
     others = [r for r in current.rules if r.spec.name not in replaced]
     edited = engine.sort_rules([*others, compiled] if compiled else others)
-    broken = [(spec, msg) for spec, msg in current.broken if spec.name not in replaced]
+    broken = [(other, msg) for other, msg in current.broken if other.name not in replaced]
 
-    result = BacktestResult(rule=candidate.name, last=last)
+    result = BacktestResult(rule=spec.name, last=last)
     directions: Counter[str] = Counter()
     proposals = Proposal.objects.select_related("service", "action_type").order_by(
         "-created_at", "-id"
     )
-    if candidate.action_type_id is not None:
-        proposals = proposals.filter(action_type_id=candidate.action_type_id)
+    if spec.action_type_id is not None:
+        proposals = proposals.filter(action_type_id=spec.action_type_id)
     for proposal in proposals[:last].iterator(chunk_size=500):
         result.examined += 1
         type_id = proposal.action_type_id
-        if candidate.action_type_id not in (None, type_id):
+        if spec.action_type_id not in (None, type_id):
             continue
         kwargs: dict[str, Any] = {
             "proposal": proposal,
@@ -93,7 +97,7 @@ def backtest_rule(
             rules=[r for r in edited if r.applies_to(type_id)], broken=broken, **kwargs
         )
         for entry in after.trace:
-            if entry["rule"] == candidate.name:
+            if entry["rule"] == spec.name:
                 result.candidate_matched += entry["result"] == "matched"
                 result.candidate_errors += entry["result"] == "error"
         if before.outcome != after.outcome:

@@ -7,8 +7,9 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from approvals.ruledef import RuleDefinition
 from foundation.configfile import ConfigFileError, Duration, StrictItem, register, upsert
 from foundation.errors import ApplicationError
 from foundation.jsonschemas import check_schema
@@ -111,37 +112,10 @@ def apply_action_types(items: list[ActionTypeSpec]) -> list[str]:
 # --- rules ----------------------------------------------------------------------------------------
 
 
-class RuleItem(StrictItem):
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
-    action_type: str | None = Field(default=None, description="an action type key; omit for all")
-    priority: int = 100
-    when: str = Field(min_length=1)
-    outcome: Literal["approve", "review", "reject"]
-    reason: str = Field(default="", max_length=500)
-    allows_irreversible: bool = False
-    approvals_required: Literal[1, 2] = Field(
-        default=1, description="2: a review outcome needs two different reviewers' approvals"
-    )
-    mode: Literal["enforce", "shadow"] = "enforce"
-    enabled: bool = True
-
-    @field_validator("when")
-    @classmethod
-    def _compiles(cls, when: str, info: ValidationInfo) -> str:
-        from approvals.rules import RuleCompileError, compile_condition
-
-        try:
-            compile_condition(when)
-        except RuleCompileError as exc:
-            raise ValueError(f"rule {info.data.get('name', '?')!r}: {exc}") from None
-        return when
-
-
-@register("rules", RuleItem, order=20)
-def apply_rules(items: list[RuleItem]) -> list[str]:
+@register("rules", RuleDefinition, order=20)
+def apply_rules(items: list[RuleDefinition]) -> list[str]:
     from approvals import services
-    from approvals.models import ActionType, Rule
+    from approvals.models import Rule
 
     names = [item.name for item in items]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -149,27 +123,11 @@ def apply_rules(items: list[RuleItem]) -> list[str]:
         raise ConfigFileError([f"rules: names must be unique; repeated: {', '.join(duplicates)}"])
     report = []
     for spec in items:
-        action_type = None
-        if spec.action_type:
-            action_type = ActionType.objects.filter(key=spec.action_type).first()
-            if action_type is None:
-                raise ConfigFileError(
-                    [f"rules: rule {spec.name!r}: unknown action type {spec.action_type!r}"]
-                )
         rule = Rule.objects.filter(name=spec.name).first()
         created = rule is None
         rule = rule or Rule(name=spec.name)
-        rule.description = spec.description
-        rule.action_type = action_type
-        rule.priority = spec.priority
-        rule.when = spec.when
-        rule.outcome = spec.outcome
-        rule.reason = spec.reason
-        rule.allows_irreversible = spec.allows_irreversible
-        rule.approvals_required = spec.approvals_required
-        rule.mode = spec.mode
-        rule.enabled = spec.enabled
         try:
+            spec.apply_to(rule)
             changed = services.rule_save(rule=rule, actor="config:apply")
         except ApplicationError as exc:
             raise ConfigFileError([f"rules: {exc.message}"]) from None
@@ -182,24 +140,10 @@ def export_rules() -> str:
     """The stored rules as a `rules:` file that `apply` takes back unchanged."""
     from approvals.models import Rule
 
-    items = []
-    for rule in Rule.objects.select_related("action_type").order_by("priority", "name"):
-        item: dict[str, Any] = {"name": rule.name}
-        if rule.description:
-            item["description"] = rule.description
-        if rule.action_type is not None:
-            item["action_type"] = rule.action_type.key
-        item.update(
-            priority=rule.priority,
-            when=rule.when,
-            outcome=rule.outcome,
-            reason=rule.reason,
-            allows_irreversible=rule.allows_irreversible,
-        )
-        if rule.approvals_required != 1:
-            item["approvals_required"] = rule.approvals_required
-        item.update(mode=rule.mode, enabled=rule.enabled)
-        items.append(item)
+    items = [
+        RuleDefinition.of(rule).export_item()
+        for rule in Rule.objects.select_related("action_type").order_by("priority", "name")
+    ]
     return yaml.safe_dump(
         {"rules": items}, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False
     )

@@ -420,21 +420,14 @@ class Rule(models.Model):
 
 
 class RuleVersion(models.Model):
-    """One immutable state of a rule. On PostgreSQL the table refuses UPDATE and DELETE."""
+    """One immutable state of a rule: its definition as saved, a snapshot of every attribute
+    (approvals/ruledef.py), so that a new attribute needs no column here; read it with
+    RuleDefinition.from_snapshot, which loads old shapes too. On PostgreSQL the table refuses
+    UPDATE and DELETE."""
 
     rule = models.ForeignKey(Rule, on_delete=models.PROTECT, related_name="versions")
     version = models.PositiveIntegerField()
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
-    priority = models.IntegerField()
-    action_type_key = models.CharField(max_length=100, blank=True)
-    when = models.TextField()
-    outcome = models.CharField(max_length=10, choices=Proposal.Outcome.choices)
-    reason = models.CharField(max_length=500, blank=True)
-    allows_irreversible = models.BooleanField()
-    approvals_required = models.PositiveSmallIntegerField(default=1)
-    mode = models.CharField(max_length=10, choices=Rule.Mode.choices)
-    enabled = models.BooleanField()
+    snapshot = models.JSONField(help_text="RuleDefinition.snapshot(): the rule's attributes")
     created_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -445,7 +438,7 @@ class RuleVersion(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name} v{self.version}"
+        return f"{self.snapshot.get('name', self.rule_id)} v{self.version}"
 
 
 class OutboxMessage(models.Model):

@@ -33,10 +33,12 @@ from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from approvals import celcheck, celcost, velocity
+from approvals import celcost, conditions, velocity
+from approvals.conditions import RuleCompileError, compile_with_cost
+from approvals.conditions import compile_condition as compile_condition  # where callers look
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
+from approvals.ruledef import RuleDefinition
 
-MAX_CONDITION_LENGTH = 4000
 # The reason of every proposal no rule decided (insights/gate.py reuses it, so that an audit
 # sample reads exactly like any other such proposal).
 NO_MATCH_REASON = "No rule decided; a reviewer decides."
@@ -55,40 +57,27 @@ class AutoDecision:
     approvals_required: int | None = None
 
 
-class RuleCompileError(Exception):
-    """A condition that cannot be saved; the message is the library's or the checker's."""
+class RuleSpec(RuleDefinition):
+    """A rule as the engine sees it: its definition, the id of the action type it applies to
+    (None: every type) and its version (None: an unsaved draft)."""
 
-
-@dataclass(frozen=True)
-class RuleSpec:
-    """A rule as the engine sees it: a stored version or an unsaved draft."""
-
-    name: str
-    when: str
-    outcome: str
-    priority: int = 100
     action_type_id: int | None = None
-    reason: str = ""
-    allows_irreversible: bool = False
-    approvals_required: int = 1
-    mode: str = "enforce"
-    enabled: bool = True
     version: int | None = None
 
     @classmethod
-    def of(cls, rule: Rule) -> RuleSpec:
-        return cls(
-            name=rule.name,
-            when=rule.when,
-            outcome=rule.outcome,
-            priority=rule.priority,
-            action_type_id=rule.action_type_id,
-            reason=rule.reason,
-            allows_irreversible=rule.allows_irreversible,
-            approvals_required=rule.approvals_required,
-            mode=rule.mode,
-            enabled=rule.enabled,
-            version=rule.version,
+    def of(cls, rule: Rule, **extra: Any) -> RuleSpec:
+        """A stored rule (its action type loaded with it: select_related)."""
+        return super().of(rule, action_type_id=rule.action_type_id, version=rule.version, **extra)
+
+    @classmethod
+    def draft(cls, definition: RuleDefinition, *, version: int | None = None) -> RuleSpec:
+        """An unsaved definition (validated), its action type looked up by key;
+        ApplicationError when no such type exists."""
+        action_type = definition.resolve_action_type()
+        return cls.model_construct(
+            **definition.attributes(),
+            action_type_id=action_type.pk if action_type is not None else None,
+            version=version,
         )
 
 
@@ -108,45 +97,8 @@ class CompiledRule:
         return self.spec.action_type_id in (None, action_type_id)
 
 
-def compile_condition(when: str) -> cel.Program:
-    """Compile, type-check and bound the cost of a condition; raise RuleCompileError with a
-    message for people."""
-    return _compile(when)[0]
-
-
-def _compile(when: str) -> tuple[cel.Program, celcost.CostShape]:
-    if not when.strip():
-        raise RuleCompileError("The condition is empty.")
-    if len(when) > MAX_CONDITION_LENGTH:
-        raise RuleCompileError(f"The condition is longer than {MAX_CONDITION_LENGTH} characters.")
-    try:
-        program = cel.compile(when)
-    except (ValueError, RuntimeError) as exc:
-        raise RuleCompileError(str(exc)) from None
-    try:
-        celcheck.check(when)
-    except celcheck.CelTypeError as exc:
-        raise RuleCompileError(f"Type check failed: {exc}") from None
-    return program, _condition_cost(when)
-
-
-def _condition_cost(when: str) -> celcost.CostShape:
-    """The cost shape of a compiled condition; refused when even a small payload exceeds the
-    time budget (see celcost)."""
-    shape = celcost.shape(when)
-    reference = shape.reference_ns
-    if not shape.flat and reference / 1e9 > _time_budget():
-        raise RuleCompileError(
-            f"The condition is too costly: comprehensions nested {shape.depth} deep would take "
-            f"about {reference / 1e6:,.0f} ms on a payload with a {celcost.REFERENCE_ITEMS}-item list, "
-            f"over the {_time_budget() * 1000:g} ms budget (RULES_TIME_BUDGET_MS). "
-            "Nest fewer comprehensions."
-        )
-    return shape
-
-
 def compile_rule(spec: RuleSpec) -> CompiledRule:
-    program, cost = _compile(spec.when)
+    program, cost = compile_with_cost(spec.when)
     return CompiledRule(
         spec=spec, program=program, uses_stats="stats" in program.variables(), cost=cost
     )
@@ -265,7 +217,7 @@ def sort_rules(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
 def load_ruleset() -> RuleSet:
     """The enabled rules, compiled, from the database (bypassing the cache)."""
     compiled, broken = [], []
-    for rule in Rule.objects.filter(enabled=True):
+    for rule in Rule.objects.filter(enabled=True).select_related("action_type"):
         spec = RuleSpec.of(rule)
         try:
             compiled.append(compile_rule(spec))
@@ -401,10 +353,6 @@ def build_context(
     return context
 
 
-def _time_budget() -> float:
-    return float(getattr(settings, "RULES_TIME_BUDGET_MS", 100)) / 1000
-
-
 def evaluate(
     *,
     proposal: Proposal,
@@ -419,7 +367,7 @@ def evaluate(
 ) -> AutoDecision:
     """Decide a proposal by `rules` (already filtered to its action type, in priority order)."""
     started = time.perf_counter()
-    budget = _time_budget() if time_budget is None else time_budget
+    budget = conditions.time_budget() if time_budget is None else time_budget
     now = now or timezone.now()
     trace: list[dict[str, Any]] = []
     for spec, message in broken:

@@ -72,7 +72,7 @@ def guarded(expression: str, payload: dict[str, Any]) -> tuple[float, str, str]:
     from approvals import celcost
 
     rule = engine.CompiledRule(
-        spec=engine.RuleSpec(**{**spec.__dict__, "when": expression}),
+        spec=spec.model_copy(update={"when": expression}),
         program=cel.compile(expression),
         uses_stats=False,
         cost=celcost.shape(expression),

@@ -38,14 +38,7 @@ def measure(count: int, proposals: int) -> tuple[float, float]:
     action_type = ActionType(pk=1, key="refund.issue", irreversible=False, risk="medium")
     service = Service(pk=1, name="shop")
     specs = [
-        engine.RuleSpec(
-            name=str(r["name"]),
-            when=str(r["when"]),
-            outcome=str(r["outcome"]),
-            priority=int(r["priority"]),  # type: ignore[call-overload]
-            action_type_id=1,
-            version=1,
-        )
+        engine.RuleSpec.model_validate({**r, "action_type_id": 1, "version": 1})
         for r in synthetic_rules(count)
     ]
     compiled = engine.sort_rules(engine.compile_rule(s) for s in specs)

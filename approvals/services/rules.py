@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import transaction
 
 from approvals.models import (
@@ -12,24 +10,9 @@ from approvals.models import (
     Rule,
     RuleVersion,
 )
+from approvals.ruledef import RuleDefinition
 from approvals.rules import RuleCompileError, compile_condition, invalidate
 from foundation.errors import ApplicationError
-
-
-def _rule_snapshot(rule: Rule) -> dict[str, Any]:
-    return {
-        "name": rule.name,
-        "description": rule.description,
-        "priority": rule.priority,
-        "action_type_key": rule.action_type.key if rule.action_type is not None else "",
-        "when": rule.when,
-        "outcome": rule.outcome,
-        "reason": rule.reason,
-        "allows_irreversible": rule.allows_irreversible,
-        "approvals_required": rule.approvals_required,
-        "mode": rule.mode,
-        "enabled": rule.enabled,
-    }
 
 
 def rule_save(*, rule: Rule, actor: str) -> bool:
@@ -59,17 +42,22 @@ def rule_save(*, rule: Rule, actor: str) -> bool:
             code="invalid-rule",
             errors=[{"loc": ["approvals_required"], "msg": message}],
         )
-    snapshot = _rule_snapshot(rule)
+    snapshot = RuleDefinition.of(rule).snapshot()
     with transaction.atomic():
         latest = None
         if rule.pk is not None:
             Rule.objects.select_for_update().filter(pk=rule.pk).first()
             latest = RuleVersion.objects.filter(rule_id=rule.pk).order_by("-version").first()
-        if latest is not None and all(getattr(latest, k) == v for k, v in snapshot.items()):
+        if (
+            latest is not None
+            and RuleDefinition.from_snapshot(latest.snapshot).snapshot() == snapshot
+        ):
             return False
         rule.version = (latest.version if latest is not None else 0) + 1
         rule.save()
-        RuleVersion.objects.create(rule=rule, version=rule.version, created_by=actor, **snapshot)
+        RuleVersion.objects.create(
+            rule=rule, version=rule.version, created_by=actor, snapshot=snapshot
+        )
         AuditEvent.objects.create(
             kind="rule.saved",
             actor=actor,

@@ -354,7 +354,7 @@ def test_the_admin_saves_a_version(admin_client_logged_in: Client, refund_type: 
     assert response.status_code == 302
     rule.refresh_from_db()
     assert rule.version == 2
-    assert list(rule.versions.values_list("version", "when", "created_by")) == [
+    assert list(rule.versions.values_list("version", "snapshot__when", "created_by")) == [
         (2, "payload.amount <= 30.0", "user:ada"),
         (1, "payload.amount <= 20.0", "user:ada"),
     ]
@@ -390,7 +390,7 @@ def test_a_decision_keeps_its_version_after_the_rule_changes(
     assert (first.state, first.decision_rule_version) == ("approved", 1)
     assert first.rule_trace[0]["version"] == 1
     v1 = RuleVersion.objects.get(rule=rule, version=1)
-    assert (v1.when, v1.outcome) == ("payload.amount <= 30.0", "approve")
+    assert (v1.snapshot["when"], v1.snapshot["outcome"]) == ("payload.amount <= 30.0", "approve")
 
 
 def test_saving_an_unchanged_rule_makes_no_version(make_rule: Callable[..., Rule]) -> None:
@@ -409,7 +409,7 @@ def test_rule_versions_refuse_update_and_delete(make_rule: Callable[..., Rule]) 
         cursor.execute("SET gatehouse.audit_maintenance = 'off'")
     try:
         for statement in (
-            "UPDATE approvals_ruleversion SET \"when\" = 'true'",
+            "UPDATE approvals_ruleversion SET snapshot = '{}'",
             "DELETE FROM approvals_ruleversion",
         ):
             with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
@@ -417,7 +417,7 @@ def test_rule_versions_refuse_update_and_delete(make_rule: Callable[..., Rule]) 
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SET gatehouse.audit_maintenance = 'on'")
-    assert RuleVersion.objects.get().when == "confidence > 0.5"
+    assert RuleVersion.objects.get().snapshot["when"] == "confidence > 0.5"
 
 
 # --- the per-process cache ------------------------------------------------------------------
@@ -485,15 +485,7 @@ def test_without_the_listener_each_proposal_checks_the_generation(
     # A change that bypasses rule_save, so nothing told this process.
     Rule.objects.filter(pk=rule.pk).update(outcome="reject", version=2)
     RuleVersion.objects.create(
-        rule=rule,
-        version=2,
-        name="switch",
-        priority=100,
-        when="true",
-        outcome="reject",
-        allows_irreversible=False,
-        mode="enforce",
-        enabled=True,
+        rule=rule, version=2, snapshot={"name": "switch", "when": "true", "outcome": "reject"}
     )
     assert rules.current_ruleset().rules[0].spec.outcome == "reject"
 

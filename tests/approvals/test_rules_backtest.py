@@ -256,7 +256,7 @@ def test_apply_and_export_round_trip(refund_type: ActionType) -> None:
         1,
         2,
     )
-    assert cap.versions.get().approvals_required == 2
+    assert cap.versions.get().snapshot["approvals_required"] == 2
     watch = Rule.objects.get(name="watch-everything")
     assert (watch.action_type, watch.mode, watch.enabled) == (None, "shadow", False)
 

@@ -7,9 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals import backtest
-from approvals.models import ActionType
 from approvals.rules import RuleCompileError, RuleSpec
 from foundation import configfile
+from foundation.errors import ApplicationError
 
 
 def specs_from_file(text: str, *, source: str) -> list[RuleSpec]:
@@ -20,31 +20,10 @@ def specs_from_file(text: str, *, source: str) -> list[RuleSpec]:
     parsed = configfile.parse(text, source=source)
     if not parsed.get("rules"):
         raise configfile.ConfigFileError([f"{source}: no rule in the file"])
-    specs = []
-    for item in parsed["rules"]:
-        action_type_id = None
-        if item.action_type:
-            action_type = ActionType.objects.filter(key=item.action_type).first()
-            if action_type is None:
-                raise configfile.ConfigFileError(
-                    [f"{source}: rule {item.name!r}: unknown action type {item.action_type!r}"]
-                )
-            action_type_id = action_type.pk
-        specs.append(
-            RuleSpec(
-                name=item.name,
-                when=item.when,
-                outcome=item.outcome,
-                priority=item.priority,
-                action_type_id=action_type_id,
-                reason=item.reason,
-                allows_irreversible=item.allows_irreversible,
-                approvals_required=item.approvals_required,
-                mode=item.mode,
-                enabled=item.enabled,
-            )
-        )
-    return specs
+    try:  # every action type is known before any rule runs
+        return [RuleSpec.draft(item) for item in parsed["rules"]]
+    except ApplicationError as exc:
+        raise configfile.ConfigFileError([f"{source}: {exc.message}"]) from None
 
 
 class Command(BaseCommand):
