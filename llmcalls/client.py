@@ -48,6 +48,22 @@ from django.utils import timezone
 
 from llmcalls import routing, services
 from llmcalls.breaker import breaker
+from llmcalls.errors import (
+    FATAL,
+    RETRY,
+    AllModelsFailed,
+    BudgetExceeded,
+    DeadlineExceeded,
+    EarlyEnd,
+    LLMError,
+    Malformed,
+    Misconfigured,
+    NoRoute,
+    RequestRefused,
+    StreamCut,
+    classify,
+    describe,
+)
 from llmcalls.routing import Target
 from telemetry import logs
 
@@ -74,93 +90,7 @@ __all__ = [
 ]
 
 
-# --- errors ------------------------------------------------------------------------------------
-
-
-class LLMError(Exception):
-    """A model call that did not produce an answer. `call_id` names its LLMCall row."""
-
-    status = 502
-    code = "llm-error"
-
-    def __init__(self, message: str, *, call_id: uuid.UUID | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.call_id = call_id
-
-
-class NoRoute(LLMError):
-    status = 404
-    code = "no-route"
-
-
-class BudgetExceeded(LLMError):
-    status = 429
-    code = "budget-exceeded"
-
-
-class DeadlineExceeded(LLMError):
-    status = 504
-    code = "deadline-exceeded"
-
-
-class AllModelsFailed(LLMError):
-    status = 502
-    code = "all-models-failed"
-
-
-class RequestRefused(LLMError):
-    """The provider called the request itself invalid (400, 413, 422): no model would take it."""
-
-    status = 400
-    code = "request-refused"
-
-
-class StreamCut(LLMError):
-    status = 502
-    code = "stream-cut"
-
-
-class _Malformed(Exception):
-    """The provider answered 2xx with something that is not a chat completion."""
-
-
-class _EarlyEnd(Exception):
-    """A stream ended before its first token."""
-
-
-class _Misconfigured(Exception):
-    pass
-
-
-RETRY, FALLBACK, FATAL = "retry", "fallback", "fatal"
-
-
-def _classify(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        if code in (408, 409, 429) or code >= 500:
-            return RETRY
-        return FATAL if code in (400, 413, 422) else FALLBACK
-    if isinstance(exc, openai.APIConnectionError | _http.HTTPError | _EarlyEnd):
-        return RETRY
-    if isinstance(exc, _Malformed | _Misconfigured | openai.APIResponseValidationError):
-        return FALLBACK
-    return FATAL
-
-
-def _describe(exc: BaseException | None) -> str:
-    """The error for the call log and the caller, without credentials: a provider that echoes
-    the key it was sent ("Incorrect API key provided: sk-…") must not hand it on."""
-    if exc is None:
-        return ""
-    if isinstance(exc, openai.APIStatusError):
-        return logs.redact(f"HTTP {exc.status_code}: {exc.message}")[:500]
-    cause = exc.__cause__ or exc.__context__
-    text = f"{type(exc).__name__}: {exc}"
-    if cause is not None and isinstance(exc, openai.APIConnectionError):
-        text += f" ({type(cause).__name__}: {cause})"
-    return logs.redact(text)[:500]
+# --- errors (llmcalls.errors) ------------------------------------------------------------------
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -393,6 +323,72 @@ def _cost(
     )
 
 
+@dataclass
+class _Answer:
+    """What a target answered (or a cache replayed), however it arrived: whole or streamed."""
+
+    text: str
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str
+    usage: dict[str, Any] | None  # the provider's usage object, as sent
+    raw: dict[str, Any]  # as a chat.completion
+    request_id: str = ""
+    response_model: str = ""
+    ttft_ms: float | None = None
+
+
+def _finish(
+    call: _Call, target: Target, answer: _Answer, *, hit: bool, error: LLMError | None = None
+) -> Completion | None:
+    """End a call, whole or streamed: its usage and cost, the cache fill, one log record, and the
+    Completion (None when `error` ended it: the record is then the error's, with what arrived)."""
+    usage = Usage() if hit else Usage.from_openai(answer.usage)
+    cost, missing = (Decimal(0), False) if hit else _cost(target.provider, target.model, usage)
+    fields: dict[str, Any] = {
+        "provider": target.provider,
+        "model": target.model,
+        "response_text": answer.text,
+        "tool_calls": answer.tool_calls,
+        "finish_reason": answer.finish_reason,
+        "cache_hit": hit,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cost_usd": cost,
+        "price_missing": missing,
+        "provider_request_id": answer.request_id,
+        "ttft_ms": answer.ttft_ms,
+    }
+    if error is not None:
+        call.log_error(error, **fields)
+        return None
+    if (
+        not hit
+        and call.route
+        and call.route.cache_ttl
+        and answer.finish_reason in ("stop", "tool_calls")
+    ):
+        # Only whole answers: not errors (we are past them), not truncated or filtered output.
+        cache.set(call.cache_key(target), {"raw": answer.raw}, timeout=call.route.cache_ttl)
+    record = call.record(status="ok", response_model=answer.response_model, **fields)
+    call.logged = True
+    services.call_log_write(record=record)
+    return Completion(
+        call_id=call.id,
+        text=answer.text,
+        tool_calls=answer.tool_calls,
+        finish_reason=answer.finish_reason,
+        provider=target.provider,
+        model=target.model,
+        usage=usage,
+        cost_usd=cost,
+        cache_hit=hit,
+        latency_ms=record["latency_ms"],
+        ttft_ms=answer.ttft_ms,
+        raw=answer.raw,
+    )
+
+
 # --- providers -----------------------------------------------------------------------------------
 
 _clients: dict[tuple[str, str], openai.OpenAI] = {}
@@ -406,11 +402,11 @@ def _client(target: Target) -> openai.OpenAI:
         # release) must never send one of Gatehouse's own secrets to a provider.
         refused = services.api_key_env_problem(target.api_key_env)
         if refused:
-            raise _Misconfigured(f"provider {target.provider}: {refused}")
+            raise Misconfigured(f"provider {target.provider}: {refused}")
         api_key = os.environ.get(target.api_key_env, "")
         logs.register_secret(api_key)
         if not api_key:
-            raise _Misconfigured(
+            raise Misconfigured(
                 f"provider {target.provider}: environment variable {target.api_key_env} is not set"
             )
     key = (target.base_url, api_key)
@@ -469,13 +465,13 @@ def _run(
             try:
                 value = attempt(target, budget)
             except Exception as exc:
-                kind = _classify(exc)
-                call.note(target, "error", _describe(exc), started)
+                kind = classify(exc)
+                call.note(target, "error", describe(exc), started)
                 last_error = exc
                 if kind == FATAL:
                     if isinstance(exc, openai.APIStatusError):
                         raise RequestRefused(
-                            f"{target.key} refused the request: {_describe(exc)}", call_id=call.id
+                            f"{target.key} refused the request: {describe(exc)}", call_id=call.id
                         ) from exc
                     raise
                 circuits.failure(target.key)
@@ -498,11 +494,11 @@ def _run(
     if call.remaining() <= 0:
         raise DeadlineExceeded(
             f"No answer within the {call.deadline:g}s deadline "
-            f"(tried {', '.join(call.path) or 'nothing'}; last: {_describe(last_error)})",
+            f"(tried {', '.join(call.path) or 'nothing'}; last: {describe(last_error)})",
             call_id=call.id,
         )
     raise AllModelsFailed(
-        f"Every model of the route failed (last: {_describe(last_error) or 'all skipped'})",
+        f"Every model of the route failed (last: {describe(last_error) or 'all skipped'})",
         call_id=call.id,
     )
 
@@ -546,45 +542,17 @@ def complete(
     data, request_id = value if not hit else (value["raw"], "")
     choice = data["choices"][0]
     message = choice.get("message") or {}
-    usage = Usage() if hit else Usage.from_openai(data.get("usage"))
-    cost, missing = (Decimal(0), False) if hit else _cost(target.provider, target.model, usage)
-    finish = choice.get("finish_reason") or ""
-    result = Completion(
-        call_id=call.id,
+    answer = _Answer(
         text=message.get("content") or "",
         tool_calls=message.get("tool_calls"),
-        finish_reason=finish,
-        provider=target.provider,
-        model=target.model,
-        usage=usage,
-        cost_usd=cost,
-        cache_hit=hit,
-        latency_ms=0.0,
-        ttft_ms=None,
+        finish_reason=choice.get("finish_reason") or "",
+        usage=data.get("usage"),
         raw=data,
-    )
-    if not hit and call.route and call.route.cache_ttl and finish in ("stop", "tool_calls"):
-        # Only whole answers: not errors (we are past them), not truncated or filtered output.
-        cache.set(call.cache_key(target), {"raw": data}, timeout=call.route.cache_ttl)
-    record = call.record(
-        status="ok",
-        provider=target.provider,
-        model=target.model,
-        response_text=result.text,
-        tool_calls=result.tool_calls,
-        finish_reason=finish,
-        cache_hit=hit,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cached_tokens=usage.cached_tokens,
-        cost_usd=cost,
-        price_missing=missing,
-        provider_request_id=request_id,
+        request_id=request_id,
         response_model=data.get("model") or target.model,
     )
-    result.latency_ms = record["latency_ms"]
-    call.logged = True
-    services.call_log_write(record=record)
+    result = _finish(call, target, answer, hit=hit)
+    assert result is not None  # no error: a result
     return result
 
 
@@ -602,7 +570,7 @@ def _attempt_complete(call: _Call, target: Target, budget: float) -> tuple[dict[
         data = json.loads(response.content)
         data["choices"][0]["message"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise _Malformed(f"not a chat completion: {response.content[:200]!r}") from exc
+        raise Malformed(f"not a chat completion: {response.content[:200]!r}") from exc
     return data, response.headers.get("x-request-id", "")
 
 
@@ -720,11 +688,11 @@ def _parse_chunk(data: str) -> dict[str, Any]:
     try:
         chunk = json.loads(data)
     except ValueError as exc:
-        raise _Malformed(f"stream chunk is not JSON: {data[:200]!r}") from exc
+        raise Malformed(f"stream chunk is not JSON: {data[:200]!r}") from exc
     if not isinstance(chunk, dict):
-        raise _Malformed(f"stream chunk is not an object: {data[:200]!r}")
+        raise Malformed(f"stream chunk is not an object: {data[:200]!r}")
     if "error" in chunk and not chunk.get("choices"):
-        raise _Malformed(f"the provider sent an error mid-stream: {str(chunk['error'])[:300]}")
+        raise Malformed(f"the provider sent an error mid-stream: {str(chunk['error'])[:300]}")
     return chunk
 
 
@@ -781,13 +749,13 @@ def _open_stream(call: _Call, target: Target, budget: float) -> _Live:
     try:
         for data in live.events:
             if data == "[DONE]":
-                raise _EarlyEnd("the stream ended before its first token")
+                raise EarlyEnd("the stream ended before its first token")
             chunk = _parse_chunk(data)
             live.buffered.append(chunk)
             if _has_token(chunk):
                 live.ttft = time.monotonic() - call.started
                 return live
-        raise _EarlyEnd("the stream ended before its first token")
+        raise EarlyEnd("the stream ended before its first token")
     except BaseException:
         live.close()
         raise
@@ -848,8 +816,7 @@ class CompletionStream:
         finish = ""
         usage_data: dict[str, Any] | None = None
         done = False
-        model = target.model
-        error: BaseException | None = None
+        error: LLMError | None = None
         try:
             for chunk in self.source.chunks():
                 if chunk is _DONE:
@@ -876,7 +843,7 @@ class CompletionStream:
                 ]
                 yield Delta(text=content, tool_calls=tool_deltas or None, raw=chunk)
             if not done and not finish:
-                raise _EarlyEnd("the stream ended without finishing")
+                raise EarlyEnd("the stream ended without finishing")
         except GeneratorExit:
             error = StreamCut("the caller stopped reading the stream", call_id=call.id)
             raise
@@ -890,74 +857,29 @@ class CompletionStream:
             else:
                 error = StreamCut(
                     f"The stream from {target.key} broke after {len(''.join(text))} "
-                    f"characters: {_describe(exc)}",
+                    f"characters: {describe(exc)}",
                     call_id=call.id,
                 )
             breaker().failure(target.key)
             raise error from exc
         finally:
             self.source.close()
-            usage = Usage() if self.cache_hit else Usage.from_openai(usage_data)
-            cost, missing = (
-                (Decimal(0), False) if self.cache_hit else _cost(target.provider, model, usage)
-            )
             tool_calls = [tools[i] for i in sorted(tools)] or None
-            common: dict[str, Any] = {
-                "provider": target.provider,
-                "model": model,
-                "response_text": "".join(text),
-                "tool_calls": tool_calls,
-                "finish_reason": finish,
-                "cache_hit": self.cache_hit,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "cost_usd": cost,
-                "price_missing": missing,
-                "provider_request_id": self.source.request_id,
-                "ttft_ms": round(self.source.ttft * 1000, 3)
-                if self.source.ttft is not None
+            ttft = self.source.ttft
+            answer = _Answer(
+                text="".join(text),
+                tool_calls=tool_calls,
+                finish_reason=finish,
+                usage=usage_data,
+                raw=_as_completion(target.model, "".join(text), tool_calls, finish, usage_data),
+                request_id=self.source.request_id,
+                ttft_ms=round(ttft * 1000, 3)
+                if ttft is not None
                 else 0.0
                 if self.cache_hit
                 else None,
-            }
-            if error is not None:
-                call.log_error(error, **common)
-            else:
-                record = call.record(status="ok", **common)
-                call.logged = True
-                services.call_log_write(record=record)
-                if (
-                    not self.cache_hit
-                    and call.route
-                    and call.route.cache_ttl
-                    and finish in ("stop", "tool_calls")
-                ):
-                    cache.set(
-                        call.cache_key(target),
-                        {
-                            "raw": _as_completion(
-                                model, "".join(text), tool_calls, finish, usage_data
-                            )
-                        },
-                        timeout=call.route.cache_ttl,
-                    )
-                self.result = Completion(
-                    call_id=call.id,
-                    text=common["response_text"],
-                    tool_calls=tool_calls,
-                    finish_reason=finish,
-                    provider=target.provider,
-                    model=model,
-                    usage=usage,
-                    cost_usd=cost,
-                    cache_hit=self.cache_hit,
-                    latency_ms=record["latency_ms"],
-                    ttft_ms=common["ttft_ms"],
-                    raw=_as_completion(
-                        model, common["response_text"], tool_calls, finish, usage_data
-                    ),
-                )
+            )
+            self.result = _finish(call, target, answer, hit=self.cache_hit, error=error)
 
 
 def _merge_tool_call(tools: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
