@@ -46,7 +46,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from llmcalls import routing, services
+from llmcalls import routing, semcache, services
 from llmcalls.breaker import breaker
 from llmcalls.errors import (
     FATAL,
@@ -86,6 +86,7 @@ __all__ = [
     "RequestRefused",
     "StreamCut",
     "complete",
+    "embed",
     "stream",
 ]
 
@@ -151,6 +152,18 @@ class Completion:
     latency_ms: float
     ttft_ms: float | None
     raw: dict[str, Any]  # the chat.completion as the provider sent it (or as it was cached)
+    cache_kind: str = ""  # "exact" or "semantic" when cache_hit
+    similarity: float | None = None  # of the question a semantic hit was answered for
+
+
+@dataclass
+class Embedding:
+    call_id: uuid.UUID
+    vector: list[float]
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: Decimal | None
 
 
 @dataclass
@@ -207,6 +220,8 @@ class _Call:
         self.path: list[str] = []
         self.over_budget = False
         self.logged = False
+        self.semantic: semcache.Probe | None = None  # the route has a semantic cache
+        self.served: semcache.Hit | None = None  # … and it answered
 
     def remaining(self) -> float:
         return self.deadline_at - time.monotonic()
@@ -359,6 +374,11 @@ def _finish(
         "provider_request_id": answer.request_id,
         "ttft_ms": answer.ttft_ms,
     }
+    served = call.served
+    if served is not None:
+        fields["cache_similarity"] = round(served.similarity, 6)
+        fields["cache_source"] = served.source_call_id
+        fields["cache_saved_usd"] = served.cost_usd
     if error is not None:
         call.log_error(error, **fields)
         return None
@@ -373,6 +393,8 @@ def _finish(
     record = call.record(status="ok", response_model=answer.response_model, **fields)
     call.logged = True
     services.call_log_write(record=record)
+    if not hit and call.semantic is not None:
+        _semantic_store(call, target, answer, cost)
     return Completion(
         call_id=call.id,
         text=answer.text,
@@ -386,7 +408,150 @@ def _finish(
         latency_ms=record["latency_ms"],
         ttft_ms=answer.ttft_ms,
         raw=answer.raw,
+        cache_kind=("semantic" if served else "exact") if hit else "",
+        similarity=served.similarity if served else None,
     )
+
+
+# --- the semantic cache (llmcalls.semcache) ------------------------------------------------------
+
+
+def _semantic_lookup(call: _Call) -> tuple[Target, semcache.Hit] | None:
+    """Embed the question (a logged call of its own, within this call's deadline and budget) and
+    look for an answer to serve. Any failure of the cache means a miss, never a failed call."""
+    found = semcache.probe(
+        route=call.route,
+        service=call.service,
+        feature=call.feature,
+        params=call.params,
+        messages=call.messages,
+    )
+    if found is None:
+        return None
+    call.semantic = found
+    started = time.monotonic()
+    try:
+        embedding = embed(
+            feature=call.feature,
+            text=found.text,
+            route=found.config.embedding_route,
+            service=call.service,
+            deadline=max(call.remaining(), 0.001),
+        )
+        found.vector = semcache.unit(embedding.vector)
+        found.embedding_call_id = embedding.call_id
+        hit = semcache.lookup(found)
+    except (LLMError, ValueError) as exc:
+        call.semantic = None
+        call.attempt_log.append(
+            {"target": "semantic-cache", "outcome": "unavailable", "detail": describe(exc)}
+        )
+        return None
+    elapsed = round((time.monotonic() - started) * 1000, 1)
+    if hit is None:
+        call.attempt_log.append({"target": "semantic-cache", "outcome": "miss", "ms": elapsed})
+        return None
+    call.served = hit
+    call.attempt_log.append(
+        {
+            "target": "semantic-cache",
+            "outcome": "cache-hit",
+            "detail": f"similarity {hit.similarity:.4f} to the question of call "
+            f"{hit.source_call_id}",
+            "ms": elapsed,
+        }
+    )
+    return Target(hit.provider, "", "", hit.model), hit
+
+
+def _semantic_store(call: _Call, target: Target, answer: _Answer, cost: Decimal | None) -> None:
+    assert call.semantic is not None
+    try:
+        semcache.store(
+            call.semantic,
+            call_id=call.id,
+            service=call.service,
+            feature=call.feature,
+            provider=target.provider,
+            model=target.model,
+            raw=answer.raw,
+            cost_usd=cost,
+        )
+    except Exception:  # the answer is the caller's whatever happens to the cache
+        logger.exception("semantic cache: storing the answer of call %s failed", call.id)
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def embed(
+    *,
+    feature: str,
+    text: str,
+    route: str | None = None,
+    service: str = "",
+    deadline: float | timedelta | None = None,
+) -> Embedding:
+    """One embedding along a route, logged, budgeted and retried like a completion (the same
+    `route`/`feature` rules as complete()). Raises LLMError (logged) when none comes."""
+    call = _Call(
+        feature=feature,
+        messages=[{"role": "user", "content": text}],
+        params={},
+        deadline=deadline,
+        service=service,
+        stream=False,
+        route=route,
+    )
+    try:
+        target, value, hit = _run(
+            call,
+            lambda target, budget: _attempt_embed(call, target, budget, text),
+            lambda target, entry: entry,
+        )
+    except BaseException as exc:
+        call.log_error(exc)
+        raise
+    data, request_id = value if not hit else (value["raw"], "")
+    answer = _Answer(
+        text="",
+        tool_calls=None,
+        finish_reason="",
+        usage=data.get("usage"),
+        raw=data,
+        request_id=request_id,
+        response_model=data.get("model") or target.model,
+    )
+    result = _finish(call, target, answer, hit=hit)
+    assert result is not None
+    return Embedding(
+        call_id=call.id,
+        vector=data["data"][0]["embedding"],
+        provider=target.provider,
+        model=target.model,
+        usage=result.usage,
+        cost_usd=result.cost_usd,
+    )
+
+
+def _attempt_embed(
+    call: _Call, target: Target, budget: float, text: str
+) -> tuple[dict[str, Any], str]:
+    raw = _client(target).embeddings.with_raw_response.create(
+        model=target.model,
+        input=text,
+        encoding_format="float",
+        timeout=_timeout(budget),
+    )
+    response = raw.http_response
+    try:
+        data = json.loads(response.content)
+        vector = data["data"][0]["embedding"]
+        if not vector or not all(isinstance(v, int | float) for v in vector):
+            raise TypeError("not a list of numbers")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise Malformed(f"not an embedding: {response.content[:200]!r}") from exc
+    return data, response.headers.get("x-request-id", "")
 
 
 # --- providers -----------------------------------------------------------------------------------
@@ -530,12 +695,18 @@ def complete(
         stream=False,
         route=route,
     )
+    target: Target
+    value: Any
     try:
-        target, value, hit = _run(
-            call,
-            lambda target, budget: _attempt_complete(call, target, budget),
-            lambda target, entry: entry,
-        )
+        served = _semantic_lookup(call)
+        if served is not None:
+            target, value, hit = served[0], {"raw": served[1].raw}, True
+        else:
+            target, value, hit = _run(
+                call,
+                lambda target, budget: _attempt_complete(call, target, budget),
+                lambda target, entry: entry,
+            )
     except BaseException as exc:
         call.log_error(exc)
         raise
@@ -601,12 +772,18 @@ def stream(
         stream=True,
         route=route,
     )
+    target: Target
+    value: Any
     try:
-        target, value, hit = _run(
-            call,
-            lambda target, budget: _open_stream(call, target, budget),
-            lambda target, entry: entry,
-        )
+        served = _semantic_lookup(call)
+        if served is not None:
+            target, value, hit = served[0], {"raw": served[1].raw}, True
+        else:
+            target, value, hit = _run(
+                call,
+                lambda target, budget: _open_stream(call, target, budget),
+                lambda target, entry: entry,
+            )
     except BaseException as exc:
         call.log_error(exc)
         raise
@@ -777,6 +954,13 @@ class CompletionStream:
         self.cache_hit = cache_hit
         self.result: Completion | None = None
         self._iterator = self._iterate()
+
+    @property
+    def cache_kind(self) -> str:
+        """ "exact" or "semantic" when the answer is replayed from a cache, else ""."""
+        if not self.cache_hit:
+            return ""
+        return "semantic" if self.call.served is not None else "exact"
 
     def __iter__(self) -> Iterator[Delta]:
         return self._iterator

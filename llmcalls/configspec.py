@@ -44,6 +44,26 @@ class TargetSpec(StrictItem):
     model: str = Field(min_length=1, max_length=200)
 
 
+class SemanticCacheSpec(StrictItem):
+    """A route's `semantic_cache` (llmcalls.semcache), in YAML, the admin and the route row."""
+
+    embedding_route: str = Field(min_length=1, max_length=200)
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    ttl: Duration = timedelta(days=7)
+    serve: Literal["approved_only", "any"] = "approved_only"
+
+    @field_validator("ttl")
+    @classmethod
+    def _positive_ttl(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("the ttl must be at least 1s")
+        return value
+
+    def stored(self) -> dict[str, Any]:
+        """As Route.semantic_cache keeps it (the ttl in whole seconds)."""
+        return {**self.model_dump(), "ttl": f"{int(self.ttl.total_seconds())}s"}
+
+
 class RouteSpec(StrictItem):
     feature: str = Field(min_length=1, max_length=200)
     models: list[TargetSpec] = Field(min_length=1)
@@ -53,6 +73,7 @@ class RouteSpec(StrictItem):
     daily_budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=4)
     over_budget: Literal["refuse", "next-model"] = "refuse"
     params: dict[str, Any] = Field(default_factory=dict)
+    semantic_cache: SemanticCacheSpec | None = None
 
     @field_validator("deadline")
     @classmethod
@@ -116,6 +137,7 @@ def apply_routes(items: list[RouteSpec]) -> list[str]:
             daily_budget_usd=spec.daily_budget_usd,
             over_budget=spec.over_budget,
             params=spec.params,
+            semantic_cache=spec.semantic_cache.stored() if spec.semantic_cache else None,
         )
         for spec in items
     ]
