@@ -273,7 +273,6 @@ class SemanticCacheEntry(models.Model):
     evicted_at = models.DateTimeField(null=True, blank=True)
     evicted_because = models.CharField(max_length=200, blank=True)
     changed_at = models.DateTimeField(default=timezone.now)
-    hits = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [

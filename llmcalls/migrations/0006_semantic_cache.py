@@ -60,7 +60,6 @@ class Migration(migrations.Migration):
                 ("evicted_at", models.DateTimeField(blank=True, null=True)),
                 ("evicted_because", models.CharField(blank=True, max_length=200)),
                 ("changed_at", models.DateTimeField(default=django.utils.timezone.now)),
-                ("hits", models.PositiveIntegerField(default=0)),
             ],
             options={
                 "indexes": [
