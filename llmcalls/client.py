@@ -503,15 +503,9 @@ def embed(
         stream=False,
         route=route,
     )
-    try:
-        target, value, hit = _run(
-            call,
-            lambda target, budget: _attempt_embed(call, target, budget, text),
-            lambda target, entry: entry,
-        )
-    except BaseException as exc:
-        call.log_error(exc)
-        raise
+    target, value, hit = _start(
+        call, lambda target, budget: _attempt_embed(call, target, budget, text), semantic=False
+    )
     data, request_id = value if not hit else (value["raw"], "")
     answer = _Answer(
         text="",
@@ -668,6 +662,21 @@ def _run(
     )
 
 
+def _start(
+    call: _Call, attempt: Callable[[Target, float], Any], *, semantic: bool = True
+) -> tuple[Target, Any, bool]:
+    """Serve the call from the semantic cache or walk its route: (target, value, cache hit).
+    Whatever stops the call is logged and raised. An embedding never asks the semantic cache."""
+    try:
+        served = _semantic_lookup(call) if semantic else None
+        if served is not None:
+            return served[0], {"raw": served[1].raw}, True
+        return _run(call, attempt, lambda target, entry: entry)
+    except BaseException as exc:
+        call.log_error(exc)
+        raise
+
+
 # --- complete --------------------------------------------------------------------------------------
 
 
@@ -695,21 +704,9 @@ def complete(
         stream=False,
         route=route,
     )
-    target: Target
-    value: Any
-    try:
-        served = _semantic_lookup(call)
-        if served is not None:
-            target, value, hit = served[0], {"raw": served[1].raw}, True
-        else:
-            target, value, hit = _run(
-                call,
-                lambda target, budget: _attempt_complete(call, target, budget),
-                lambda target, entry: entry,
-            )
-    except BaseException as exc:
-        call.log_error(exc)
-        raise
+    target, value, hit = _start(
+        call, lambda target, budget: _attempt_complete(call, target, budget)
+    )
     data, request_id = value if not hit else (value["raw"], "")
     choice = data["choices"][0]
     message = choice.get("message") or {}
@@ -772,21 +769,7 @@ def stream(
         stream=True,
         route=route,
     )
-    target: Target
-    value: Any
-    try:
-        served = _semantic_lookup(call)
-        if served is not None:
-            target, value, hit = served[0], {"raw": served[1].raw}, True
-        else:
-            target, value, hit = _run(
-                call,
-                lambda target, budget: _open_stream(call, target, budget),
-                lambda target, entry: entry,
-            )
-    except BaseException as exc:
-        call.log_error(exc)
-        raise
+    target, value, hit = _start(call, lambda target, budget: _open_stream(call, target, budget))
     if hit:
         return CompletionStream(call, target, _Replay(value["raw"]), cache_hit=True)
     return CompletionStream(call, target, value, cache_hit=False)

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -338,7 +337,6 @@ def lookup(found: Probe) -> Hit | None:
         row = servable.get(entry_id)
         if row is None:
             continue  # evicted or expired since the index read it: the table decides
-        SemanticCacheEntry.objects.filter(id=entry_id).update(hits=F("hits") + 1)
         response = row["response"]
         return Hit(
             entry_id,

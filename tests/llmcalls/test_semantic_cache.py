@@ -380,3 +380,15 @@ def test_clopper_pearson_matches_the_closed_form_for_no_events() -> None:
     assert clopper_pearson_upper(0, 299) == pytest.approx(1 - 0.05 ** (1 / 299), rel=1e-6)
     assert clopper_pearson_upper(0, 0) == 1.0
     assert 0.05 < clopper_pearson_upper(5, 100) < 0.11
+
+
+def test_the_llm_page_shows_semantic_hits_and_saved_cost_and_the_call_its_source(
+    fake: FakeProvider, semantic_route: Callable[..., None], admin_client_logged_in: Any
+) -> None:
+    semantic_route(serve="any")
+    first = ask(QUESTION)
+    hit = ask(PARAPHRASE)
+    html = admin_client_logged_in.get("/llm/").content.decode()
+    assert f"1 semantic, ${first.cost_usd:.4f} saved" in html
+    detail = admin_client_logged_in.get(f"/llm/calls/{hit.call_id}/").content.decode()
+    assert f"/llm/calls/{first.call_id}/" in detail and "similarity 1.0000" in detail
