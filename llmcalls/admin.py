@@ -150,7 +150,7 @@ class RouteForm(forms.ModelForm):
         """Checked by the same description as the config file's; stored with the ttl in seconds."""
         from pydantic import ValidationError
 
-        from llmcalls.configspec import SemanticCacheSpec
+        from llmcalls.cachespec import SemanticCacheSpec
 
         value = self.cleaned_data.get("semantic_cache")
         if not value:

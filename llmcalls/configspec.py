@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from approvals import webhooks
 from approvals.configfile import ConfigFileError, Duration, StrictItem, register
+from llmcalls.cachespec import SemanticCacheSpec
 
 
 def _unless(problem: str, value: str) -> str:
@@ -42,26 +43,6 @@ class ProviderSpec(StrictItem):
 class TargetSpec(StrictItem):
     provider: str = Field(min_length=1, max_length=100)
     model: str = Field(min_length=1, max_length=200)
-
-
-class SemanticCacheSpec(StrictItem):
-    """A route's `semantic_cache` (llmcalls.semcache), in YAML, the admin and the route row."""
-
-    embedding_route: str = Field(min_length=1, max_length=200)
-    threshold: float = Field(default=0.95, gt=0, le=1)
-    ttl: Duration = timedelta(days=7)
-    serve: Literal["approved_only", "any"] = "approved_only"
-
-    @field_validator("ttl")
-    @classmethod
-    def _positive_ttl(cls, value: timedelta) -> timedelta:
-        if value.total_seconds() < 1:
-            raise ValueError("the ttl must be at least 1s")
-        return value
-
-    def stored(self) -> dict[str, Any]:
-        """As Route.semantic_cache keeps it (the ttl in whole seconds)."""
-        return {**self.model_dump(), "ttl": f"{int(self.ttl.total_seconds())}s"}
 
 
 class RouteSpec(StrictItem):

@@ -145,7 +145,7 @@ def _semantic_cache(feature: str, stored: Any) -> SemanticCache | None:
         return None
     from pydantic import ValidationError
 
-    from llmcalls.configspec import SemanticCacheSpec
+    from llmcalls.cachespec import SemanticCacheSpec
 
     try:
         spec = SemanticCacheSpec.model_validate(stored)
