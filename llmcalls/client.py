@@ -2,6 +2,9 @@
 
 A call follows its feature's route (llmcalls.routing):
 
+0. Semantic cache (when the route has semantic_cache, llmcalls.semcache): the last user message
+   is embedded (a call of its own: logged, budgeted, within the deadline) and a close enough
+   answer, approved if the route asks for that, ends the call at zero cost.
 1. Budget: if the calling service has spent the feature's daily budget, refuse, or (over_budget:
    next-model) drop
    the first model and go on with the later, cheaper ones, marking the call `over_budget`.
