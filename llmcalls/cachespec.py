@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from approvals.configfile import Duration, StrictItem
+from foundation.configfile import Duration, StrictItem
 
 
 class SemanticCacheSpec(StrictItem):
