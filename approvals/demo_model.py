@@ -240,3 +240,156 @@ def answer(messages: list[dict[str, Any]]) -> str:
                 return json.dumps(draft(found))
             break
     return json.dumps({"error": "I only draft support actions for tickets."})
+
+
+# --- embeddings ------------------------------------------------------------------------------------
+
+EMBEDDING_DIM = 256
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "am",
+        "i",
+        "me",
+        "my",
+        "we",
+        "our",
+        "you",
+        "your",
+        "it",
+        "its",
+        "this",
+        "that",
+        "of",
+        "for",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "with",
+        "and",
+        "or",
+        "please",
+        "can",
+        "could",
+        "would",
+        "will",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "there",
+        "any",
+        "some",
+        "possible",
+        "hi",
+        "hello",
+        "thanks",
+        "thank",
+    ]
+)
+# Words a customer uses for the same thing, mapped to one: paraphrases land on the same tokens.
+_SYNONYMS = {
+    "reimburse": "refund",
+    "reimbursement": "refund",
+    "refunded": "refund",
+    "money": "refund",
+    "back": "",
+    "purchase": "order",
+    "parcel": "order",
+    "package": "order",
+    "shipment": "order",
+    "delivery": "order",
+    "stop": "cancel",
+    "cancelled": "cancel",
+    "cancellation": "cancel",
+    "where": "status",
+    "track": "status",
+    "tracking": "status",
+    "arrive": "status",
+    "arrived": "status",
+    "broken": "damaged",
+    "cracked": "damaged",
+    "faulty": "damaged",
+    "change": "update",
+    "modify": "update",
+    "edit": "update",
+    "address": "address",
+    "shipping": "address",
+    "delete": "close",
+    "remove": "close",
+    "terminate": "close",
+    "account": "account",
+    "profile": "account",
+    "get": "",
+    "want": "",
+    "like": "",
+    "need": "",
+    "how": "",
+    "when": "",
+    "number": "",
+    "no": "",
+    "order's": "order",
+    "item": "product",
+    "product": "product",
+}
+
+
+def _tokens(text: str) -> list[str]:
+    words = "".join(c.lower() if c.isalnum() else " " for c in text).split()
+    tokens = []
+    for word in words:
+        if word in _STOPWORDS:
+            continue
+        word = _SYNONYMS.get(word, word)
+        if len(word) > 3 and word.endswith("s") and not word.isdigit():
+            word = _SYNONYMS.get(word[:-1], word[:-1])
+        if word:
+            tokens.append(word)
+    return tokens
+
+
+def embedding(text: str) -> list[float]:
+    """The simulated model's embedding of a text: a hashed bag of its content words, synonyms
+    made one, so a paraphrase lands close and a different question (another order number,
+    another request) apart. Deterministic; unit length; EMBEDDING_DIM numbers."""
+    import hashlib
+    import math
+
+    vector = [0.0] * EMBEDDING_DIM
+    for token in _tokens(text) or ["<empty>"]:
+        digest = hashlib.sha256(token.encode()).digest()
+        for i in range(2):  # two buckets per token, so collisions rarely merge two words
+            index = int.from_bytes(digest[4 * i : 4 * i + 4], "big") % EMBEDDING_DIM
+            vector[index] += 1.0 if digest[8 + i] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def embeddings_response(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI embeddings response for a request body (input: a string or a list of them)."""
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs or []]
+    return {
+        "object": "list",
+        "model": str(body.get("model") or "demo-embedding"),
+        "data": [
+            {"object": "embedding", "index": i, "embedding": embedding(text)}
+            for i, text in enumerate(texts)
+        ],
+        "usage": {
+            "prompt_tokens": sum(len(t.split()) for t in texts),
+            "total_tokens": sum(len(t.split()) for t in texts),
+        },
+    }

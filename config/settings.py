@@ -243,6 +243,9 @@ LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 5.0)
 LLM_CIRCUIT_FAILURES = env_int("LLM_CIRCUIT_FAILURES", 5, minimum=1)
 LLM_CIRCUIT_COOLDOWN = env_float("LLM_CIRCUIT_COOLDOWN", 30.0)
 LLM_CONFIG_TTL = env_float("LLM_CONFIG_TTL", 5.0)
+# The semantic cache's in-process index reads entries other processes wrote at most this often
+# (seconds); what it serves is checked against the table on every hit (llmcalls/semcache.py).
+LLM_SEMANTIC_REFRESH = env_float("LLM_SEMANTIC_REFRESH", 1.0)
 # Environment variables a model provider may take its key from besides GATEHOUSE_PROVIDER_*
 # (docs/llmcalls.md); Gatehouse's own secrets are refused whatever this says.
 LLM_PROVIDER_KEY_ENVS = env_list("LLM_PROVIDER_KEY_ENVS", [])

@@ -132,8 +132,43 @@ class RouteTargetInline(admin.TabularInline):
     ordering = ["position"]
 
 
+class RouteForm(forms.ModelForm):
+    class Meta:
+        model = Route
+        fields = [
+            "feature",
+            "deadline",
+            "attempt_timeout",
+            "cache_ttl",
+            "daily_budget_usd",
+            "over_budget",
+            "params",
+            "semantic_cache",
+        ]
+
+    def clean_semantic_cache(self) -> dict[str, Any] | None:
+        """Checked by the same description as the config file's; stored with the ttl in seconds."""
+        from pydantic import ValidationError
+
+        from llmcalls.cachespec import SemanticCacheSpec
+
+        value = self.cleaned_data.get("semantic_cache")
+        if not value:
+            return None
+        try:
+            return SemanticCacheSpec.model_validate(value).stored()
+        except ValidationError as exc:
+            raise forms.ValidationError(
+                "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'semantic_cache'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+            ) from None
+
+
 @admin.register(Route)
 class RouteAdmin(_ForgetsSnapshot):
+    form = RouteForm
     list_display = [
         "feature",
         "models",

@@ -18,3 +18,9 @@ class LlmcallsConfig(AppConfig):
             "comma-separated features the service may call through the model proxy (/llm/v1)",
             feature_grants_for_new_service,
         )
+        # Reviewers' verdicts on proposals linked to a model call approve or evict the semantic
+        # cache's entries (llmcalls/semcache.py); approvals does not know llmcalls is listening.
+        from approvals.events import proposal_committed
+        from llmcalls.semcache import on_proposal_committed
+
+        proposal_committed.connect(on_proposal_committed, dispatch_uid="llmcalls.semcache")

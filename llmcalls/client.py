@@ -2,6 +2,9 @@
 
 A call follows its feature's route (llmcalls.routing):
 
+0. Semantic cache (when the route has semantic_cache, llmcalls.semcache): the last user message
+   is embedded (a call of its own: logged, budgeted, within the deadline) and a close enough
+   answer, approved if the route asks for that, ends the call at zero cost.
 1. Budget: if the calling service has spent the feature's daily budget, refuse, or (over_budget:
    next-model) drop
    the first model and go on with the later, cheaper ones, marking the call `over_budget`.
@@ -46,8 +49,24 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from foundation import retrying
-from llmcalls import routing, services
+from llmcalls import routing, semcache, services
 from llmcalls.breaker import breaker
+from llmcalls.errors import (
+    FATAL,
+    RETRY,
+    AllModelsFailed,
+    BudgetExceeded,
+    DeadlineExceeded,
+    EarlyEnd,
+    LLMError,
+    Malformed,
+    Misconfigured,
+    NoRoute,
+    RequestRefused,
+    StreamCut,
+    classify,
+    describe,
+)
 from llmcalls.routing import Target
 from telemetry import logs
 
@@ -70,97 +89,12 @@ __all__ = [
     "RequestRefused",
     "StreamCut",
     "complete",
+    "embed",
     "stream",
 ]
 
 
-# --- errors ------------------------------------------------------------------------------------
-
-
-class LLMError(Exception):
-    """A model call that did not produce an answer. `call_id` names its LLMCall row."""
-
-    status = 502
-    code = "llm-error"
-
-    def __init__(self, message: str, *, call_id: uuid.UUID | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.call_id = call_id
-
-
-class NoRoute(LLMError):
-    status = 404
-    code = "no-route"
-
-
-class BudgetExceeded(LLMError):
-    status = 429
-    code = "budget-exceeded"
-
-
-class DeadlineExceeded(LLMError):
-    status = 504
-    code = "deadline-exceeded"
-
-
-class AllModelsFailed(LLMError):
-    status = 502
-    code = "all-models-failed"
-
-
-class RequestRefused(LLMError):
-    """The provider called the request itself invalid (400, 413, 422): no model would take it."""
-
-    status = 400
-    code = "request-refused"
-
-
-class StreamCut(LLMError):
-    status = 502
-    code = "stream-cut"
-
-
-class _Malformed(Exception):
-    """The provider answered 2xx with something that is not a chat completion."""
-
-
-class _EarlyEnd(Exception):
-    """A stream ended before its first token."""
-
-
-class _Misconfigured(Exception):
-    pass
-
-
-RETRY, FALLBACK, FATAL = "retry", "fallback", "fatal"
-
-
-def _classify(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        if code in (408, 409, 429) or code >= 500:
-            return RETRY
-        return FATAL if code in (400, 413, 422) else FALLBACK
-    if isinstance(exc, openai.APIConnectionError | _http.HTTPError | _EarlyEnd):
-        return RETRY
-    if isinstance(exc, _Malformed | _Misconfigured | openai.APIResponseValidationError):
-        return FALLBACK
-    return FATAL
-
-
-def _describe(exc: BaseException | None) -> str:
-    """The error for the call log and the caller, without credentials: a provider that echoes
-    the key it was sent ("Incorrect API key provided: sk-…") must not hand it on."""
-    if exc is None:
-        return ""
-    if isinstance(exc, openai.APIStatusError):
-        return logs.redact(f"HTTP {exc.status_code}: {exc.message}")[:500]
-    cause = exc.__cause__ or exc.__context__
-    text = f"{type(exc).__name__}: {exc}"
-    if cause is not None and isinstance(exc, openai.APIConnectionError):
-        text += f" ({type(cause).__name__}: {cause})"
-    return logs.redact(text)[:500]
+# --- errors (llmcalls.errors) ------------------------------------------------------------------
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -204,6 +138,18 @@ class Completion:
     latency_ms: float
     ttft_ms: float | None
     raw: dict[str, Any]  # the chat.completion as the provider sent it (or as it was cached)
+    cache_kind: str = ""  # "exact" or "semantic" when cache_hit
+    similarity: float | None = None  # of the question a semantic hit was answered for
+
+
+@dataclass
+class Embedding:
+    call_id: uuid.UUID
+    vector: list[float]
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: Decimal | None
 
 
 @dataclass
@@ -260,6 +206,8 @@ class _Call:
         self.path: list[str] = []
         self.over_budget = False
         self.logged = False
+        self.semantic: semcache.Probe | None = None  # the route has a semantic cache
+        self.served: semcache.Hit | None = None  # … and it answered
 
     def remaining(self) -> float:
         return self.deadline_at - time.monotonic()
@@ -376,6 +324,216 @@ def _cost(
     )
 
 
+@dataclass
+class _Answer:
+    """What a target answered (or a cache replayed), however it arrived: whole or streamed."""
+
+    text: str
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str
+    usage: dict[str, Any] | None  # the provider's usage object, as sent
+    raw: dict[str, Any]  # as a chat.completion
+    request_id: str = ""
+    response_model: str = ""
+    ttft_ms: float | None = None
+
+
+def _finish(
+    call: _Call, target: Target, answer: _Answer, *, hit: bool, error: LLMError | None = None
+) -> Completion | None:
+    """End a call, whole or streamed: its usage and cost, the cache fill, one log record, and the
+    Completion (None when `error` ended it: the record is then the error's, with what arrived)."""
+    usage = Usage() if hit else Usage.from_openai(answer.usage)
+    cost, missing = (Decimal(0), False) if hit else _cost(target.provider, target.model, usage)
+    fields: dict[str, Any] = {
+        "provider": target.provider,
+        "model": target.model,
+        "response_text": answer.text,
+        "tool_calls": answer.tool_calls,
+        "finish_reason": answer.finish_reason,
+        "cache_hit": hit,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cost_usd": cost,
+        "price_missing": missing,
+        "provider_request_id": answer.request_id,
+        "ttft_ms": answer.ttft_ms,
+    }
+    served = call.served
+    if served is not None:
+        fields["cache_similarity"] = round(served.similarity, 6)
+        fields["cache_source"] = served.source_call_id
+        fields["cache_saved_usd"] = served.cost_usd
+    if error is not None:
+        call.log_error(error, **fields)
+        return None
+    if (
+        not hit
+        and call.route
+        and call.route.cache_ttl
+        and answer.finish_reason in ("stop", "tool_calls")
+    ):
+        # Only whole answers: not errors (we are past them), not truncated or filtered output.
+        cache.set(call.cache_key(target), {"raw": answer.raw}, timeout=call.route.cache_ttl)
+    record = call.record(status="ok", response_model=answer.response_model, **fields)
+    call.logged = True
+    services.call_log_write(record=record)
+    if not hit and call.semantic is not None:
+        _semantic_store(call, target, answer, cost)
+    return Completion(
+        call_id=call.id,
+        text=answer.text,
+        tool_calls=answer.tool_calls,
+        finish_reason=answer.finish_reason,
+        provider=target.provider,
+        model=target.model,
+        usage=usage,
+        cost_usd=cost,
+        cache_hit=hit,
+        latency_ms=record["latency_ms"],
+        ttft_ms=answer.ttft_ms,
+        raw=answer.raw,
+        cache_kind=("semantic" if served else "exact") if hit else "",
+        similarity=served.similarity if served else None,
+    )
+
+
+# --- the semantic cache (llmcalls.semcache) ------------------------------------------------------
+
+
+def _semantic_lookup(call: _Call) -> tuple[Target, semcache.Hit] | None:
+    """Embed the question (a logged call of its own, within this call's deadline and budget) and
+    look for an answer to serve. Any failure of the cache means a miss, never a failed call."""
+    found = semcache.probe(
+        route=call.route,
+        service=call.service,
+        feature=call.feature,
+        params=call.params,
+        messages=call.messages,
+    )
+    if found is None:
+        return None
+    call.semantic = found
+    started = time.monotonic()
+    try:
+        embedding = embed(
+            feature=call.feature,
+            text=found.text,
+            route=found.config.embedding_route,
+            service=call.service,
+            deadline=max(call.remaining(), 0.001),
+        )
+        found.vector = semcache.unit(embedding.vector)
+        found.embedding_call_id = embedding.call_id
+        hit = semcache.lookup(found)
+    except (LLMError, ValueError) as exc:
+        call.semantic = None
+        call.attempt_log.append(
+            {"target": "semantic-cache", "outcome": "unavailable", "detail": describe(exc)}
+        )
+        return None
+    elapsed = round((time.monotonic() - started) * 1000, 1)
+    if hit is None:
+        call.attempt_log.append({"target": "semantic-cache", "outcome": "miss", "ms": elapsed})
+        return None
+    call.served = hit
+    call.attempt_log.append(
+        {
+            "target": "semantic-cache",
+            "outcome": "cache-hit",
+            "detail": f"similarity {hit.similarity:.4f} to the question of call "
+            f"{hit.source_call_id}",
+            "ms": elapsed,
+        }
+    )
+    return Target(hit.provider, "", "", hit.model), hit
+
+
+def _semantic_store(call: _Call, target: Target, answer: _Answer, cost: Decimal | None) -> None:
+    assert call.semantic is not None
+    try:
+        semcache.store(
+            call.semantic,
+            call_id=call.id,
+            service=call.service,
+            feature=call.feature,
+            provider=target.provider,
+            model=target.model,
+            raw=answer.raw,
+            cost_usd=cost,
+        )
+    except Exception:  # the answer is the caller's whatever happens to the cache
+        logger.exception("semantic cache: storing the answer of call %s failed", call.id)
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def embed(
+    *,
+    feature: str,
+    text: str,
+    route: str | None = None,
+    service: str = "",
+    deadline: float | timedelta | None = None,
+) -> Embedding:
+    """One embedding along a route, logged, budgeted and retried like a completion (the same
+    `route`/`feature` rules as complete()). Raises LLMError (logged) when none comes."""
+    call = _Call(
+        feature=feature,
+        messages=[{"role": "user", "content": text}],
+        params={},
+        deadline=deadline,
+        service=service,
+        stream=False,
+        route=route,
+    )
+    target, value, hit = _start(
+        call, lambda target, budget: _attempt_embed(call, target, budget, text), semantic=False
+    )
+    data, request_id = value if not hit else (value["raw"], "")
+    answer = _Answer(
+        text="",
+        tool_calls=None,
+        finish_reason="",
+        usage=data.get("usage"),
+        raw=data,
+        request_id=request_id,
+        response_model=data.get("model") or target.model,
+    )
+    result = _finish(call, target, answer, hit=hit)
+    assert result is not None
+    return Embedding(
+        call_id=call.id,
+        vector=data["data"][0]["embedding"],
+        provider=target.provider,
+        model=target.model,
+        usage=result.usage,
+        cost_usd=result.cost_usd,
+    )
+
+
+def _attempt_embed(
+    call: _Call, target: Target, budget: float, text: str
+) -> tuple[dict[str, Any], str]:
+    raw = _client(target).embeddings.with_raw_response.create(
+        model=target.model,
+        input=text,
+        encoding_format="float",
+        timeout=_timeout(budget),
+    )
+    response = raw.http_response
+    try:
+        data = json.loads(response.content)
+        vector = data["data"][0]["embedding"]
+        if not vector or not all(isinstance(v, int | float) for v in vector):
+            raise TypeError("not a list of numbers")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise Malformed(f"not an embedding: {response.content[:200]!r}") from exc
+    return data, response.headers.get("x-request-id", "")
+
+
 # --- providers -----------------------------------------------------------------------------------
 
 _clients: dict[tuple[str, str], openai.OpenAI] = {}
@@ -389,11 +547,11 @@ def _client(target: Target) -> openai.OpenAI:
         # release) must never send one of Gatehouse's own secrets to a provider.
         refused = services.api_key_env_problem(target.api_key_env)
         if refused:
-            raise _Misconfigured(f"provider {target.provider}: {refused}")
+            raise Misconfigured(f"provider {target.provider}: {refused}")
         api_key = os.environ.get(target.api_key_env, "")
         logs.register_secret(api_key)
         if not api_key:
-            raise _Misconfigured(
+            raise Misconfigured(
                 f"provider {target.provider}: environment variable {target.api_key_env} is not set"
             )
     key = (target.base_url, api_key)
@@ -452,13 +610,13 @@ def _run(
             try:
                 value = attempt(target, budget)
             except Exception as exc:
-                kind = _classify(exc)
-                call.note(target, "error", _describe(exc), started)
+                kind = classify(exc)
+                call.note(target, "error", describe(exc), started)
                 last_error = exc
                 if kind == FATAL:
                     if isinstance(exc, openai.APIStatusError):
                         raise RequestRefused(
-                            f"{target.key} refused the request: {_describe(exc)}", call_id=call.id
+                            f"{target.key} refused the request: {describe(exc)}", call_id=call.id
                         ) from exc
                     raise
                 circuits.failure(target.key)
@@ -483,13 +641,28 @@ def _run(
     if call.remaining() <= 0:
         raise DeadlineExceeded(
             f"No answer within the {call.deadline:g}s deadline "
-            f"(tried {', '.join(call.path) or 'nothing'}; last: {_describe(last_error)})",
+            f"(tried {', '.join(call.path) or 'nothing'}; last: {describe(last_error)})",
             call_id=call.id,
         )
     raise AllModelsFailed(
-        f"Every model of the route failed (last: {_describe(last_error) or 'all skipped'})",
+        f"Every model of the route failed (last: {describe(last_error) or 'all skipped'})",
         call_id=call.id,
     )
+
+
+def _start(
+    call: _Call, attempt: Callable[[Target, float], Any], *, semantic: bool = True
+) -> tuple[Target, Any, bool]:
+    """Serve the call from the semantic cache or walk its route: (target, value, cache hit).
+    Whatever stops the call is logged and raised. An embedding never asks the semantic cache."""
+    try:
+        served = _semantic_lookup(call) if semantic else None
+        if served is not None:
+            return served[0], {"raw": served[1].raw}, True
+        return _run(call, attempt, lambda target, entry: entry)
+    except BaseException as exc:
+        call.log_error(exc)
+        raise
 
 
 # --- complete --------------------------------------------------------------------------------------
@@ -519,57 +692,23 @@ def complete(
         stream=False,
         route=route,
     )
-    try:
-        target, value, hit = _run(
-            call,
-            lambda target, budget: _attempt_complete(call, target, budget),
-            lambda target, entry: entry,
-        )
-    except BaseException as exc:
-        call.log_error(exc)
-        raise
+    target, value, hit = _start(
+        call, lambda target, budget: _attempt_complete(call, target, budget)
+    )
     data, request_id = value if not hit else (value["raw"], "")
     choice = data["choices"][0]
     message = choice.get("message") or {}
-    usage = Usage() if hit else Usage.from_openai(data.get("usage"))
-    cost, missing = (Decimal(0), False) if hit else _cost(target.provider, target.model, usage)
-    finish = choice.get("finish_reason") or ""
-    result = Completion(
-        call_id=call.id,
+    answer = _Answer(
         text=message.get("content") or "",
         tool_calls=message.get("tool_calls"),
-        finish_reason=finish,
-        provider=target.provider,
-        model=target.model,
-        usage=usage,
-        cost_usd=cost,
-        cache_hit=hit,
-        latency_ms=0.0,
-        ttft_ms=None,
+        finish_reason=choice.get("finish_reason") or "",
+        usage=data.get("usage"),
         raw=data,
-    )
-    if not hit and call.route and call.route.cache_ttl and finish in ("stop", "tool_calls"):
-        # Only whole answers: not errors (we are past them), not truncated or filtered output.
-        cache.set(call.cache_key(target), {"raw": data}, timeout=call.route.cache_ttl)
-    record = call.record(
-        status="ok",
-        provider=target.provider,
-        model=target.model,
-        response_text=result.text,
-        tool_calls=result.tool_calls,
-        finish_reason=finish,
-        cache_hit=hit,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cached_tokens=usage.cached_tokens,
-        cost_usd=cost,
-        price_missing=missing,
-        provider_request_id=request_id,
+        request_id=request_id,
         response_model=data.get("model") or target.model,
     )
-    result.latency_ms = record["latency_ms"]
-    call.logged = True
-    services.call_log_write(record=record)
+    result = _finish(call, target, answer, hit=hit)
+    assert result is not None  # no error: a result
     return result
 
 
@@ -587,7 +726,7 @@ def _attempt_complete(call: _Call, target: Target, budget: float) -> tuple[dict[
         data = json.loads(response.content)
         data["choices"][0]["message"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise _Malformed(f"not a chat completion: {response.content[:200]!r}") from exc
+        raise Malformed(f"not a chat completion: {response.content[:200]!r}") from exc
     return data, response.headers.get("x-request-id", "")
 
 
@@ -618,15 +757,7 @@ def stream(
         stream=True,
         route=route,
     )
-    try:
-        target, value, hit = _run(
-            call,
-            lambda target, budget: _open_stream(call, target, budget),
-            lambda target, entry: entry,
-        )
-    except BaseException as exc:
-        call.log_error(exc)
-        raise
+    target, value, hit = _start(call, lambda target, budget: _open_stream(call, target, budget))
     if hit:
         return CompletionStream(call, target, _Replay(value["raw"]), cache_hit=True)
     return CompletionStream(call, target, value, cache_hit=False)
@@ -705,11 +836,11 @@ def _parse_chunk(data: str) -> dict[str, Any]:
     try:
         chunk = json.loads(data)
     except ValueError as exc:
-        raise _Malformed(f"stream chunk is not JSON: {data[:200]!r}") from exc
+        raise Malformed(f"stream chunk is not JSON: {data[:200]!r}") from exc
     if not isinstance(chunk, dict):
-        raise _Malformed(f"stream chunk is not an object: {data[:200]!r}")
+        raise Malformed(f"stream chunk is not an object: {data[:200]!r}")
     if "error" in chunk and not chunk.get("choices"):
-        raise _Malformed(f"the provider sent an error mid-stream: {str(chunk['error'])[:300]}")
+        raise Malformed(f"the provider sent an error mid-stream: {str(chunk['error'])[:300]}")
     return chunk
 
 
@@ -766,13 +897,13 @@ def _open_stream(call: _Call, target: Target, budget: float) -> _Live:
     try:
         for data in live.events:
             if data == "[DONE]":
-                raise _EarlyEnd("the stream ended before its first token")
+                raise EarlyEnd("the stream ended before its first token")
             chunk = _parse_chunk(data)
             live.buffered.append(chunk)
             if _has_token(chunk):
                 live.ttft = time.monotonic() - call.started
                 return live
-        raise _EarlyEnd("the stream ended before its first token")
+        raise EarlyEnd("the stream ended before its first token")
     except BaseException:
         live.close()
         raise
@@ -794,6 +925,13 @@ class CompletionStream:
         self.cache_hit = cache_hit
         self.result: Completion | None = None
         self._iterator = self._iterate()
+
+    @property
+    def cache_kind(self) -> str:
+        """ "exact" or "semantic" when the answer is replayed from a cache, else ""."""
+        if not self.cache_hit:
+            return ""
+        return "semantic" if self.call.served is not None else "exact"
 
     def __iter__(self) -> Iterator[Delta]:
         return self._iterator
@@ -833,8 +971,7 @@ class CompletionStream:
         finish = ""
         usage_data: dict[str, Any] | None = None
         done = False
-        model = target.model
-        error: BaseException | None = None
+        error: LLMError | None = None
         try:
             for chunk in self.source.chunks():
                 if chunk is _DONE:
@@ -861,7 +998,7 @@ class CompletionStream:
                 ]
                 yield Delta(text=content, tool_calls=tool_deltas or None, raw=chunk)
             if not done and not finish:
-                raise _EarlyEnd("the stream ended without finishing")
+                raise EarlyEnd("the stream ended without finishing")
         except GeneratorExit:
             error = StreamCut("the caller stopped reading the stream", call_id=call.id)
             raise
@@ -875,74 +1012,29 @@ class CompletionStream:
             else:
                 error = StreamCut(
                     f"The stream from {target.key} broke after {len(''.join(text))} "
-                    f"characters: {_describe(exc)}",
+                    f"characters: {describe(exc)}",
                     call_id=call.id,
                 )
             breaker().failure(target.key)
             raise error from exc
         finally:
             self.source.close()
-            usage = Usage() if self.cache_hit else Usage.from_openai(usage_data)
-            cost, missing = (
-                (Decimal(0), False) if self.cache_hit else _cost(target.provider, model, usage)
-            )
             tool_calls = [tools[i] for i in sorted(tools)] or None
-            common: dict[str, Any] = {
-                "provider": target.provider,
-                "model": model,
-                "response_text": "".join(text),
-                "tool_calls": tool_calls,
-                "finish_reason": finish,
-                "cache_hit": self.cache_hit,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "cost_usd": cost,
-                "price_missing": missing,
-                "provider_request_id": self.source.request_id,
-                "ttft_ms": round(self.source.ttft * 1000, 3)
-                if self.source.ttft is not None
+            ttft = self.source.ttft
+            answer = _Answer(
+                text="".join(text),
+                tool_calls=tool_calls,
+                finish_reason=finish,
+                usage=usage_data,
+                raw=_as_completion(target.model, "".join(text), tool_calls, finish, usage_data),
+                request_id=self.source.request_id,
+                ttft_ms=round(ttft * 1000, 3)
+                if ttft is not None
                 else 0.0
                 if self.cache_hit
                 else None,
-            }
-            if error is not None:
-                call.log_error(error, **common)
-            else:
-                record = call.record(status="ok", **common)
-                call.logged = True
-                services.call_log_write(record=record)
-                if (
-                    not self.cache_hit
-                    and call.route
-                    and call.route.cache_ttl
-                    and finish in ("stop", "tool_calls")
-                ):
-                    cache.set(
-                        call.cache_key(target),
-                        {
-                            "raw": _as_completion(
-                                model, "".join(text), tool_calls, finish, usage_data
-                            )
-                        },
-                        timeout=call.route.cache_ttl,
-                    )
-                self.result = Completion(
-                    call_id=call.id,
-                    text=common["response_text"],
-                    tool_calls=tool_calls,
-                    finish_reason=finish,
-                    provider=target.provider,
-                    model=model,
-                    usage=usage,
-                    cost_usd=cost,
-                    cache_hit=self.cache_hit,
-                    latency_ms=record["latency_ms"],
-                    ttft_ms=common["ttft_ms"],
-                    raw=_as_completion(
-                        model, common["response_text"], tool_calls, finish, usage_data
-                    ),
-                )
+            )
+            self.result = _finish(call, target, answer, hit=self.cache_hit, error=error)
 
 
 def _merge_tool_call(tools: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:

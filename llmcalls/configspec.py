@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from foundation import webhooks
 from foundation.configfile import ConfigFileError, Duration, StrictItem, register
+from llmcalls.cachespec import SemanticCacheSpec
 
 
 def _unless(problem: str, value: str) -> str:
@@ -53,6 +54,7 @@ class RouteSpec(StrictItem):
     daily_budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=4)
     over_budget: Literal["refuse", "next-model"] = "refuse"
     params: dict[str, Any] = Field(default_factory=dict)
+    semantic_cache: SemanticCacheSpec | None = None
 
     @field_validator("deadline")
     @classmethod
@@ -116,6 +118,7 @@ def apply_routes(items: list[RouteSpec]) -> list[str]:
             daily_budget_usd=spec.daily_budget_usd,
             over_budget=spec.over_budget,
             params=spec.params,
+            semantic_cache=spec.semantic_cache.stored() if spec.semantic_cache else None,
         )
         for spec in items
     ]

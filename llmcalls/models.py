@@ -64,6 +64,12 @@ class Route(models.Model):
     params = models.JSONField(
         default=dict, blank=True, help_text='Request parameters, e.g. {"temperature": 0}'
     )
+    semantic_cache = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='Semantic cache (docs/llmcalls.md), e.g. {"embedding_route": "embeddings", '
+        '"threshold": 0.95, "ttl": "7d", "serve": "approved_only"}; blank: none',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -183,6 +189,11 @@ class LLMCall(models.Model):
     fallback_path = models.JSONField(default=list, blank=True, help_text="provider/model tried")
     fell_back = models.BooleanField(default=False)
     cache_hit = models.BooleanField(default=False)
+    # A semantic cache hit: how close the question was, the call whose answer was served, and
+    # what that call had cost (saved by this one).
+    cache_similarity = models.FloatField(null=True, blank=True)
+    cache_source = models.UUIDField(null=True, blank=True)
+    cache_saved_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
     over_budget = models.BooleanField(default=False)
 
     latency_ms = models.FloatField(null=True, blank=True)
@@ -236,3 +247,38 @@ class LLMCall(models.Model):
         if self.input_tokens is None and self.output_tokens is None:
             return None
         return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+class SemanticCacheEntry(models.Model):
+    """One answer the semantic cache may serve (llmcalls.semcache).
+
+    Found by `key` (a hash of everything but the last user message's text: service, feature,
+    model, system prompt, tools, parameters) and the cosine similarity of `embedding` (unit
+    length, float16 bytes). With `serve: approved_only` it is served only once `approved_at` is
+    set (a proposal linked to `call_id` was approved as proposed); `evicted_at` ends it for good.
+    `changed_at` (clock time of the last write) is how each process's index catches up.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    key = models.CharField(max_length=64)
+    call_id = models.UUIDField(unique=True, help_text="The LLMCall whose answer this is")
+    service = models.CharField(max_length=100, blank=True)
+    feature = models.CharField(max_length=200)
+    embedding = models.BinaryField()
+    response = models.JSONField(help_text="The chat.completion as the provider sent it")
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    approved_at = models.DateTimeField(null=True, blank=True)
+    evicted_at = models.DateTimeField(null=True, blank=True)
+    evicted_because = models.CharField(max_length=200, blank=True)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["changed_at"], name="semcache_changed"),
+            models.Index(fields=["key"], name="semcache_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.feature} {self.call_id}"

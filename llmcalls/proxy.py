@@ -218,7 +218,7 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     if not body.get("stream"):
         response = JsonResponse(result.raw)
         response[CALL_ID_HEADER] = str(result.call_id)
-        response["X-Gatehouse-Cache"] = "hit" if result.cache_hit else "miss"
+        response["X-Gatehouse-Cache"] = result.cache_kind or "miss"
         return response
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
     events = _sse(started, include_usage=usage)
@@ -227,7 +227,7 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     )
     streaming = StreamingHttpResponse(content, content_type="text/event-stream")
     streaming[CALL_ID_HEADER] = str(started.call_id)
-    streaming["X-Gatehouse-Cache"] = "hit" if started.cache_hit else "miss"
+    streaming["X-Gatehouse-Cache"] = started.cache_kind or "miss"
     streaming["Cache-Control"] = "no-cache"
     streaming["X-Accel-Buffering"] = "no"
     return streaming

@@ -8,6 +8,7 @@ llmcalls.services take effect at once in the process that made them).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 from foundation.ttlcache import TTLCache
 
 MTOK = Decimal(1_000_000)
+logger = logging.getLogger("llmcalls")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class SemanticCache:
+    """A route's semantic cache (llmcalls.semcache): see configspec.SemanticCacheSpec."""
+
+    embedding_route: str
+    threshold: float
+    ttl: float  # seconds
+    approved_only: bool
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     feature: str
     targets: tuple[Target, ...]
@@ -40,6 +52,7 @@ class RouteConfig:
     daily_budget_usd: Decimal | None = None
     over_budget: str = "refuse"
     params: dict[str, Any] = field(default_factory=dict)
+    semantic_cache: SemanticCache | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ def _load() -> _Snapshot:
             daily_budget_usd=route.daily_budget_usd,
             over_budget=route.over_budget,
             params=dict(route.params or {}),
+            semantic_cache=_semantic_cache(route.feature, route.semantic_cache),
         )
     prices: dict[str, list[Price]] = {}
     for row in ModelPrice.objects.order_by("model", "-effective_from"):
@@ -117,6 +131,25 @@ def _load() -> _Snapshot:
     for service_id, feature in FeatureGrant.objects.values_list("service_id", "feature"):
         grants.setdefault(service_id, set()).add(feature)
     return _Snapshot(routes, prices, {k: frozenset(v) for k, v in grants.items()})
+
+
+def _semantic_cache(feature: str, stored: Any) -> SemanticCache | None:
+    """The route's semantic cache; a stored value that does not validate means none (and says
+    so): a cache that cannot tell its threshold must not serve anything."""
+    if not stored:
+        return None
+    from pydantic import ValidationError
+
+    from llmcalls.cachespec import SemanticCacheSpec
+
+    try:
+        spec = SemanticCacheSpec.model_validate(stored)
+    except ValidationError as exc:
+        logger.error("route %s: semantic_cache is invalid and off: %s", feature, exc)
+        return None
+    return SemanticCache(
+        spec.embedding_route, spec.threshold, spec.ttl.total_seconds(), spec.serve != "any"
+    )
 
 
 def _current() -> _Snapshot:

@@ -172,6 +172,8 @@ def rates(*, since: datetime, calls: QuerySet[LLMCall] | None = None) -> dict[st
         .aggregate(
             calls=Count("id"),
             cache_hits=Count("id", filter=Q(cache_hit=True)),
+            semantic_hits=Count("id", filter=Q(cache_hit=True, cache_source__isnull=False)),
+            saved=Sum("cache_saved_usd"),
             fallbacks=Count("id", filter=Q(fell_back=True)),
             errors=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
             refused=Count("id", filter=Q(status=LLMCall.Status.REFUSED)),
@@ -182,6 +184,7 @@ def rates(*, since: datetime, calls: QuerySet[LLMCall] | None = None) -> dict[st
     for name in ("cache_hits", "fallbacks", "errors"):
         totals[f"{name}_pct"] = 100 * totals[name] / count if count else 0.0
     totals["cost"] = totals["cost"] or Decimal(0)
+    totals["saved"] = totals["saved"] or Decimal(0)  # what the semantic cache's answers had cost
     return totals
 
 

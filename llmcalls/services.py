@@ -230,6 +230,7 @@ def route_upsert(
     daily_budget_usd: Decimal | None,
     over_budget: str,
     params: dict[str, Any],
+    semantic_cache: dict[str, Any] | None = None,
 ) -> str:
     """Create or update a route and replace its targets; report what changed."""
     with transaction.atomic():
@@ -243,6 +244,7 @@ def route_upsert(
                 "daily_budget_usd": daily_budget_usd,
                 "over_budget": over_budget,
                 "params": params,
+                "semantic_cache": semantic_cache,
             },
         )
         route = Route.objects.get(feature=feature)

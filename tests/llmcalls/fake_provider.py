@@ -15,6 +15,10 @@ script for its (provider, model), or else by the model's name:
     length        a normal answer with finish_reason "length" (truncated)
     echo-auth     401 whose message repeats the Authorization header it received
 
+`POST /<provider>/v1/embeddings` answers with the demo model's embeddings
+(approvals.demo_model.embedding: paraphrases close, other questions apart); `delay:…` and status
+codes apply there too.
+
 Every request is recorded (provider, model, body, time) so tests can check what was tried.
 """
 
@@ -27,6 +31,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from approvals.demo_model import embeddings_response
 
 
 @dataclass
@@ -143,6 +149,9 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             parts = self.path.strip("/").split("/")
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
+            if len(parts) == 3 and parts[1:] == ["v1", "embeddings"]:
+                self._embeddings(parts[0], json.loads(raw or b"{}"))
+                return
             if len(parts) != 4 or parts[1:] != ["v1", "chat", "completions"]:
                 self._json(404, {"error": {"message": "not found"}})
                 return
@@ -182,6 +191,20 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             else:
                 finish = "length" if kind == "length" else "stop"
                 self._json(200, _completion(fake, model, finish), {"x-request-id": "req_fake_1"})
+
+        def _embeddings(self, provider: str, body: dict[str, Any]) -> None:
+            """The demo model's embeddings (approvals.demo_model.embedding): paraphrases close."""
+            model = str(body.get("model", ""))
+            fake._record(
+                Received(provider, model, body, time.monotonic(), dict(self.headers.items()))
+            )
+            kind, _, arg = fake._next_behaviour(provider, model).partition(":")
+            if kind == "delay":
+                time.sleep(float(arg or 0.2))
+            elif kind.isdigit():
+                self._json(int(kind), {"error": {"message": f"fake {kind}", "type": "fake"}})
+                return
+            self._json(200, embeddings_response(body), {"x-request-id": "req_fake_embedding"})
 
         def _stream(
             self, model: str, body: dict[str, Any], *, stop_after: int | None, hang: bool

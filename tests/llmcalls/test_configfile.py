@@ -94,3 +94,65 @@ def test_a_route_naming_an_unknown_provider_changes_nothing() -> None:
     with pytest.raises(configfile.ConfigFileError, match="unknown provider 'ghost'"):
         configfile.apply(text)
     assert not Provider.objects.exists() and not Route.objects.exists()
+
+
+def test_a_semantic_cache_is_applied_from_the_file_and_read_by_the_routing_snapshot() -> None:
+    from llmcalls import routing
+
+    text = FILE + (
+        "    semantic_cache: {embedding_route: emb, threshold: 0.92, ttl: 7d, serve: any}\n"
+    )
+    configfile.apply(text)
+    route = Route.objects.get(feature="support-refunds")
+    assert route.semantic_cache == {
+        "embedding_route": "emb",
+        "threshold": 0.92,
+        "ttl": "604800s",
+        "serve": "any",
+    }
+    routing.forget()
+    config = routing.route_for("support-refunds")
+    assert config is not None and config.semantic_cache == routing.SemanticCache(
+        "emb", 0.92, 604800.0, approved_only=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "problem"),
+    [
+        ("{embedding_route: emb, threshold: 1.5}", "semantic_cache.threshold"),
+        ("{embedding_route: emb, serve: sometimes}", "semantic_cache.serve"),
+        ("{threshold: 0.9}", "semantic_cache.embedding_route"),
+        ("{embedding_route: emb, ttl: 0s}", "the ttl must be at least 1s"),
+    ],
+)
+def test_a_bad_semantic_cache_is_refused_naming_the_field(option: str, problem: str) -> None:
+    with pytest.raises(configfile.ConfigFileError) as caught:
+        configfile.parse(FILE + f"    semantic_cache: {option}\n")
+    assert problem in "\n".join(caught.value.problems)
+
+
+def test_the_admin_checks_a_semantic_cache_with_the_same_description() -> None:
+    from llmcalls.admin import RouteForm
+
+    form = RouteForm(
+        data={
+            "feature": "f",
+            "deadline": "30",
+            "over_budget": "refuse",
+            "params": "{}",
+            "semantic_cache": '{"embedding_route": "emb", "threshold": 2}',
+        }
+    )
+    assert not form.is_valid() and "threshold" in str(form.errors["semantic_cache"])
+    form = RouteForm(
+        data={
+            "feature": "f",
+            "deadline": "30",
+            "over_budget": "refuse",
+            "params": "{}",
+            "semantic_cache": '{"embedding_route": "emb", "ttl": "1h"}',
+        }
+    )
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["semantic_cache"]["ttl"] == "3600s"

@@ -251,4 +251,4 @@ class TestRequests:
         first = shop.post_json("/llm/v1/chat/completions", {"messages": MESSAGES})
         second = shop.post_json("/llm/v1/chat/completions", {"messages": MESSAGES})
         assert first.json()["id"] == "chatcmpl-fake" == second.json()["id"]
-        assert (first["X-Gatehouse-Cache"], second["X-Gatehouse-Cache"]) == ("miss", "hit")
+        assert (first["X-Gatehouse-Cache"], second["X-Gatehouse-Cache"]) == ("miss", "exact")

@@ -5,7 +5,8 @@ It answers `POST /v1/chat/completions` (and lists `GET /v1/models`) with the dem
 support model (approvals/demo_model.py): a proposal for the ticket in the last user message, with
 token counts and a latency of a few hundred milliseconds, so that the model-call log, its costs
 and latencies, and eval runs have something real to show. `make run` starts it; config/demo.yaml
-routes the demo's features to it. Never a model to rely on: it is a script.
+routes the demo's features to it. `POST /v1/embeddings` gives the demo model's embeddings (a hashed
+bag of words, paraphrases close) for the semantic cache. Never a model to rely on: it is a script.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def make_server(host: str, port: int, *, latency: tuple[float, float]) -> Thread
                 body = json.loads(self.rfile.read(length) or b"{}")
             except ValueError:
                 body = None
+            if self.path.rstrip("/").endswith("/embeddings") and isinstance(body, dict):
+                self._send(200, demo_model.embeddings_response(body))
+                return
             if not self.path.rstrip("/").endswith("/chat/completions") or not isinstance(
                 body, dict
             ):
