@@ -147,7 +147,8 @@ def main() -> None:
     args = parser.parse_args()
 
     fresh_database(args.database)
-    env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX="16")
+    # One connection a thread is all a server can use (8 threads a worker).
+    env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX=str(args.threads))
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     manage(env, "migrate", "--noinput", "-v", "0")
