@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
         """Seconds from the request to the first chunk with content; then drain the stream."""
         started = time.perf_counter()
         first = 0.0
-        stream = client.chat.completions.create(
+        stream: Any = client.chat.completions.create(
             model="ok",
             messages=MESSAGES,  # type: ignore[arg-type]
             stream=True,

@@ -221,7 +221,12 @@ def main() -> None:
             cwd=ROOT, env=env, stdout=stack.enter_context((logs / "gh-memory-worker.log").open("wb")),
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        stack.callback(lambda: (os.killpg(worker.pid, signal.SIGTERM), worker.wait(timeout=30)))
+
+        def stop_worker() -> None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+
+        stack.callback(stop_worker)
         time.sleep(3)
         port = int(base.rsplit(":", 1)[1])
         load = Load(port, key, session, [])

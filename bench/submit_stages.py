@@ -164,7 +164,7 @@ def instrument(stages: Stages) -> list[str]:
     patch_method(stages, "response: ninja's _result_to_response", Operation, "_result_to_response")
     stages_by_path = {
         "authentication": ["approvals.services:api_key_authenticate"],
-        "schema: jsonvalues.check": ["approvals.jsonvalues:check"],
+        "schema: jsonvalues.check": ["foundation.jsonvalues:check", "approvals.jsonvalues:check"],
         "schema: payload JSON Schema": ["approvals.schemas_cache:validate_payload"],
         "rules": ["approvals.decisions:decide_automatically"],
         "insert": [
@@ -179,7 +179,7 @@ def instrument(stages: Stages) -> list[str]:
         ],
         "idempotency: payload_hash": ["approvals.models:payload_hash"],
         "response: representation": ["approvals.representation:proposal_representation"],
-        "response: JSON": ["approvals.jsonfast:dumps"],
+        "response: JSON": ["foundation.jsonfast:dumps", "approvals.jsonfast:dumps"],
         "live-update check": ["approvals.events:proposal_changed"],
         "observability": [
             "approvals.services.proposals:_observe_submit",

@@ -102,7 +102,7 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
                 "min_size": 1,
                 "max_size": env_int("DB_POOL_MAX", 20, minimum=1),
                 # How long a request waits for a connection: short, so that a database that is
-                # away answers 503 within about a second (approvals/unavailable.py).
+                # away answers 503 within about a second (foundation/unavailable.py).
                 "timeout": env_float("DB_POOL_TIMEOUT", 1.0),
                 # While the server is away the pool's background reconnection backs off (1, 2,
                 # 4, 8 s …); giving it up after 2 s lets the next request start a fresh attempt,

@@ -20,7 +20,7 @@ from django.middleware.csrf import CsrfViewMiddleware as _Csrf
 from django_htmx.middleware import HtmxMiddleware as _Htmx
 from whitenoise.middleware import WhiteNoiseMiddleware as _WhiteNoise
 
-from approvals.unavailable import API_PREFIXES
+from foundation.unavailable import API_PREFIXES
 
 
 class _PagesOnly:

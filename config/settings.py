@@ -53,7 +53,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "telemetry.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "approvals.unavailable.BackingServiceMiddleware",
+    "foundation.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
     # config.middleware: Django's and whitenoise's own, skipped for /api/ and /llm/v1/.
     "config.middleware.WhiteNoiseMiddleware",
@@ -96,7 +96,7 @@ DATABASES = {
     )
 }
 # While PostgreSQL or Redis is unreachable every request answers 503 with this Retry-After
-# (seconds) instead of waiting; see approvals/unavailable.py and docs/operations.md.
+# (seconds) instead of waiting; see foundation/unavailable.py and docs/operations.md.
 UNAVAILABLE_RETRY_AFTER = env_int("UNAVAILABLE_RETRY_AFTER", 5, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
