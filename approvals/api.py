@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
-from pydantic import ConfigDict, StrictFloat, StrictStr, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictStr, WithJsonSchema
 
 from approvals import selectors, services
 from approvals.models import Proposal, Service
@@ -55,7 +55,9 @@ Confidence = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]
 JsonObject = Annotated[dict[str, Any], WithJsonSchema(problems.JSON_OBJECT_MARK)]
 
 
-class ProposalIn(Schema):
+# Request bodies are plain pydantic models: ninja's Schema validates a model that forbids extra
+# fields twice (once as the dict, once through its attribute getter), 59 µs a submit instead of 6.
+class ProposalIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action_type: Annotated[
@@ -145,12 +147,12 @@ class ProblemOut(Schema):
     errors: list[dict[str, Any]] | None = None
 
 
-class CancelIn(Schema):
+class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: Annotated[StrictStr, Field(max_length=2000, pattern=problems.NO_NUL)] = ""
 
 
-class ResultIn(Schema):
+class ResultIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["executed", "failed"]
     detail: Annotated[StrictStr, Field(max_length=2000, pattern=problems.NO_NUL)] = ""

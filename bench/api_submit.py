@@ -19,6 +19,10 @@ request cost the servers, PostgreSQL, Redis and wrk, and the load average before
 rules on refund.issue (bench/rulesets.py) that the benchmark body never matches, so each submit
 evaluates all N (the worst case) and ends in review.
 
+`--profile-stages` breaks a submit's CPU down by stage instead (bench/submit_stages.py: the real
+WSGI application in-process, `--stage-requests` submits without and then with a new
+Idempotency-Key each, CPU and wall per stage, exclusive); `--cprofile FILE` adds a cProfile.
+
 `--observability` measures instead what metrics, JSON logs and traces cost a submit: three servers
 (each `--server`, granian WSGI by default) side by side on the same database, rounds alternating between them, the CPU each request cost
 (that server's processes and PostgreSQL's backends of the bench database only, so that other work
@@ -38,6 +42,7 @@ import functools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_django import bare_project
 from common import (
+    ROOT,
     SERVERS,
     SESSIONS,
     bench_env,
@@ -131,10 +137,18 @@ def main() -> None:
         action="store_true",
         help="compare the submit with metrics and JSON logs off, on, and on with OpenTelemetry",
     )
+    parser.add_argument(
+        "--profile-stages",
+        action="store_true",
+        help="break the submit's CPU down by stage, in-process (bench/submit_stages.py)",
+    )
+    parser.add_argument("--stage-requests", type=int, default=2000)
+    parser.add_argument("--cprofile", type=Path, help="with --profile-stages: a cProfile file")
     args = parser.parse_args()
 
     fresh_database(args.database)
-    env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX="16")
+    # One connection a thread is all a server can use (8 threads a worker).
+    env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX=str(args.threads))
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     manage(env, "migrate", "--noinput", "-v", "0")
@@ -153,6 +167,9 @@ def main() -> None:
 
     if args.observability:
         observability(args, env, key)
+        return
+    if args.profile_stages:
+        profile_stages(args, env, key)
         return
 
     print(f"load before: {load()}")
@@ -240,6 +257,28 @@ def main() -> None:
         print(f"WARNING: {bad:.0f} requests failed (non-2xx or socket errors)")
     if args.json:
         print(json.dumps({"best": best, "round_ratios": ratios, "probes": probes}))
+
+
+def profile_stages(args: argparse.Namespace, env: dict[str, str], key: str) -> None:
+    """The submit's CPU by stage, without and with a new Idempotency-Key (bench/submit_stages.py)."""
+    print(f"load before: {load()}")
+    for extra in ([], ["--new-keys"]):
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "submit_stages.py"),
+            "--key",
+            key,
+            "--body",
+            json.dumps(BODY),
+            "--requests",
+            str(args.stage_requests),
+            *extra,
+        ]
+        if args.cprofile:
+            suffix = "-new-keys" if extra else ""
+            command += ["--cprofile", f"{args.cprofile}{suffix}"]
+        subprocess.run(command, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=True)
+    print(f"load after: {load()}")
 
 
 def load() -> str:

@@ -121,6 +121,7 @@ def serve(
     ready: str = "/healthz",
     output: Any = None,
     port: int = 0,
+    ready_timeout: float = 90,
 ) -> Iterator[str]:
     """`server` running `project`'s WSGI or ASGI entry (Gatehouse's by default) on `port`, else
     BENCH_PORT, else a free loopback port; yields its base URL and stops it afterwards.
@@ -136,7 +137,7 @@ def serve(
     base = f"http://127.0.0.1:{port}"
     SESSIONS[base] = process.pid  # its own session: the server's processes are that session's
     try:
-        wait_for(base + ready)
+        wait_for(base + ready, timeout=ready_timeout)
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -12,10 +12,15 @@ differences are overhead. Measured, interleaved call by call:
 
   raw       openai.OpenAI(max_retries=0).chat.completions.create(...)      (the floor)
   complete  llmcalls.client.complete(...): route, breaker, budget-free route, cost, log INSERT
-  proxy     the openai client pointed at /llm/v1 of Gatehouse under uvicorn (a separate process)
+  proxy     the openai client pointed at /llm/v1 of Gatehouse served as production serves it:
+            the Procfile's `web:` (granian WSGI, 2 workers x 8 threads; deploy/nginx.conf sends
+            /llm/ there), a separate process; `--server` for another
   litellm   litellm.completion(model="openai/...", api_base=..., num_retries=0)
-  hop       GET /llm/v1/models through the same uvicorn: the HTTP hop into Gatehouse with the
+  hop       GET /llm/v1/models through the same server: the HTTP hop into Gatehouse with the
             key check and no model call, i.e. what any proxy in front of the provider costs
+  raw-stream, proxy-stream
+            the same two with stream=True: time to the first token (the first chunk with
+            content), the figure a streaming caller feels; the stream is then drained
 
 and the import time of llmcalls.client (after django.setup()) and of litellm, in fresh processes.
 LiteLLM is skipped (and said so) when it is not installed.
@@ -44,7 +49,7 @@ MESSAGES = [{"role": "user", "content": "Is order 42 eligible for a refund?"}]
 DATABASE = "bench_llm_overhead"
 
 
-from common import bench_env, fresh_database, manage, uvicorn  # noqa: E402
+from common import SERVERS, bench_env, fresh_database, manage, serve  # noqa: E402
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
@@ -81,16 +86,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=1000, help="measured calls per path")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--server", choices=sorted(SERVERS), default="granian-wsgi")
+    parser.add_argument("--database", default=DATABASE)
+    parser.add_argument("--skip-imports", action="store_true", help="skip the import timings")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even if installed")
     args = parser.parse_args()
 
     redis_url = os.environ.get("REDIS_URL", "")
-    env = bench_env(DATABASE, LITELLM_LOCAL_MODEL_COST_MAP="True")  # LiteLLM: no download
+    env = bench_env(args.database, LITELLM_LOCAL_MODEL_COST_MAP="True")  # LiteLLM: no download
     if redis_url:
         env["REDIS_URL"] = redis_url
     os.environ.clear()
     os.environ.update(env, DJANGO_SETTINGS_MODULE="config.settings")
     os.environ.setdefault("BENCH_PORT", str(PROXY_PORT))
-    fresh_database(DATABASE)
+    fresh_database(args.database)
     manage(env, "migrate", "--noinput")
 
     fake = subprocess.Popen(
@@ -100,7 +109,8 @@ def main() -> None:
     )
     try:
         wait_for_port(FAKE_PORT, fake)
-        with uvicorn(env, workers=1) as base:
+        with serve(env, server=args.server, workers=2, threads=8) as base:
+            print(f"Gatehouse on {args.server} (2 workers, 8 threads) at {base}")
             run(args, base)
     finally:
         fake.terminate()
@@ -157,13 +167,37 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
     def do_hop() -> None:
         via_proxy.models.list()
 
-    paths: dict[str, Callable[[], None]] = {
+    def first_token(client: openai.OpenAI) -> float:
+        """Seconds from the request to the first chunk with content; then drain the stream."""
+        started = time.perf_counter()
+        first = 0.0
+        stream: Any = client.chat.completions.create(
+            model="ok",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+        )
+        for chunk in stream:
+            if not first and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - started
+        return first
+
+    def do_raw_stream() -> float:
+        return first_token(raw)
+
+    def do_proxy_stream() -> float:
+        return first_token(via_proxy)
+
+    paths: dict[str, Callable[[], float | None]] = {
         "raw": do_raw,
         "complete": do_complete,
         "proxy": do_proxy,
         "hop": do_hop,
+        "raw-stream": do_raw_stream,
+        "proxy-stream": do_proxy_stream,
     }
     try:
+        if args.no_litellm:
+            raise ImportError
         import litellm
 
         litellm.telemetry = False
@@ -187,9 +221,10 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
         random.shuffle(names)
         for name in names:
             started = time.perf_counter()
-            paths[name]()
+            ttft = paths[name]()
             if index >= args.warmup:
-                samples[name].append((time.perf_counter() - started) * 1000)
+                took = ttft if ttft is not None else time.perf_counter() - started
+                samples[name].append(took * 1000)
 
     # The log write on its own, for the record.
     record = LLMCall.objects.filter(feature="bench-llm").order_by("-created_at").first()
@@ -204,12 +239,13 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
 
     raw_p50, raw_p99 = percentiles(samples["raw"])
     print(f"\nllmcalls overhead, {args.calls} calls per path, same fake provider, one run")
+    print(f"load average: {os.getloadavg()}")
     print(f"circuit breaker state: {'Redis' if os.environ.get('REDIS_URL') else 'in-process'}")
     print(
         f"{'path':<10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'p50 ratio':>9}"
     )
     for name in names_in_order(samples):
-        if name == "hop":
+        if name in {"hop", "raw-stream", "proxy-stream"}:
             continue
         p50, p99 = percentiles(samples[name])
         print(
@@ -219,8 +255,19 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
     hop50, hop99 = percentiles(samples["hop"])
     proxy50 = percentiles(samples["proxy"])[0]
     print(
-        f"hop floor (GET /llm/v1/models via uvicorn): p50 {hop50:.3f} ms, p99 {hop99:.3f} ms; "
+        f"hop floor (GET /llm/v1/models via {args.server}): p50 {hop50:.3f} ms, p99 {hop99:.3f} ms; "
         f"proxy minus raw minus hop: p50 {proxy50 - raw_p50 - hop50:.3f} ms"
+    )
+    s50, s99 = percentiles(samples["raw-stream"])
+    p50s, p99s = percentiles(samples["proxy-stream"])
+    print(
+        f"time to first token, stream=True: raw p50 {s50:.3f} ms p99 {s99:.3f} ms; proxy p50 "
+        f"{p50s:.3f} ms p99 {p99s:.3f} ms; added p50 {p50s - s50:.3f} ms, p99 {p99s - s99:.3f} ms"
+    )
+    added = percentiles(samples["proxy"])[0] - raw_p50
+    print(
+        f"target: the proxy adds p50 <= 2 ms: {'yes' if added <= 2 else 'NO'} ({added:.3f} ms); "
+        f"streaming, to the first token: {'yes' if p50s - s50 <= 2 else 'NO'} ({p50s - s50:.3f} ms)"
     )
     w50, w99 = percentiles(writes)
     print(f"log write alone (call_log_write, one INSERT): p50 {w50:.3f} ms, p99 {w99:.3f} ms")
@@ -233,6 +280,8 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
             f"target: below LiteLLM's added p50 ({theirs:.3f} ms): {'yes' if ours < theirs else 'NO'}"
         )
 
+    if args.skip_imports:
+        return
     setup = (
         "import os,time,django;os.environ.setdefault('DJANGO_SETTINGS_MODULE','config.settings');"
         "django.setup();t=time.perf_counter();"
@@ -254,7 +303,8 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
 
 
 def names_in_order(samples: dict[str, Any]) -> list[str]:
-    return [n for n in ("raw", "complete", "proxy", "litellm", "hop") if n in samples]
+    order = ("raw", "complete", "proxy", "litellm", "hop", "raw-stream", "proxy-stream")
+    return [n for n in order if n in samples]
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
                 "min_size": 1,
                 "max_size": env_int("DB_POOL_MAX", 20, minimum=1),
                 # How long a request waits for a connection: short, so that a database that is
-                # away answers 503 within about a second (approvals/unavailable.py).
+                # away answers 503 within about a second (foundation/unavailable.py).
                 "timeout": env_float("DB_POOL_TIMEOUT", 1.0),
                 # While the server is away the pool's background reconnection backs off (1, 2,
                 # 4, 8 s …); giving it up after 2 s lets the next request start a fresh attempt,
@@ -111,7 +111,7 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
             }
             options.setdefault("connect_timeout", "2")
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": "config.postgres",
             "NAME": unquote(parts.path.lstrip("/")) or "gatehouse",
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
@@ -120,7 +120,8 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
             "CONN_MAX_AGE": 0 if pool else 60,
             # With the pool, Django hands this to psycopg_pool as its `check`: a connection that
             # died with the old server (restart, failover) is found and replaced before it is
-            # handed out, so no request fails on it.
+            # handed out, so no request fails on it (config/postgres: without a round trip
+            # when the connection is fine).
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
         }

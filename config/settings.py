@@ -55,13 +55,14 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "foundation.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # config.middleware: Django's and whitenoise's own, skipped for /api/ and /llm/v1/.
+    "config.middleware.WhiteNoiseMiddleware",
+    "config.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django_htmx.middleware.HtmxMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "config.middleware.CsrfViewMiddleware",
+    "config.middleware.AuthenticationMiddleware",
+    "config.middleware.HtmxMiddleware",
+    "config.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
 ]
@@ -112,7 +113,7 @@ DATABASES = {
     )
 }
 # While PostgreSQL or Redis is unreachable every request answers 503 with this Retry-After
-# (seconds) instead of waiting; see approvals/unavailable.py and docs/operations.md.
+# (seconds) instead of waiting; see foundation/unavailable.py and docs/operations.md.
 UNAVAILABLE_RETRY_AFTER = env_int("UNAVAILABLE_RETRY_AFTER", 5, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -24,7 +24,9 @@ from foundation.errors import problem
 
 log = logging.getLogger("gatehouse.unavailable")
 
-_API_PREFIXES = ("/api/", "/llm/v1/")
+# Paths of the machine-facing API (bearer keys, problem+json): config/middleware.py skips what
+# only pages need for them.
+API_PREFIXES = ("/api/", "/llm/v1/")
 
 
 def unavailable_response(request: HttpRequest, service: str) -> HttpResponse:
@@ -34,7 +36,7 @@ def unavailable_response(request: HttpRequest, service: str) -> HttpResponse:
         "a retry with the same Idempotency-Key is safe."
     )
     accepts_html = "text/html" in request.headers.get("Accept", "")
-    if request.path.startswith(_API_PREFIXES) or not accepts_html:
+    if request.path.startswith(API_PREFIXES) or not accepts_html:
         return problem(
             503,
             "service-unavailable",

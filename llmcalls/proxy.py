@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from approvals.models import Service
 from approvals.services import api_key_authenticate
-from foundation import problems
+from foundation import jsonfast, problems
 from foundation.errors import ApplicationError, problem
 from llmcalls import client, routing
 from llmcalls.client import CompletionStream, LLMError
@@ -216,7 +216,8 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     except LLMError as exc:
         return _error(exc.status, exc.message, exc.code, call_id=exc.call_id)
     if not body.get("stream"):
-        response = JsonResponse(result.raw)
+        # orjson: the provider's answer re-encoded several times faster than json.dumps.
+        response = HttpResponse(jsonfast.dumps(result.raw), content_type="application/json")
         response[CALL_ID_HEADER] = str(result.call_id)
         response["X-Gatehouse-Cache"] = result.cache_kind or "miss"
         return response
@@ -239,7 +240,7 @@ def _sse(stream: CompletionStream, *, include_usage: bool) -> Iterator[bytes]:
             chunk = delta.raw
             if not include_usage and not chunk.get("choices"):
                 continue  # the usage-only chunk the caller did not ask for
-            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: " + jsonfast.dumps(chunk) + b"\n\n"
     except LLMError as exc:
         # Mid-stream: the status line is sent already; an error event makes the SDK raise.
         error = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}

@@ -1,0 +1,302 @@
+"""Memory over 100,000 requests: RSS of each web and worker process, and whether it still grows.
+
+    .venv/bin/python bench/memory.py [--requests 100000] [--every 10000] [--max-seconds 1200]
+
+The production processes on a fresh PostgreSQL database and Redis: the Procfile's `web:`
+(granian WSGI, 2 workers x 8 threads) and a Celery worker (prefork, 2 processes) executing the
+approved proposals by webhook to a receiver on loopback. `--threads` client threads (keep-alive
+connections) send a mix: 40% submits (half of them approved by a rule and executed by the
+worker, half left pending), 45% API reads (one proposal, a page of the list), 15% reviewer pages
+(the queue, the history, a proposal's page, signed in). Every `--every` requests it prints the
+RSS of every process of both, and at the end the slope of each process's RSS over the last half
+of the run (least squares, MB per 10,000 requests) and the verdict: no growth when the fitted
+growth over that half is within 2 MB or 2% of the process's RSS, whichever is larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import PYTHON, ROOT, SESSIONS, bench_env, fresh_database, manage, serve
+
+CONFIG = """\
+action_types:
+  - key: refund.issue
+    title: Issue a refund
+    risk: medium
+    executor: {{kind: webhook, url: "http://127.0.0.1:{port}/execute"}}
+    reviewer_group: support
+    payload_schema:
+      type: object
+      required: [order_id, amount, currency]
+      properties:
+        order_id: {{type: string}}
+        amount: {{type: number, exclusiveMinimum: 0}}
+        currency: {{type: string, enum: [EUR, USD, GBP]}}
+rules:
+  - name: bench-small-confident
+    action_type: refund.issue
+    priority: 10
+    when: "confidence >= 0.9 && payload.amount <= 50.0"
+    outcome: approve
+    reason: Small refund, model confident.
+"""
+
+
+def receiver() -> ThreadingHTTPServer:
+    """Answers every webhook 204 (the executions' other end)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def processes(session: int) -> list[int]:
+    """The pids of one process group (a server and its workers), oldest first."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry.name}/stat", "rb") as handle:
+                stat = handle.read()
+                if int(stat[stat.rindex(b")") + 2 :].split()[3]) == session:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares MB per request."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
+
+
+class Load:
+    """Client threads sending the mix; counts requests and failures."""
+
+    def __init__(self, port: int, key: str, session: str, ids: list[str]) -> None:
+        self.port, self.key, self.session = port, key, session
+        self.ids = ids
+        self.sent = 0
+        self.failed: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def one(self, conn: http.client.HTTPConnection, rng: random.Random) -> None:
+        api = {"Authorization": f"Bearer {self.key}"}
+        page = {"Cookie": f"sessionid={self.session}", "Accept": "text/html"}
+        draw = rng.random() if self.ids else 0.0  # the first request submits
+        if draw < 0.4:
+            amount = 42.5 if rng.random() < 0.5 else 420.0  # approved and executed, or pending
+            body = {
+                "action_type": "refund.issue",
+                "payload": {"order_id": f"ORD-{rng.randrange(10**6)}", "amount": amount,
+                            "currency": "EUR"},
+                "confidence": 0.95,
+                "summary": "Refund a late parcel",
+                "rationale": "The carrier's tracking shows a late delivery. " * 4,
+                "external_id": str(uuid.uuid4()),
+            }  # fmt: skip
+            kind, method, path = "submit", "POST", "/api/v1/proposals"
+            data: bytes | None = json.dumps(body).encode()
+            headers = {**api, "Content-Type": "application/json"}
+        elif draw < 0.6:
+            kind, method, path, data, headers = "read", "GET", "", None, api
+            path = f"/api/v1/proposals/{rng.choice(self.ids)}"
+        elif draw < 0.85:
+            kind, method, data, headers = "list", "GET", None, api
+            path = "/api/v1/proposals?limit=20"
+        else:
+            pages = ["/", "/history/", f"/proposals/{rng.choice(self.ids)}/"]
+            kind, method, path, data, headers = "page", "GET", rng.choice(pages), None, page
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        if response.status >= 300:
+            with self.lock:
+                self.failed[f"{kind} {response.status}"] = (
+                    self.failed.get(f"{kind} {response.status}", 0) + 1
+                )
+        elif kind == "submit" and len(self.ids) < 5000:
+            self.ids.append(json.loads(payload)["id"])
+
+    def run(self, until: int, deadline: float, seed: int) -> None:
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.sent >= until:
+                    break
+                self.sent += 1
+            try:
+                self.one(conn, rng)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                with self.lock:
+                    self.failed["socket"] = self.failed.get("socket", 0) + 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--every", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=1200)
+    parser.add_argument("--database", default="gh_perf_memory")
+    parser.add_argument("--redis-db", type=int, default=8)
+    args = parser.parse_args()
+
+    fresh_database(args.database)
+    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
+    env = bench_env(args.database, REDIS_URL=redis_url, DB_POOL_MAX="8")
+    sink = receiver()
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "collectstatic", "--noinput", "-v", "0")  # the pages' manifest (DEBUG off)
+    manage(env, "apply", "-", stdin=CONFIG.format(port=sink.server_address[1]))
+    key = json.loads(
+        manage(env, "create_service", "bench", "--action-types", "refund.issue", "--json")
+    )["api_key"]
+    manage(env, "create_reviewer", "rita", "--action-types", "refund.issue")
+    os.environ.update(env, DJANGO_SETTINGS_MODULE="config.settings")
+    import django
+
+    django.setup()
+    import redis
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    redis.Redis.from_url(redis_url).delete("celery")
+    client = Client()
+    client.force_login(User.objects.get(username="rita"))
+    session = client.cookies["sessionid"].value
+
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    with contextlib.ExitStack() as stack:
+        web_log = stack.enter_context((logs / "gh-memory-web.log").open("wb"))
+        base = stack.enter_context(serve(env, server="granian-wsgi", output=web_log))
+        worker = subprocess.Popen(
+            [PYTHON, "-m", "celery", "-A", "config", "worker", "--concurrency", "2",
+             "--pool", "prefork", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+            cwd=ROOT, env=env, stdout=stack.enter_context((logs / "gh-memory-worker.log").open("wb")),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+        def stop_worker() -> None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+
+        stack.callback(stop_worker)
+        time.sleep(3)
+        port = int(base.rsplit(":", 1)[1])
+        load = Load(port, key, session, [])
+        # A few proposals to read, then warm up (imports, caches, pools) before the first sample.
+        load.run(until=200, deadline=time.monotonic() + 120, seed=0)
+        if not load.ids:
+            raise SystemExit(f"no submit succeeded: {load.failed}")
+        load.sent, load.failed = 0, {}
+        groups = {"web": SESSIONS[base], "worker": worker.pid}
+        history: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        started = time.monotonic()
+        deadline = started + args.max_seconds
+        print(f"load before: {os.getloadavg()}")
+        print(f"{'requests':>9} {'s':>6}  RSS MB: " + "  ".join(
+            f"{name}:{pid}" for name, session in groups.items() for pid in processes(session)
+        ))  # fmt: skip
+
+        def sample() -> None:
+            cells = []
+            for name, group in groups.items():
+                for pid in processes(group):
+                    mb = rss_mb(pid)
+                    history.setdefault((name, pid), []).append((load.sent, mb))
+                    cells.append(f"{mb:8.1f}")
+            print(f"{load.sent:9d} {time.monotonic() - started:6.0f}  " + "  ".join(cells))
+
+        sample()
+        for target in range(args.every, args.requests + 1, args.every):
+            threads = [
+                threading.Thread(target=load.run, args=(target, deadline, target * 100 + i))
+                for i in range(args.threads)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            sample()
+            if time.monotonic() >= deadline:
+                print(f"stopped at --max-seconds ({args.max_seconds:.0f} s)")
+                break
+        elapsed = time.monotonic() - started
+        from approvals.models import Proposal
+
+        executed = Proposal.objects.filter(state="executed").count()
+        pending = Proposal.objects.filter(state="pending_review").count()
+
+    half = load.sent / 2
+    print(
+        f"\n{load.sent} requests in {elapsed:.0f} s ({load.sent / elapsed:.0f}/s), load after: "
+        f"{os.getloadavg()}; proposals executed {executed}, pending {pending}; "
+        f"failures: {load.failed or 'none'}"
+    )
+    print(f"RSS over the last {load.sent - half:.0f} requests (least squares):")
+    verdicts = []
+    for (name, pid), points in history.items():
+        tail = [(x, y) for x, y in points if x >= half]
+        if len(tail) < 3:
+            continue
+        per_10k = slope(tail) * 10_000
+        growth = slope(tail) * (tail[-1][0] - tail[0][0])
+        allowed = max(2.0, 0.02 * tail[-1][1])
+        flat = growth <= allowed
+        verdicts.append(flat)
+        print(
+            f"  {name} pid {pid}: {tail[0][1]:.1f} → {tail[-1][1]:.1f} MB, slope "
+            f"{per_10k:+.2f} MB per 10,000 requests, fitted growth {growth:+.1f} MB "
+            f"(allowed {allowed:.1f}): {'no growth' if flat else 'GROWS'}"
+        )
+    print(f"verdict: {'no growth in any process' if all(verdicts) else 'GROWTH FOUND'}")
+
+
+if __name__ == "__main__":
+    main()

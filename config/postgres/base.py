@@ -1,0 +1,49 @@
+"""Django's PostgreSQL backend, with the pool's health check made free for a healthy connection.
+
+With CONN_HEALTH_CHECKS, Django gives psycopg_pool `ConnectionPool.check_connection` as its
+`check`: an empty query before each connection is handed out, one round trip to PostgreSQL on
+every request that touches the database. A server that goes away (restart, failover,
+pg_terminate_backend) sends its connections a FATAL message and closes them, so a dead idle
+connection has something to read or an end of file waiting; a live idle one has nothing. So here
+an idle connection with nothing to read is handed out at once, and anything else gets the full
+check and is replaced if it fails. `bench/api_submit.py --profile-stages` measured the round trip
+(bench/README.md); tests/test_settings.py holds the behaviour. ENGINE = "config.postgres".
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+from django.db.backends.postgresql import base
+from psycopg import pq
+from psycopg_pool import ConnectionPool
+
+_WAITING = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+def check_connection(conn: Any) -> None:
+    """Return if `conn` is fit to hand out; raise (psycopg's error) if it is not."""
+    if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE and not _has_input(conn):
+        return
+    ConnectionPool.check_connection(conn)
+
+
+def _has_input(conn: Any) -> bool:
+    try:
+        poller = select.poll()
+        poller.register(conn.pgconn.socket, _WAITING)
+        return bool(poller.poll(0))
+    except Exception:  # no socket (closed): let the full check say why
+        return True
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self) -> Any:
+        pool = base.DatabaseWrapper.pool.fget(self)  # type: ignore[attr-defined]
+        # Django builds the pool with check=ConnectionPool.check_connection (and refuses a
+        # `check` of our own among the pool's options); swap in the cheaper one, once.
+        if pool is not None and getattr(pool, "_check", None) is ConnectionPool.check_connection:
+            pool._check = check_connection
+        return pool
