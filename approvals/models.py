@@ -342,6 +342,37 @@ class AuditEvent(models.Model):
         return f"{self.kind} {self.from_state}→{self.to_state} by {self.actor}"
 
 
+class ApprovedSum(models.Model):
+    """Per-minute running sums of the numeric payload fields of approved proposals, per service
+    and action type: what `stats.approved_sum` reads instead of every approval in its window.
+
+    Written only by PostgreSQL triggers on approvals_proposal (migration 0010), in the
+    transaction of the change that makes a proposal count or stop counting (its approval, a
+    later edit of its payload or state), so a committed decision is in its minute's sum exactly
+    when it is committed. `path` is the field below payload (`amount`, `refund.amount`);
+    the empty path counts approvals whose payload had too many numeric fields to record, which
+    sends a window holding one back to the proposals themselves (velocity.approved_sum).
+    """
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
+    action_type = models.ForeignKey(ActionType, on_delete=models.CASCADE, related_name="+")
+    path = models.CharField(max_length=200, blank=True)
+    minute = models.DateTimeField()
+    total = models.DecimalField(max_digits=60, decimal_places=20)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "action_type", "path", "minute"],
+                name="approvedsum_bucket",
+                include=["total"],
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service_id}/{self.action_type_id} {self.path} @ {self.minute:%H:%M}"
+
+
 class Claim(models.Model):
     """A reviewer's lease on a pending proposal: others see who holds it until it expires."""
 
