@@ -8,8 +8,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
+from django.db.models.functions import Coalesce, Upper
 from django.utils import timezone
 
 
@@ -154,7 +156,10 @@ class Proposal(models.Model):
     service = models.ForeignKey(
         Service, on_delete=models.PROTECT, related_name="proposals", db_index=False
     )
-    action_type = models.ForeignKey(ActionType, on_delete=models.PROTECT, related_name="proposals")
+    # Indexed by proposal_type_versions, which leads with it.
+    action_type = models.ForeignKey(
+        ActionType, on_delete=models.PROTECT, related_name="proposals", db_index=False
+    )
     payload = models.JSONField()
     payload_hash = models.CharField(max_length=64)
     final_payload = models.JSONField(null=True, blank=True, help_text="The reviewer's edit, if any")
@@ -230,6 +235,31 @@ class Proposal(models.Model):
                 fields=["decision_reviewer"],
                 condition=models.Q(decision_reviewer__isnull=False),
                 name="proposal_decision_reviewer",
+            ),
+            # History's search (selectors.history_for_reviewer: summary icontains, or the
+            # external id): without them a rare term reads every decided proposal (issue 16,
+            # bench/README.md "Growth").
+            GinIndex(OpClass(Upper("summary"), name="gin_trgm_ops"), name="proposal_summary_trgm"),
+            models.Index(fields=["external_id"], name="proposal_external_id"),
+            # Reviewers' verdicts of a type in a time range (insights.selectors.verdicts); only
+            # a reviewer's decision adds an entry, never a submit.
+            models.Index(
+                fields=["action_type", "created_at"],
+                condition=models.Q(decided_by="reviewer"),
+                name="proposal_reviewer_verdicts",
+            ),
+            # The queue's "due first" order (selectors.queue_for_reviewer), pending rows only.
+            models.Index(
+                Coalesce("review_due_at", "expires_at", "created_at"),
+                models.F("id"),
+                condition=models.Q(state="pending_review"),
+                name="proposal_pending_due",
+            ),
+            # The first proposal of each model and prompt version of a type, one index probe
+            # per version (insights.selectors.version_changes).
+            models.Index(
+                fields=["action_type", "model", "prompt_version", "created_at"],
+                name="proposal_type_versions",
             ),
         ]
 
