@@ -141,6 +141,17 @@ def uses_process_local_layer() -> bool:
 proposal_committed = Signal()
 
 
+#: With the process-local layer, called after each change commits: the audit relay of this process
+#: (approvals/relay.py) adds its `nudge` when it starts, so it reads the new events at once.
+_local_wakers: list[Callable[[], None]] = []
+
+
+def wake_after_commit(waker: Callable[[], None]) -> None:
+    """Have `waker` called after every committed change (process-local layer only)."""
+    if waker not in _local_wakers:
+        _local_wakers.append(waker)
+
+
 def proposal_changed(proposal_id: uuid.UUID, action_type_id: int | None = None) -> None:
     """Call inside the transaction that changed the proposal; broadcasts only if it commits."""
 
@@ -161,9 +172,8 @@ def _announce(proposal_id: uuid.UUID) -> None:
 
 def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None) -> None:
     if uses_process_local_layer():
-        from approvals.relay import relay
-
-        relay.nudge()  # the audit event is committed; the relay (if this is a web process) sends
+        for wake in _local_wakers:
+            wake()  # the audit event is committed; the relay (if this is a web process) sends
         return
     if action_type_id is not None and not anyone_listening(action_type_id):
         return
