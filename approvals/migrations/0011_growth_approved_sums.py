@@ -139,7 +139,7 @@ def backward(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("approvals", "0009_outbox_trace_context"),
+        ("approvals", "0010_rule_versions_keep_a_definition_snapshot"),
     ]
 
     operations = [

@@ -17,7 +17,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("approvals", "0010_growth_approved_sums"),
+        ("approvals", "0011_growth_approved_sums"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
