@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.db import connection as db_connection
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
@@ -360,23 +359,14 @@ def _decode_cursor(text: str) -> tuple[datetime, uuid.UUID]:
 )
 def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpResponse:
     """Your proposals, newest first, `limit` at a time; pass `next_cursor` back as `cursor`."""
-    qs = (
-        Proposal.objects.select_related("action_type", "decision_reviewer")
-        .prefetch_related("outbox")
-        .filter(service=_service(request))
+    rows, more = selectors.proposals_for_service(
+        service=_service(request),
+        state=filters.state,
+        action_type=filters.action_type,
+        external_id=filters.external_id,
+        after=_decode_cursor(filters.cursor) if filters.cursor else None,
+        limit=filters.limit,
     )
-    if filters.state:
-        qs = qs.filter(state=filters.state)
-    if filters.action_type:
-        qs = qs.filter(action_type__key=filters.action_type)
-    if filters.external_id:
-        qs = qs.filter(external_id=filters.external_id)
-    if filters.cursor:
-        created, pk = _decode_cursor(filters.cursor)
-        qs = qs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
-    rows = list(qs.order_by("-created_at", "-id")[: filters.limit + 1])
-    more = len(rows) > filters.limit
-    rows = rows[: filters.limit]
     return _json(
         {
             "items": [proposal_representation(p) for p in rows],

@@ -321,6 +321,35 @@ def action_types_for_service(*, service: Service) -> QuerySet[ActionType]:
     return ActionType.objects.filter(services=service).order_by("key")
 
 
+def proposals_for_service(
+    *,
+    service: Service,
+    state: str | None = None,
+    action_type: str | None = None,
+    external_id: str | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
+) -> tuple[list[Proposal], bool]:
+    """The service's own proposals, newest first, `limit` of them after the keyset position
+    `after` (created_at, id), and whether there are more."""
+    queryset = (
+        Proposal.objects.select_related("action_type", "decision_reviewer")
+        .prefetch_related("outbox")
+        .filter(service=service)
+    )
+    if state:
+        queryset = queryset.filter(state=state)
+    if action_type:
+        queryset = queryset.filter(action_type__key=action_type)
+    if external_id:
+        queryset = queryset.filter(external_id=external_id)
+    if after is not None:
+        created, pk = after
+        queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
+    rows = list(queryset.order_by("-created_at", "-id")[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
 def proposal_for_service(*, service: Service, proposal_id: uuid.UUID) -> Proposal | None:
     """One of the service's own proposals (None for anyone else's)."""
     return (
