@@ -136,7 +136,7 @@ def serve(
     base = f"http://127.0.0.1:{port}"
     SESSIONS[base] = process.pid  # its own session: the server's processes are that session's
     try:
-        wait_for(base + ready)
+        wait_for(base + ready, timeout=90)  # a loaded machine takes its time to import Django
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -144,6 +144,33 @@ def serve(
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def production_stack(env: dict[str, str]) -> Iterator[tuple[str, str, str, Any]]:
+    """The Procfile's `web` (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker)
+    behind deploy/nginx.conf (Debian's nginx, as tests/stack.py runs it); yields the proxy's
+    base URL, web's, live's and the nginx process (its log), and stops them all afterwards."""
+    from tests.stack import nginx
+
+    with (
+        serve(env, server="granian-wsgi") as web,
+        serve(env, server="uvicorn", workers=1) as live,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        port = int(os.environ.get("BENCH_PROXY_PORT") or 0) or free_port()
+        proxy = nginx(
+            port=port,
+            web_port=int(web.rsplit(":", 1)[1]),
+            live_port=int(live.rsplit(":", 1)[1]),
+            logdir=Path(tmp),
+        ).start()
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(base + "/healthz")
+            yield base, web, live, proxy
+        finally:
+            proxy.stop()
 
 
 def uvicorn(

@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -38,9 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api_submit import BODY, CONFIG
-from common import bench_env, free_port, fresh_database, manage, serve, wait_for
-
-from tests.stack import nginx
+from common import bench_env, fresh_database, manage, production_stack
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,56 +167,40 @@ def main() -> None:
 
     User.objects.create_superuser("bench-reviewer", password="bench-password-123")
     print(f"load before: {load()}")
-    with (
-        serve(env, server="granian-wsgi") as web,
-        serve(env, server="uvicorn", workers=1) as live,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        port = int(os.environ.get("BENCH_PROXY_PORT") or 0) or free_port()
-        proxy = nginx(
-            port=port,
-            web_port=int(web.rsplit(":", 1)[1]),
-            live_port=int(live.rsplit(":", 1)[1]),
-            logdir=Path(tmp),
-        ).start()
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_for(base + "/healthz")
+    with production_stack(env) as (base, _, live, proxy):
 
-            def create() -> str:
-                created = httpx.post(
-                    f"{base}/api/v1/proposals",
-                    json=BODY,
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                assert created.status_code == 201, created.text
-                return str(created.json()["id"])
+        def create() -> str:
+            created = httpx.post(
+                f"{base}/api/v1/proposals",
+                json=BODY,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert created.status_code == 201, created.text
+            return str(created.json()["id"])
 
-            proposal, decided = create(), create()
-            before = latencies(base, key, proposal, args.samples)
-            live_pid = live_server_pid(live)
+        proposal, decided = create(), create()
+        before = latencies(base, key, proposal, args.samples)
+        live_pid = live_server_pid(live)
 
-            # Round 1: nobody decides; time runs out.
-            thread, done = in_background(base, key, proposal, args.waiters, args.wait)
-            time.sleep(min(3.0, args.wait / 3))  # all connected and waiting
-            cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
-            during = latencies(base, key, proposal, args.samples)
-            live_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
-            load_during = load()
-            thread.join(timeout=args.wait + 60)
+        # Round 1: nobody decides; time runs out.
+        thread, done = in_background(base, key, proposal, args.waiters, args.wait)
+        time.sleep(min(3.0, args.wait / 3))  # all connected and waiting
+        cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
+        during = latencies(base, key, proposal, args.samples)
+        live_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
+        load_during = load()
+        thread.join(timeout=args.wait + 60)
 
-            # Round 2: a reviewer decides while they wait.
-            thread, decided_done = in_background(base, key, decided, args.waiters, 30)
-            time.sleep(5)
-            cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
-            time.sleep(2)
-            idle_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
-            committed = decide(decided)
-            thread.join(timeout=60)
-            load_decided = load()
-            errors = proxy.log()
-        finally:
-            proxy.stop()
+        # Round 2: a reviewer decides while they wait.
+        thread, decided_done = in_background(base, key, decided, args.waiters, 30)
+        time.sleep(5)
+        cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
+        time.sleep(2)
+        idle_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
+        committed = decide(decided)
+        thread.join(timeout=60)
+        load_decided = load()
+        errors = proxy.log()
 
     print(f"{args.waiters} waiters, web granian WSGI 2x8, live uvicorn 1, behind nginx")
     print(f"Round 1: ?wait={args.wait:g}, nobody decides ({load_during})")
