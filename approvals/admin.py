@@ -12,8 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from approvals import backtest, execution, services, webhooks
-from approvals.errors import ApplicationError
+from approvals import backtest, execution, services
 from approvals.models import (
     ActionType,
     ApiKey,
@@ -29,7 +28,10 @@ from approvals.models import (
     WebhookEndpoint,
 )
 from approvals.rules import RuleCompileError, RuleSpec, compile_condition
-from approvals.schemas_cache import check_schema
+from foundation import webhooks
+from foundation.admin import ReadOnlyAdmin
+from foundation.errors import ApplicationError
+from foundation.jsonschemas import check_schema
 
 
 class ActionTypeForm(forms.ModelForm):
@@ -201,17 +203,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             services.api_key_revoke(prefix=key.prefix)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Proposal)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
@@ -16,10 +15,11 @@ from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, StrictFloat, StrictStr, WithJsonSchema
 
-from approvals import jsonfast, jsonvalues, problems, selectors, services, waits
-from approvals.errors import ApplicationError, NotFound
+from approvals import selectors, services, waits
 from approvals.models import Proposal, Service
 from approvals.representation import action_type_representation, proposal_representation
+from foundation import cursors, jsonfast, jsonvalues, problems
+from foundation.errors import ApplicationError, NotFound
 from telemetry import metrics
 
 
@@ -168,10 +168,6 @@ class ActionTypeOut(Schema):
     payload_schema: dict[str, Any]
 
 
-# Cursors are opaque to clients; any value of this shape is a position in the list (a time and
-# an id), so every cursor the document calls valid is accepted.
-CURSOR_PATTERN = r"^[0-9]{1,16}-[0-9a-f]{32}$"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Filter = Annotated[str, Field(max_length=200, pattern=problems.NO_NUL)]
 
 
@@ -184,7 +180,7 @@ class ListFilters(Schema):
         WithJsonSchema(
             {
                 "type": "string",
-                "pattern": CURSOR_PATTERN,
+                "pattern": cursors.PATTERN,
                 "description": "Opaque: the `next_cursor` of the page before (400 otherwise).",
             }
         ),
@@ -293,8 +289,12 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     """Submit a proposed action. 201 when new, 200 when an idempotent replay."""
     started = time.perf_counter()
     key = _idempotency_key(request)
+    # The body parser (foundation.problems.parse_json_body) checked every value of the body.
     result = services.proposal_submit(
-        service=_service(request), data=data.model_dump(mode="json"), idempotency_key=key
+        service=_service(request),
+        data=data.model_dump(mode="json"),
+        idempotency_key=key,
+        values_checked=True,
     )
     response = _json(result.response, status=200 if result.replayed else 201)
     response["Location"] = f"/api/v1/proposals/{result.proposal.id}"
@@ -336,21 +336,16 @@ async def get_proposal(
     return _json(proposal_representation(proposal))
 
 
-def _encode_cursor(proposal: Proposal) -> str:
-    micros = (proposal.created_at - EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{proposal.id.hex}"
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    if re.fullmatch(CURSOR_PATTERN, cursor) is None:
+def _decode_cursor(text: str) -> tuple[datetime, uuid.UUID]:
+    position = cursors.decode(text)
+    if position is None:
         raise ApplicationError(
             "The cursor is not one this API returned.",
             status=400,
             code="invalid-cursor",
             errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
         )
-    micros, pk = cursor.split("-")
-    return EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=pk)
+    return position
 
 
 @api.get(
@@ -382,7 +377,7 @@ def list_proposals(request: HttpRequest, filters: Query[ListFilters]) -> HttpRes
     return _json(
         {
             "items": [proposal_representation(p) for p in rows],
-            "next_cursor": _encode_cursor(rows[-1]) if more else None,
+            "next_cursor": cursors.encode(rows[-1].created_at, rows[-1].id) if more else None,
         }
     )
 

@@ -12,11 +12,11 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import m2m_changed, post_delete, post_save
 
-        from approvals import localcache
+        from approvals import caches, configspec, tasks  # noqa: F401 - configspec registers its sections; tasks registers the outbox names
         from approvals.models import ActionType, ApiKey, Service
 
         def clear(**kwargs: Any) -> None:
-            localcache.clear_all()
+            caches.clear_all()
 
         # Keep the per-process hot-path cache honest about edits made in this process.
         # weak=False: `clear` is a local function, nothing else keeps it alive.

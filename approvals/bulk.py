@@ -3,6 +3,7 @@
 The submit path writes a proposal and its first audit events in the same transaction. On
 PostgreSQL they go in one statement (data-modifying CTEs); foreign keys are deferred to the
 commit, so the order inside the statement does not matter. Elsewhere, one INSERT per table.
+`transaction_started` tells whether such a statement may run alone, without BEGIN and COMMIT.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 from django.db.models import AutoField, Field, JSONField, Model
 from django.db.models.sql import InsertQuery
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from approvals import jsonfast
+from foundation import jsonfast
 
 # The SQL of a one-row INSERT depends only on the model; compiling it is most of what the ORM
 # spends on the submit path, so it is compiled once per model and only the values are prepared
 # per call, the same way the compiler prepares them, with two shortcuts on PostgreSQL: JSON
-# columns are encoded with orjson (approvals/jsonfast.py) rather than json.dumps, and a value
+# columns are encoded with orjson (foundation/jsonfast.py) rather than json.dumps, and a value
 # of the plain Python type of a plain column (a str for a CharField, an aware datetime for a
 # DateTimeField, …), which Django's preparation would hand back unchanged, goes as it is.
 # Several rows of a table repeat the row's VALUES tuple (in order, so serial ids follow the
@@ -148,3 +150,11 @@ def insert_rows(*batches: Sequence[Model]) -> None:
         for row in batch:
             row._state.adding = False
             row._state.db = connection.alias
+
+
+def transaction_started() -> bool:
+    """Whether the current atomic block has sent anything to the database yet (PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return True  # elsewhere, stay inside the transaction
+    status = connection.connection.info.transaction_status
+    return bool(status != TransactionStatus.IDLE)

@@ -7,9 +7,11 @@ Fail closed: whatever cannot be decided goes to a reviewer.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from approvals import locks, rules
+from approvals.rules import AutoDecision
 from telemetry import tracing
 
 if TYPE_CHECKING:
@@ -17,17 +19,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("gatehouse.decisions")
-
-
-@dataclass(frozen=True)
-class AutoDecision:
-    outcome: str  # "approve" | "review" | "reject"
-    reason: str
-    rule: str = ""
-    rule_version: int | None = None
-    trace: list[dict[str, Any]] = field(default_factory=list)
-    # A rule may ask for more reviewer approvals than the action type's (never fewer).
-    approvals_required: int | None = None
 
 
 def decide_automatically(
@@ -40,7 +31,7 @@ def decide_automatically(
 ) -> AutoDecision:
     """Run the enabled rules on a proposal (or on an edited `payload` of it).
 
-    Call it inside the transaction that records the outcome (services._create_proposal does).
+    Call it inside the transaction that records the outcome (services.proposals does).
     When a rule for this type reads velocity figures (a spend cap), the transaction first takes
     an advisory lock per service and action type, so proposals arriving together are decided
     one after the other, each seeing the approvals committed before it; without such rules,
@@ -49,12 +40,10 @@ def decide_automatically(
     For a `new` proposal, an approval passes through insights (insights/gate.py): the brake or
     an audit sample may send it to review instead. If that check fails, review: fail closed.
     """
-    from approvals import rules, services
-
     ruleset = rules.current_ruleset()
     applicable = ruleset.for_action_type(action_type.pk)
     if any(rule.uses_stats for rule in applicable):
-        services.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
+        locks.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
     with tracing.span(
         "gatehouse.rules.evaluate", {"gatehouse.action_type": action_type.key}
     ) as span:

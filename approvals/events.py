@@ -147,6 +147,17 @@ def uses_process_local_layer() -> bool:
 proposal_committed = Signal()
 
 
+#: With the process-local layer, called after each change commits: the audit relay of this process
+#: (approvals/relay.py) adds its `nudge` when it starts, so it reads the new events at once.
+_local_wakers: list[Callable[[], None]] = []
+
+
+def wake_after_commit(waker: Callable[[], None]) -> None:
+    """Have `waker` called after every committed change (process-local layer only)."""
+    if waker not in _local_wakers:
+        _local_wakers.append(waker)
+
+
 def proposal_changed(
     proposal_id: uuid.UUID, action_type_id: int | None = None, *, created: bool = False
 ) -> None:
@@ -170,9 +181,8 @@ def _announce(proposal_id: uuid.UUID) -> None:
 
 def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None, created: bool) -> None:
     if uses_process_local_layer():
-        from approvals.relay import relay
-
-        relay.nudge()  # the audit event is committed; the relay (if this is a web process) sends
+        for wake in _local_wakers:
+            wake()  # the audit event is committed; the relay (if this is a web process) sends
         return
     if not created:
         _publish_change(proposal_id)

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals import executors, outbox, services, webhooks
+from approvals import executors, outbox, statemachine
 from approvals.models import (
     Attempt,
     AuditEvent,
@@ -30,6 +30,7 @@ from approvals.models import (
     Proposal,
     WebhookEndpoint,
 )
+from foundation import webhooks
 from telemetry import metrics, tracing
 
 log = logging.getLogger("gatehouse.execution")
@@ -153,7 +154,7 @@ def _deliver(message_id: int, span: Any) -> str:
 def _start_execution(proposal: Proposal) -> bool:
     """Approved → executing; a retry finds it executing already. False if there is nothing to do."""
     if proposal.state == State.APPROVED:
-        started = services.transition(
+        started = statemachine.transition(
             proposal_id=proposal.pk,
             from_states=[State.APPROVED],
             to_state=State.EXECUTING,
@@ -192,7 +193,7 @@ def _finish_message(message: OutboxMessage, lease: datetime, status: str, error:
         if message.kind == Kind.EXECUTE:
             # A no-op unless the proposal is executing (a message failed before it started).
             to_state = State.EXECUTED if status == MessageStatus.DELIVERED else State.FAILED
-            services.transition(
+            statemachine.transition(
                 proposal_id=message.proposal_id,
                 from_states=[State.EXECUTING],
                 to_state=to_state,
@@ -278,7 +279,7 @@ def proposals_expire(*, now: datetime | None = None, limit: int = 1000) -> int:
     )
     expired = 0
     for pk, expires_at in list(stale):
-        expired += services.transition(
+        expired += statemachine.transition(
             proposal_id=pk,
             from_states=[State.PENDING_REVIEW],
             to_state=State.EXPIRED,

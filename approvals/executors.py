@@ -17,8 +17,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from approvals import webhooks
 from approvals.models import OutboxMessage, Service
+from foundation import webhooks
 
 
 class ExecutionRefused(Exception):

@@ -5,7 +5,7 @@ from typing import Any
 
 from django import forms
 
-from approvals import jsonvalues
+from foundation import jsonvalues
 
 
 class DecisionForm(forms.Form):

@@ -125,7 +125,7 @@ class Proposal(models.Model):
     received → (rules) → approved | rejected | pending_review
     pending_review → (reviewer) approved | rejected; (service) cancelled; (time) expired
     approved → executing → executed | failed
-    Every move is a compare-and-set on `state` (see services.transition) with its AuditEvent.
+    Every move is a compare-and-set on `state` (see approvals/statemachine.py) with its AuditEvent.
     """
 
     class State(models.TextChoices):

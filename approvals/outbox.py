@@ -1,9 +1,10 @@
 """The transactional outbox: what must follow a transition is recorded with it, sent after commit.
 
-`services.transition` and `services._create_proposal` call `outbox_record` inside their
-transaction; the rows commit or roll back with the state change. After commit each row is handed
-to the broker; a broker that is down or loses the message only delays it, because the reconciler
-(`execution.outbox_reconcile`) re-dispatches every pending row nobody is working on.
+`statemachine.transition` and the submit (`services.proposals._record_proposal`) call
+`outbox_record` inside their transaction; the rows commit or roll back with the state change.
+After commit each row is handed to the broker; a broker that is down or loses the message only
+delays it, because the reconciler (`execution.outbox_reconcile`) re-dispatches every pending row
+nobody is working on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from telemetry import tracing
 log = logging.getLogger("gatehouse.outbox")
 
 State = Proposal.State
+#: The Celery task that delivers one outbox message (approvals/tasks.py).
+DELIVER_TASK = "approvals.deliver"
 #: Transitions a service hears about through its callback URL.
 CALLBACK_STATES = frozenset(
     {
@@ -105,12 +108,17 @@ def outbox_record(*, proposal: Proposal, to_state: str) -> list[OutboxMessage]:
 
 
 def dispatch(message_ids: Iterable[int], *, countdown: float | None = None) -> None:
-    """Hand messages to the broker. Never raises: the reconciler covers a failed publish."""
-    from approvals import tasks
+    """Hand messages to the broker. Never raises: the reconciler covers a failed publish.
 
+    The task is named, not imported: approvals/tasks.py (registered when the app is ready) sits
+    above the execution that records these rows, and the broker is the boundary between them.
+    """
+    from config.celery import app
+
+    deliver = app.signature(DELIVER_TASK)
     for pk in message_ids:
         try:
-            tasks.deliver.apply_async(args=[pk], countdown=countdown)
+            deliver.apply_async(args=[pk], countdown=countdown)
         except Exception:
             log.warning(
                 "could not publish outbox message %s; the reconciler will", pk, exc_info=True

@@ -63,6 +63,7 @@ class AuditRelay:
             return
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
+        events.wake_after_commit(self.nudge)
         self.task = self.loop.create_task(self._run())
 
     def nudge(self) -> None:

@@ -34,13 +34,25 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from approvals import celcheck, celcost, velocity
-from approvals.decisions import AutoDecision
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
 
 MAX_CONDITION_LENGTH = 4000
 # The reason of every proposal no rule decided (insights/gate.py reuses it, so that an audit
 # sample reads exactly like any other such proposal).
 NO_MATCH_REASON = "No rule decided; a reviewer decides."
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """What the automatic decision on a proposal came to, with the trace of how."""
+
+    outcome: str  # "approve" | "review" | "reject"
+    reason: str
+    rule: str = ""
+    rule_version: int | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    # A rule may ask for more reviewer approvals than the action type's (never fewer).
+    approvals_required: int | None = None
 
 
 class RuleCompileError(Exception):

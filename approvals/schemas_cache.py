@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
@@ -15,19 +14,6 @@ from approvals.models import ActionType
 _lock = threading.Lock()
 _validators: dict[tuple[int, str], Validator] = {}
 MAX_ERRORS = 20
-
-
-def check_schema(schema: Any) -> str | None:
-    """None if `schema` is a valid JSON Schema, else the reason it is not."""
-    if not isinstance(schema, dict):
-        return "a JSON Schema must be an object"
-    try:
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
-    except SchemaError as exc:
-        return (
-            f"invalid JSON Schema at {'/'.join(map(str, exc.path)) or 'top level'}: {exc.message}"
-        )
-    return None
 
 
 def _validator(action_type: ActionType) -> Validator:

@@ -16,10 +16,10 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from approvals.errors import NotFound
 from approvals.models import ActionType, AuditEvent, Proposal, Review, Service
+from foundation import cursors
+from foundation.errors import NotFound
 
 State = Proposal.State
 DECIDED_STATES = [
@@ -113,28 +113,12 @@ class Page:
     action_types: list[ActionType] = field(default_factory=list)
 
 
-def encode_cursor(moment: datetime, pk: uuid.UUID) -> str:
-    return f"{moment.isoformat()}~{pk}"
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
-    moment_text, _, pk_text = cursor.partition("~")
-    try:
-        moment = parse_datetime(moment_text)
-        pk = uuid.UUID(pk_text)
-    except ValueError:
-        return None
-    if moment is None:
-        return None
-    return moment, pk
-
-
 def _keyset(
-    queryset: QuerySet[Proposal], column: str, cursor: str, *, descending: bool
+    queryset: QuerySet[Proposal], column: str, after: str, *, descending: bool
 ) -> QuerySet[Proposal]:
     """Rows strictly after the cursor in (column, id) order. The plain `>=` bound lets the
     database start the index scan at the cursor; the OR settles ties on the same instant."""
-    position = decode_cursor(cursor) if cursor else None
+    position = cursors.decode(after) if after else None
     if position is None:
         return queryset
     moment, pk = position
@@ -185,7 +169,7 @@ def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50)
     next_cursor = ""
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = encode_cursor(getattr(rows[-1], column), rows[-1].pk)
+        next_cursor = cursors.encode(getattr(rows[-1], column), rows[-1].pk)
     return Page(rows=rows, next_cursor=next_cursor, action_types=types)
 
 
@@ -322,7 +306,7 @@ def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int =
     next_cursor = ""
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].pk)
+        next_cursor = cursors.encode(rows[-1].updated_at, rows[-1].pk)
     return Page(rows=rows, next_cursor=next_cursor, action_types=types)
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from approvals import execution, services
+from approvals import execution, outbox, services
 from config.celery import app
 
 _TIMEOUT = settings.EXECUTION_TIMEOUT.total_seconds()
 
 
 @app.task(
-    name="approvals.deliver",
+    name=outbox.DELIVER_TASK,
     # The soft limit bounds a callable executor; HTTP calls have their own timeout inside it.
     soft_time_limit=_TIMEOUT + 2,
     time_limit=execution.lease_duration().total_seconds(),

@@ -1,7 +1,8 @@
 """Velocity figures for rules (`stats.count`, `stats.approved_sum`): one service, one action type.
 
-Callers that enforce a cap hold the per-service-and-type advisory lock (see
-services._create_proposal), so the figures they read cannot move under them.
+Callers that enforce a cap hold the per-service-and-type advisory lock (taken by
+approvals/decisions.py, inside the submit's transaction), so the figures they read cannot move
+under them.
 """
 
 from __future__ import annotations

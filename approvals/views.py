@@ -18,9 +18,9 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from approvals import events, selectors, services
-from approvals.errors import ApplicationError, NotFound
 from approvals.forms import CommentForm, DecisionForm
 from approvals.models import Proposal, Risk
+from foundation.errors import ApplicationError, NotFound
 
 
 class HtmxHttpRequest(HttpRequest):

@@ -173,9 +173,9 @@ def main() -> None:
     import httpx
     import redis
 
-    from approvals import webhooks
     from approvals.models import Proposal
     from config.celery import app
+    from foundation import webhooks
 
     redis.Redis.from_url(redis_url).delete("celery")
 

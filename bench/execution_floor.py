@@ -9,7 +9,7 @@ import httpx
 
 from config.celery import app
 
-# One client per worker process, as approvals.webhooks keeps: a fair floor reuses connections.
+# One client per worker process, as foundation.webhooks keeps: a fair floor reuses connections.
 _client = httpx.Client(trust_env=False)
 
 

@@ -329,7 +329,7 @@ def page_times(requests: int) -> dict[str, tuple[list[float], list[float]]]:
     from django.contrib.auth.models import User
     from django.test import Client
 
-    from approvals import selectors
+    from foundation import cursors
 
     user = User.objects.get(username="reviewer0")
     client = Client()
@@ -340,7 +340,7 @@ def page_times(requests: int) -> dict[str, tuple[list[float], list[float]]]:
     pending = Proposal.objects.filter(state="pending_review").order_by("created_at", "id")
     depth = min(50_000, pending.count() // 2)
     moment, pk = pending.values_list("created_at", "id")[depth]
-    deep_cursor = selectors.encode_cursor(moment, pk)
+    deep_cursor = cursors.encode(moment, pk)
     urls = {
         "sign-in page (no queue query)": ("/login/", Client()),
         "queue, first page": ("/", client),

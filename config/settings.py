@@ -53,7 +53,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "telemetry.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "approvals.unavailable.BackingServiceMiddleware",
+    "foundation.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -8,8 +8,8 @@ from django.templatetags.static import static
 from django.urls import include, path
 
 from approvals.api import api
-from approvals.unavailable import handler500 as handler500
 from config import health
+from foundation.unavailable import handler500 as handler500
 from telemetry.views import metrics_view
 
 

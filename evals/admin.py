@@ -11,9 +11,9 @@ from django.contrib import admin, messages
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
-from approvals.errors import ApplicationError
 from evals import scorers, services
 from evals.models import EvalCase, EvalRun, EvalSet, Prompt, PromptLabel, PromptVersion
+from foundation.errors import ApplicationError
 
 
 class EvalSetForm(forms.ModelForm):

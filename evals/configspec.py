@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from approvals.configfile import ConfigFileError, StrictItem, register
 from evals import scorers
+from foundation.configfile import ConfigFileError, StrictItem, register
 
 
 class PromptSpec(StrictItem):
@@ -90,8 +90,8 @@ def split_scorer(value: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 @register("prompts", PromptSpec, order=70)
 def apply_prompts(items: list[PromptSpec]) -> list[str]:
-    from approvals.errors import ApplicationError
     from evals import services
+    from foundation.errors import ApplicationError
     from llmcalls.models import Route
 
     known = set(Route.objects.values_list("feature", flat=True))

@@ -17,8 +17,6 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
-from approvals import jsonvalues
-from approvals.errors import ApplicationError, Conflict
 from approvals.models import Proposal
 from evals import scorers, stats
 from evals.models import (
@@ -32,6 +30,8 @@ from evals.models import (
     PromptVersion,
     Split,
 )
+from foundation import jsonvalues
+from foundation.errors import ApplicationError, Conflict
 
 # --- eval sets -----------------------------------------------------------------------------------
 

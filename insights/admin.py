@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from approvals.admin import ReadOnlyAdmin
+from foundation.admin import ReadOnlyAdmin
 from insights import services
 from insights.models import Alert, AuditSample, Brake, RuleDraft, TypeSettings
 

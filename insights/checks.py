@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error
 
-from approvals import webhooks
+from foundation import webhooks
 
 
 def check_webhook_url(**kwargs: Any) -> list[CheckMessage]:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from django.db import transaction
 
-from approvals.localcache import TTLCache
 from approvals.rules import NO_MATCH_REASON
+from foundation.ttlcache import TTLCache
 
 if TYPE_CHECKING:
-    from approvals.decisions import AutoDecision
     from approvals.models import ActionType, Proposal
+    from approvals.rules import AutoDecision
 
 AUDIT_SAMPLE = "audit sample"
 BRAKE = "brake"

@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from approvals import backtest
 from approvals import services as approvals_services
-from approvals.errors import ApplicationError
 from approvals.models import ActionType, AuditEvent, Rule
 from approvals.rules import RuleSpec
+from foundation.errors import ApplicationError
 from insights import gate, selectors, stats
 from insights.models import Alert, Brake, RuleDraft, TypeSettings
 
@@ -305,7 +305,7 @@ def alert_webhook_deliver(*, alert_id: int, now: datetime | None = None) -> str 
     workers never send it at once, and a worker that dies mid-send leaves it due again later.
     Returns the recorded status, or None when the alert was not due (or not this caller's).
     """
-    from approvals import webhooks
+    from foundation import webhooks
 
     url, secret = settings.INSIGHTS_WEBHOOK_URL, settings.INSIGHTS_WEBHOOK_SECRET
     now = now or timezone.now()

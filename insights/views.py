@@ -13,8 +13,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals import selectors as approvals_selectors
-from approvals.errors import ApplicationError
 from approvals.models import ActionType
+from foundation.errors import ApplicationError
 from insights import selectors, services
 from insights.models import Alert
 

@@ -8,8 +8,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from approvals import webhooks
-from approvals.admin import ReadOnlyAdmin
+from foundation import webhooks
+from foundation.admin import ReadOnlyAdmin
 from llmcalls import routing, services
 from llmcalls.models import FeatureGrant, LLMCall, ModelPrice, Provider, Route, RouteTarget
 

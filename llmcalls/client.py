@@ -9,7 +9,8 @@ A call follows its feature's route (llmcalls.routing):
    a. exact cache (when the route has cache_ttl): a hit ends the call at zero cost;
    b. circuit breaker: an open circuit skips the target;
    c. attempts: retry connection errors, timeouts, 408/409/429/5xx with exponential backoff and
-      full jitter (or the provider's Retry-After), as long as the wait fits in the deadline;
+      equal jitter, at least the provider's Retry-After (foundation.retrying), as long as the
+      wait fits in the deadline;
       other failures (bad key, unknown model, malformed answer) go straight to the next target;
       a request the provider calls invalid (400/413/422) fails the call, since every model would
       refuse it.
@@ -29,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -38,7 +38,6 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
@@ -46,6 +45,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from foundation import retrying
 from llmcalls import routing, services
 from llmcalls.breaker import breaker
 from llmcalls.routing import Target
@@ -164,28 +164,11 @@ def _describe(exc: BaseException | None) -> str:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    """Seconds the provider asked us to wait (Retry-After / retry-after-ms), if it said."""
+    """Seconds the provider asked us to wait (retry-after-ms / Retry-After), if it said."""
     response = getattr(exc, "response", None)
     if response is None:
         return None
-    headers = response.headers
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
-    except (TypeError, ValueError):
-        return None
+    return retrying.retry_after(response.headers)
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -481,10 +464,12 @@ def _run(
                 circuits.failure(target.key)
                 if kind != RETRY or retry == settings.LLM_MAX_RETRIES:
                     break
-                wait = _retry_after(exc)
-                if wait is None:
-                    cap = min(settings.LLM_BACKOFF_CAP, settings.LLM_BACKOFF_BASE * 2**retry)
-                    wait = random.uniform(0, cap)  # full jitter
+                wait = retrying.backoff_seconds(
+                    retry + 1,
+                    base=settings.LLM_BACKOFF_BASE,
+                    cap=settings.LLM_BACKOFF_CAP,
+                    retry_after=_retry_after(exc),
+                )
                 if wait >= call.remaining():
                     break  # the wait would not fit in the deadline: try the next target now
                 time.sleep(wait)

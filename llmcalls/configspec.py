@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from approvals import webhooks
-from approvals.configfile import ConfigFileError, Duration, StrictItem, register
+from foundation import webhooks
+from foundation.configfile import ConfigFileError, Duration, StrictItem, register
 
 
 def _unless(problem: str, value: str) -> str:
@@ -139,8 +139,8 @@ class GrantSpec(StrictItem):
 
 @register("llm_grants", GrantSpec, order=65)
 def apply_grants(items: list[GrantSpec]) -> list[str]:
-    from approvals.errors import ApplicationError
     from approvals.models import Service
+    from foundation.errors import ApplicationError
     from llmcalls import services
 
     found = {s.name: s for s in Service.objects.filter(name__in=[i.service for i in items])}

@@ -21,10 +21,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from approvals import problems
-from approvals.errors import ApplicationError
 from approvals.models import Service
 from approvals.services import api_key_authenticate
+from foundation import problems
+from foundation.errors import ApplicationError, problem
 from llmcalls import client, routing
 from llmcalls.client import CompletionStream, LLMError
 
@@ -96,7 +96,7 @@ def _error(
 def _problem(status: int, code: str, message: str, *, loc: list[str] | None = None) -> HttpResponse:
     """problem+json naming the field, with the same in OpenAI's `error` so the SDK raises it."""
     param = loc[-1] if loc else None
-    return problems.problem(
+    return problem(
         status,
         code,
         message,

@@ -8,14 +8,12 @@ llmcalls.services take effect at once in the process that made them).
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
+from foundation.ttlcache import TTLCache
 
 MTOK = Decimal(1_000_000)
 
@@ -69,21 +67,18 @@ class Price:
 
 @dataclass
 class _Snapshot:
-    loaded_at: float
     routes: dict[str, RouteConfig]
     prices: dict[str, list[Price]]  # model -> newest first
     grants: dict[int, frozenset[str]]  # service id -> the features it may call through the proxy
 
 
-_lock = threading.Lock()
-_snapshot: _Snapshot | None = None
+# One entry: the whole snapshot, kept LLM_CONFIG_TTL seconds.
+_snapshots = TTLCache(max_entries=1, ttl_setting="LLM_CONFIG_TTL")
 
 
 def forget() -> None:
     """Drop the snapshot; the next call reads the database again."""
-    global _snapshot
-    with _lock:
-        _snapshot = None
+    _snapshots.clear()
 
 
 def _load() -> _Snapshot:
@@ -121,16 +116,14 @@ def _load() -> _Snapshot:
     grants: dict[int, set[str]] = {}
     for service_id, feature in FeatureGrant.objects.values_list("service_id", "feature"):
         grants.setdefault(service_id, set()).add(feature)
-    return _Snapshot(time.monotonic(), routes, prices, {k: frozenset(v) for k, v in grants.items()})
+    return _Snapshot(routes, prices, {k: frozenset(v) for k, v in grants.items()})
 
 
 def _current() -> _Snapshot:
-    global _snapshot
-    snapshot = _snapshot
-    if snapshot is None or time.monotonic() - snapshot.loaded_at > settings.LLM_CONFIG_TTL:
+    snapshot: _Snapshot | None = _snapshots.get("all")
+    if snapshot is None:
         snapshot = _load()
-        with _lock:
-            _snapshot = snapshot
+        _snapshots.set("all", snapshot)
     return snapshot
 
 

@@ -18,9 +18,9 @@ from django.db.models.sql import InsertQuery
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from approvals.configfile import upsert
-from approvals.errors import ApplicationError
 from approvals.models import ActionType, AuditEvent, Service
+from foundation.configfile import upsert
+from foundation.errors import ApplicationError
 from llmcalls import observe
 from llmcalls.models import FeatureGrant, LLMCall, Provider, Route, RouteTarget
 

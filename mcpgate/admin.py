@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from pydantic import ValidationError
 
-from approvals.admin import ReadOnlyAdmin
+from foundation.admin import ReadOnlyAdmin
 from mcpgate import services
 from mcpgate.configspec import ToolOverride, UpstreamSpec
 from mcpgate.models import Call, Tool, Upstream

@@ -29,8 +29,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from approvals import services as approvals
-from approvals.errors import ApplicationError
-from approvals.problems import PROBLEM_TYPE, TITLES
+from foundation.errors import PROBLEM_TYPE, TITLES, ApplicationError
 from mcpgate import db, gateway, server, services
 from mcpgate.caller import SCOPE_KEY, Caller
 

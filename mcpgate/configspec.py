@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from approvals.configfile import ConfigFileError, StrictItem, register, upsert
+from foundation.configfile import ConfigFileError, StrictItem, register, upsert
 from mcpgate.models import NAME_PATTERN
 
 

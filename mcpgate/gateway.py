@@ -18,9 +18,9 @@ import mcp_types as types
 from django.conf import settings
 from mcp.server import Server, ServerRequestContext
 
-from approvals import problems
-from approvals.errors import ApplicationError
 from approvals.models import ExecutorKind, Proposal
+from foundation import problems
+from foundation.errors import ApplicationError
 from mcpgate import db, services, upstream
 from mcpgate.caller import Caller, caller_of, tool_error
 from mcpgate.models import Call, Tool

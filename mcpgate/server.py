@@ -22,11 +22,12 @@ from django.conf import settings
 from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError
 
-from approvals import problems, selectors, services, waits
+from approvals import selectors, services, waits
 from approvals.api import ProposalIn
-from approvals.errors import ApplicationError
 from approvals.models import ActionType, Service
 from approvals.representation import action_type_representation, proposal_representation
+from foundation import problems
+from foundation.errors import ApplicationError
 from mcpgate import db
 from mcpgate.caller import caller_of, tool_error
 from mcpgate.models import Call
@@ -219,8 +220,8 @@ def _propose(service: Service, arguments: dict[str, Any]) -> dict[str, Any]:
         raise ApplicationError(
             "The proposal is not valid.", status=422, code="validation-error", errors=errors
         ) from None
-    result = services.proposal_submit(
-        service=service, data=data.model_dump(mode="json"), idempotency_key=key
+    result = services.proposal_submit(  # check_storable walked every argument above
+        service=service, data=data.model_dump(mode="json"), idempotency_key=key, values_checked=True
     )
     return {**result.response, "replayed": result.replayed}
 

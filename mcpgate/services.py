@@ -24,8 +24,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from approvals import locks, statemachine
 from approvals import services as approvals
-from approvals.errors import ApplicationError, NotFound
 from approvals.models import (
     ActionType,
     AuditEvent,
@@ -35,7 +35,8 @@ from approvals.models import (
     Service,
     payload_hash,
 )
-from approvals.schemas_cache import check_schema
+from foundation.errors import ApplicationError, NotFound
+from foundation.jsonschemas import check_schema
 from mcpgate.models import Call, Tool, Upstream
 
 State = Proposal.State
@@ -176,7 +177,7 @@ def tools_record(*, upstream: Upstream, tools: list[dict[str, Any]]) -> dict[str
     now = timezone.now()
     recorded: dict[str, Tool] = {}
     with transaction.atomic():
-        approvals.advisory_xact_lock("mcp-tools", upstream.pk)
+        locks.advisory_xact_lock("mcp-tools", upstream.pk)
         known = {t.name: t for t in Tool.objects.filter(upstream=upstream)}
         for spec in tools:
             name = spec.get("name")
@@ -286,7 +287,7 @@ def call_propose(
     if tool.read_only:
         return approvals.proposal_submit(service=fresh, data=data).proposal, False
     with transaction.atomic():
-        approvals.advisory_xact_lock("mcp-call", service.pk, action_type.pk, digest)
+        locks.advisory_xact_lock("mcp-call", service.pk, action_type.pk, digest)
         since = timezone.now() - settings.MCP_GATEWAY_REPLAY_WINDOW
         earlier = (
             Proposal.objects.select_related("action_type", "decision_reviewer")
@@ -310,7 +311,7 @@ def forward_start(*, proposal_id: uuid.UUID, upstream: Upstream, tool: Tool) -> 
     """Take the approved proposal to executing and record the Call; None if someone else did."""
     with transaction.atomic():
         proposal = Proposal.objects.select_related("service").get(pk=proposal_id)
-        won = approvals.transition(
+        won = statemachine.transition(
             proposal_id=proposal_id,
             from_states=[State.APPROVED],
             to_state=State.EXECUTING,
@@ -358,7 +359,7 @@ def forward_finish(*, call: Call, result: dict[str, Any] | None = None, error: s
                 data["error"] = error[:2000]
             else:
                 data["detail"] = f"{call.upstream.name}.{call.tool} answered: {said}"[:300]
-            approvals.transition(
+            statemachine.transition(
                 proposal_id=call.pk,
                 from_states=[State.EXECUTING],
                 to_state=to_state,

@@ -23,7 +23,7 @@ from django.conf import settings
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from approvals import webhooks
+from foundation import webhooks
 from mcpgate.models import Upstream
 
 USER_AGENT = "Gatehouse-MCP-Gateway/1"

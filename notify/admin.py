@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from approvals.admin import ReadOnlyAdmin
+from foundation.admin import ReadOnlyAdmin
 from notify import services
 from notify.models import EmailPreference, GroupChannel, Notice, SlackLink, SlackMessage
 

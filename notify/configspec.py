@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from approvals.configfile import StrictItem, register, upsert
+from foundation.configfile import StrictItem, register, upsert
 
 
 class ReviewerGroupSpec(StrictItem):

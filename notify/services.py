@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from approvals import selectors as approval_selectors
 from approvals import services as approval_services
-from approvals.errors import ApplicationError, NotFound
 from approvals.models import AuditEvent, Proposal, Review
+from foundation.errors import ApplicationError, NotFound
 from notify import selectors, slack
 from notify.models import EmailPreference, Notice, SlackLink, SlackMessage
 

@@ -16,8 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from approvals.errors import ApplicationError
-from approvals.problems import problem
+from foundation.errors import ApplicationError, problem
 from notify import services, slack, tasks
 from notify.models import EmailPreference
 

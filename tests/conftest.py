@@ -183,12 +183,12 @@ def admin_client_logged_in(db: None) -> Client:
 
 @pytest.fixture(autouse=True)
 def _fresh_hot_path_cache() -> Any:
-    from approvals import events, localcache
+    from approvals import caches, events
 
-    localcache.clear_all()
+    caches.clear_all()
     events.forget_absences()
     yield
-    localcache.clear_all()
+    caches.clear_all()
     events.forget_absences()
 
 

@@ -10,6 +10,8 @@ from django.test import Client
 
 from approvals import services
 from approvals.models import ActionType, AuditEvent, Proposal
+from foundation import jsonvalues
+from foundation.errors import ApplicationError
 from tests.conftest import ServiceClient, refund_body
 
 BIG = "x" * (300 * 1024)
@@ -310,8 +312,27 @@ def test_the_submit_service_refuses_bad_values_naming_the_field(
     shop: ServiceClient, counts: Any, payload: dict[str, Any], where: str, what: str
 ) -> None:
     before = counts()
-    with pytest.raises(services.ApplicationError) as refused:
+    with pytest.raises(ApplicationError) as refused:
         services.proposal_submit(service=shop.service, data=refund_body(payload=payload))
     assert refused.value.status == 422
     assert refused.value.message.startswith(where) and what in refused.value.message
     assert counts() == before
+
+
+def test_an_api_submit_walks_its_values_once(
+    shop: ServiceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body parser's check covers the submit; the service does not walk the body again."""
+    walks: list[Any] = []
+    check = jsonvalues.check
+
+    def counting(value: Any, loc: tuple[str | int, ...] = (), depth: int = 0) -> None:
+        if depth == 0:
+            walks.append(loc)
+        check(value, loc, depth)
+
+    monkeypatch.setattr(jsonvalues, "check", counting)
+    response = shop.post_json("/api/v1/proposals", refund_body())
+
+    assert response.status_code == 201, response.content
+    assert walks == [()]

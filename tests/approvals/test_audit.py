@@ -6,9 +6,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, transaction
 
-from approvals import services
-from approvals.errors import Conflict
+from approvals import services, statemachine
 from approvals.models import AuditEvent, Proposal
+from foundation.errors import Conflict
 from tests.conftest import ServiceClient, refund_body
 
 
@@ -113,7 +113,7 @@ def test_two_concurrent_transitions_of_one_proposal_have_one_winner(
 def test_many_racing_compare_and_sets_have_exactly_one_winner(shop: ServiceClient) -> None:
     created = shop.post_json("/api/v1/proposals", refund_body()).json()
     results = [
-        services.transition(
+        statemachine.transition(
             proposal_id=created["id"],
             from_states=["pending_review"],
             to_state=state,

@@ -12,8 +12,8 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
-from approvals import configfile
 from approvals.models import ActionType, AuditEvent, Service
+from foundation import configfile
 from insights.checks import check_webhook_url
 from llmcalls.models import Provider
 from tests.conftest import logged_in

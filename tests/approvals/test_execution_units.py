@@ -14,8 +14,9 @@ from django.test import override_settings
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from approvals import execution, outbox, services, webhooks
+from approvals import execution, outbox, services
 from approvals.models import ActionType, Attempt, OutboxMessage, Proposal
+from foundation import retrying, webhooks
 from tests.conftest import ServiceClient, decide_as, refund_body
 from tests.execution_support import Receiver
 
@@ -165,11 +166,29 @@ def test_backoff_honours_retry_after() -> None:
 
 def test_retry_after_takes_seconds_or_an_http_date() -> None:
     now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-    assert webhooks.parse_retry_after("30") == 30
-    assert webhooks.parse_retry_after("Thu, 26 Nov 2026 12:01:00 GMT", now=now) == 60
-    assert webhooks.parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now=now) == 0
-    assert webhooks.parse_retry_after("soon") is None
-    assert webhooks.parse_retry_after(None) is None
+    assert retrying.parse_retry_after("30") == 30
+    assert retrying.parse_retry_after("Thu, 26 Nov 2026 12:01:00 GMT", now=now) == 60
+    assert retrying.parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now=now) == 0
+    assert retrying.parse_retry_after("soon") is None
+    assert retrying.parse_retry_after(None) is None
+    assert retrying.parse_retry_after("1.5") == 1.5
+    assert retrying.parse_retry_after("-3") == 0
+    assert retrying.parse_retry_after("nan") is None
+
+
+def test_retry_after_prefers_milliseconds_as_model_providers_send_them() -> None:
+    assert retrying.retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retrying.retry_after({"retry-after-ms": "soon", "retry-after": "9"}) == 9
+    assert retrying.retry_after({}) is None
+
+
+def test_backoff_seconds_is_equal_jitter_between_half_the_step_and_the_step() -> None:
+    waits = [retrying.backoff_seconds(3, base=1, cap=60) for _ in range(200)]
+    assert min(waits) >= 2 and max(waits) <= 4 and len(set(waits)) > 1
+    assert retrying.backoff_seconds(30, base=1, cap=60) <= 60
+    assert (
+        retrying.backoff_seconds(1, base=1, cap=60, retry_after=10**9) == retrying.MAX_RETRY_AFTER
+    )
 
 
 # --- the outbox is written with the transition ------------------------------------------------

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from django.db import connection
 
+from approvals.locks import advisory_lock_key
 from approvals.models import AuditEvent, Proposal
-from approvals.services import _advisory_lock_key
 from tests.conftest import ServiceClient, refund_body
 
 
@@ -64,7 +64,7 @@ def test_without_a_key_every_post_creates_a_proposal(shop: ServiceClient) -> Non
 def test_a_key_still_in_flight_is_a_conflict(shop: ServiceClient) -> None:
     # Another request holding the key is simulated by a second session holding its lock.
     settings = connection.settings_dict
-    lock = _advisory_lock_key("idempotency", shop.service.pk, "busy")
+    lock = advisory_lock_key("idempotency", shop.service.pk, "busy")
     with psycopg.connect(
         host=settings["HOST"],
         port=settings["PORT"] or 5432,

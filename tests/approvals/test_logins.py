@@ -15,6 +15,7 @@ from django.test import Client, override_settings
 from approvals import services
 from approvals.management.commands.seed_demo import DEMO_PASSWORD
 from approvals.models import ActionType
+from foundation.errors import ApplicationError
 from tests.conftest import logged_in
 
 pytestmark = pytest.mark.django_db
@@ -148,7 +149,7 @@ def test_create_reviewer_runs_the_password_validators(
 
 
 def test_the_reviewer_service_refuses_a_weak_password_naming_the_field(refunds: ActionType) -> None:
-    with pytest.raises(services.ApplicationError) as refused:
+    with pytest.raises(ApplicationError) as refused:
         services.reviewer_create(
             username="nina", action_type_keys=["refund.issue"], password="12345678"
         )

@@ -13,9 +13,10 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from approvals import configfile, schemas_cache, selectors
+from approvals import schemas_cache, selectors
 from approvals.management.commands.simulate_service import make_proposal
 from approvals.models import ActionType
+from foundation import configfile
 
 
 @pytest.fixture

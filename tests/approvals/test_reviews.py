@@ -14,9 +14,9 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals import decisions, services
-from approvals.errors import ApplicationError, Conflict, NotFound
+from approvals import decisions, rules, services
 from approvals.models import ActionType, AuditEvent, Claim, Proposal, Review, payload_hash
+from foundation.errors import ApplicationError, Conflict, NotFound
 from tests.conftest import logged_in
 
 State = Proposal.State
@@ -259,17 +259,17 @@ def test_an_approved_edit_becomes_the_final_payload(
 
 def amount_rules(
     *, proposal: Proposal, service: Any, action_type: ActionType
-) -> decisions.AutoDecision:
+) -> rules.AutoDecision:
     """A stand-in rule set, as the rules engine would decide: above 1000 reject, above 100
     review with two approvals, else review."""
     amount = proposal.payload.get("amount", 0)
     if amount > 1000:
-        return decisions.AutoDecision(outcome="reject", reason="Over the refund limit", rule="cap")
+        return rules.AutoDecision(outcome="reject", reason="Over the refund limit", rule="cap")
     if amount > 100:
-        return decisions.AutoDecision(
+        return rules.AutoDecision(
             outcome="review", reason="Large refund", rule="large", approvals_required=2
         )
-    return decisions.AutoDecision(outcome="review", reason="Reviewer decides")
+    return rules.AutoDecision(outcome="review", reason="Reviewer decides")
 
 
 def test_an_edit_that_makes_the_rules_stricter_needs_two_approvals(

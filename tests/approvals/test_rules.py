@@ -14,8 +14,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from approvals import rules, services
-from approvals.errors import ApplicationError
 from approvals.models import ActionType, Proposal, Rule, RuleVersion
+from foundation.errors import ApplicationError
 from tests.conftest import ServiceClient, refund_body
 
 # Each case: rules to create (name, fields), body overrides, then the expected state,

@@ -13,10 +13,11 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.utils import timezone
 
-from approvals import configfile
+from approvals import configspec
 from approvals.backtest import backtest_rule
 from approvals.models import ActionType, Proposal, Rule, Service
 from approvals.rules import RuleSpec
+from foundation import configfile
 
 # confidence, amount, how it was decided (by, outcome)
 HISTORY: list[tuple[float, float, str, str]] = [
@@ -240,13 +241,13 @@ def test_apply_and_export_round_trip(refund_type: ActionType) -> None:
         "rule daily-refund-cap: created",
         "rule watch-everything: created",
     ]
-    exported = configfile.export_rules()
+    exported = configspec.export_rules()
     assert configfile.apply(exported) == [
         "rule daily-refund-cap: unchanged",
         "rule small-confident-refunds: unchanged",
         "rule watch-everything: unchanged",
     ]
-    assert configfile.export_rules() == exported
+    assert configspec.export_rules() == exported
     cap = Rule.objects.get(name="daily-refund-cap")
     assert (cap.priority, cap.outcome, cap.action_type, cap.version, cap.approvals_required) == (
         5,

@@ -9,8 +9,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from approvals import services
-from approvals.errors import ApplicationError
 from approvals.models import Proposal
+from foundation.errors import ApplicationError
 from tests.conftest import logged_in
 
 State = Proposal.State

@@ -13,8 +13,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
-from approvals import configfile, services
+from approvals import services
 from approvals.models import ActionType, Proposal, payload_hash
+from foundation import configfile
 from insights import services as insights_services
 from insights.models import AuditSample, TypeSettings
 

@@ -14,9 +14,10 @@ import websockets
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 
-from approvals import configfile, services
+from approvals import services
 from approvals.management.commands.simulate_service import make_proposal
 from approvals.models import ActionType, Proposal, Service
+from foundation import configfile
 from tests.conftest import REFUND_SCHEMA, refund_body
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -13,9 +13,10 @@ import gatehouse_client as gc
 import httpx
 import pytest
 
-from approvals import outbox, webhooks
+from approvals import outbox
 from approvals.models import Proposal
 from approvals.representation import proposal_representation
+from foundation import webhooks
 from tests.clients.conftest import Shop
 from tests.clients.proxy import MisbehavingProxy
 

@@ -9,10 +9,10 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
 from approvals import services as approvals_services
-from approvals.errors import ApplicationError, Conflict
 from approvals.models import Proposal
 from evals import services
 from evals.models import EvalCase, EvalSet
+from foundation.errors import ApplicationError, Conflict
 from llmcalls import client
 from tests.conftest import ServiceClient, refund_body
 from tests.evals.scripted_provider import ScriptedProvider

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from approvals import configfile
-from approvals.errors import ApplicationError, Conflict
 from evals import services
 from evals.models import EvalSet, Prompt, PromptLabel, PromptLabelMove, PromptVersion
+from foundation import configfile
+from foundation.errors import ApplicationError, Conflict
 
 pytestmark = pytest.mark.django_db
 EXAMPLE = Path(__file__).resolve().parents[2] / "evals" / "examples" / "refund_eligibility.yaml"

@@ -12,9 +12,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from approvals.errors import ApplicationError
 from evals import selectors, services
 from evals.models import EvalResult, EvalRun, EvalSet
+from foundation.errors import ApplicationError
 from llmcalls.models import LLMCall
 from tests.evals.scripted_provider import ScriptedProvider
 

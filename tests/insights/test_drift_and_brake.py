@@ -11,8 +11,8 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from approvals import services as approvals_services
-from approvals.errors import ApplicationError
 from approvals.models import ActionType, Proposal
+from foundation.errors import ApplicationError
 from insights import services
 from insights.models import Alert, Brake, TypeSettings
 from tests.conftest import ServiceClient, refund_body

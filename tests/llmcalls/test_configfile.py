@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from approvals import configfile
+from foundation import configfile
 from llmcalls.models import Provider, Route
 
 pytestmark = pytest.mark.django_db

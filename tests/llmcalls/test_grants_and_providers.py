@@ -12,9 +12,9 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.test import Client
 
-from approvals import configfile
-from approvals.configfile import ConfigFileError
 from approvals.models import ActionType, AuditEvent, Service
+from foundation import configfile
+from foundation.configfile import ConfigFileError
 from llmcalls import client as llm
 from llmcalls import routing, services
 from llmcalls.models import FeatureGrant, LLMCall, Provider

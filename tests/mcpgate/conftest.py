@@ -9,8 +9,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from approvals import configfile, services
+from approvals import services
 from approvals.models import Service
+from foundation import configfile
 from tests.live_app import any_free_port, serve
 from tests.mcpgate.files_upstream import TOKEN, FilesUpstream
 

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from approvals import configfile
 from approvals import services as approvals
 from approvals.models import ActionType, Rule, Service
+from foundation import configfile
 from mcpgate import services
 from mcpgate.models import Tool, Upstream
 

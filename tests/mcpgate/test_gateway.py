@@ -231,7 +231,7 @@ def test_arguments_that_break_the_tools_schema_name_the_field_and_nothing_is_for
 def test_an_upstream_that_is_down_answers_a_tool_error_and_the_proposal_records_it(
     live: str, agent: Agent, monkeypatch: Any
 ) -> None:
-    from approvals import configfile
+    from foundation import configfile
     from tests.mcpgate.conftest import GATEWAY_YAML
 
     flaky = FilesUpstream().start()

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from approvals import services as approvals
+from approvals import statemachine
 from approvals.models import AuditEvent, Proposal, Service
 from mcpgate import services
 from mcpgate.models import Call, Tool, Upstream
@@ -28,7 +29,7 @@ def _approved(tool: Tool) -> Proposal:
         service=agent, tool=tool, arguments={"path": "a"}, meta=services.CallMeta()
     )
     assert not earlier and proposal.state == Proposal.State.PENDING_REVIEW
-    approvals.transition(
+    statemachine.transition(
         proposal_id=proposal.pk,
         from_states=[Proposal.State.PENDING_REVIEW],
         to_state=Proposal.State.APPROVED,

@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from approvals import configfile
 from approvals.admin import ActionTypeForm
 from approvals.models import ActionType, AuditEvent
+from foundation import configfile
 from notify.models import GroupChannel, SlackLink
 
 pytestmark = pytest.mark.django_db

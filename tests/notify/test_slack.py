@@ -355,7 +355,7 @@ def test_link_slack_by_id_and_by_email(slack_on: FakeSlack, reviewer: User) -> N
 
 
 def test_apply_sets_a_groups_slack_channel(db: None) -> None:
-    from approvals import configfile
+    from foundation import configfile
     from notify.models import GroupChannel
 
     report = configfile.apply(

@@ -69,7 +69,7 @@ def test_one_trace_runs_from_the_submit_through_the_outbox_to_the_webhook(
     webhook_refunds: ActionType,
     make_rule: Callable[..., Any],
 ) -> None:
-    from approvals import webhooks
+    from foundation import webhooks
 
     webhooks._client = None  # a client made before tracing was on
     receiver.secret = shop.service.webhook_secret

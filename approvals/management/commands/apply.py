@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals import configfile
+from foundation import configfile
 
 
 class Command(BaseCommand):

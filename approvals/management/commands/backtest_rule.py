@@ -6,9 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals import backtest, configfile
+from approvals import backtest
 from approvals.models import ActionType
 from approvals.rules import RuleCompileError, RuleSpec
+from foundation import configfile
 
 
 def specs_from_file(text: str, *, source: str) -> list[RuleSpec]:

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals import services
-from approvals.errors import ApplicationError
+from foundation.errors import ApplicationError
 
 
 class Command(BaseCommand):

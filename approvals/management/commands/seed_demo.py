@@ -8,8 +8,9 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from approvals import configfile, services
+from approvals import services
 from approvals.models import ApiKey, Service
+from foundation import configfile
 
 DEMO_FILE = Path(settings.BASE_DIR) / "config" / "demo.yaml"
 # Where config/demo.yaml expects the demo's simulated model; `--model-url` moves it.

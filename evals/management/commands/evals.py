@@ -13,9 +13,9 @@ from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals.errors import ApplicationError
 from evals import report, selectors, services
 from evals.models import EvalRun, EvalSet, Prompt
+from foundation.errors import ApplicationError
 
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2

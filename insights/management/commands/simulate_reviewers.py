@@ -21,8 +21,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from approvals import services as approvals_services
-from approvals.errors import ApplicationError
 from approvals.models import ActionType, Proposal
+from foundation.errors import ApplicationError
 from insights import services
 from insights.models import TypeSettings
 

@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals.errors import ApplicationError
+from foundation.errors import ApplicationError
 from notify import services
 
 

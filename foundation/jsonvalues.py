@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from approvals.errors import ApplicationError
+from foundation.errors import ApplicationError
 
 MAX_DEPTH = 64
 

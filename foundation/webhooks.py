@@ -14,18 +14,18 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import random
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
+
+from foundation import retrying
 
 USER_AGENT = "Gatehouse-Webhooks/1"
 RESPONSE_EXCERPT_CHARS = 2000
@@ -190,36 +190,18 @@ def post(*, url: str, body: bytes, headers: dict[str, str], timeout: float) -> R
         return Response(
             status_code=response.status_code,
             excerpt=text[:RESPONSE_EXCERPT_CHARS],
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            retry_after=retrying.retry_after(response.headers),
         )
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), if any."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
-
-
 def backoff(attempt: int, *, retry_after: float | None = None) -> timedelta:
-    """Delay before attempt `attempt + 1`: exponential with jitter, at least Retry-After.
-
-    Equal jitter: half the exponential step is fixed, half random, so retries spread out yet
-    never come sooner than half the step.
-    """
-    base = settings.EXECUTION_RETRY_BASE.total_seconds()
-    cap = settings.EXECUTION_RETRY_MAX.total_seconds()
-    step = min(cap, base * 2 ** max(attempt - 1, 0))
-    delay = step / 2 + random.uniform(0, step / 2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, 24 * 3600))
-    return timedelta(seconds=delay)
+    """Delay before attempt `attempt + 1` of a delivery: `retrying.backoff_seconds` between
+    EXECUTION_RETRY_BASE and EXECUTION_RETRY_MAX, at least Retry-After."""
+    return timedelta(
+        seconds=retrying.backoff_seconds(
+            attempt,
+            base=settings.EXECUTION_RETRY_BASE.total_seconds(),
+            cap=settings.EXECUTION_RETRY_MAX.total_seconds(),
+            retry_after=retry_after,
+        )
+    )

@@ -1,7 +1,8 @@
 """A tiny per-process cache with a time-to-live, for lookups on the hot path of every request.
 
 Entries are plain objects; a change made in this process clears them at once, other processes
-see it within the TTL (settings.HOT_PATH_CACHE_SECONDS; 0 turns caching off).
+see it within the TTL. The TTL is a setting read on every write (HOT_PATH_CACHE_SECONDS unless
+the cache names another), so tests and operators can change it; 0 turns caching off.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from django.conf import settings
 
 
 class TTLCache:
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, max_entries: int = 10_000, *, ttl_setting: str = "HOT_PATH_CACHE_SECONDS"
+    ) -> None:
         self._data: dict[Any, tuple[float, Any]] = {}
         self._lock = threading.Lock()
         self._max = max_entries
+        self._ttl_setting = ttl_setting
 
     def get(self, key: Any) -> Any | None:
         entry = self._data.get(key)
@@ -30,7 +34,7 @@ class TTLCache:
         return value
 
     def set(self, key: Any, value: Any) -> None:
-        ttl = settings.HOT_PATH_CACHE_SECONDS
+        ttl = float(getattr(settings, self._ttl_setting))
         if ttl <= 0:
             return
         with self._lock:
@@ -41,12 +45,3 @@ class TTLCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-
-
-api_keys = TTLCache()
-action_types = TTLCache()
-
-
-def clear_all() -> None:
-    api_keys.clear()
-    action_types.clear()

@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.defaults import server_error
 
 from config.health import backing_service_down
+from foundation.errors import problem
 
 log = logging.getLogger("gatehouse.unavailable")
 
@@ -27,8 +28,6 @@ _API_PREFIXES = ("/api/", "/llm/v1/")
 
 
 def unavailable_response(request: HttpRequest, service: str) -> HttpResponse:
-    from approvals.problems import problem  # problems installs answer_unavailable on the API
-
     retry_after = str(settings.UNAVAILABLE_RETRY_AFTER)
     detail = (
         f"Gatehouse cannot reach its {service} right now. Try again in {retry_after} s; "

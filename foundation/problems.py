@@ -1,9 +1,9 @@
-"""RFC 9457 problem+json responses, and a JSON parser that refuses what it cannot store."""
+"""problem+json for a ninja API (every error it can raise, and its OpenAPI document), and a JSON
+body parser that refuses what it cannot store. The response itself is `foundation.errors.problem`."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from typing import Any
 
@@ -15,57 +15,9 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.errors import _default_exception as ninja_default_exception
 from ninja.parser import Parser
 
-from approvals import jsonvalues
-from approvals.errors import ApplicationError
-from approvals.unavailable import answer_unavailable
-
-log = logging.getLogger("gatehouse.api")
-PROBLEM_TYPE = "urn:gatehouse:problem:"
-TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Payload too large",
-    415: "Unsupported media type",
-    422: "Unprocessable content",
-    429: "Too many requests",
-    500: "Internal server error",
-}
-
-
-def problem(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    title: str | None = None,
-    errors: list[dict[str, Any]] | None = None,
-    extra: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> HttpResponse:
-    # One line per refused API request: what was refused and why, never what was sent.
-    log.info(
-        "problem %s %s: %s", status, code, detail[:300], extra={"status": status, "code": code}
-    )
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE + code,
-        "title": title or TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-    }
-    if errors:
-        body["errors"] = errors
-    if extra:
-        body.update(extra)
-    response = HttpResponse(
-        json.dumps(body), status=status, content_type="application/problem+json"
-    )
-    for name, value in (headers or {}).items():
-        response[name] = value
-    return response
+from foundation import jsonvalues
+from foundation.errors import ApplicationError, problem
+from foundation.unavailable import answer_unavailable
 
 
 def _clean_loc(loc: Any) -> list[Any]:

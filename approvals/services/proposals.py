@@ -1,0 +1,379 @@
+"""Proposals from the services: submitted (and decided automatically), cancelled, their results reported."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.apps import apps
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from approvals import (
+    bulk,
+    caches,
+    decisions,
+    events,
+    outbox,
+    schemas_cache,
+)
+from approvals.locks import try_advisory_xact_lock
+from approvals.models import (
+    ActionType,
+    AuditEvent,
+    Proposal,
+    Service,
+    payload_hash,
+)
+from approvals.representation import proposal_representation
+from approvals.rules import AutoDecision
+from approvals.statemachine import transition
+from foundation import jsonvalues
+from foundation.errors import ApplicationError, Conflict, NotFound
+from telemetry import metrics, tracing
+
+log = logging.getLogger("gatehouse.decisions")
+State = Proposal.State
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    proposal: Proposal
+    response: dict[str, Any]
+    replayed: bool
+
+
+def _allowed_action_type(*, service: Service, key: str) -> ActionType:
+    action_type: ActionType | None = caches.action_types.get(key)
+    if action_type is None:
+        action_type = ActionType.objects.filter(key=key).first()
+        if action_type is not None:
+            caches.action_types.set(key, action_type)
+    if action_type is None:
+        raise ApplicationError(
+            f"There is no action type {key!r}. GET /api/v1/action-types lists the ones you may propose.",
+            status=422,
+            code="unknown-action-type",
+            errors=[{"loc": ["body", "action_type"], "msg": f"unknown action type {key!r}"}],
+        )
+    allowed = getattr(service, "allowed_action_type_ids", None)
+    if allowed is None:
+        allowed = frozenset(service.action_types.values_list("pk", flat=True))
+    if action_type.pk not in allowed:
+        raise ApplicationError(
+            f"Service {service.name!r} may not propose {key!r}; an admin can allow it.",
+            status=403,
+            code="action-type-not-allowed",
+            errors=[
+                {"loc": ["body", "action_type"], "msg": f"not allowed for this service: {key!r}"}
+            ],
+        )
+    return action_type
+
+
+def _check_own_llm_call(*, service: Service, call_id: Any) -> None:
+    """A proposal links only a model call of its own service: reviewers are shown its prompt."""
+    call_model = None
+    if apps.is_installed("llmcalls"):  # the call log is an optional app above the core
+        call_model = apps.get_model("llmcalls", "LLMCall")
+    if (
+        call_model is None
+        or not call_model.objects.filter(pk=call_id, service=service.name).exists()
+    ):
+        raise ApplicationError(
+            f"llm_call_id {call_id} is not a model call of service {service.name!r}: link the "
+            "X-Gatehouse-Call-Id of a call this service made through the proxy.",
+            status=422,
+            code="unknown-llm-call",
+            errors=[{"loc": ["body", "llm_call_id"], "msg": "not a model call of this service"}],
+        )
+
+
+def proposal_submit(
+    *,
+    service: Service,
+    data: dict[str, Any],
+    idempotency_key: str | None = None,
+    values_checked: bool = False,
+) -> SubmitResult:
+    """Record a proposal, decide it automatically if the rules can, else queue it for review.
+
+    `data` is the validated request body. With an idempotency key, a replay with the same body
+    returns the first response; the same key with another body is refused (422); the same key
+    while the first request is still running is a conflict (409).
+
+    Every value is checked (foundation.jsonvalues: no NUL, lone surrogate, NaN) unless the
+    caller walked the very values `data` holds already (`values_checked`: the API's body parser,
+    the MCP server); commands, tests and other callers leave it False.
+    """
+    if not values_checked:
+        try:
+            jsonvalues.check(data)
+        except jsonvalues.BadValue as exc:
+            raise exc.refusal() from None
+    request_hash = payload_hash(data) if idempotency_key is not None else ""
+    action_type = _allowed_action_type(service=service, key=data["action_type"])
+    if data.get("llm_call_id") is not None:
+        _check_own_llm_call(service=service, call_id=data["llm_call_id"])
+    schema_errors = schemas_cache.validate_payload(action_type, data["payload"])
+    if schema_errors:
+        raise ApplicationError(
+            f"The payload does not match the schema of {action_type.key!r}: {schema_errors[0]['msg']}",
+            status=422,
+            code="validation-error",
+            errors=schema_errors,
+        )
+    with tracing.span("gatehouse.proposal.submit", {"gatehouse.service": service.name}) as span:
+        try:
+            with transaction.atomic():
+                if idempotency_key is not None:
+                    replay = _idempotent_replay(service, idempotency_key, request_hash)
+                    if replay is not None:
+                        tracing.set_attributes(span, {"gatehouse.replayed": True})
+                        return replay
+                new = _decide_proposal(service, action_type, data, idempotency_key, request_hash)
+                alone = new.insert_is_all and not bulk.transaction_started()
+                if not alone:
+                    result = _record_proposal(new)
+            if alone:
+                # The decision read nothing (no lock, no velocity figures) and the proposal with
+                # its audit events, one INSERT statement, is all there is to write: on its own
+                # that statement is atomic, so it runs without BEGIN and COMMIT, one round trip.
+                result = _record_proposal(new)
+        except IntegrityError:
+            # Only the idempotency constraint can collide here: another request won the race.
+            if idempotency_key is None:
+                raise
+            raise Conflict(
+                "A request with this Idempotency-Key is being processed; retry shortly.",
+                code="idempotency-key-in-flight",
+            ) from None
+        _observe_submit(result.proposal, new.decision, span)
+    return result
+
+
+def _observe_submit(proposal: Proposal, decision: AutoDecision, span: Any) -> None:
+    """Metrics, the decision's log line and span attributes for a new proposal (committed)."""
+    action_type = proposal.action_type.key
+    metrics.PROPOSALS_SUBMITTED.labels(action_type).inc()
+    if proposal.decided_by:
+        metrics.PROPOSALS_DECIDED.labels(action_type, proposal.decided_by, decision.outcome).inc()
+        metrics.TIME_TO_DECISION_SECONDS.labels(action_type, proposal.decided_by).observe(0)
+    context = {
+        "service": proposal.service.name,
+        "proposal_id": str(proposal.pk),
+        "action_type": action_type,
+        "outcome": decision.outcome,
+        "rule": decision.rule,
+        "rule_version": decision.rule_version,
+    }
+    log.info(
+        "proposal %s %s by %s",
+        proposal.pk,
+        proposal.state,
+        f"rule {decision.rule} v{decision.rule_version}" if decision.rule else "policy",
+        extra=context,
+    )
+    tracing.set_attributes(span, {f"gatehouse.{k}": v for k, v in context.items()})
+
+
+def _idempotent_replay(service: Service, key: str, request_hash: str) -> SubmitResult | None:
+    if not try_advisory_xact_lock("idempotency", service.pk, key):
+        raise Conflict(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            code="idempotency-key-in-flight",
+        )
+    first = Proposal.objects.filter(service=service, idempotency_key=key).first()
+    if first is None:
+        return None
+    if first.request_hash != request_hash:
+        raise ApplicationError(
+            "This Idempotency-Key was used with a different request body. Use a new key for a new request.",
+            status=422,
+            code="idempotency-key-reused",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "reused with a different body"}],
+        )
+    return SubmitResult(proposal=first, response=first.first_response or {}, replayed=True)
+
+
+@dataclass
+class _NewProposal:
+    """A decided proposal (already in its routed state), not yet written."""
+
+    proposal: Proposal
+    decision: AutoDecision
+    response: dict[str, Any]
+
+    @property
+    def insert_is_all(self) -> bool:
+        """True when recording it is one INSERT: no idempotency key, no outbox row."""
+        return (
+            self.proposal.idempotency_key is None
+            and self.proposal.state not in outbox.CALLBACK_STATES
+        )
+
+
+def _decide_proposal(
+    service: Service,
+    action_type: ActionType,
+    data: dict[str, Any],
+    idempotency_key: str | None,
+    request_hash: str,
+) -> _NewProposal:
+    now = timezone.now()
+    proposal = Proposal(
+        id=uuid.uuid4(),
+        service=service,
+        action_type=action_type,
+        payload=data["payload"],
+        payload_hash=payload_hash(data["payload"]),
+        confidence=data["confidence"],
+        summary=data["summary"],
+        rationale=data.get("rationale") or "",
+        model=data.get("model") or "",
+        prompt_version=data.get("prompt_version") or "",
+        feature=data.get("feature") or "",
+        external_id=data.get("external_id") or "",
+        llm_call_id=data.get("llm_call_id"),
+        metadata=data.get("metadata") or {},
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_at=now,
+        updated_at=now,
+    )
+    decision = decisions.decide_automatically(
+        proposal=proposal, service=service, action_type=action_type, new=True
+    )
+    proposal.rule_trace = decision.trace
+    _apply_auto_decision(proposal, action_type, decision, now)
+    response = proposal_representation(proposal)
+    # Only a request with an idempotency key can be replayed, so only then is its answer kept.
+    proposal.first_response = response if idempotency_key is not None else None
+    return _NewProposal(proposal, decision, response)
+
+
+def _record_proposal(new: _NewProposal) -> SubmitResult:
+    proposal, decision = new.proposal, new.decision
+    routed_state, now = proposal.state, proposal.created_at
+    # The row is invisible to everyone until it commits, so it is inserted in its routed
+    # state; the audit trail still records both steps (in the same statement).
+    actor = f"service:{proposal.service.name}"
+    bulk.insert_rows(
+        [proposal],
+        [
+            AuditEvent(
+                proposal=proposal,
+                kind="proposal.received",
+                to_state=State.RECEIVED,
+                actor=actor,
+                data={"payload_hash": proposal.payload_hash, "confidence": proposal.confidence},
+                created_at=now,
+            ),
+            AuditEvent(
+                proposal=proposal,
+                kind="proposal.routed",
+                from_state=State.RECEIVED,
+                to_state=routed_state,
+                actor=f"rule:{decision.rule}" if decision.rule else "policy",
+                data={
+                    "outcome": decision.outcome,
+                    "rule": decision.rule,
+                    "rule_version": decision.rule_version,
+                    "reason": decision.reason,
+                },
+                created_at=now,
+            ),
+        ],
+    )
+    if routed_state in outbox.CALLBACK_STATES:
+        outbox.outbox_record(proposal=proposal, to_state=routed_state)
+    events.proposal_changed(proposal.pk, proposal.action_type_id, created=True)
+    return SubmitResult(proposal=proposal, response=new.response, replayed=False)
+
+
+def _apply_auto_decision(
+    proposal: Proposal, action_type: ActionType, decision: AutoDecision, now: datetime
+) -> None:
+    """Put a new proposal in the state its automatic decision routes it to."""
+    if decision.outcome == "review":
+        proposal.state = State.PENDING_REVIEW
+        proposal.expires_at = now + action_type.review_ttl
+        if action_type.review_sla:
+            proposal.review_due_at = now + action_type.review_sla
+        proposal.decision_reason = decision.reason
+        if decision.approvals_required:  # a rule asked for more reviewers than the type does
+            proposal.required_approvals = decision.approvals_required
+        return
+    proposal.state = State.APPROVED if decision.outcome == "approve" else State.REJECTED
+    proposal.decision_outcome = decision.outcome
+    proposal.decided_by = Proposal.DecidedBy.RULE if decision.rule else Proposal.DecidedBy.POLICY
+    proposal.decision_rule = decision.rule
+    proposal.decision_rule_version = decision.rule_version
+    proposal.decision_reason = decision.reason
+    proposal.decided_at = now
+
+
+def _own_proposal(service: Service, proposal_id: uuid.UUID) -> Proposal:
+    proposal = (
+        Proposal.objects.select_related("action_type")
+        .filter(pk=proposal_id, service=service)
+        .first()
+    )
+    if proposal is None:
+        raise NotFound("No such proposal for this service.")
+    return proposal
+
+
+def proposal_cancel(*, service: Service, proposal_id: uuid.UUID, reason: str = "") -> Proposal:
+    proposal = _own_proposal(service, proposal_id)
+    won = transition(
+        proposal_id=proposal.pk,
+        from_states=[State.RECEIVED, State.PENDING_REVIEW],
+        to_state=State.CANCELLED,
+        kind="proposal.cancelled",
+        actor=f"service:{service.name}",
+        fields={"decision_reason": reason or "Withdrawn by the service."},
+        data={"reason": reason},
+    )
+    proposal.refresh_from_db()
+    if not won:
+        raise Conflict(
+            f"Only a pending proposal can be cancelled; this one is {proposal.state}.",
+            code="invalid-state",
+            extra={"state": proposal.state},
+        )
+    return proposal
+
+
+def proposal_report_result(
+    *, service: Service, proposal_id: uuid.UUID, succeeded: bool, detail: str = ""
+) -> Proposal:
+    """The service's own report of executing an approved proposal (executor `none`)."""
+    proposal = _own_proposal(service, proposal_id)
+    if proposal.action_type.executor_kind != "none":
+        raise ApplicationError(
+            f"{proposal.action_type.key!r} is executed by Gatehouse ({proposal.action_type.executor_kind}); "
+            "only executor 'none' takes results from the service.",
+            status=409,
+            code="executor-not-none",
+        )
+    to_state = State.EXECUTED if succeeded else State.FAILED
+    won = transition(
+        proposal_id=proposal.pk,
+        from_states=[State.APPROVED, State.EXECUTING],
+        to_state=to_state,
+        kind=f"proposal.{to_state}",
+        actor=f"service:{service.name}",
+        data={"detail": detail[:2000]},
+    )
+    proposal.refresh_from_db()
+    if not won:
+        raise Conflict(
+            f"Only an approved proposal can take a result; this one is {proposal.state}.",
+            code="invalid-state",
+            extra={"state": proposal.state},
+        )
+    return proposal
