@@ -14,7 +14,7 @@ from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictStr, WithJsonSchema
 
-from approvals import selectors, services
+from approvals import selectors, services, waits
 from approvals.models import Proposal, Service
 from approvals.representation import action_type_representation, proposal_representation
 from foundation import cursors, jsonfast, jsonvalues, problems
@@ -306,9 +306,9 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
 
 
 def _proposal_for_service_released(*, service: Service, proposal_id: uuid.UUID) -> Proposal | None:
-    """`selectors.proposal_for_service`, then the connection goes back to the pool: a long poll
-    sleeps between reads, and 500 waiters each holding a connection for 30 s would exhaust the
-    pool (DB_POOL_MAX) and answer 503 (bench/long_poll.py measured 484 of 500)."""
+    """`selectors.proposal_for_service`, then the connection goes back to the pool: this runs
+    on the request's own thread, and 500 long polls each keeping a connection for 30 s would
+    exhaust the pool (DB_POOL_MAX) and answer 503 (bench/long_poll.py measured 484 of 500)."""
     try:
         return selectors.proposal_for_service(service=service, proposal_id=proposal_id)
     finally:
@@ -329,12 +329,11 @@ async def get_proposal(
     """One of your proposals. `?wait=SECONDS` (at most 30) holds the request until it is decided."""
     service = _service(request)
     load = sync_to_async(_proposal_for_service_released)
-    proposal = await load(service=service, proposal_id=proposal_id)
+    proposal = await waits.proposal_wait_decided(
+        load=lambda: load(service=service, proposal_id=proposal_id), wait=wait
+    )
     if proposal is None:
         raise NotFound("No such proposal for this service.")
-    proposal = await selectors.proposal_wait_decided(
-        proposal=proposal, load=lambda: load(service=service, proposal_id=proposal_id), wait=wait
-    )
     return _json(proposal_representation(proposal))
 
 

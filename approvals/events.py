@@ -11,6 +11,10 @@ Apps above approvals (notify: Slack, email) hear of the same changes through the
 With the Redis channel layer every process (web or worker) sends directly. With the in-memory
 layer (the embedded default) a layer lives inside one process, so the web process relays what
 every process wrote by tailing the audit table (approvals/relay.py); here we only wake it.
+
+Long polls (approvals/waits.py) hear of changes the same two ways: with Redis, each change's
+proposal id is published on `changes_channel()` (one PUBLISH, whoever waits); without, the
+relay tells them.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.dispatch import Signal
@@ -152,11 +158,14 @@ def wake_after_commit(waker: Callable[[], None]) -> None:
         _local_wakers.append(waker)
 
 
-def proposal_changed(proposal_id: uuid.UUID, action_type_id: int | None = None) -> None:
-    """Call inside the transaction that changed the proposal; broadcasts only if it commits."""
+def proposal_changed(
+    proposal_id: uuid.UUID, action_type_id: int | None = None, *, created: bool = False
+) -> None:
+    """Call inside the transaction that changed the proposal; broadcasts only if it commits.
+    `created`: the proposal is new, so no long poll can be waiting on it yet."""
 
     def broadcast() -> None:
-        _after_commit(proposal_id, action_type_id)
+        _after_commit(proposal_id, action_type_id, created)
 
     # robust: a broadcast that fails is logged; it never undoes or fails the committed change.
     transaction.on_commit(broadcast, robust=True)
@@ -170,16 +179,43 @@ def _announce(proposal_id: uuid.UUID) -> None:
             log.error("proposal_committed receiver %r failed", receiver, exc_info=result)
 
 
-def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None) -> None:
+def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None, created: bool) -> None:
     if uses_process_local_layer():
         for wake in _local_wakers:
             wake()  # the audit event is committed; the relay (if this is a web process) sends
         return
+    if not created:
+        _publish_change(proposal_id)
     if action_type_id is not None and not anyone_listening(action_type_id):
         return
     message = render_update(proposal_id)
     if message is not None:
         _run(send_update, message)
+
+
+def changes_channel() -> str:
+    """The Redis pub/sub channel of changed proposals' ids. Pub/sub ignores the database
+    number, so it is part of the name: two installations on one Redis do not hear each other."""
+    database = redis.connection.parse_url(settings.REDIS_URL).get("db", 0)
+    return f"gatehouse:proposal-changed:{database}"
+
+
+_publisher: tuple[str, str, redis.Redis] | None = None  # (REDIS_URL, channel, client)
+
+
+def _publish_change(proposal_id: uuid.UUID) -> None:
+    """Tell the long polls of every process (one message, whoever waits). A failure is logged
+    and costs waiters at most waits.RECHECK_SECONDS; it never stops the page's broadcast."""
+    global _publisher
+    try:
+        if _publisher is None or _publisher[0] != settings.REDIS_URL:
+            client = redis.Redis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2
+            )
+            _publisher = (settings.REDIS_URL, changes_channel(), client)
+        _publisher[2].publish(_publisher[1], proposal_id.hex)
+    except (OSError, redis.RedisError):
+        log.warning("could not publish a change of proposal %s for long polls", proposal_id)
 
 
 def render_update(proposal_id: uuid.UUID) -> dict[str, Any] | None:

@@ -11,6 +11,9 @@ Ids are allocated before commit, so a slow transaction can commit an id lower th
 seen. Missing ids are remembered as gaps and re-read for GAP_PATIENCE seconds (a rolled-back
 insert leaves a gap that never fills). Anything older is covered by the page's resync after a
 reconnect, and by the next change of the same proposal.
+
+The long polls of this process (approvals/waits.py) follow the same reading: they are told the
+proposals of every change read, whoever listens on a page.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from channels.db import database_sync_to_async
 from django.db.models import Max, Q
@@ -41,12 +45,21 @@ class AuditRelay:
         self.task: asyncio.Task[None] | None = None
         self.last_id = 0
         self.gaps: dict[int, float] = {}
+        self.ready_since: float | None = None  # reading since (monotonic), None while not
+        self.followers: list[tuple[Callable[[list[uuid.UUID]], None], Callable[[], None]]] = []
+
+    def follow(self, changed: Callable[[list[uuid.UUID]], None], ready: Callable[[], None]) -> None:
+        """Also tell `changed` the proposals of every change read, and `ready` each time the
+        relay (re)starts reading (changes before that are never read)."""
+        self.followers.append((changed, ready))
+
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
 
     def ensure_started(self) -> None:
-        """Start tailing in the running event loop (called by consumers on connect)."""
-        if not events.uses_process_local_layer():
-            return
-        if self.task is not None and not self.task.done():
+        """Start tailing in the running event loop (called by consumers on connect and by
+        long polls)."""
+        if not events.uses_process_local_layer() or self.running():
             return
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
@@ -62,7 +75,11 @@ class AuditRelay:
 
     async def _run(self) -> None:
         assert self.wake is not None
+        self.ready_since = None
         self.last_id = await database_sync_to_async(_max_id)()
+        self.ready_since = time.monotonic()
+        for _, ready in self.followers:
+            ready()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), RELAY_POLL)
@@ -78,6 +95,7 @@ class AuditRelay:
         rows = await database_sync_to_async(_events_after)(self.last_id, list(self.gaps))
         now = time.monotonic()
         proposals: dict[uuid.UUID, None] = {}
+        changed: dict[uuid.UUID, None] = {}
         for event_id, proposal_id, action_type_id in rows:
             self.gaps.pop(event_id, None)
             if event_id > self.last_id:
@@ -85,6 +103,8 @@ class AuditRelay:
                     for missing in range(self.last_id + 1, event_id):
                         self.gaps[missing] = now
                 self.last_id = event_id
+            if proposal_id is not None:
+                changed[proposal_id] = None
             # Only what an open page in this process listens for is worth rendering.
             if (
                 proposal_id is not None
@@ -95,6 +115,9 @@ class AuditRelay:
         for gap, since in list(self.gaps.items()):
             if now - since > GAP_PATIENCE:
                 del self.gaps[gap]
+        if changed:
+            for follower, _ in self.followers:
+                follower(list(changed))
         for proposal_id in proposals:
             message = await database_sync_to_async(events.render_update)(proposal_id)
             if message is not None:

@@ -4,17 +4,14 @@ the service says they raised. Services' reads (the REST API and MCP) are at the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 from django.db.models.functions import Coalesce
@@ -321,6 +318,13 @@ def action_types_for_service(*, service: Service) -> QuerySet[ActionType]:
     return ActionType.objects.filter(services=service).order_by("key")
 
 
+def _proposal_detail() -> QuerySet[Proposal]:
+    """What a service's read of one proposal loads (its representation needs all of it)."""
+    return Proposal.objects.select_related("action_type", "decision_reviewer").prefetch_related(
+        "outbox"
+    )
+
+
 def proposals_for_service(
     *,
     service: Service,
@@ -332,11 +336,7 @@ def proposals_for_service(
 ) -> tuple[list[Proposal], bool]:
     """The service's own proposals, newest first, `limit` of them after the keyset position
     `after` (created_at, id), and whether there are more."""
-    queryset = (
-        Proposal.objects.select_related("action_type", "decision_reviewer")
-        .prefetch_related("outbox")
-        .filter(service=service)
-    )
+    queryset = _proposal_detail().filter(service=service)
     if state:
         queryset = queryset.filter(state=state)
     if action_type:
@@ -352,26 +352,13 @@ def proposals_for_service(
 
 def proposal_for_service(*, service: Service, proposal_id: uuid.UUID) -> Proposal | None:
     """One of the service's own proposals (None for anyone else's)."""
-    return (
-        Proposal.objects.select_related("action_type", "decision_reviewer")
-        .prefetch_related("outbox")
-        .filter(pk=proposal_id, service=service)
-        .first()
-    )
+    return _proposal_detail().filter(pk=proposal_id, service=service).first()
 
 
-async def proposal_wait_decided(
-    *, proposal: Proposal, load: Callable[[], Awaitable[Proposal | None]], wait: float
-) -> Proposal:
-    """Re-read `proposal` with `load` until it is decided or `wait` seconds (at most
-    LONG_POLL_MAX_SECONDS) have passed; the latest reading."""
-    deadline = time.monotonic() + min(max(wait, 0.0), settings.LONG_POLL_MAX_SECONDS)
-    pause = 0.05
-    while not proposal.is_decided and time.monotonic() < deadline:
-        await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-        pause = min(pause * 1.5, 0.5)
-        proposal = await load() or proposal
-    return proposal
+def proposals_by_id(*, proposal_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Proposal]:
+    """Proposals by id, for a caller that already read each one as its service (the long
+    polls' re-reads, approvals/waits.py; a proposal never changes service)."""
+    return {p.pk: p for p in _proposal_detail().filter(pk__in=list(proposal_ids))}
 
 
 # --- metrics (read when Prometheus scrapes; see telemetry/metrics.py) ---------------------------

@@ -147,6 +147,33 @@ def serve(
             os.killpg(process.pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def production_stack(env: dict[str, str]) -> Iterator[tuple[str, str, str, Any]]:
+    """The Procfile's `web` (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker)
+    behind deploy/nginx.conf (Debian's nginx, as tests/stack.py runs it); yields the proxy's
+    base URL, web's, live's and the nginx process (its log), and stops them all afterwards."""
+    from tests.stack import nginx
+
+    with (
+        serve(env, server="granian-wsgi") as web,
+        serve(env, server="uvicorn", workers=1) as live,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        port = int(os.environ.get("BENCH_PROXY_PORT") or 0) or free_port()
+        proxy = nginx(
+            port=port,
+            web_port=int(web.rsplit(":", 1)[1]),
+            live_port=int(live.rsplit(":", 1)[1]),
+            logdir=Path(tmp),
+        ).start()
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(base + "/healthz")
+            yield base, web, live, proxy
+        finally:
+            proxy.stop()
+
+
 def uvicorn(
     env: dict[str, str], *, workers: int = 2, output: Any = None, port: int = 0
 ) -> contextlib.AbstractContextManager[str]:

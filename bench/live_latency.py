@@ -16,6 +16,19 @@
 
     .venv/bin/python bench/live_latency.py [--proposals 200] [--clients 20] [--pending 100000]
 
+3. `--load`: live under load (issue 16), on the production process setup: the Procfile's `web`
+   (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker) behind deploy/nginx.conf
+   (as tests/stack.py runs it). 50 reviewer sockets (`--clients`) connected through the proxy, held
+   by a separate process so that reading them does not slow the submitter; services submit at
+   `--rate` proposals a second (default 100, open loop: each POST starts at its scheduled time
+   whatever the others do) for `--seconds` (default 30). Per arrival (proposals x sockets):
+   scheduled POST -> row at the socket, POST returned -> row; p50/p95/max and missing arrivals.
+   Floor, same run and same sockets: group_send from this process at the same rate (Redis ->
+   `live` -> sockets, no request, no database, no rendering). Also the CPU each process group
+   spent per proposal.
+
+    .venv/bin/python bench/live_latency.py --load [--clients 50] [--rate 100] [--seconds 30]
+
 Environment: BENCH_REDIS_URL (default redis://127.0.0.1:6379/5; the bench flushes nothing),
 BENCH_DATABASE (default gh_ui_bench, dropped and re-created).
 """
@@ -31,6 +44,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -86,6 +100,28 @@ def setup_django(env: dict[str, str]) -> None:
     django.setup()
 
 
+def prepare_database(database: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """A fresh database with the action types; Django set up on it here. Returns the env."""
+    fresh_database(database)
+    env = bench_env(
+        database,
+        REDIS_URL=redis_url,
+        ALLOWED_HOSTS="127.0.0.1,testserver",
+        SECURE_COOKIES="0",
+        **extra,
+    )
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "collectstatic", "--noinput", "-v", "0")
+    config = ROOT / ".bench-live-config.yaml"
+    config.write_text(CONFIG)
+    try:
+        manage(env, "apply", str(config))
+    finally:
+        config.unlink()
+    setup_django(env)
+    return env
+
+
 def prepare(clients: int) -> tuple[str, list[str], int]:
     """Reviewers with sessions, a service key; returns (key, session cookies, type id)."""
     from django.conf import settings
@@ -124,30 +160,40 @@ def body(i: int) -> dict[str, Any]:
     }
 
 
-async def live_round(
-    base: str, key: str, cookies: list[str], proposals: int, group: str
-) -> dict[str, Any]:
-    import httpx
+async def open_sockets(
+    url: str, origin: str, cookies: list[str], clock: Callable[[], float]
+) -> tuple[list[dict[str, float]], list[Any], list[asyncio.Task[None]]]:
+    """One socket per session cookie, each read by a task that notes (on `clock`) when each
+    proposal's row first arrives: (arrivals per socket, sockets, reader tasks)."""
     import websockets
-    from channels.layers import get_channel_layer
 
-    ws_url = base.replace("http://", "ws://") + "/ws/queue/"
     arrivals: list[dict[str, float]] = [{} for _ in cookies]
     sockets = [
         await websockets.connect(
-            ws_url, additional_headers={"Origin": base, "Cookie": c}, max_size=2**22
+            url, additional_headers={"Origin": origin, "Cookie": c}, max_size=2**22
         )
         for c in cookies
     ]
 
-    async def reader(index: int, ws: Any) -> None:
+    async def read(index: int, ws: Any) -> None:
         async for message in ws:
-            now = time.perf_counter()
+            now = clock()
             match = ROW_ID.search(message)
-            if match and match.group(1) not in arrivals[index]:
-                arrivals[index][match.group(1)] = now
+            if match:
+                arrivals[index].setdefault(match.group(1), now)
 
-    readers = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(sockets)]
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    return arrivals, sockets, readers
+
+
+async def live_round(
+    base: str, key: str, cookies: list[str], proposals: int, group: str
+) -> dict[str, Any]:
+    import httpx
+    from channels.layers import get_channel_layer
+
+    ws_url = base.replace("http://", "ws://") + "/ws/queue/"
+    arrivals, sockets, readers = await open_sockets(ws_url, base, cookies, time.perf_counter)
     await asyncio.sleep(0.5)
 
     async def wait_all(ids: list[str], timeout: float = 10) -> None:
@@ -337,29 +383,245 @@ def explain() -> str:
     return "\n".join(line for line in plan.splitlines() if "Index" in line or "Execution" in line)
 
 
+# --- 3. live under load (--load) ------------------------------------------------------------
+
+Arrivals = list[dict[str, float]]  # per socket: proposal id -> first arrival (time.monotonic)
+
+
+def socket_reader(
+    url: str, origin: str, cookies: list[str], ready: Any, stop: Any, out: Any
+) -> None:
+    """In a process of its own: connect every socket, note when each row first arrives at each,
+    and send the notes back once `stop` is set. (CLOCK_MONOTONIC is the machine's, so its
+    times compare with the submitter's.)"""
+
+    async def run() -> tuple[Arrivals, float]:
+        arrivals, sockets, readers = await open_sockets(url, origin, cookies, time.monotonic)
+        await asyncio.sleep(1)  # presence marked, groups joined
+        ready.set()
+        started = time.process_time()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        cpu = time.process_time() - started
+        for task in readers:
+            task.cancel()
+        for ws in sockets:
+            await ws.close()
+        return arrivals, cpu
+
+    out.send(asyncio.run(run()))
+
+
+async def floor_at_rate(group: str, size: int, rate: float, seconds: float) -> dict[str, float]:
+    """group_send from here at `rate` a second: the transport alone. Scheduled times."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    scheduled: dict[str, float] = {}
+    start = time.monotonic() + 0.1
+    for i in range(int(rate * seconds)):
+        at = start + i / rate
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        fake = str(uuid.uuid4())
+        html = f'<tr id="proposal-{fake}" class="queue-row" data-queue-row>'
+        scheduled[fake] = at
+        await layer.group_send(
+            group,
+            {
+                "type": "proposal.update",
+                "html": html + "x" * max(0, size - len(html)),
+                "raised_by": "",
+            },
+        )
+    return scheduled
+
+
+Submitted = list[
+    tuple[float, float, float, str | None, int]
+]  # scheduled, sent, returned, id, status
+
+
+async def submit_at_rate(base: str, key: str, rate: float, seconds: float) -> Submitted:
+    """Open loop: POST i starts at start + i / rate, whether or not the others have returned."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    records: Submitted = []
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=60
+    ) as http:
+
+        async def one(i: int, at: float) -> None:
+            sent = time.monotonic()
+            try:
+                response = await http.post("/api/v1/proposals", json=body(i))
+            except httpx.HTTPError:
+                records.append((at, sent, time.monotonic(), None, 0))
+                return
+            pid = response.json()["id"] if response.status_code == 201 else None
+            records.append((at, sent, time.monotonic(), pid, response.status_code))
+
+        for i in range(20):  # warm: connections open, caches filled (not counted)
+            await http.post("/api/v1/proposals", json=body(1_000_000 + i))
+        await asyncio.sleep(1)
+        tasks = []
+        start = time.monotonic() + 0.1
+        for i in range(int(rate * seconds)):
+            at = start + i / rate
+            delay = at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, at)))
+        await asyncio.gather(*tasks)
+    return records
+
+
+def arrival_latencies(
+    arrivals: Arrivals, origin: dict[str, float], clamp: bool = False
+) -> tuple[list[float], int]:
+    values, missing = [], 0
+    for per_socket in arrivals:
+        for pid, t0 in origin.items():
+            if pid not in per_socket:
+                missing += 1
+                continue
+            delta = (per_socket[pid] - t0) * 1000
+            values.append(max(0.0, delta) if clamp else delta)
+    return values, missing
+
+
+def main_load(args: argparse.Namespace) -> None:
+    import multiprocessing
+
+    from common import SESSIONS, cpu_seconds_by_pid, cpu_used, production_stack
+
+    database = os.environ.get("BENCH_DATABASE", "gh_ui_load_bench")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+    env = prepare_database(database, redis_url, DB_POOL_MAX="16")
+    from approvals import events
+
+    key, cookies, type_id = prepare(args.clients)
+    group = events.group_for_action_type(type_id)
+    print(
+        f"Live under load: {args.clients} reviewer sockets, {args.rate:g} proposals/s for "
+        f"{args.seconds:g} s; web granian WSGI 2x8 + live uvicorn 1 behind nginx, Redis layer"
+    )
+    print(f"load before: {loadavg()}")
+    with production_stack(env) as (base, web, live, proxy):
+        context = multiprocessing.get_context("spawn")
+        ready, stop = context.Event(), context.Event()
+        receive, send = context.Pipe(duplex=False)
+        try:
+            reader = context.Process(
+                target=socket_reader,
+                args=(
+                    base.replace("http://", "ws://") + "/ws/queue/",
+                    base,
+                    cookies,
+                    ready,
+                    stop,
+                    send,
+                ),
+            )
+            reader.start()
+            assert ready.wait(120), "the sockets did not connect"
+            sample = asyncio.run(submit_at_rate(base, key, 1, 1))[0][3]
+            message = events.render_update(uuid.UUID(sample)) if sample else None
+            size = len(message["html"]) if message else 3000
+            floor = asyncio.run(floor_at_rate(group, size, args.rate, args.floor_seconds))
+            time.sleep(2)
+            load_floor = loadavg()
+            sessions = {"web": SESSIONS[web], "live": SESSIONS[live]}
+            cpu_before = {
+                name: cpu_seconds_by_pid(database=database, sessions={sid})
+                for name, sid in sessions.items()
+            }
+            self_before = time.process_time()
+            records = asyncio.run(submit_at_rate(base, key, args.rate, args.seconds))
+            self_cpu = time.process_time() - self_before
+            time.sleep(5)  # stragglers
+            cpu_after = {
+                name: cpu_seconds_by_pid(database=database, sessions={sid})
+                for name, sid in sessions.items()
+            }
+            load_run = loadavg()
+            stop.set()
+            arrivals, reader_cpu = receive.recv()
+            reader.join(timeout=30)
+            errors = proxy.log()
+        finally:
+            stop.set()
+
+    ok = [r for r in records if r[3] is not None]
+    scheduled = {r[3]: r[0] for r in ok if r[3]}
+    returned = {r[3]: r[2] for r in ok if r[3]}
+    span = max(r[0] for r in records) - min(r[0] for r in records)
+    from_scheduled, missing = arrival_latencies(arrivals, scheduled)
+    from_return, _ = arrival_latencies(arrivals, returned, clamp=True)
+    floor_values, floor_missing = arrival_latencies(arrivals, floor)
+    rows = [
+        ("floor: group_send → socket", floor_values),
+        ("POST scheduled → row at socket", from_scheduled),
+        ("POST returned → row at socket", from_return),
+        ("POST round trip (scheduled → returned)", [(r[2] - r[0]) * 1000 for r in ok]),
+    ]
+    print(f"floor at {args.rate:g}/s for {args.floor_seconds:g} s ({load_floor}); run ({load_run})")
+    print(f"{'':40} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'n':>7}")
+    for name, values in rows:
+        print(
+            f"{name:40} {pct(values, 50):8.2f} {pct(values, 95):8.2f} {max(values):8.2f} "
+            f"{len(values):7d}"
+        )
+    statuses = sorted({r[4] for r in records})
+    print(
+        f"submitted {len(records)} in {span:.1f} s ({len(records) / max(span, 1e-9):.1f}/s "
+        f"scheduled), {len(ok)} answered 201 (statuses {statuses}); "
+        f"missing arrivals {missing} of {len(scheduled) * len(arrivals)} "
+        f"(floor {floor_missing} of {len(floor) * len(arrivals)})"
+    )
+    per_proposal = max(len(ok), 1)
+    cpu = {name: cpu_used(cpu_before[name], cpu_after[name]) for name in sessions}
+    print(
+        "CPU ms per proposal: "
+        + ", ".join(f"{name} {cpu[name]['server'] * 1000 / per_proposal:.2f}" for name in sessions)
+        + f", postgres {cpu['web']['postgres'] * 1000 / per_proposal:.2f}"
+        + f", redis {cpu['web']['redis'] * 1000 / per_proposal:.2f}"
+        + f", submitter {self_cpu * 1000 / per_proposal:.2f}"
+        + f", socket reader {reader_cpu * 1000 / per_proposal:.2f}"
+    )
+    p95 = pct(from_scheduled, 95)
+    print(
+        f"ratio p95 (scheduled → row) / floor p95: {p95 / pct(floor_values, 95):.1f}; "
+        f"target p95 ≤ 150 ms: {'met' if p95 <= 150 and not missing else 'MISSED'}"
+    )
+    if errors.strip():
+        print("nginx said:\n" + errors[-2000:])
+
+
+def loadavg() -> str:
+    return "load " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--proposals", type=int, default=200)
-    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=None, help="20; 50 with --load")
     parser.add_argument("--pending", type=int, default=100_000)
     parser.add_argument("--page-requests", type=int, default=60)
+    parser.add_argument("--load", action="store_true", help="live under load (part 3)")
+    parser.add_argument("--rate", type=float, default=100, help="--load: proposals a second")
+    parser.add_argument("--seconds", type=float, default=30, help="--load: how long")
+    parser.add_argument("--floor-seconds", type=float, default=10, help="--load: the floor's")
     args = parser.parse_args()
+    if args.load:
+        args.clients = args.clients or 50
+        main_load(args)
+        return
+    args.clients = args.clients or 20
 
     database = os.environ.get("BENCH_DATABASE", "gh_ui_bench")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
-    fresh_database(database)
-    env = bench_env(
-        database, REDIS_URL=redis_url, ALLOWED_HOSTS="127.0.0.1,testserver", SECURE_COOKIES="0"
-    )
-    manage(env, "migrate", "--noinput", "-v", "0")
-    manage(env, "collectstatic", "--noinput", "-v", "0")
-    config = ROOT / ".bench-live-config.yaml"
-    config.write_text(CONFIG)
-    try:
-        manage(env, "apply", str(config))
-    finally:
-        config.unlink()
-    setup_django(env)
+    env = prepare_database(database, redis_url)
     from approvals.events import group_for_action_type
 
     key, cookies, type_id = prepare(args.clients)

@@ -2,13 +2,20 @@
 
 The Procfile's `web` (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker) behind
 deploy/nginx.conf (Debian's nginx, rendered as tests/stack.py does) on a fresh PostgreSQL
-database. N clients (default 500) each wait up to `--wait` seconds on a pending proposal; while
-they wait, a plain read and the submit go through the same proxy to `web`. Printed: the read's
-and the submit's latency before and during the waits, how many waiters came back 200 and when,
-and the CPU the `live` process spent per second of waiting (each waiter re-reads its proposal
-with a backoff up to every 0.5 s), with the load average.
+database. Two rounds:
 
-    .venv/bin/python bench/long_poll.py [--waiters 500] [--wait 15] [--database gh_perf_bench]
+1. Time runs out: N clients (default 500) each wait up to `--wait` seconds on a pending
+   proposal nobody decides; while they wait, a plain read and the submit go through the same
+   proxy to `web`. Printed: the read's and the submit's latency before and during the waits,
+   how many waiters came back 200 and when (against `--wait`), and the CPU the `live` process
+   spent per second of waiting.
+2. A reviewer decides: N clients wait (up to 30 s) on another pending proposal; this process
+   approves it (services.proposal_decide, as the proposal page does); printed: the time from
+   the decision's commit to each waiter's answer, and how many were answered "approved".
+
+Waiters wake from the decision's Redis event (approvals/waits.py); none re-reads on its own.
+
+    .venv/bin/python bench/long_poll.py [--waiters 500] [--wait 15] [--database gh_live_bench]
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -30,9 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api_submit import BODY, CONFIG
-from common import bench_env, free_port, fresh_database, manage, serve, wait_for
-
-from tests.stack import nginx
+from common import bench_env, fresh_database, manage, production_stack
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,19 +78,62 @@ def latencies(base: str, key: str, proposal: str, count: int) -> dict[str, float
     }
 
 
-async def wait_all(base: str, key: str, proposal: str, waiters: int, wait: float) -> list[float]:
+async def wait_all(
+    base: str, key: str, proposal: str, waiters: int, wait: float
+) -> list[tuple[float, float, str]]:
+    """Each waiter's (start, end) on the perf_counter clock and the state it was answered
+    ("" when not 200)."""
     limits = httpx.Limits(max_connections=waiters + 10, max_keepalive_connections=waiters + 10)
     url = f"{base}/api/v1/proposals/{proposal}?wait={wait}"
     async with httpx.AsyncClient(
         headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=wait + 30
     ) as client:
 
-        async def one() -> float:
+        async def one() -> tuple[float, float, str]:
             started = time.perf_counter()
             response = await client.get(url)
-            return time.perf_counter() - started if response.status_code == 200 else -1.0
+            state = response.json()["state"] if response.status_code == 200 else ""
+            return started, time.perf_counter(), state
 
         return await asyncio.gather(*(one() for _ in range(waiters)))
+
+
+def in_background(
+    base: str, key: str, proposal: str, waiters: int, wait: float
+) -> tuple[threading.Thread, list[list[tuple[float, float, str]]]]:
+    done: list[list[tuple[float, float, str]]] = []
+
+    def run() -> None:
+        done.append(asyncio.run(wait_all(base, key, proposal, waiters, wait)))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, done
+
+
+def decide(proposal_id: str) -> float:
+    """Approve as a reviewer does from the proposal page; the commit's perf_counter time."""
+    from django.contrib.auth.models import User
+    from django.db import transaction
+
+    from approvals import services
+    from approvals.models import Proposal
+
+    reviewer = User.objects.get(username="bench-reviewer")
+    committed: list[float] = []
+    with transaction.atomic():
+        services.claim_acquire(proposal_id=uuid.UUID(proposal_id), reviewer=reviewer)
+    with transaction.atomic():
+        transaction.on_commit(lambda: committed.append(time.perf_counter()))
+        services.proposal_decide(
+            proposal=Proposal.objects.get(pk=proposal_id), reviewer=reviewer, verdict="approve"
+        )
+    return committed[0]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def load() -> str:
@@ -99,8 +147,8 @@ def main() -> None:
     parser.add_argument("--waiters", type=int, default=500)
     parser.add_argument("--wait", type=float, default=15)
     parser.add_argument("--samples", type=int, default=40, help="reads and submits measured")
-    parser.add_argument("--database", default="gatehouse_bench")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument("--database", default="gh_live_bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/6")
     args = parser.parse_args()
 
     fresh_database(args.database)
@@ -110,57 +158,80 @@ def main() -> None:
     key = json.loads(
         manage(env, "create_service", "bench", "--action-types", "refund.issue", "--json")
     )["api_key"]
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("bench-reviewer", password="bench-password-123")
     print(f"load before: {load()}")
-    with (
-        serve(env, server="granian-wsgi") as web,
-        serve(env, server="uvicorn", workers=1) as live,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        port = int(os.environ.get("BENCH_PROXY_PORT") or 0) or free_port()
-        proxy = nginx(
-            port=port,
-            web_port=int(web.rsplit(":", 1)[1]),
-            live_port=int(live.rsplit(":", 1)[1]),
-            logdir=Path(tmp),
-        ).start()
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_for(base + "/healthz")
+    with production_stack(env) as (base, _, live, proxy):
+
+        def create() -> str:
             created = httpx.post(
-                f"{base}/api/v1/proposals", json=BODY, headers={"Authorization": f"Bearer {key}"}
+                f"{base}/api/v1/proposals",
+                json=BODY,
+                headers={"Authorization": f"Bearer {key}"},
             )
             assert created.status_code == 201, created.text
-            proposal = created.json()["id"]
-            before = latencies(base, key, proposal, args.samples)
-            live_pid = live_server_pid(live)
-            done: list[list[float]] = []
+            return str(created.json()["id"])
 
-            def run_waiters() -> None:
-                done.append(asyncio.run(wait_all(base, key, proposal, args.waiters, args.wait)))
+        proposal, decided = create(), create()
+        before = latencies(base, key, proposal, args.samples)
+        live_pid = live_server_pid(live)
 
-            thread = threading.Thread(target=run_waiters)
-            thread.start()
-            time.sleep(min(3.0, args.wait / 3))  # all connected and waiting
-            cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
-            during = latencies(base, key, proposal, args.samples)
-            live_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
-            load_during = load()
-            thread.join(timeout=args.wait + 60)
-            errors = proxy.log()
-        finally:
-            proxy.stop()
-    returned = done[0] if done else []
-    ok = [seconds for seconds in returned if seconds >= 0]
-    print(f"{args.waiters} waiters, ?wait={args.wait:g}, web granian WSGI 2x8, live uvicorn 1")
+        # Round 1: nobody decides; time runs out.
+        thread, done = in_background(base, key, proposal, args.waiters, args.wait)
+        time.sleep(min(3.0, args.wait / 3))  # all connected and waiting
+        cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
+        during = latencies(base, key, proposal, args.samples)
+        live_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
+        load_during = load()
+        thread.join(timeout=args.wait + 60)
+
+        # Round 2: a reviewer decides while they wait.
+        thread, decided_done = in_background(base, key, decided, args.waiters, 30)
+        time.sleep(5)
+        cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
+        time.sleep(2)
+        idle_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
+        committed = decide(decided)
+        thread.join(timeout=60)
+        load_decided = load()
+        errors = proxy.log()
+
+    print(f"{args.waiters} waiters, web granian WSGI 2x8, live uvicorn 1, behind nginx")
+    print(f"Round 1: ?wait={args.wait:g}, nobody decides ({load_during})")
     for name in before:
         print(
             f"  {name:11} before {before[name]:7.1f} ms   during the waits {during[name]:7.1f} ms"
         )
+    returned = done[0] if done else []
+    ok = [end - start for start, end, state in returned if state]
     print(
         f"  waiters back with 200: {len(ok)} of {args.waiters}"
-        + (f", after {min(ok):.1f}-{max(ok):.1f} s" if ok else "")
+        + (
+            f", after {min(ok):.2f} / {pct(ok, 50):.2f} / {max(ok):.2f} s (min / p50 / max)"
+            if ok
+            else ""
+        )
     )
-    print(f"  live process CPU while they wait: {live_cpu:.2f} s per second ({load_during})")
+    print(f"  live process CPU while they wait: {live_cpu:.3f} s per second")
+    print(f"Round 2: ?wait=30, a reviewer approves after 7 s ({load_decided})")
+    print(f"  live process CPU while they wait: {idle_cpu:.3f} s per second")
+    answered = decided_done[0] if decided_done else []
+    approved = [(end - committed) * 1000 for _, end, state in answered if state == "approved"]
+    print(
+        f"  waiters answered 'approved': {len(approved)} of {args.waiters}"
+        + (
+            f"; decision commit -> answer p50 {pct(approved, 50):.0f} ms, "
+            f"p95 {pct(approved, 95):.0f} ms, max {max(approved):.0f} ms"
+            if approved
+            else ""
+        )
+    )
     print(f"load after: {load()}")
     if errors.strip():
         print("nginx said:\n" + errors[-2000:])

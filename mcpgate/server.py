@@ -22,7 +22,7 @@ from django.conf import settings
 from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError
 
-from approvals import selectors, services
+from approvals import selectors, services, waits
 from approvals.api import ProposalIn
 from approvals.models import ActionType, Service
 from approvals.representation import action_type_representation, proposal_representation
@@ -264,10 +264,9 @@ async def _get_proposal(service: Service, arguments: dict[str, Any]) -> dict[str
             selectors.proposal_for_service, service=service, proposal_id=proposal_id
         )
 
-    proposal = await load()
+    proposal = await waits.proposal_wait_decided(load=load, wait=float(wait))
     if proposal is None:
         raise ApplicationError("No such proposal for this service.", status=404, code="not-found")
-    proposal = await selectors.proposal_wait_decided(proposal=proposal, load=load, wait=float(wait))
     return await db.run(_with_gateway_call, service, proposal_representation(proposal))
 
 

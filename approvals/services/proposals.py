@@ -290,7 +290,7 @@ def _record_proposal(new: _NewProposal) -> SubmitResult:
     )
     if routed_state in outbox.CALLBACK_STATES:
         outbox.outbox_record(proposal=proposal, to_state=routed_state)
-    events.proposal_changed(proposal.pk, proposal.action_type_id)
+    events.proposal_changed(proposal.pk, proposal.action_type_id, created=True)
     return SubmitResult(proposal=proposal, response=new.response, replayed=False)
 
 
