@@ -159,10 +159,15 @@ def wake_after_commit(waker: Callable[[], None]) -> None:
 
 
 def proposal_changed(
-    proposal_id: uuid.UUID, action_type_id: int | None = None, *, created: bool = False
+    proposal_id: uuid.UUID,
+    action_type_id: int | None = None,
+    *,
+    created: bool = False,
+    llm_call_id: uuid.UUID | None = None,
 ) -> None:
     """Call inside the transaction that changed the proposal; broadcasts only if it commits.
-    `created`: the proposal is new, so no long poll can be waiting on it yet."""
+    `created`: the proposal is new, so no long poll can be waiting on it yet; its `llm_call_id`
+    goes with the announcement, so a receiver need not read a new proposal to learn it has none."""
 
     def broadcast() -> None:
         _after_commit(proposal_id, action_type_id, created)
@@ -170,11 +175,14 @@ def proposal_changed(
     # robust: a broadcast that fails is logged; it never undoes or fails the committed change.
     transaction.on_commit(broadcast, robust=True)
     if proposal_committed.has_listeners():
-        transaction.on_commit(lambda: _announce(proposal_id))
+        transaction.on_commit(lambda: _announce(proposal_id, created, llm_call_id))
 
 
-def _announce(proposal_id: uuid.UUID) -> None:
-    for receiver, result in proposal_committed.send_robust(sender=None, proposal_id=proposal_id):
+def _announce(proposal_id: uuid.UUID, created: bool, llm_call_id: uuid.UUID | None) -> None:
+    sent = proposal_committed.send_robust(
+        sender=None, proposal_id=proposal_id, created=created, llm_call_id=llm_call_id
+    )
+    for receiver, result in sent:
         if isinstance(result, Exception):
             log.error("proposal_committed receiver %r failed", receiver, exc_info=result)
 

@@ -434,6 +434,9 @@ def on_proposal_committed(*, proposal_id: uuid.UUID, **kwargs: Any) -> None:
     """Receiver of approvals.events.proposal_committed: apply the verdict, if there is one."""
     from approvals.models import Proposal
 
+    if kwargs.get("created") and kwargs.get("llm_call_id") is None:
+        return  # a new proposal linked to no model call: nothing to read (the submit stays one statement)
+
     row = (
         Proposal.objects.filter(pk=proposal_id, llm_call_id__isnull=False)
         .values("llm_call_id", "state", "final_payload")

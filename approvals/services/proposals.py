@@ -290,7 +290,9 @@ def _record_proposal(new: _NewProposal) -> SubmitResult:
     )
     if routed_state in outbox.CALLBACK_STATES:
         outbox.outbox_record(proposal=proposal, to_state=routed_state)
-    events.proposal_changed(proposal.pk, proposal.action_type_id, created=True)
+    events.proposal_changed(
+        proposal.pk, proposal.action_type_id, created=True, llm_call_id=proposal.llm_call_id
+    )
     return SubmitResult(proposal=proposal, response=new.response, replayed=False)
 
 
