@@ -8,10 +8,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
-from django.db.models.functions import Coalesce, Upper
 from django.utils import timezone
 
 
@@ -156,10 +154,7 @@ class Proposal(models.Model):
     service = models.ForeignKey(
         Service, on_delete=models.PROTECT, related_name="proposals", db_index=False
     )
-    # Indexed by proposal_type_versions, which leads with it.
-    action_type = models.ForeignKey(
-        ActionType, on_delete=models.PROTECT, related_name="proposals", db_index=False
-    )
+    action_type = models.ForeignKey(ActionType, on_delete=models.PROTECT, related_name="proposals")
     payload = models.JSONField()
     payload_hash = models.CharField(max_length=64)
     final_payload = models.JSONField(null=True, blank=True, help_text="The reviewer's edit, if any")
@@ -236,39 +231,14 @@ class Proposal(models.Model):
                 condition=models.Q(decision_reviewer__isnull=False),
                 name="proposal_decision_reviewer",
             ),
-            # History's search (selectors.history_for_reviewer: summary icontains, or the
-            # external id): without them a rare term reads every decided proposal (issue 16,
-            # bench/README.md "Growth").
-            GinIndex(OpClass(Upper("summary"), name="gin_trgm_ops"), name="proposal_summary_trgm"),
-            models.Index(fields=["external_id"], name="proposal_external_id"),
-            # Reviewers' verdicts of a type in a time range (insights.selectors.verdicts); only
-            # a reviewer's decision adds an entry, never a submit.
-            models.Index(
-                fields=["action_type", "created_at"],
-                condition=models.Q(decided_by="reviewer"),
-                name="proposal_reviewer_verdicts",
-            ),
             # The queue's default order (selectors.queue_for_reviewer), pending rows only. With
-            # rows in time order the planner misjudges proposal_state_created against the plain
-            # created_at index and walks past every decided row (2.3 s at a million proposals,
-            # 0.28 ms with this one; bench/README.md "Growth").
+            # rows in time order the planner can misjudge proposal_state_created against the plain
+            # created_at index and walk past every decided row (measured on a database of a
+            # million proposals: 2,269 ms; 0.28 ms with this index).
             models.Index(
                 fields=["created_at", "id"],
                 condition=models.Q(state="pending_review"),
                 name="proposal_pending_created",
-            ),
-            # The queue's "due first" order (selectors.queue_for_reviewer), pending rows only.
-            models.Index(
-                Coalesce("review_due_at", "expires_at", "created_at"),
-                models.F("id"),
-                condition=models.Q(state="pending_review"),
-                name="proposal_pending_due",
-            ),
-            # The first proposal of each model and prompt version of a type, one index probe
-            # per version (insights.selectors.version_changes).
-            models.Index(
-                fields=["action_type", "model", "prompt_version", "created_at"],
-                name="proposal_type_versions",
             ),
         ]
 
@@ -379,37 +349,6 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.from_state}→{self.to_state} by {self.actor}"
-
-
-class ApprovedSum(models.Model):
-    """Per-minute running sums of the numeric payload fields of approved proposals, per service
-    and action type: what `stats.approved_sum` reads instead of every approval in its window.
-
-    Written only by PostgreSQL triggers on approvals_proposal (migration 0010), in the
-    transaction of the change that makes a proposal count or stop counting (its approval, a
-    later edit of its payload or state), so a committed decision is in its minute's sum exactly
-    when it is committed. `path` is the field below payload (`amount`, `refund.amount`);
-    the empty path counts approvals whose payload had too many numeric fields to record, which
-    sends a window holding one back to the proposals themselves (velocity.approved_sum).
-    """
-
-    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
-    action_type = models.ForeignKey(ActionType, on_delete=models.CASCADE, related_name="+")
-    path = models.CharField(max_length=200, blank=True)
-    minute = models.DateTimeField()
-    total = models.DecimalField(max_digits=60, decimal_places=20)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["service", "action_type", "path", "minute"],
-                name="approvedsum_bucket",
-                include=["total"],
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.service_id}/{self.action_type_id} {self.path} @ {self.minute:%H:%M}"
 
 
 class Claim(models.Model):

@@ -16,8 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
-from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models import BooleanField, ExpressionWrapper, Min, Q
 from django.utils import timezone
 
 from approvals.models import ActionType, Proposal
@@ -200,34 +199,19 @@ def last_lift(action_type: ActionType) -> datetime | None:
     return brake.lifted_at if brake else None
 
 
-# The first proposal of each (model, prompt version) of a type, found by skipping through the
-# index proposal_type_versions (action_type, model, prompt_version, created_at): one probe per
-# version, however many proposals each has (a GROUP BY read them all: issue 16).
-_FIRST_OF_EACH_VERSION = """
-WITH RECURSIVE firsts AS (
-    (SELECT model, prompt_version, created_at FROM approvals_proposal
-     WHERE action_type_id = %(type)s ORDER BY model, prompt_version, created_at LIMIT 1)
-    UNION ALL
-    SELECT next.model, next.prompt_version, next.created_at FROM firsts, LATERAL (
-        SELECT model, prompt_version, created_at FROM approvals_proposal
-        WHERE action_type_id = %(type)s
-          AND (model, prompt_version) > (firsts.model, firsts.prompt_version)
-        ORDER BY model, prompt_version, created_at LIMIT 1
-    ) next
-)
-SELECT model, prompt_version, created_at FROM firsts ORDER BY created_at
-"""
-
-
 def version_changes(*, action_type: ActionType, since: datetime) -> list[dict[str, Any]]:
     """Model or prompt versions first seen in proposals since `since` (not the very first one)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_FIRST_OF_EACH_VERSION, {"type": action_type.pk})
-        seen = cursor.fetchall()
+    firsts = (
+        Proposal.objects.filter(action_type=action_type)
+        .values("model", "prompt_version")
+        .annotate(first=Min("created_at"))
+        .order_by("first")
+    )
+    seen = list(firsts)
     return [
-        {"at": first.isoformat(), "model": model, "prompt": prompt}
-        for model, prompt, first in seen[1:]
-        if first >= since
+        {"at": row["first"].isoformat(), "model": row["model"], "prompt": row["prompt_version"]}
+        for row in seen[1:]
+        if row["first"] >= since
     ]
 
 

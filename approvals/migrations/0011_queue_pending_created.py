@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('approvals', '0012_growth_indexes'),
+        ('approvals', '0010_rule_versions_keep_a_definition_snapshot'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
