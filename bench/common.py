@@ -349,3 +349,29 @@ def print_table(rows: list[tuple[str, dict[str, float]]]) -> None:
             f"{name:34} {row['rps']:7.0f} {row['p50_ms']:7.1f} {row['p99_ms']:7.1f} "
             f"{row['non2xx']:7.0f}  {'':15} " + " ".join(f"{v:8.2f}" for v in (*cpu, sum(cpu)))
         )
+
+
+# The refund action type with a webhook executor and one auto-approving rule that bench/execution.py
+# and bench/memory.py apply; `.format(port=...)` names the receiver's port.
+REFUND_CONFIG = """\
+action_types:
+  - key: refund.issue
+    title: Issue a refund
+    risk: medium
+    executor: {{kind: webhook, url: "http://127.0.0.1:{port}/execute"}}
+    reviewer_group: support
+    payload_schema:
+      type: object
+      required: [order_id, amount, currency]
+      properties:
+        order_id: {{type: string}}
+        amount: {{type: number, exclusiveMinimum: 0}}
+        currency: {{type: string, enum: [EUR, USD, GBP]}}
+rules:
+  - name: bench-small-confident
+    action_type: refund.issue
+    priority: 10
+    when: "confidence >= 0.9 && payload.amount <= 50.0"
+    outcome: approve
+    reason: Small refund, model confident.
+"""

@@ -32,32 +32,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import PYTHON, ROOT, bench_env, fresh_database, manage, wait_for
+from common import PYTHON, REFUND_CONFIG, ROOT, bench_env, fresh_database, manage, wait_for
 
 WEB_PORT, RECEIVER_PORT = 18280, 18281
-
-CONFIG = f"""\
-action_types:
-  - key: refund.issue
-    title: Issue a refund
-    risk: medium
-    executor: {{kind: webhook, url: "http://127.0.0.1:{RECEIVER_PORT}/execute"}}
-    reviewer_group: support
-    payload_schema:
-      type: object
-      required: [order_id, amount, currency]
-      properties:
-        order_id: {{type: string}}
-        amount: {{type: number, exclusiveMinimum: 0}}
-        currency: {{type: string, enum: [EUR, USD, GBP]}}
-rules:
-  - name: bench-small-confident
-    action_type: refund.issue
-    priority: 10
-    when: "confidence >= 0.9 && payload.amount <= 50.0"
-    outcome: approve
-    reason: Small refund, model confident.
-"""
 
 
 def body(i: int) -> dict[str, Any]:
@@ -161,7 +138,7 @@ def main() -> None:
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
     env = bench_env(args.database, REDIS_URL=redis_url, DB_POOL_MAX="8")
     manage(env, "migrate", "--noinput", "-v", "0")
-    manage(env, "apply", "-", stdin=CONFIG)
+    manage(env, "apply", "-", stdin=REFUND_CONFIG.format(port=RECEIVER_PORT))
     service = json.loads(
         manage(env, "create_service", "bench", "--action-types", "refund.issue", "--json")
     )

@@ -34,30 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import PYTHON, ROOT, SESSIONS, bench_env, fresh_database, manage, serve
-
-CONFIG = """\
-action_types:
-  - key: refund.issue
-    title: Issue a refund
-    risk: medium
-    executor: {{kind: webhook, url: "http://127.0.0.1:{port}/execute"}}
-    reviewer_group: support
-    payload_schema:
-      type: object
-      required: [order_id, amount, currency]
-      properties:
-        order_id: {{type: string}}
-        amount: {{type: number, exclusiveMinimum: 0}}
-        currency: {{type: string, enum: [EUR, USD, GBP]}}
-rules:
-  - name: bench-small-confident
-    action_type: refund.issue
-    priority: 10
-    when: "confidence >= 0.9 && payload.amount <= 50.0"
-    outcome: approve
-    reason: Small refund, model confident.
-"""
+from common import PYTHON, REFUND_CONFIG, ROOT, SESSIONS, bench_env, fresh_database, manage, serve
 
 
 def receiver() -> ThreadingHTTPServer:
@@ -193,7 +170,7 @@ def main() -> None:
     sink = receiver()
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "collectstatic", "--noinput", "-v", "0")  # the pages' manifest (DEBUG off)
-    manage(env, "apply", "-", stdin=CONFIG.format(port=sink.server_address[1]))
+    manage(env, "apply", "-", stdin=REFUND_CONFIG.format(port=sink.server_address[1]))
     key = json.loads(
         manage(env, "create_service", "bench", "--action-types", "refund.issue", "--json")
     )["api_key"]
