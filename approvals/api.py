@@ -7,14 +7,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from asgiref.sync import sync_to_async
-from django.db import connection as db_connection
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Schema
 from ninja.security import HttpBearer
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictStr, WithJsonSchema
 
-from approvals import selectors, services, waits
+from approvals import longpoll, selectors, services
 from approvals.models import Proposal, Service
 from approvals.representation import action_type_representation, proposal_representation
 from foundation import cursors, jsonfast, jsonvalues, problems
@@ -305,36 +303,22 @@ def submit_proposal(request: HttpRequest, data: ProposalIn) -> HttpResponse:
     return response
 
 
-def _proposal_for_service_released(*, service: Service, proposal_id: uuid.UUID) -> Proposal | None:
-    """`selectors.proposal_for_service`, then the connection goes back to the pool: this runs
-    on the request's own thread, and 500 long polls each keeping a connection for 30 s would
-    exhaust the pool (DB_POOL_MAX) and answer 503 (bench/long_poll.py measured 484 of 500)."""
-    try:
-        return selectors.proposal_for_service(service=service, proposal_id=proposal_id)
-    finally:
-        if not db_connection.in_atomic_block:  # (tests run each in a transaction)
-            db_connection.close()
-
-
 @api.get(
     "/proposals/{proposal_id}",
     **responses({200: ProposalOut}, AUTH, NOT_FOUND, INVALID),
     tags=["proposals"],
 )
-async def get_proposal(
+def get_proposal(
     request: HttpRequest,
     proposal_id: uuid.UUID,
     wait: Annotated[float, Field(ge=0)] = 0,
 ) -> HttpResponse:
     """One of your proposals. `?wait=SECONDS` (at most 30) holds the request until it is decided."""
-    service = _service(request)
-    load = sync_to_async(_proposal_for_service_released)
-    proposal = await waits.proposal_wait_decided(
-        load=lambda: load(service=service, proposal_id=proposal_id), wait=wait
-    )
+    since = time.monotonic()
+    proposal = selectors.proposal_for_service(service=_service(request), proposal_id=proposal_id)
     if proposal is None:
         raise NotFound("No such proposal for this service.")
-    return _json(proposal_representation(proposal))
+    return longpoll.respond(request, proposal, since=since, wait=wait)
 
 
 def _decode_cursor(text: str) -> tuple[datetime, uuid.UUID]:

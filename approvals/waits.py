@@ -277,9 +277,21 @@ async def proposal_wait_decided(
     waits.start()  # listening before the first read: what changes after it is heard
     async with waits.loading:
         proposal = await load()
+    if proposal is None:
+        return None
+    return await proposal_wait_after_read(proposal, since=since, wait=wait)
+
+
+async def proposal_wait_after_read(proposal: Proposal, *, since: float, wait: float) -> Proposal:
+    """`proposal`, read (as its service) by a query that started at `since` (time.monotonic()),
+    once it is decided or `wait` seconds (at most LONG_POLL_MAX_SECONDS) after `since`: the
+    latest reading. Holds no thread and no database connection while it waits; cancelling it
+    (the client went away) leaves nothing behind."""
     seconds = min(max(wait, 0.0), settings.LONG_POLL_MAX_SECONDS) - (time.monotonic() - since)
-    if proposal is None or proposal.is_decided or seconds <= 0:
+    if proposal.is_decided or seconds <= 0:
         return proposal
+    waits = registry()
+    waits.start()  # if it was not listening when the read began, join() reads again
     watch = waits.join(proposal, since)
     try:
         return await asyncio.wait_for(asyncio.shield(watch.decided), seconds)

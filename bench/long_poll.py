@@ -183,6 +183,7 @@ def main() -> None:
         live_pid = live_server_pid(live)
 
         # Round 1: nobody decides; time runs out.
+        round_cpu = cpu_seconds(live_pid)
         thread, done = in_background(base, key, proposal, args.waiters, args.wait)
         time.sleep(min(3.0, args.wait / 3))  # all connected and waiting
         cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
@@ -190,8 +191,12 @@ def main() -> None:
         live_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
         load_during = load()
         thread.join(timeout=args.wait + 60)
+        # Everything the live process spent on the round (connect, wait, answer) per waiter,
+        # less the reads and submits of `during`, which went to web.
+        timeout_cpu = (cpu_seconds(live_pid) - round_cpu) / args.waiters
 
         # Round 2: a reviewer decides while they wait.
+        round_cpu = cpu_seconds(live_pid)
         thread, decided_done = in_background(base, key, decided, args.waiters, 30)
         time.sleep(5)
         cpu_start, clock_start = cpu_seconds(live_pid), time.monotonic()
@@ -199,6 +204,7 @@ def main() -> None:
         idle_cpu = (cpu_seconds(live_pid) - cpu_start) / (time.monotonic() - clock_start)
         committed = decide(decided)
         thread.join(timeout=60)
+        decided_cpu = (cpu_seconds(live_pid) - round_cpu) / args.waiters
         load_decided = load()
         errors = proxy.log()
 
@@ -219,8 +225,10 @@ def main() -> None:
         )
     )
     print(f"  live process CPU while they wait: {live_cpu:.3f} s per second")
+    print(f"  live process CPU per waiter, whole round: {timeout_cpu * 1000:.2f} ms")
     print(f"Round 2: ?wait=30, a reviewer approves after 7 s ({load_decided})")
     print(f"  live process CPU while they wait: {idle_cpu:.3f} s per second")
+    print(f"  live process CPU per waiter, whole round: {decided_cpu * 1000:.2f} ms")
     answered = decided_done[0] if decided_done else []
     approved = [(end - committed) * 1000 for _, end, state in answered if state == "approved"]
     print(

@@ -1,6 +1,8 @@
 """ASGI entry point: `uvicorn config.asgi:application`.
 
-HTTP goes to Django, except MCP under /mcp (mcpgate.asgi: streamable HTTP, long waits);
+HTTP goes to Django, except MCP under /mcp (mcpgate.asgi: streamable HTTP, long waits) and
+the long poll `GET /api/v1/proposals/{id}?wait=` (approvals.longpoll: Django's synchronous
+handler in one thread hop, then the wait on the event loop);
 websockets (the live reviewer queue) go to Channels, behind a check of the Origin header's
 scheme, host and port against the site's origins (approvals/origins.py) and Django's session
 authentication. The lifespan starts and stops MCP.
@@ -20,6 +22,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from approvals import longpoll  # noqa: E402
 from approvals.origins import SiteOriginValidator  # noqa: E402
 from approvals.routing import websocket_urlpatterns  # noqa: E402
 from mcpgate import asgi as mcp  # noqa: E402
@@ -33,7 +36,7 @@ def websocket_application() -> SiteOriginValidator:
 
 application = ProtocolTypeRouter(
     {
-        "http": mcp.mount(django_asgi_app),
+        "http": mcp.mount(longpoll.mount(django_asgi_app)),
         "websocket": websocket_application(),
         "lifespan": mcp.lifespan,
     }

@@ -4,6 +4,8 @@ the audit relay without Redis), never by each re-reading its proposal (approvals
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.asgi import get_asgi_application
 from django.db import connection
 from django.test import Client, override_settings
 
@@ -138,7 +140,7 @@ def test_many_waiters_in_one_process_are_answered_by_a_few_reads(
     decided = submit(shop)
     others = [submit(shop, external_id=f"other-{i}") for i in range(20)]
     proposal = Proposal.objects.get(pk=decided["id"])
-    application = get_asgi_application()
+    from config.asgi import application  # the live process's entry (approvals/longpoll.py)
 
     def decide_and_close() -> None:
         try:
@@ -185,3 +187,233 @@ def test_many_waiters_in_one_process_are_answered_by_a_few_reads(
     assert reads <= 3, f"{reads} reads to answer 150 waiters on one proposal"
     assert [r.status_code for r in timed_out] == [200] * 20
     assert {r.json()["state"] for r in timed_out} == {"pending_review"}
+
+
+# --- the live process's entry (approvals/longpoll.py): one thread hop, the wait on the loop ----
+
+
+def on_live(scenario: Callable[[httpx.AsyncClient], Any], *, key: str, **headers: str) -> Any:
+    """Run `scenario(client)` against config.asgi's application, as the `live:` process
+    serves it (nginx sends every `?wait=` there)."""
+    from config.asgi import application
+
+    async def run() -> Any:
+        transport = httpx.ASGITransport(app=application)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {key}", **headers},
+            timeout=30,
+        ) as client:
+            return await scenario(client)
+
+    return asyncio.run(run())
+
+
+def test_the_live_entry_answers_like_the_plain_read_once_decided(
+    shop: ServiceClient, reviewer: User, no_recheck: None
+) -> None:
+    created = submit(shop)
+    url = f"/api/v1/proposals/{created['id']}"
+
+    def decide() -> None:
+        try:
+            decide_as(reviewer, Proposal.objects.get(pk=created["id"]))
+        finally:
+            connection.close()
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[float, httpx.Response]:
+        started = time.monotonic()
+        task = asyncio.create_task(
+            client.get(f"{url}?wait=20", headers={"X-Request-ID": "req-waits-1"})
+        )
+        while waits.registry().waiting() < 1 and not task.done():
+            await asyncio.sleep(0.05)
+        await sync_to_async(decide, thread_sensitive=False)()
+        return time.monotonic() - started, await task
+
+    elapsed, waited = on_live(scenario, key=shop.key)
+    plain = shop.get(url, headers={"X-Request-ID": "req-waits-1"})
+
+    assert waited.status_code == 200, waited.text
+    assert elapsed < 5, elapsed
+    assert waited.json()["state"] == "approved"
+    assert waited.content == plain.content  # the body rendered after the wait, byte for byte
+    # the request id, the security headers, the length
+    assert dict(waited.headers) == {name.lower(): value for name, value in plain.headers.items()}
+    assert waited.headers["X-Request-ID"] == "req-waits-1"
+    assert waited.headers["Content-Length"] == str(len(waited.content))
+
+
+def test_the_live_entry_keeps_tenancy_and_problem_answers(
+    shop: ServiceClient, other_shop: ServiceClient
+) -> None:
+    created = submit(shop)
+    url = f"/api/v1/proposals/{created['id']}"
+
+    async def get(client: httpx.AsyncClient, path: str) -> tuple[float, httpx.Response]:
+        started = time.monotonic()
+        response = await client.get(path)
+        return time.monotonic() - started, response
+
+    elapsed, theirs = on_live(lambda client: get(client, f"{url}?wait=10"), key=other_shop.key)
+    assert theirs.status_code == 404
+    assert theirs.headers["Content-Type"] == "application/problem+json"
+    assert created["id"] not in theirs.text
+    assert elapsed < 3, "refused at once, not after waiting"
+
+    _, forged = on_live(lambda client: get(client, f"{url}?wait=10"), key="gh_forged_secret")
+    assert forged.status_code == 401
+    assert "X-Request-ID" in forged.headers
+
+    for bad in ("soon", "-1"):
+        _, invalid = on_live(lambda client, bad=bad: get(client, f"{url}?wait={bad}"), key=shop.key)
+        assert invalid.status_code == 422, invalid.text
+        assert invalid.headers["Content-Type"] == "application/problem+json"
+        assert [error["loc"] for error in invalid.json()["errors"]] == [["query", "wait"]]
+
+
+def test_waiters_on_the_live_entry_hold_no_database_connection(
+    shop: ServiceClient, no_recheck: None
+) -> None:
+    if not settings.DATABASES["default"]["OPTIONS"].get("pool"):
+        pytest.skip("counted on the pool")
+    created = submit(shop)
+    connection.close()
+
+    def checked_out() -> int:
+        stats = connection.pool.get_stats()  # type: ignore[attr-defined]
+        return int(stats["pool_size"] - stats["pool_available"])
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[int, int, list[httpx.Response]]:
+        before = await sync_to_async(checked_out, thread_sensitive=False)()
+        tasks = [
+            asyncio.create_task(client.get(f"/api/v1/proposals/{created['id']}?wait=3"))
+            for _ in range(30)
+        ]
+        registry = waits.registry()
+        while registry.waiting() < 30 and not any(task.done() for task in tasks):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the re-read of the subscription's connect is done
+        during = await sync_to_async(checked_out, thread_sensitive=False)()
+        return before, during, await asyncio.gather(*tasks)
+
+    before, during, answered = on_live(scenario, key=shop.key)
+    assert [r.status_code for r in answered] == [200] * 30
+    assert during <= before, f"{during - before} connections held by 30 waiters"
+
+
+def test_a_client_that_leaves_while_waiting_leaves_nothing_behind(
+    shop: ServiceClient, no_recheck: None
+) -> None:
+    from config.asgi import application
+
+    created = submit(shop)
+    auth = f"Bearer {shop.key}".encode()
+
+    async def scenario() -> tuple[int, int, list[dict[str, Any]], float]:
+        gone = asyncio.Event()
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"/api/v1/proposals/{created['id']}",
+            "raw_path": f"/api/v1/proposals/{created['id']}".encode(),
+            "root_path": "",
+            "query_string": b"wait=20",
+            "headers": [(b"host", b"testserver"), (b"authorization", auth)],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        serving = asyncio.create_task(application(scope, receive, send))
+        registry = waits.registry()
+        for _ in range(100):
+            if registry.waiting() == 1:
+                break
+            await asyncio.sleep(0.05)
+        waiting = registry.waiting()
+        gone.set()
+        started = time.monotonic()
+        await asyncio.wait_for(serving, 3)
+        return waiting, registry.waiting(), sent, time.monotonic() - started
+
+    waiting, after, sent, took = asyncio.run(scenario())
+    assert waiting == 1
+    assert after == 0  # its watch is gone from the registry
+    assert sent == []  # nothing written to a closed connection
+    assert took < 1, took
+
+
+DECIDE_ELSEWHERE = """
+import os, sys, time
+import django
+django.setup()
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from approvals import services
+from approvals.models import Proposal
+reviewer = User.objects.get(username="rita")
+services.claim_acquire(proposal_id=sys.argv[1], reviewer=reviewer)
+with transaction.atomic():
+    transaction.on_commit(lambda: print(time.time(), flush=True))
+    services.proposal_decide(
+        proposal=Proposal.objects.get(pk=sys.argv[1]), reviewer=reviewer, verdict="approve",
+        comment="",
+    )
+"""
+
+
+def test_a_waiter_is_answered_promptly_after_a_decision_in_another_process(
+    shop: ServiceClient, reviewer: User, no_recheck: None
+) -> None:
+    """Another OS process (a web worker) decides; the waiter on this one hears it from Redis."""
+    created = submit(shop)
+    database = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}"
+        f"/{database['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, float, str]:
+        waiting = asyncio.create_task(client.get(f"/api/v1/proposals/{created['id']}?wait=30"))
+        registry = waits.registry()
+        while registry.waiting() < 1 and not waiting.done():
+            await asyncio.sleep(0.05)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DECIDE_ELSEWHERE,
+            created["id"],
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        response = await waiting
+        answered = time.time()
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()[-2000:]
+        return response, answered, out.decode()
+
+    response, answered, committed = on_live(scenario, key=shop.key)
+    assert response.status_code == 200
+    assert response.json()["state"] == "approved"
+    assert response.json()["decision"]["reviewer"] == "rita"
+    assert answered - float(committed) < 1.0, "answered from the event, not a re-read"
