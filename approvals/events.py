@@ -29,6 +29,8 @@ from typing import Any
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
+from channels_redis.utils import decode_hosts
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
@@ -197,7 +199,7 @@ def _after_commit(proposal_id: uuid.UUID, action_type_id: int | None, created: b
     if action_type_id is not None and not anyone_listening(action_type_id):
         return
     message = render_update(proposal_id)
-    if message is not None:
+    if message is not None and not _publish_now(message):
         _run(send_update, message)
 
 
@@ -239,6 +241,42 @@ def render_update(proposal_id: uuid.UUID) -> dict[str, Any] | None:
         "raised_by": proposal.raised_by,
         "action_type_id": proposal.action_type_id,
     }
+
+
+_group_publisher: tuple[Any, Any, redis.Redis] | None = None  # (layer, its naming, client)
+
+
+def _publish_now(message: dict[str, Any]) -> bool:
+    """From sync code (a submit, a decision) with the pub/sub layer on one Redis: the group
+    message is one PUBLISH on a kept connection. `async_to_sync(send_update)` would start a
+    thread, an event loop and a Redis connection per broadcast (bench/live_latency.py --load).
+    False when this does not apply: the caller sends the usual way."""
+    global _group_publisher
+    layer = get_channel_layer()
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        return False
+    try:
+        asyncio.get_running_loop()
+        return False  # async code: the layer's own connection on this loop
+    except RuntimeError:
+        pass
+    if _group_publisher is None or _group_publisher[0] is not layer:
+        # The layer's own naming of a group's pub/sub channel, without a loop to run it on.
+        naming = RedisPubSubLoopLayer(*layer._args, **layer._kwargs, channel_layer=layer)
+        hosts = decode_hosts(layer._kwargs.get("hosts"))
+        if len(hosts) != 1 or "address" not in hosts[0]:
+            return False  # sharded: the layer picks the shard
+        client = redis.Redis.from_url(
+            hosts[0]["address"], socket_connect_timeout=1, socket_timeout=2
+        )
+        _group_publisher = (layer, naming, client)
+    _, naming, client = _group_publisher
+    body = {key: message.get(key) for key in ("type", "html", "raised_by", "action_type_id")}
+    try:
+        client.publish(naming._get_group_channel_name(message["group"]), layer.serialize(body))
+    except (OSError, redis.RedisError):
+        log.warning("could not publish the live update of %s", message["group"], exc_info=True)
+    return True
 
 
 async def send_update(message: dict[str, Any]) -> None:

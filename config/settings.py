@@ -185,7 +185,12 @@ WHITENOISE_USE_FINDERS = DEBUG
 CHANNEL_LAYERS = {
     "default": (
         {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Pub/sub: a group_send is one PUBLISH, and each process that has sockets in the
+            # group gets it once and hands it to them in memory. The list-based layer wrote one
+            # copy per socket, each read back with its own round trip (50 sockets at 100
+            # proposals/s: 5,000 a second through one process), and dropped what overflowed its
+            # per-channel capacity (bench/README.md, live_latency.py --load).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL], "prefix": "gatehouse:ws"},
         }
         if REDIS_URL
