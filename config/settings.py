@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.connection import parse_url
 
 from config.env import (
     database_from_url,
@@ -189,9 +190,14 @@ CHANNEL_LAYERS = {
             # group gets it once and hands it to them in memory. The list-based layer wrote one
             # copy per socket, each read back with its own round trip (50 sockets at 100
             # proposals/s: 5,000 a second through one process), and dropped what overflowed its
-            # per-channel capacity (bench/README.md, live_latency.py --load).
+            # per-channel capacity (bench/README.md, live_latency.py --load). Pub/sub ignores
+            # the database number, so it is part of the prefix: two installations on one Redis
+            # do not see each other's pushes (as approvals/events.changes_channel()).
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "gatehouse:ws"},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"gatehouse:ws:{parse_url(REDIS_URL).get('db', 0)}:",
+            },
         }
         if REDIS_URL
         else {"BACKEND": "channels.layers.InMemoryChannelLayer"}

@@ -498,3 +498,35 @@ def test_a_session_that_ends_without_logout_closes_its_socket(reviewer: User, ho
 
     closed = run(scenario())
     assert closed["type"] == "websocket.close" and closed["code"] == 4401
+
+
+@override_settings(ALLOWED_HOSTS=["127.0.0.1"])
+def test_a_push_reaches_the_socket_without_a_hop_to_the_sync_thread(
+    shop: Any, reviewer: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 sockets at 100 proposals a second are 5,000 pushes a second: channels' per-message
+    close_old_connections (a hop onto the one sync thread) is skipped for them."""
+    import channels.consumer
+
+    hops: list[str] = []
+
+    async def counted() -> None:  # counts the hops instead of making them
+        hops.append("hop")
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    mine = session_cookie(reviewer)
+
+    async def scenario() -> tuple[str, int]:
+        ws = communicator(mine, ORIGIN)
+        assert (await ws.connect())[0]
+        before = len(hops)
+        await database_sync_to_async(_submit)(shop)
+        html = await receive_text(ws)
+        pushed = len(hops) - before
+        await ws.disconnect()
+        return html, pushed
+
+    html, hops_for_the_push = run(scenario())
+    assert 'class="queue-row"' in html
+    assert hops_for_the_push == 0
+    assert hops, "the connect still went through channels' dispatch"
