@@ -267,7 +267,11 @@ def test_the_live_entry_keeps_tenancy_and_problem_answers(
     assert "X-Request-ID" in forged.headers
 
     for bad in ("soon", "-1"):
-        _, invalid = on_live(lambda client, bad=bad: get(client, f"{url}?wait={bad}"), key=shop.key)
+
+        async def asking(client: httpx.AsyncClient, bad: str = bad) -> tuple[float, httpx.Response]:
+            return await get(client, f"{url}?wait={bad}")
+
+        _, invalid = on_live(asking, key=shop.key)
         assert invalid.status_code == 422, invalid.text
         assert invalid.headers["Content-Type"] == "application/problem+json"
         assert [error["loc"] for error in invalid.json()["errors"]] == [["query", "wait"]]
