@@ -541,3 +541,33 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
+
+
+class ApprovedSum(models.Model):
+    """Per minute: the sum of one top-level numeric payload field over the approved proposals of
+    a service and action type decided in that minute (the executed payload, a reviewer's edit
+    included), so that `stats.approved_sum` reads whole minutes of its window here and only the
+    two partial minutes at its ends from the proposals (approvals/velocity.py).
+
+    On PostgreSQL a trigger on approvals_proposal keeps it (migration 0013), in the transaction
+    that inserts, updates or deletes the proposal; elsewhere nothing writes it and velocity
+    computes the sum the plain way.
+    """
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+", db_index=False)
+    action_type = models.ForeignKey(
+        ActionType, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    field = models.CharField(max_length=200)
+    minute = models.DateTimeField()
+    total = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "action_type", "field", "minute"], name="approvedsum_minute"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.field} at {self.minute:%Y-%m-%d %H:%M}: {self.total}"
