@@ -311,6 +311,13 @@ FROM evals_evalrun r CROSS JOIN evals_evalcase c
 WHERE r.eval_set_id = {eval_set} AND c.eval_set_id = {eval_set}
 """
 
+# Insights' audit samples: rule approvals sent to a reviewer instead (2% of reviewer decisions).
+AUDIT_SAMPLES_SQL = """
+INSERT INTO insights_auditsample (fraction, rule, rule_version, created_at, action_type_id, proposal_id)
+SELECT 0.02, 'small-refunds', 1, created_at, action_type_id, id
+FROM approvals_proposal WHERE decided_by = 'reviewer' AND abs(hashtext(id::text)) % 50 = 0
+"""
+
 MARKER = "growth_bench_fill"
 
 
@@ -380,6 +387,7 @@ def fill(database: str, env: dict[str, str]) -> None:
         ("recent approvals", RECENT_SQL.format(n=RECENT_APPROVED, base=DECIDED, **values)),
         ("pending proposals", PENDING_SQL.format(n=PENDING, base=2 * DECIDED, **values)),
         ("reviews", REVIEWS_SQL),
+        ("audit samples", AUDIT_SAMPLES_SQL),
         ("audit events", AUDIT_SQL.format(limit=DECIDED + PENDING)),
         ("model calls", LLM_SQL.format(n=LLM_CALLS, **values)),
         ("eval cases", EVAL_CASES_SQL.format(n=EVAL_CASES, **values)),
@@ -433,12 +441,16 @@ def move_to_now(env: dict[str, str]) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
+        cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM insights_auditsample)")
+        if cursor.fetchone()[0]:  # filled before the bench took audit samples
+            cursor.execute(AUDIT_SAMPLES_SQL)
+            print(f"reuse: {cursor.rowcount:,} audit samples added")
         cursor.execute("SELECT now() - anchor FROM growth_bench_fill")
         (shift,) = cursor.fetchone()
         if shift < timedelta(minutes=5):
             return
         t0 = time.monotonic()
-        cursor.execute("SET synchronous_commit = off")
         cursor.execute(
             "UPDATE approvals_proposal SET created_at = created_at + %s, "
             "updated_at = updated_at + %s, decided_at = decided_at + %s, "

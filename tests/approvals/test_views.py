@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -366,3 +367,30 @@ def test_the_decide_service_refuses_a_nan_edit(proposal: Proposal, reviewer: Use
     assert refused.value.status == 422 and "payload.amount" in refused.value.message
     proposal.refresh_from_db()
     assert proposal.final_payload is None
+
+
+def test_history_mine_lists_every_decided_proposal_the_reviewer_reviewed(
+    submit: Callable[..., Proposal],
+    shop: Any,
+    make_rule: Callable[..., Any],
+    refund_type: Any,
+    reviewer: User,
+    second_reviewer: User,
+) -> None:
+    """?mine=1 walks the rows selectors.REVIEWABLE names: one decided by a reviewer, and one
+    whose first of two approvals was the reviewer's before the service cancelled it."""
+    make_rule("four-eyes", action_type=refund_type, when="payload.amount > 500.0",
+              outcome="review", approvals_required=2)  # fmt: skip
+    mine = submit(summary="Decided by me")
+    theirs = submit(summary="Decided by the other")
+    halfway = submit(
+        summary="Cancelled after my approval",
+        payload={"order_id": "ORD-9", "amount": 900.0, "currency": "EUR"},
+    )
+    for proposal, who in ((mine, reviewer), (theirs, second_reviewer), (halfway, reviewer)):
+        services.claim_acquire(proposal_id=proposal.pk, reviewer=who)
+        services.proposal_decide(proposal=proposal, reviewer=who, verdict="approve")
+    services.proposal_cancel(service=shop.service, proposal_id=halfway.pk, reason="moot")
+    body = logged_in(reviewer).get("/history/?mine=1").content.decode()
+    assert "Decided by me" in body and "Cancelled after my approval" in body
+    assert "Decided by the other" not in body
