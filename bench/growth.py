@@ -460,7 +460,9 @@ def move_to_now(env: dict[str, str]) -> None:
         )
         moved = cursor.rowcount
         cursor.execute("UPDATE growth_bench_fill SET anchor = anchor + %s", [shift])
+        # Autovacuum's work after a day of approvals, done at once after moving them all.
         cursor.execute("VACUUM (ANALYZE) approvals_proposal")
+        cursor.execute("VACUUM (ANALYZE) approvals_approvedsum")
         print(
             f"reuse: moved {moved:,} rows of the last 7 days forward by {shift} "
             f"in {time.monotonic() - t0:.0f} s"
@@ -587,7 +589,8 @@ def explain(sql: str, params: list[Any]) -> str:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+        # A captured statement has its values inlined: no placeholders to fill (a LIKE's %).
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params or None)
         return "\n".join(row[0] for row in cursor.fetchall())
 
 

@@ -5,8 +5,9 @@ verdicts and version markers. proposal_state_created (state, created_at) gives w
 (state, updated_at): the queue pages on the partial proposal_pending_created, history on
 updated_at. The action type's own index gives way to proposal_type_versions, which leads with it.
 
-On PostgreSQL only: a trigram index on the summary for history's ?q= (contains, any case), with
-the pg_trgm extension; elsewhere that search scans, as before.
+On PostgreSQL only: a trigram index on the upper-cased summary for history's ?q= (Django's
+icontains is UPPER(summary) LIKE UPPER(%q%)), with the pg_trgm extension; elsewhere that search
+scans, as before.
 """
 
 import django.db.models.deletion
@@ -18,7 +19,7 @@ from django.db import migrations, models
 TRIGRAMS = """
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX IF NOT EXISTS proposal_summary_trgm ON approvals_proposal
-    USING gin (summary gin_trgm_ops);
+    USING gin ((UPPER(summary::text)) gin_trgm_ops);
 """
 
 
