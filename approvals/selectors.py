@@ -345,7 +345,7 @@ def _recent_matches(
         return None  # fewer rows than that: the whole search reads little anyway
     # UPPER(summary) || '' is not the indexed expression: this read walks proposal_updated.
     unindexed = Concat(Upper("summary"), Value(""), output_field=CharField())
-    rows = list(
+    rows: list[Proposal] = list(
         ordered.filter(updated_at__gte=oldest[0])
         .alias(searched=unindexed)
         .filter(Q(searched__contains=Upper(Value(q))) | exact)[: limit + 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import connection
 from django.db.models import Q
@@ -154,7 +155,7 @@ def _approved_sum_by_minute(
     # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
     head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
     tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
-    rows_args = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
+    rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
