@@ -301,9 +301,11 @@ class Proposal(models.Model):
                 fields=["action_type", "model", "prompt_version", "created_at"],
                 name="proposal_type_versions",
             ),
-            # Reviewer verdicts of a type over a period (insights): only reviewer-decided rows.
+            # Reviewer verdicts of a type over a period (insights): only reviewer-decided rows,
+            # by time first: with the type first the planner preferred the plain created_at
+            # index and read every proposal of the period (133,000 rows, 85 ms a type).
             models.Index(
-                fields=["action_type", "created_at"],
+                fields=["created_at", "action_type"],
                 condition=models.Q(decided_by="reviewer"),
                 name="proposal_reviewer_verdicts",
             ),

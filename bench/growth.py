@@ -552,37 +552,38 @@ def pages(env: dict[str, str], requests: int) -> list[tuple[str, float, float]]:
     return rows
 
 
-def submit(env: dict[str, str], database: str, seconds: int, rounds: int) -> float:
-    from django.core.management import call_command  # noqa: F401 - django is set up
+def submit_key(database: str) -> str:
+    """An API key of growth-1, the service whose spend cap has 100,000 approvals in its window,
+    with the cap rule loaded (in-process: Django is set up on `database`)."""
+    from approvals import services
+    from approvals.models import Service
 
-    key_file = Path("/tmp") / f"growth-key-{database}"
-    if key_file.exists():
-        key = key_file.read_text().strip()
-    else:
-        manage(env, "apply", "-", stdin=CAP_RULE)
-        key = json.loads(
-            manage(
-                env,
-                "create_service",
-                f"bench-{int(time.time())}",
-                "--action-types",
-                "refund.issue",
-                "--json",
-            )
-        )["api_key"]
-        key_file.write_text(key)
-    figures = []
-    with serve(env, server="granian-wsgi", workers=2, threads=8) as base:
-        url = base + "/api/v1/proposals"
-        wrk_post(url, BODY, auth=f"Bearer {key}", seconds=2)
+    _key, secret = services.api_key_create(service=Service.objects.get(name="growth-1"))
+    return secret
+
+
+def submit(runs: list[tuple[str, dict[str, str], str]], seconds: int, rounds: int) -> list[float]:
+    """The submit's median req/s on each (name, env, key), rounds alternating between them."""
+    import contextlib
+
+    figures: list[list[float]] = [[] for _ in runs]
+    with contextlib.ExitStack() as stack:
+        urls = [
+            stack.enter_context(serve(env, server="granian-wsgi", workers=2, threads=8))
+            + "/api/v1/proposals"
+            for _name, env, _key in runs
+        ]
+        for url, (_name, _env, key) in zip(urls, runs, strict=True):
+            wrk_post(url, BODY, auth=f"Bearer {key}", seconds=2)
         for _ in range(rounds):
-            run = wrk_post(url, BODY, auth=f"Bearer {key}", seconds=seconds)
-            figures.append(run["rps"])
-            print(
-                f"  {database}: {run['rps']:.0f} req/s p99 {run['p99_ms']:.0f} ms "
-                f"non2xx {run['non2xx']:.0f} ({loadavg()})"
-            )
-    return statistics.median(figures)
+            for i, (url, (name, _env, key)) in enumerate(zip(urls, runs, strict=True)):
+                run = wrk_post(url, BODY, auth=f"Bearer {key}", seconds=seconds)
+                figures[i].append(run["rps"])
+                print(
+                    f"  {name}: {run['rps']:.0f} req/s p50 {run['p50_ms']:.0f} ms "
+                    f"p99 {run['p99_ms']:.0f} ms non2xx {run['non2xx']:.0f} ({loadavg()})"
+                )
+    return [statistics.median(f) for f in figures]
 
 
 def explain(sql: str, params: list[Any]) -> str:
@@ -694,16 +695,25 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
         pages(env, args.requests)
     if "submit" in args.only:
         print(
-            "\nsubmit (POST /api/v1/proposals, a spend-cap rule, wrk -c32), empty database first:"
+            "\nsubmit (POST /api/v1/proposals as growth-1, a spend-cap rule, wrk -c32), "
+            "empty and full database in alternate rounds:"
         )
         empty_env = bench_env(args.empty_database, DB_POOL_MAX="8", REDIS_URL=args.redis_url)
         fresh_database(args.empty_database)
         manage(empty_env, "migrate", "--noinput", "-v", "0")
         manage(empty_env, "apply", "-", stdin=CONFIG)
-        key_file = Path("/tmp") / f"growth-key-{args.empty_database}"
-        key_file.unlink(missing_ok=True)
-        empty = submit(empty_env, args.empty_database, args.seconds, args.rounds)
-        full = submit(env, args.database, args.seconds, args.rounds)
+        manage(empty_env, "apply", "-", stdin=CAP_RULE)
+        empty_key = json.loads(
+            manage(
+                empty_env, "create_service", "growth-1", "--action-types", "refund.issue", "--json"
+            )
+        )["api_key"]
+        manage(env, "apply", "-", stdin=CAP_RULE)
+        empty, full = submit(
+            [("empty", empty_env, empty_key), ("full", env, submit_key(args.database))],
+            args.seconds,
+            args.rounds,
+        )
         print(f"submit: empty {empty:.0f} req/s, full {full:.0f} req/s: {full / empty:.2f}x")
 
 

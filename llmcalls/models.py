@@ -239,6 +239,7 @@ class LLMCall(models.Model):
                     "provider",
                     "model",
                     "latency_ms",
+                    "id",  # what Count("id") reads
                 ],
                 name="llmcall_dashboard",
             ),

@@ -143,7 +143,7 @@ class Migration(migrations.Migration):
             model_name="proposal",
             index=models.Index(
                 condition=models.Q(("decided_by", "reviewer")),
-                fields=["action_type", "created_at"],
+                fields=["created_at", "action_type"],
                 name="proposal_reviewer_verdicts",
             ),
         ),

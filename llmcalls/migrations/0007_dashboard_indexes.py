@@ -34,6 +34,7 @@ class Migration(migrations.Migration):
                     "provider",
                     "model",
                     "latency_ms",
+                    "id",
                 ],
                 name="llmcall_dashboard",
             ),
