@@ -621,8 +621,13 @@ def page_queries(min_ms: float) -> None:
                 continue
             plan = explain(query["sql"], [])
             print(f"  {float(query['time']) * 1000:.1f} ms: {query['sql'][:300]}")
-            print("    " + "\n    ".join(plan.splitlines()[:14]))
-            print("    … " + plan.splitlines()[-1])
+            nodes = [
+                line.strip()
+                for line in plan.splitlines()
+                if any(word in line for word in ("Scan", "Aggregate", "Sort Method", "Removed"))
+            ]
+            print("    " + "\n    ".join(nodes[:8]))
+            print("    " + plan.splitlines()[-1].strip())
 
 
 def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
