@@ -7,7 +7,9 @@ under them.
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import connection
 from django.db.models import Q
@@ -66,23 +68,32 @@ def approved_sum(
     """The sum of a numeric payload field over approved proposals decided in `window`.
 
     A reviewer's edit counts (the executed payload); a missing or non-numeric value counts 0.
+    On PostgreSQL, for a top-level field, whole minutes of the window come from the per-minute
+    sums a trigger keeps (ApprovedSum, migration 0013) and the partial minutes at both ends from
+    the proposals, in one statement: the same figure, read from about 1,440 rows for a day
+    rather than from every approval in it (float8 additions in another order: the last bits
+    may differ).
     """
     path = _path(field_path)
     since = as_of - parse_duration(window)
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                SELECT COALESCE(SUM(CASE
-                    WHEN jsonb_typeof(COALESCE(final_payload, payload) #> %s) = 'number'
-                    THEN (COALESCE(final_payload, payload) #>> %s)::float8 ELSE 0 END), 0)
-                FROM approvals_proposal
-                WHERE service_id = %s AND action_type_id = %s AND state = ANY(%s)
-                  AND decision_outcome = 'approve' AND decided_at >= %s AND decided_at <= %s
-                """,
-                [path, path, service_id, action_type_id, list(_STATES["approve"]), since, as_of],
+        if len(path) == 1 and len(path[0]) <= MAX_SUMMED_FIELD:
+            total = _approved_sum_by_minute(
+                service_id=service_id,
+                action_type_id=action_type_id,
+                field=path[0],
+                since=since,
+                as_of=as_of,
             )
-            return float(cursor.fetchone()[0])
+            if total is not None:
+                return total
+        return _approved_sum_rows(
+            service_id=service_id,
+            action_type_id=action_type_id,
+            path=path,
+            since=since,
+            as_of=as_of,
+        )
     total = 0.0
     rows = Proposal.objects.filter(
         service_id=service_id,
@@ -98,3 +109,77 @@ def approved_sum(
         if isinstance(value, int | float) and not isinstance(value, bool):
             total += float(value)
     return total
+
+
+MAX_SUMMED_FIELD = 200  # longer keys are not summed by minute (the trigger skips them)
+
+# The sum over approved proposals of one service and type whose decided_at satisfies {where}.
+_ROWS_SUM = """
+    SELECT COALESCE(SUM(CASE
+        WHEN jsonb_typeof(COALESCE(final_payload, payload) #> %s) = 'number'
+        THEN (COALESCE(final_payload, payload) #>> %s)::float8 ELSE 0 END), 0)
+    FROM approvals_proposal
+    WHERE service_id = %s AND action_type_id = %s AND state = ANY(%s)
+      AND decision_outcome = 'approve' AND ({where})
+"""
+
+
+def _approved_sum_rows(
+    *, service_id: int, action_type_id: int, path: list[str], since: datetime, as_of: datetime
+) -> float:
+    """The plain sum over every approval in the window (PostgreSQL)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s"),
+            [path, path, service_id, action_type_id, list(_STATES["approve"]), since, as_of],
+        )
+        return float(cursor.fetchone()[0])
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _approved_sum_by_minute(
+    *, service_id: int, action_type_id: int, field: str, since: datetime, as_of: datetime
+) -> float | None:
+    """Whole minutes [first, last) from ApprovedSum, [since, first) and [last, as_of] from the
+    proposals; None when there is no whole minute, or a minute holds a value it cannot sum
+    (NaN): then the caller sums the rows."""
+    first = _minute(since)
+    if first != since:
+        first += timedelta(minutes=1)
+    last = _minute(as_of)
+    if first >= last:
+        return None
+    # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
+    head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
+    tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
+    rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT (
+                SELECT COALESCE(SUM(total), 0) FROM approvals_approvedsum
+                WHERE service_id = %s AND action_type_id = %s AND field = %s
+                  AND minute >= %s AND minute < %s
+            ), ({head}) + ({tail})
+            """,  # noqa: S608 - the SQL is ours; every value is a parameter
+            [
+                service_id,
+                action_type_id,
+                field,
+                first,
+                last,
+                *rows_args,
+                since,
+                first,
+                *rows_args,
+                last,
+                as_of,
+            ],
+        )
+        minutes, rows = cursor.fetchone()
+    if math.isnan(minutes):
+        return None
+    return float(minutes) + float(rows)

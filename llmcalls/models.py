@@ -165,7 +165,7 @@ class LLMCall(models.Model):
         REFUSED = "refused"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)  # indexed by llmcall_dashboard
     feature = models.CharField(max_length=200)
     route = models.CharField(max_length=200, blank=True, help_text="The route that served it")
     service = models.CharField(max_length=100, blank=True, help_text="Calling service (proxy)")
@@ -220,6 +220,32 @@ class LLMCall(models.Model):
                 condition=models.Q(text_purged_at__isnull=True),
                 name="llmcall_text_kept",
             ),
+            # /llm/ (llmcalls/selectors.py) reads a week or two of calls for its figures: this
+            # index holds every column those reads use, so they scan it alone and never the
+            # table (index-only; on a million calls the cost per day went from 520 ms to the
+            # figure in bench/README.md, growth.py). It also serves every created_at range.
+            models.Index(
+                fields=[
+                    "created_at",
+                    "feature",
+                    "service",
+                    "status",
+                    "cache_hit",
+                    "fell_back",
+                    "price_missing",
+                    "cost_usd",
+                    "cache_saved_usd",
+                    "cache_source",
+                    "provider",
+                    "model",
+                    "latency_ms",
+                    "id",  # what Count("id") reads
+                ],
+                name="llmcall_dashboard",
+            ),
+            # The slowest and the most expensive calls of the week: walked from the top.
+            models.Index(fields=["latency_ms"], name="llmcall_latency"),
+            models.Index(fields=["cost_usd"], name="llmcall_cost"),
         ]
 
     def __str__(self) -> str:

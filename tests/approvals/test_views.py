@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -366,3 +367,82 @@ def test_the_decide_service_refuses_a_nan_edit(proposal: Proposal, reviewer: Use
     assert refused.value.status == 422 and "payload.amount" in refused.value.message
     proposal.refresh_from_db()
     assert proposal.final_payload is None
+
+
+def test_history_mine_lists_every_decided_proposal_the_reviewer_reviewed(
+    submit: Callable[..., Proposal],
+    shop: Any,
+    make_rule: Callable[..., Any],
+    refund_type: Any,
+    reviewer: User,
+    second_reviewer: User,
+) -> None:
+    """?mine=1 walks the rows selectors.REVIEWABLE names: one decided by a reviewer, and one
+    whose first of two approvals was the reviewer's before the service cancelled it."""
+    make_rule("four-eyes", action_type=refund_type, when="payload.amount > 500.0",
+              outcome="review", approvals_required=2)  # fmt: skip
+    mine = submit(summary="Decided by me")
+    theirs = submit(summary="Decided by the other")
+    halfway = submit(
+        summary="Cancelled after my approval",
+        payload={"order_id": "ORD-9", "amount": 900.0, "currency": "EUR"},
+    )
+    for proposal, who in ((mine, reviewer), (theirs, second_reviewer), (halfway, reviewer)):
+        services.claim_acquire(proposal_id=proposal.pk, reviewer=who)
+        services.proposal_decide(proposal=proposal, reviewer=who, verdict="approve")
+    services.proposal_cancel(service=shop.service, proposal_id=halfway.pk, reason="moot")
+    body = logged_in(reviewer).get("/history/?mine=1").content.decode()
+    assert "Decided by me" in body and "Cancelled after my approval" in body
+    assert "Decided by the other" not in body
+
+
+def test_history_search_gives_the_same_page_by_the_latest_rows_or_by_the_index(
+    shop: Any, refund_type: Any, reviewer: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A common word fills the page from the latest rows (selectors.SEARCH_RECENT), a rarer one
+    is found by the trigram index and sorted: both give what the plain search gives."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals import selectors
+
+    monkeypatch.setattr(selectors, "SEARCH_RECENT", 6)
+    now = timezone.now()
+    summaries = ["Rare kettle", "Common toaster", "Common Kettle"] + ["common toaster"] * 9
+    made = []
+    for age, summary in enumerate(reversed(summaries)):
+        made.append(
+            Proposal.objects.create(
+                service=shop.service,
+                action_type=refund_type,
+                payload={"amount": 1},
+                payload_hash="x",
+                confidence=0.5,
+                summary=summary,
+                external_id=f"T-{age}",
+                state="rejected",
+                decision_outcome="reject",
+                decided_by="reviewer",
+                updated_at=now - timedelta(minutes=age),
+            )
+        )
+
+    def page(q: str, after: str = "") -> tuple[list[str], str]:
+        found = selectors.history_for_reviewer(
+            user=reviewer, filters=selectors.HistoryFilters(q=q, after=after), limit=3
+        )
+        return [p.summary + "/" + p.external_id for p in found.rows], found.next_cursor
+
+    newest_first = made  # made[0] is the newest
+    for q in ("toaster", "KETTLE", "rare", "T-11", str(made[4].pk), "nothing"):
+        wanted = [
+            f"{p.summary}/{p.external_id}"
+            for p in newest_first
+            if q.upper() in p.summary.upper() or p.external_id == q or str(p.pk) == q
+        ]
+        got, cursor = page(q)
+        while cursor:
+            more, cursor = page(q, cursor)
+            got += more
+        assert got == wanted, q

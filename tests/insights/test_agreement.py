@@ -93,3 +93,21 @@ def test_calibration_bands_and_threshold_suggestion_match_hand_computed_values(
     assert stats.upper_bound(12, 250) > 0.05
     # A stricter target than the data can support: no suggestion.
     assert selectors.threshold_suggestion(rows, target=0.02) is None
+
+
+def test_version_markers_are_each_versions_first_time_after_the_first_version(
+    plant: Callable[..., Any], refund_type: ActionType
+) -> None:
+    """The loose index scan (PostgreSQL) finds what grouping every proposal finds."""
+    now = timezone.now()
+    plant(2, "agreed", at=now - timedelta(days=9), model="a", prompt_version="p1")
+    plant(1, "agreed", at=now - timedelta(days=8), model="a", prompt_version="p2")
+    plant(1, "rejected", at=now - timedelta(hours=30), model="b", prompt_version="p2")
+    plant(1, "agreed", at=now - timedelta(hours=20), model="b", prompt_version="p2")
+    plant(1, "agreed", at=now - timedelta(hours=5), model="", prompt_version="")
+    plant(1, "agreed", at=now - timedelta(hours=2), model="a", prompt_version="p1")  # not new
+    changes = selectors.version_changes(action_type=refund_type, since=now - timedelta(days=2))
+    assert [(c["model"], c["prompt"]) for c in changes] == [("b", "p2"), ("", "")]
+    assert changes[0]["at"] == (now - timedelta(hours=30)).isoformat()
+    everything = selectors.version_changes(action_type=refund_type, since=now - timedelta(days=99))
+    assert [(c["model"], c["prompt"]) for c in everything] == [("a", "p2"), ("b", "p2"), ("", "")]

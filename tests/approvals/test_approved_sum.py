@@ -1,0 +1,326 @@
+"""stats.approved_sum read from per-minute sums (ApprovedSum, kept by a trigger on PostgreSQL)
+gives what summing every approval gives: on random data, after edits, moves, state changes and
+deletes, at windows that start and end inside a minute or on one, and under concurrent writers."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+
+from approvals import velocity
+from approvals.models import ActionType, ApprovedSum, Proposal, Service
+from tests.conftest import ServiceClient
+
+APPROVED = ["approved", "executing", "executed", "failed"]
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="the per-minute sums are kept by a PostgreSQL trigger",
+)
+
+
+def expected(
+    service: Service, action_type: ActionType, field_path: str, since: datetime, as_of: datetime
+) -> float:
+    """The oracle: every approval in the window, summed in Python."""
+    path = field_path.split(".")[1:]
+    total = 0.0
+    for row in Proposal.objects.filter(
+        service=service,
+        action_type=action_type,
+        state__in=APPROVED,
+        decision_outcome="approve",
+        decided_at__gte=since,
+        decided_at__lte=as_of,
+    ):
+        value: Any = row.effective_payload
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total += float(value)
+    return total
+
+
+def random_amount(rng: random.Random) -> Any:
+    return rng.choice(
+        [
+            round(rng.uniform(0, 500), 2),
+            rng.randint(1, 1000),
+            "12.5",  # a string counts 0
+            True,  # so does a boolean
+            None,
+            -3.25,
+            0,
+        ]
+    )
+
+
+def random_payload(rng: random.Random) -> Any:
+    payload: dict[str, Any] = {"order_id": f"ORD-{rng.randint(1, 9999)}"}
+    if rng.random() < 0.9:
+        payload["amount"] = random_amount(rng)
+    if rng.random() < 0.3:
+        payload["fee"] = {"amount": round(rng.uniform(0, 20), 2)}
+    return payload
+
+
+def random_moment(rng: random.Random) -> datetime:
+    minutes = rng.randint(0, 180)
+    if rng.random() < 0.2:  # exactly on a minute boundary
+        return NOW - timedelta(minutes=minutes)
+    return NOW - timedelta(minutes=minutes, seconds=rng.uniform(0, 60))
+
+
+def make(service: Service, action_type: ActionType, rng: random.Random, **fields: Any) -> Proposal:
+    state = rng.choice([*APPROVED, "approved", "rejected", "pending_review", "cancelled"])
+    outcome = {"rejected": "reject", "pending_review": "", "cancelled": ""}.get(state, "approve")
+    decided = random_moment(rng)
+    values: dict[str, Any] = {
+        "service": service,
+        "action_type": action_type,
+        "payload": random_payload(rng),
+        "payload_hash": "x",
+        "confidence": 0.9,
+        "summary": "random",
+        "state": state,
+        "decision_outcome": outcome,
+        "decided_by": "rule" if outcome else "",
+        "decided_at": decided if outcome else None,
+        "created_at": decided,
+    }
+    if outcome == "approve" and "payload" not in fields and rng.random() < 0.2:
+        values["final_payload"] = random_payload(rng)
+    values.update(fields)
+    return Proposal.objects.create(**values)
+
+
+def mutate(rows: list[Proposal], rng: random.Random) -> None:
+    """Every kind of write the trigger must follow."""
+    for row in rng.sample(rows, len(rows) // 2):
+        change = rng.choice(["state", "edit", "move", "delete", "save", "unapprove"])
+        if change == "state":
+            Proposal.objects.filter(pk=row.pk).update(state=rng.choice(APPROVED))
+        elif change == "edit":
+            Proposal.objects.filter(pk=row.pk).update(final_payload=random_payload(rng))
+        elif change == "move":
+            Proposal.objects.filter(pk=row.pk).update(decided_at=random_moment(rng))
+        elif change == "delete":
+            Proposal.objects.filter(pk=row.pk).delete()
+            rows.remove(row)
+        elif change == "save":  # Django's save() writes every column, changed or not
+            Proposal.objects.get(pk=row.pk).save()
+        else:
+            Proposal.objects.filter(pk=row.pk).update(state="rejected", decision_outcome="reject")
+
+
+def assert_same_at_random_windows(
+    services: list[Service], types: list[ActionType], rng: random.Random, checks: int = 60
+) -> None:
+    for _ in range(checks):
+        service, action_type = rng.choice(services), rng.choice(types)
+        window = rng.choice(["1h", "90m", "2h", "150s", "3h", "1d", "45s"])
+        as_of = random_moment(rng) if rng.random() < 0.7 else NOW
+        field = rng.choice(["payload.amount", "payload.amount", "payload.fee.amount"])
+        since = as_of - velocity.parse_duration(window)
+        got = velocity.approved_sum(
+            service_id=service.pk,
+            action_type_id=action_type.pk,
+            field_path=field,
+            window=window,
+            as_of=as_of,
+        )
+        assert got == pytest.approx(expected(service, action_type, field, since, as_of), abs=1e-6)
+
+
+def assert_minutes_match_a_recount() -> None:
+    """The trigger-kept table equals summing every approved proposal by minute now."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT d.service_id, d.action_type_id, d.field, d.minute, sum(d.delta)
+            FROM approvals_proposal AS p, gatehouse_approved_sum_deltas(p.service_id,
+                p.action_type_id, p.decided_at, COALESCE(p.final_payload, p.payload), 1) AS d
+            WHERE p.decision_outcome = 'approve' AND p.decided_at IS NOT NULL
+              AND p.state IN ('approved', 'executing', 'executed', 'failed')
+            GROUP BY 1, 2, 3, 4
+            """
+        )
+        recount = {tuple(row[:4]): row[4] for row in cursor.fetchall() if abs(row[4]) > 1e-9}
+    kept = {
+        (s.service_id, s.action_type_id, s.field, s.minute): s.total
+        for s in ApprovedSum.objects.all()
+        if abs(s.total) > 1e-9  # a minute whose rows all left stays, at (about) zero
+    }
+    assert set(kept) == set(recount)
+    for key, total in recount.items():
+        assert kept[key] == pytest.approx(total, abs=1e-6), key
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_by_minute_equals_every_row_on_random_data(
+    shop: ServiceClient, other_shop: ServiceClient, refund_type: ActionType, seed: int
+) -> None:
+    rng = random.Random(seed)
+    other_type = ActionType.objects.create(key="credit.grant", title="Credit")
+    services, types = [shop.service, other_shop.service], [refund_type, other_type]
+    rows = [make(rng.choice(services), rng.choice(types), rng) for _ in range(250)]
+    assert_same_at_random_windows(services, types, rng)
+    assert_minutes_match_a_recount()
+    mutate(rows, rng)
+    assert_same_at_random_windows(services, types, rng)
+    assert_minutes_match_a_recount()
+
+
+@postgresql_only
+def test_the_sum_is_read_from_minutes_not_rows(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    """The minute table is what answers: a minute whose figure is off shows in the result."""
+    rng = random.Random(7)
+    for _ in range(20):
+        make(shop.service, refund_type, rng, state="approved", decision_outcome="approve")
+    args: dict[str, Any] = {
+        "service_id": shop.service.pk,
+        "action_type_id": refund_type.pk,
+        "field_path": "payload.amount",
+        "window": "4h",
+        "as_of": NOW,
+    }
+    before = velocity.approved_sum(**args)
+    with connection.cursor() as cursor:  # only to prove which source is read
+        cursor.execute(
+            "INSERT INTO approvals_approvedsum (service_id, action_type_id, field, minute, total) "
+            "VALUES (%s, %s, 'amount', %s, 1000) ON CONFLICT (service_id, action_type_id, field, "
+            "minute) DO UPDATE SET total = approvals_approvedsum.total + 1000",
+            [shop.service.pk, refund_type.pk, NOW - timedelta(hours=1)],
+        )
+    assert velocity.approved_sum(**args) == pytest.approx(before + 1000)
+
+
+def test_values_a_float_cannot_sum_exactly_fall_back_to_the_rows(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    rng = random.Random(11)
+    big = 10**15 + 1
+    for amount in (big, 2.5, 1e-320):
+        make(
+            shop.service,
+            refund_type,
+            rng,
+            state="approved",
+            decision_outcome="approve",
+            payload={"amount": amount},
+            decided_at=NOW - timedelta(minutes=30),
+        )
+    got = velocity.approved_sum(
+        service_id=shop.service.pk,
+        action_type_id=refund_type.pk,
+        field_path="payload.amount",
+        window="1h",
+        as_of=NOW,
+    )
+    assert got == float(big) + 2.5
+
+
+def test_a_key_too_long_to_keep_is_summed_from_the_rows(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    rng = random.Random(5)
+    key = "k" * 250
+    for amount in (1.5, 2.0):
+        make(
+            shop.service,
+            refund_type,
+            rng,
+            state="executed",
+            decision_outcome="approve",
+            payload={key: amount},
+            decided_at=NOW - timedelta(minutes=10),
+        )
+    got = velocity.approved_sum(
+        service_id=shop.service.pk,
+        action_type_id=refund_type.pk,
+        field_path=f"payload.{key}",
+        window="1h",
+        as_of=NOW,
+    )
+    assert got == 3.5
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_of_one_minute_keep_the_sums_exact(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    """Many transactions approving, editing and deleting proposals of one service, type and
+    minute at once: none fails on the shared minute row, and the sums stay exact."""
+    writers, per_writer = 10, 8
+    minute = NOW - timedelta(minutes=5)
+    seeded = [
+        make(
+            shop.service,
+            refund_type,
+            random.Random(i),
+            state="approved",
+            decision_outcome="approve",
+            decided_at=minute + timedelta(seconds=i),
+            payload={"amount": 10.0 + i, "fee": 1},
+        )
+        for i in range(writers)
+    ]
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(index: int) -> None:
+        rng = random.Random(100 + index)
+        try:
+            barrier.wait(timeout=10)
+            for n in range(per_writer):
+                with transaction.atomic():
+                    make(
+                        shop.service,
+                        refund_type,
+                        rng,
+                        state="approved",
+                        decision_outcome="approve",
+                        decided_at=minute + timedelta(seconds=rng.uniform(0, 59)),
+                        payload={"amount": round(rng.uniform(1, 100), 2), "fee": n},
+                    )
+                    if n == 3:
+                        Proposal.objects.filter(pk=seeded[index].pk).update(
+                            final_payload={"amount": 1.0}
+                        )
+                    if n == 6:
+                        Proposal.objects.filter(pk=seeded[index].pk).delete()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert Proposal.objects.count() == writers * per_writer
+    as_of = minute + timedelta(minutes=2)
+    for field in ("payload.amount", "payload.fee"):
+        got = velocity.approved_sum(
+            service_id=shop.service.pk,
+            action_type_id=refund_type.pk,
+            field_path=field,
+            window="1h",
+            as_of=as_of,
+        )
+        want = expected(shop.service, refund_type, field, as_of - timedelta(hours=1), as_of)
+        assert got == pytest.approx(want, abs=1e-6)
+    assert_minutes_match_a_recount()
