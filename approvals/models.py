@@ -484,7 +484,7 @@ class OutboxMessage(models.Model):
     body = models.JSONField(help_text="What is sent, fixed at creation")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(
+    max_attempts = models.PositiveIntegerField(
         null=True, blank=True, help_text="Attempts before giving up; empty: EXECUTION_MAX_ATTEMPTS"
     )
     next_attempt_at = models.DateTimeField(default=timezone.now)

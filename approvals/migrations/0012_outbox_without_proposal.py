@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='outboxmessage',
             name='max_attempts',
-            field=models.PositiveSmallIntegerField(blank=True, help_text='Attempts before giving up; empty: EXECUTION_MAX_ATTEMPTS', null=True),
+            field=models.PositiveIntegerField(blank=True, help_text='Attempts before giving up; empty: EXECUTION_MAX_ATTEMPTS', null=True),
         ),
         migrations.AlterField(
             model_name='attempt',
