@@ -1,6 +1,7 @@
-"""Running what the outbox holds: executions, decision callbacks, and the periodic jobs.
+"""Running what the outbox holds: executions, decision callbacks, other apps' webhooks (no
+proposal: insights' alerts), and the periodic jobs.
 
-One delivery of an outbox message:
+One delivery of an outbox message, whatever its kind:
 1. take it with a compare-and-set lease (`locked_until`); whoever loses does nothing;
 2. mark a `running` attempt left by a worker that died as `abandoned`;
 3. for an execution, move the proposal approved → executing (or keep executing, on a retry);
@@ -85,21 +86,22 @@ def _deliver(message_id: int, span: Any) -> str:
         message = OutboxMessage.objects.select_related(
             "proposal__service", "proposal__action_type"
         ).get(pk=message_id)
-        proposal = message.proposal
+        proposal = message.proposal  # None for another app's webhook
         if message.attempts > 1:
             Attempt.objects.filter(message=message, status=Attempt.Status.RUNNING).update(
                 status=Attempt.Status.ABANDONED,
                 finished_at=now,
                 error="The worker stopped before this attempt finished.",
             )
-        startable = message.kind != Kind.EXECUTE or _start_execution(proposal)
+        startable = message.kind != Kind.EXECUTE or _start_execution(_owner(message))
         if startable:
             attempt = Attempt.objects.create(
                 message=message, proposal=proposal, number=message.attempts, started_at=now
             )
     if not startable:
-        _finish_message(message, lease, MessageStatus.FAILED, f"The proposal is {proposal.state}.")
-        return f"proposal {proposal.state}: nothing to execute"
+        state = _owner(message).state
+        _finish_message(message, lease, MessageStatus.FAILED, f"The proposal is {state}.")
+        return f"proposal {state}: nothing to execute"
 
     outcome = _attempt(message)
     finished = timezone.now()
@@ -123,7 +125,9 @@ def _deliver(message_id: int, span: Any) -> str:
         if outcome.ok:
             verdict = "succeeded"
             result = _finish_message(message, lease, MessageStatus.DELIVERED, "")
-        elif outcome.retry and message.attempts < settings.EXECUTION_MAX_ATTEMPTS:
+        elif outcome.retry and message.attempts < (
+            message.max_attempts or settings.EXECUTION_MAX_ATTEMPTS
+        ):
             verdict = "retry"
             result = _schedule_retry(message, lease, outcome, finished)
         else:
@@ -135,20 +139,32 @@ def _deliver(message_id: int, span: Any) -> str:
                 _disable_endpoint(message.target, reason=outcome.error, at=finished)
             result = _finish_message(message, lease, MessageStatus.FAILED, error)
     metrics.DELIVERY_ATTEMPTS.labels(message.kind, verdict).inc()
-    context = {
-        "service": proposal.service.name,
-        "proposal_id": str(proposal.pk),
-        "action_type": proposal.action_type.key,
+    if proposal is not None:
+        subject: Any = proposal.pk
+        context: dict[str, Any] = {
+            "service": proposal.service.name,
+            "proposal_id": str(proposal.pk),
+            "action_type": proposal.action_type.key,
+        }
+    else:
+        subject = message.webhook_id
+        context = {"webhook_id": message.webhook_id}
+    context |= {
         "event": message.event,
         "attempt": attempt.number,
         "status_code": outcome.status_code,
         "outcome": verdict,
     }
     tracing.set_attributes(span, {f"gatehouse.{k}": v for k, v in context.items()})
-    log.info(
-        "%s %s attempt %s: %s", message.event, proposal.pk, attempt.number, result, extra=context
-    )
+    log.info("%s %s attempt %s: %s", message.event, subject, attempt.number, result, extra=context)
     return result
+
+
+def _owner(message: OutboxMessage) -> Proposal:
+    """The proposal of an execution or callback (the table's check constraint ensures one)."""
+    if message.proposal is None:
+        raise ValueError(f"outbox message {message.pk} ({message.kind}) has no proposal")
+    return message.proposal
 
 
 def _start_execution(proposal: Proposal) -> bool:
@@ -178,7 +194,17 @@ def _attempt(message: OutboxMessage) -> executors.Outcome:
             error=f"The endpoint is disabled since {disabled.disabled_at:%Y-%m-%d %H:%M} UTC "
             f"({disabled.disabled_reason}); re-enable it in the admin.",
         )
-    return executors.send_webhook(message, service=message.proposal.service)
+    if message.kind == Kind.WEBHOOK:
+        secrets = outbox.webhook_secrets(message.event)
+        if not secrets:
+            return executors.Outcome(
+                ok=False,
+                error=f"Not sent: nothing in this process signs {message.event} webhooks "
+                "(the app that sends them is not installed, or its secret is not set).",
+            )
+    else:
+        secrets = executors.service_secrets(_owner(message).service)
+    return executors.send_webhook(message, secrets=secrets)
 
 
 def _finish_message(message: OutboxMessage, lease: datetime, status: str, error: str) -> str:
@@ -194,7 +220,7 @@ def _finish_message(message: OutboxMessage, lease: datetime, status: str, error:
             # A no-op unless the proposal is executing (a message failed before it started).
             to_state = State.EXECUTED if status == MessageStatus.DELIVERED else State.FAILED
             statemachine.transition(
-                proposal_id=message.proposal_id,
+                proposal_id=_owner(message).pk,
                 from_states=[State.EXECUTING],
                 to_state=to_state,
                 kind=f"proposal.{to_state}",

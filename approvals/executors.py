@@ -1,4 +1,5 @@
-"""Executors: how an approved proposal takes effect, and how a callback reaches its service.
+"""Executors: how an approved proposal takes effect, and how a callback (or another app's
+webhook, such as an insights alert) reaches its receiver.
 
 Each run returns an `Outcome`; none raises for a failure of the target. `retry` says whether
 another attempt could succeed (5xx, 408, 429, network errors, timeouts, exceptions of a
@@ -36,16 +37,16 @@ class Outcome:
     gone: bool = False  # 410: disable the endpoint
 
 
-def _secrets(service: Service) -> list[str]:
+def service_secrets(service: Service) -> list[str]:
+    """What signs an execution or callback: the service's secret (and the previous one while a
+    rotation lasts), read when the message is sent."""
     return [s for s in (service.webhook_secret, service.previous_webhook_secret) if s]
 
 
-def send_webhook(message: OutboxMessage, *, service: Service) -> Outcome:
-    """POST the message's body, signed with the service's secrets, to its target URL."""
+def send_webhook(message: OutboxMessage, *, secrets: list[str]) -> Outcome:
+    """POST the message's body, signed with `secrets`, to its target URL."""
     body = webhooks.encode(message.body)
-    headers = webhooks.signed_headers(
-        secrets=_secrets(service), msg_id=message.webhook_id, body=body
-    )
+    headers = webhooks.signed_headers(secrets=secrets, msg_id=message.webhook_id, body=body)
     timeout = settings.EXECUTION_TIMEOUT.total_seconds()
     try:
         response = webhooks.post(url=message.target, body=body, headers=headers, timeout=timeout)

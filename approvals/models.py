@@ -520,31 +520,42 @@ class RuleVersion(models.Model):
 
 
 class OutboxMessage(models.Model):
-    """Work that follows a committed transition: run the executor, or call the service back.
+    """Work that follows a committed change: run the executor, call the service back, or send
+    another app's webhook (an insights alert).
 
-    Written in the same transaction as the transition, so it exists exactly when the transition
-    does. pending → delivered | failed. A worker takes a message by a compare-and-set lease
+    Written in the same transaction as the change, so it exists exactly when the change does.
+    pending → delivered | failed. A worker takes a message by a compare-and-set lease
     (`locked_until`); the webhook id is fixed at creation and reused on every retry, so the
     receiver can deduplicate. The reconciler re-dispatches pending messages nobody holds.
+    Executions and callbacks belong to a proposal; a `webhook` belongs to none, and its signing
+    secret is found at send time through `outbox.WEBHOOK_SECRETS` (never stored here).
     """
 
     class Kind(models.TextChoices):
         EXECUTE = "execute"
         CALLBACK = "callback"
+        WEBHOOK = "webhook", "webhook (no proposal)"
 
     class Status(models.TextChoices):
         PENDING = "pending"
         DELIVERED = "delivered"
         FAILED = "failed"
 
-    proposal = models.ForeignKey(Proposal, on_delete=models.PROTECT, related_name="outbox")
+    proposal = models.ForeignKey(
+        Proposal, on_delete=models.PROTECT, related_name="outbox", null=True, blank=True
+    )
     kind = models.CharField(max_length=10, choices=Kind.choices)
-    event = models.CharField(max_length=40, help_text="proposal.execute or proposal.<state>")
+    event = models.CharField(
+        max_length=40, help_text="proposal.execute, proposal.<state>, or <app>.<event>"
+    )
     webhook_id = models.CharField(max_length=100, unique=True)
     target = models.CharField(max_length=500, help_text="URL or dotted path, fixed at creation")
     body = models.JSONField(help_text="What is sent, fixed at creation")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Attempts before giving up; empty: EXECUTION_MAX_ATTEMPTS"
+    )
     next_attempt_at = models.DateTimeField(default=timezone.now)
     locked_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -559,7 +570,13 @@ class OutboxMessage(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["proposal", "kind", "event"], name="outbox_once_per_proposal_event"
-            )
+            ),
+            # Executions and callbacks name their proposal; only another app's webhook has none.
+            models.CheckConstraint(
+                condition=models.Q(kind="webhook", proposal__isnull=True)
+                | (~models.Q(kind="webhook") & models.Q(proposal__isnull=False)),
+                name="outbox_proposal_unless_webhook",
+            ),
         ]
         indexes = [
             models.Index(
@@ -570,11 +587,12 @@ class OutboxMessage(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event} for {self.proposal_id} ({self.status})"
+        subject = self.proposal_id or self.webhook_id
+        return f"{self.event} for {subject} ({self.status})"
 
 
 class Attempt(models.Model):
-    """One try of an outbox message: an executor run or a callback delivery, with its outcome."""
+    """One try of an outbox message: an executor run or a webhook delivery, with its outcome."""
 
     class Status(models.TextChoices):
         RUNNING = "running"
@@ -583,7 +601,10 @@ class Attempt(models.Model):
         ABANDONED = "abandoned"  # the worker died before it finished
 
     message = models.ForeignKey(OutboxMessage, on_delete=models.CASCADE, related_name="tries")
-    proposal = models.ForeignKey(Proposal, on_delete=models.PROTECT, related_name="attempts")
+    # The message's proposal (empty for a webhook that has none), for a proposal's page.
+    proposal = models.ForeignKey(
+        Proposal, on_delete=models.PROTECT, related_name="attempts", null=True, blank=True
+    )
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
     status_code = models.PositiveIntegerField(null=True, blank=True)

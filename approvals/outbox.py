@@ -2,15 +2,17 @@
 
 `statemachine.transition` and the submit (`services.proposals._record_proposal`) call
 `outbox_record` inside their transaction; the rows commit or roll back with the state change.
-After commit each row is handed to the broker; a broker that is down or loses the message only
-delays it, because the reconciler (`execution.outbox_reconcile`) re-dispatches every pending row
-nobody is working on.
+An app above approvals sends a webhook of its own, about no proposal (insights: an alert), with
+`webhook_record` in the transaction that makes what it reports. After commit each row is handed
+to the broker; a broker that is down or loses the message only delays it, because the reconciler
+(`execution.outbox_reconcile`) re-dispatches every pending row nobody is working on. Every row is
+delivered by the same code (`execution.outbox_deliver`), whatever wrote it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -37,6 +39,14 @@ CALLBACK_STATES = frozenset(
         State.FAILED,
     }
 )
+
+
+#: How the webhooks of apps above approvals are signed (kind `webhook`, no proposal): the
+#: namespace of the event ("insight" for "insight.drift") → a function returning the secrets in
+#: force. It is asked at send time, in the worker, so no secret is ever copied into the outbox
+#: (a callback's secret is likewise read from its service at send time). Filled in each such
+#: app's AppConfig.ready; a row whose namespace nobody registered fails without being sent.
+WEBHOOK_SECRETS: dict[str, Callable[[], list[str]]] = {}
 
 
 def webhook_id(proposal: Proposal, event: str) -> str:
@@ -105,6 +115,43 @@ def outbox_record(*, proposal: Proposal, to_state: str) -> list[OutboxMessage]:
     if messages:
         transaction.on_commit(partial(dispatch, [m.pk for m in messages]))
     return messages
+
+
+def webhook_record(
+    *,
+    event: str,
+    webhook_id: str,
+    target: str,
+    body: dict[str, Any],
+    max_attempts: int | None = None,
+) -> OutboxMessage:
+    """Record a webhook an app sends about no proposal; sent after the caller's transaction
+    commits, by the same delivery, retries and reconciler as executions and callbacks.
+
+    Must run inside the transaction that makes what the webhook reports, so the row exists
+    exactly when that does. The target and body are fixed now; the signing secret is looked up
+    at send time in WEBHOOK_SECRETS under the event's namespace, which must be registered.
+    `max_attempts` (None: EXECUTION_MAX_ATTEMPTS) bounds the attempts before giving up.
+    """
+    if event.partition(".")[0] not in WEBHOOK_SECRETS:
+        raise ValueError(f"no signing secret is registered for {event!r} webhooks")
+    message = OutboxMessage.objects.create(
+        kind=OutboxMessage.Kind.WEBHOOK,
+        event=event,
+        webhook_id=webhook_id,
+        target=target,
+        body=body,
+        max_attempts=max_attempts,
+        trace_context=tracing.carrier(),
+    )
+    transaction.on_commit(partial(dispatch, [message.pk]))
+    return message
+
+
+def webhook_secrets(event: str) -> list[str]:
+    """The secrets that sign a webhook of `event` (kind `webhook`) now; empty when none is set."""
+    resolve = WEBHOOK_SECRETS.get(event.partition(".")[0])
+    return [s for s in resolve() if s] if resolve is not None else []
 
 
 def dispatch(message_ids: Iterable[int], *, countdown: float | None = None) -> None:

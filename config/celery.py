@@ -135,10 +135,6 @@ if "insights" in settings.INSTALLED_APPS:  # optional: approvals runs without it
             "task": "insights.check",
             "schedule": _seconds(settings.INSIGHTS_CHECK_INTERVAL),
         },
-        "insights-redeliver-webhooks": {
-            "task": "insights.redeliver_webhooks",
-            "schedule": _seconds(settings.OUTBOX_RECONCILE_INTERVAL),
-        },
     }
 
 

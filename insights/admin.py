@@ -26,8 +26,16 @@ class TypeSettingsAdmin(admin.ModelAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "kind", "action_type", "title", "acknowledged_at"]
+    list_display = [
+        "created_at",
+        "kind",
+        "action_type",
+        "title",
+        "acknowledged_at",
+        "webhook_status",
+    ]
     list_filter = ["kind", "action_type"]
+    list_select_related = ["action_type", "webhook"]
 
 
 @admin.register(Brake)

@@ -10,7 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from approvals.models import ActionType, Proposal, Rule
+from approvals.models import ActionType, OutboxMessage, Proposal, Rule
 
 _UNIT = [MinValueValidator(0.0), MaxValueValidator(1.0)]
 
@@ -76,10 +76,10 @@ class Alert(models.Model):
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    webhook_status = models.CharField(max_length=200, blank=True)
-    webhook_attempts = models.PositiveSmallIntegerField(default=0)
-    # When the webhook is (re)sent next; empty once delivered, given up, or with no webhook.
-    webhook_next_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # The alert's webhook in approvals' outbox, written with the alert; empty without a webhook.
+    webhook = models.OneToOneField(
+        OutboxMessage, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -93,6 +93,25 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    @property
+    def webhook_status(self) -> str:
+        """What became of the webhook, in a few words ('' without one)."""
+        message = self.webhook
+        if message is None:
+            return ""
+        if message.status == OutboxMessage.Status.DELIVERED:
+            return (
+                "delivered" if message.attempts <= 1 else f"delivered (attempt {message.attempts})"
+            )
+        if message.status == OutboxMessage.Status.FAILED:
+            return f"failed: {message.last_error}"
+        if message.locked_until is not None and message.locked_until > timezone.now():
+            return f"sending (attempt {message.attempts})"
+        if message.attempts == 0:
+            return "queued"
+        retry = f"attempt {message.attempts + 1} at {message.next_attempt_at:%H:%M:%S} UTC"
+        return f"{message.last_error}; {retry}" if message.last_error else retry
 
 
 class Brake(models.Model):

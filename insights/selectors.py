@@ -260,7 +260,9 @@ def agreement_series(
 
 
 def open_alerts(*, action_types: Iterable[ActionType] | None = None) -> list[Alert]:
-    alerts = Alert.objects.filter(acknowledged_at__isnull=True).select_related("action_type")
+    alerts = Alert.objects.filter(acknowledged_at__isnull=True).select_related(
+        "action_type", "webhook"
+    )
     if action_types is not None:
         alerts = alerts.filter(action_type__in=list(action_types))
     return list(alerts)
@@ -291,7 +293,11 @@ def type_overview(*, action_type: ActionType, now: datetime | None = None) -> di
         "suggestion": threshold_suggestion(in_span, target=config.error_target),
         "audit": audit_estimate(action_type=action_type, since=start),
         "brake": engaged_brake(action_type.pk),
-        "alerts": list(Alert.objects.filter(action_type=action_type)[:20]),
+        "alerts": list(
+            Alert.objects.filter(action_type=action_type).select_related("action_type", "webhook")[
+                :20
+            ]
+        ),
         "drafts": list(
             RuleDraft.objects.filter(action_type=action_type).select_related("rule")[:5]
         ),

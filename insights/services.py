@@ -1,5 +1,6 @@
-"""Writes: the periodic check (drift and brake), lifting a brake, acknowledging alerts,
-per-type settings, and drafting a shadow rule from a threshold suggestion."""
+"""Writes: the periodic check (drift and brake), raising an alert with its webhook, lifting a
+brake, acknowledging alerts, per-type settings, and drafting a shadow rule from a threshold
+suggestion."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from approvals import backtest
+from approvals import backtest, outbox
 from approvals import services as approvals_services
 from approvals.models import ActionType, AuditEvent, Rule
 from approvals.rules import RuleSpec
@@ -82,28 +82,29 @@ def drift_check(*, action_type: ActionType, now: datetime) -> list[Alert]:
         )
         if recent.exists():
             continue
-        alert = Alert.objects.create(
-            kind=Alert.Kind.DRIFT,
-            action_type=action_type,
-            model=model,
-            prompt_version=prompt,
-            title=(
-                f"Agreement on {action_type.key} ({model or 'no model'}, "
-                f"{prompt or 'no prompt version'}) fell from {was.rate:.0%} to {now_rate.rate:.0%}"
-            ),
-            data={
-                "previous": was.as_dict(),
-                "recent": now_rate.as_dict(),
-                "p_value": p,
-                "window_seconds": window.total_seconds(),
-                "at": now.isoformat(),
-            },
-            created_at=now,
-        )
-        AuditEvent.objects.create(
-            kind="insight.drift", actor="system", data={"alert": alert.pk, "title": alert.title}
-        )
-        _send_webhook(alert)
+        with transaction.atomic():
+            alert = alert_raise(
+                kind=Alert.Kind.DRIFT,
+                action_type=action_type,
+                model=model,
+                prompt_version=prompt,
+                title=(
+                    f"Agreement on {action_type.key} ({model or 'no model'}, "
+                    f"{prompt or 'no prompt version'}) fell from {was.rate:.0%} "
+                    f"to {now_rate.rate:.0%}"
+                ),
+                data={
+                    "previous": was.as_dict(),
+                    "recent": now_rate.as_dict(),
+                    "p_value": p,
+                    "window_seconds": window.total_seconds(),
+                    "at": now.isoformat(),
+                },
+                at=now,
+            )
+            AuditEvent.objects.create(
+                kind="insight.drift", actor="system", data={"alert": alert.pk, "title": alert.title}
+            )
         raised.append(alert)
     return raised
 
@@ -144,12 +145,12 @@ def brake_check(*, action_type: ActionType, now: datetime) -> Brake | None:
                 audited=errors.n,
                 target=config.error_target,
             )
-            alert = Alert.objects.create(
+            alert_raise(
                 kind=Alert.Kind.BRAKE,
                 action_type=action_type,
                 title=f"Automatic approval of {action_type.key} is suspended: {reason}",
                 data={"brake": brake.pk, "errors": errors.as_dict(), "lower_bound": low},
-                created_at=now,
+                at=now,
             )
             AuditEvent.objects.create(
                 kind="insight.brake_engaged",
@@ -160,7 +161,6 @@ def brake_check(*, action_type: ActionType, now: datetime) -> Brake | None:
         return None  # another check engaged it first
     gate.forget()
     transaction.on_commit(gate.forget)
-    _send_webhook(alert)
     return brake
 
 
@@ -269,18 +269,50 @@ def rule_draft(*, action_type: ActionType, threshold: float, user: User) -> Rule
     )
 
 
-def _send_webhook(alert: Alert) -> None:
-    """Queue `insight.drift` / `insight.brake` for the alert just created, in its transaction.
+def alert_raise(
+    *,
+    kind: str,
+    action_type: ActionType,
+    title: str,
+    data: dict[str, Any],
+    at: datetime,
+    model: str = "",
+    prompt_version: str = "",
+) -> Alert:
+    """Record an alert and, with INSIGHTS_WEBHOOK_URL and _SECRET set, its webhook.
 
-    Sent after commit; a failed delivery is retried with backoff (`alert_webhooks_redeliver`,
-    on the beat) up to INSIGHTS_WEBHOOK_MAX_ATTEMPTS, always with the same webhook-id, so a
-    receiver applies it once.
+    The webhook is a row of approvals' outbox written in this transaction (so it exists exactly
+    when the alert does) and sent after commit by the outbox's delivery: a compare-and-set
+    lease, attempts with backoff and jitter (at least Retry-After), up to
+    INSIGHTS_WEBHOOK_MAX_ATTEMPTS, the same webhook-id `insight_<alert id>` every time, a 410
+    ends it (and disables the URL), and the outbox's reconciler re-sends what a crash left.
+    The URL and body are fixed now; the secret is read when it is sent (`webhook_secrets`).
     """
-    if not settings.INSIGHTS_WEBHOOK_URL or not settings.INSIGHTS_WEBHOOK_SECRET:
-        return
-    Alert.objects.filter(pk=alert.pk).update(webhook_next_at=alert.created_at)
-    alert_id = alert.pk
-    transaction.on_commit(lambda: alert_webhook_deliver(alert_id=alert_id), robust=True)
+    with transaction.atomic():
+        alert = Alert.objects.create(
+            kind=kind,
+            action_type=action_type,
+            model=model,
+            prompt_version=prompt_version,
+            title=title,
+            data=data,
+            created_at=at,
+        )
+        if settings.INSIGHTS_WEBHOOK_URL and settings.INSIGHTS_WEBHOOK_SECRET:
+            alert.webhook = outbox.webhook_record(
+                event=f"insight.{alert.kind}",
+                webhook_id=f"insight_{alert.pk}",
+                target=settings.INSIGHTS_WEBHOOK_URL,
+                body=_alert_body(alert),
+                max_attempts=settings.INSIGHTS_WEBHOOK_MAX_ATTEMPTS,
+            )
+            alert.save(update_fields=["webhook"])
+    return alert
+
+
+def webhook_secrets() -> list[str]:
+    """What signs an alert webhook when it is sent (registered with the outbox in apps.py)."""
+    return [settings.INSIGHTS_WEBHOOK_SECRET] if settings.INSIGHTS_WEBHOOK_SECRET else []
 
 
 def _alert_body(alert: Alert) -> dict[str, Any]:
@@ -296,64 +328,3 @@ def _alert_body(alert: Alert) -> dict[str, Any]:
             **alert.data,
         },
     }
-
-
-def alert_webhook_deliver(*, alert_id: int, now: datetime | None = None) -> str | None:
-    """Send one alert's webhook if it is due; record the outcome and when to retry.
-
-    Taken by a compare-and-set on `webhook_next_at` (moved past the send's timeout), so two
-    workers never send it at once, and a worker that dies mid-send leaves it due again later.
-    Returns the recorded status, or None when the alert was not due (or not this caller's).
-    """
-    from foundation import webhooks
-
-    url, secret = settings.INSIGHTS_WEBHOOK_URL, settings.INSIGHTS_WEBHOOK_SECRET
-    now = now or timezone.now()
-    timeout = settings.EXECUTION_TIMEOUT.total_seconds()
-    lease = now + timedelta(seconds=timeout + 30)
-    taken = Alert.objects.filter(pk=alert_id, webhook_next_at__lte=now).update(
-        webhook_next_at=lease, webhook_attempts=F("webhook_attempts") + 1
-    )
-    if not taken:
-        return None
-    alert = Alert.objects.select_related("action_type").get(pk=alert_id)
-    attempts = alert.webhook_attempts
-    next_at: datetime | None = None
-    if not url or not secret:
-        status = "not sent: INSIGHTS_WEBHOOK_URL or _SECRET is no longer set"
-    else:
-        raw = webhooks.encode(_alert_body(alert))
-        headers = webhooks.signed_headers(secrets=[secret], msg_id=f"insight_{alert.pk}", body=raw)
-        retry_after = None
-        try:
-            response = webhooks.post(url=url, body=raw, headers=headers, timeout=timeout)
-            code: int | None = response.status_code
-            status = str(code)
-            retry_after = response.retry_after
-        except Exception as exc:  # the alert is recorded either way; the page shows it
-            log.warning("insight webhook to %s failed: %s", url, exc)
-            code, status = None, f"error: {exc}"
-        if code is not None and 200 <= code < 300:
-            pass
-        elif code == 410:
-            status = "410: the receiver is gone; not retried"
-        elif attempts >= settings.INSIGHTS_WEBHOOK_MAX_ATTEMPTS:
-            status = f"{status}; gave up after {attempts} attempts"
-        else:
-            next_at = now + webhooks.backoff(attempts, retry_after=retry_after)
-            status = f"{status}; attempt {attempts + 1} at {next_at:%H:%M:%S} UTC"
-    Alert.objects.filter(pk=alert_id, webhook_next_at=lease).update(
-        webhook_status=status[:200], webhook_next_at=next_at
-    )
-    return status
-
-
-def alert_webhooks_redeliver(*, now: datetime | None = None, limit: int = 100) -> int:
-    """Retry the alert webhooks that are due (beat); how many were sent."""
-    now = now or timezone.now()
-    due = list(
-        Alert.objects.filter(webhook_next_at__lte=now)
-        .order_by("webhook_next_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-    return sum(alert_webhook_deliver(alert_id=pk, now=now) is not None for pk in due)

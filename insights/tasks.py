@@ -1,4 +1,5 @@
-"""The periodic insights job (scheduled in config/celery.py)."""
+"""The periodic insights job (scheduled in config/celery.py). Alert webhooks have no task of
+their own: they are outbox rows, delivered and reconciled by approvals' tasks."""
 
 from __future__ import annotations
 
@@ -10,8 +11,3 @@ from insights import services
 def check() -> int:
     result = services.insights_check()
     return len(result.alerts) + len(result.brakes)
-
-
-@app.task(name="insights.redeliver_webhooks")
-def redeliver_webhooks() -> int:
-    return services.alert_webhooks_redeliver()

@@ -58,9 +58,9 @@ REVIEW_SLA_BREACHES = Counter(
 # --- execution ---------------------------------------------------------------------------------
 DELIVERY_ATTEMPTS = Counter(
     "gatehouse_delivery_attempts",
-    "Attempts to deliver an outbox message: kind execute (webhook or callable executor) or "
-    "callback (decision callback); result succeeded, retry (failed, will retry) or failed "
-    "(failed, given up)",
+    "Attempts to deliver an outbox message: kind execute (webhook or callable executor), "
+    "callback (decision callback) or webhook (an app's own, no proposal: insights alerts); "
+    "result succeeded, retry (failed, will retry) or failed (failed, given up)",
     ["kind", "result"],
 )
 EXECUTIONS_FAILED = Counter(
@@ -106,7 +106,7 @@ SCRAPE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("action_type",),
     ),
     "gatehouse_outbox_backlog": (
-        "Outbox messages (executions and callbacks) not yet delivered",
+        "Outbox messages (executions, callbacks, alert webhooks) not yet delivered",
         ("kind",),
     ),
     "gatehouse_outbox_oldest_age_seconds": (

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
 
 from approvals.models import ActionType, Proposal, Service, payload_hash
+from config.celery import app
 from insights.models import AuditSample
 from tests.conftest import ServiceClient
 
@@ -62,3 +63,14 @@ def plant(shop: ServiceClient, refund_type: ActionType) -> Callable[..., list[Pr
         return rows
 
     return make
+
+
+@pytest.fixture
+def eager_tasks() -> Iterator[None]:
+    """Tasks run where they are sent: an alert's webhook is attempted in this process when its
+    transaction commits, through the outbox's own task (a retry Celery would hold for its
+    countdown runs at once too, and finds the message not yet due)."""
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous

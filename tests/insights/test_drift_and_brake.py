@@ -75,7 +75,11 @@ def test_too_few_verdicts_raise_no_alert_however_large_the_drop(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_drift_alert_is_sent_as_a_signed_webhook(
-    plant: Callable[..., Any], refund_type: ActionType, daily: None, settings: Any
+    plant: Callable[..., Any],
+    refund_type: ActionType,
+    daily: None,
+    settings: Any,
+    eager_tasks: None,
 ) -> None:
     receiver = Receiver().start()
     try:
@@ -95,7 +99,7 @@ def test_the_drift_alert_is_sent_as_a_signed_webhook(
         alert = Alert.objects.get()
         assert delivery.webhook_id == f"insight_{alert.pk}"
         assert wait_until(
-            lambda: Alert.objects.get().webhook_status == "200", timeout=5, what="status"
+            lambda: Alert.objects.get().webhook_status == "delivered", timeout=5, what="status"
         )
     finally:
         receiver.stop()
