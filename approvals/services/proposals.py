@@ -135,6 +135,10 @@ def proposal_submit(
                     replay = None
                     if idempotency_key is not None:
                         replay = _idempotent_replay(service, idempotency_key, request_hash)
+                    if replay is not None:
+                        # What deciding wrote for the proposal that will not be (an audit
+                        # sample) goes with it: the replay commits nothing.
+                        transaction.set_rollback(True)
                     result = replay or _record_proposal(new)
             if alone:
                 # The decision read nothing (no lock, no velocity figures) and the proposal with
