@@ -8,6 +8,7 @@ commit, so the order inside the statement does not matter. Elsewhere, one INSERT
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -146,10 +147,68 @@ def insert_rows(*batches: Sequence[Model]) -> None:
         params = tuple(p for _, ps in ctes for p in ps)
     with _server_binding_cursor() as cursor:
         cursor.execute(sql + main_sql, params + main_params)
+    _saved(batches)
+
+
+def _saved(batches: Sequence[Sequence[Model]]) -> None:
     for batch in batches:
         for row in batch:
             row._state.adding = False
             row._state.db = connection.alias
+
+
+# The same INSERT with each value cast to its column's type (the type without its length, so a
+# too-long value still fails as it does in VALUES): a guarded insert selects its rows, and a
+# parameter PostgreSQL has to infer the type of is inferred as text in a SELECT.
+_typed_values: dict[type[Model], str] = {}
+
+
+def _typed_row(model: type[Model]) -> str:
+    row = _typed_values.get(model)
+    if row is None:
+        fields = [
+            f
+            for f in model._meta.concrete_fields
+            if not (f.primary_key and isinstance(f, AutoField))
+        ]
+        casts = [re.sub(r"\(.*\)", "", f.db_type(connection) or "") for f in fields]
+        row = _typed_values[model] = "(" + ", ".join(f"%s::{cast}" for cast in casts) + ")"
+    return row
+
+
+def insert_rows_if(
+    guard: str, guard_params: Sequence[Any], allows: str, *batches: Sequence[Model]
+) -> tuple[bool, tuple[Any, ...]]:
+    """Insert every row of every batch only if the guard allows it: one statement (PostgreSQL).
+
+    `guard` is a SELECT of one row, evaluated once before any row is written (a CTE named
+    `guard`, materialized: a lock it takes is taken once); `allows` is a boolean expression over
+    its columns. Run outside a transaction the statement is its own: a transaction-scoped lock
+    the guard takes is held until every row is in. Returns whether the rows went in and the
+    guard's row; rows as in `insert_rows`.
+    """
+    batches = tuple(batch for batch in batches if batch)
+    ctes = [f"guard AS MATERIALIZED ({guard})"]
+    params: list[Any] = list(guard_params)
+    for index, batch in enumerate(batches):
+        sql, batch_params = _insert_sql(batch)
+        head = sql.split(" VALUES ", 1)[0]
+        rows = ", ".join([_typed_row(type(batch[0]))] * len(batch))
+        # Names from the models and the caller's SQL; every value is a parameter.
+        ctes.append(
+            f"w{index} AS ({head} SELECT * FROM (VALUES {rows}) AS v "  # noqa: S608
+            f"WHERE (SELECT {allows} FROM guard))"
+        )
+        params.extend(batch_params)
+    with _server_binding_cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(ctes)} SELECT ({allows}), * FROM guard", params)  # noqa: S608
+        result = cursor.fetchone()
+    if result is None:
+        raise ValueError("the guard of insert_rows_if returned no row")
+    inserted, *row = result
+    if inserted:
+        _saved(batches)
+    return bool(inserted), tuple(row)
 
 
 def transaction_started() -> bool:

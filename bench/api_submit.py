@@ -210,6 +210,7 @@ def main() -> None:
             wrk_post(url, BODY, seconds=2, connections=args.connections, **extra)  # type: ignore[arg-type]
         best: dict[str, dict[str, float]] = {}
         ratios: dict[str, list[float]] = {}
+        p99_ratios: dict[str, list[float]] = {}
         # The CPU of each run: that server's processes and its database's backends only.
         on_bare = {**common, "database": bare_database, "sessions": {SESSIONS[bare]}}
         on_app = {**common, "database": args.database, "sessions": {SESSIONS[base]}}
@@ -234,6 +235,7 @@ def main() -> None:
                     ratios.setdefault(f"{name.strip()} / {floor}", []).append(
                         run["rps"] / runs[floor]["rps"]
                     )
+                p99_ratios.setdefault(name, []).append(run["p99_ms"] / runs[bare_name]["p99_ms"])
 
     rows = list(best.items())
     print(
@@ -252,11 +254,55 @@ def main() -> None:
                 f"(rounds: {', '.join(f'{r:.2f}' for r in values)}); "
                 f"best / best {best[name]['rps'] / best[floor]['rps']:.2f}"
             )
+    for name in (api, new_key):
+        values = p99_ratios[name]
+        print(
+            f"p99 ratio {name.strip()} / {bare_name}: median of rounds "
+            f"{statistics.median(values):.2f} (rounds: {', '.join(f'{r:.2f}' for r in values)})"
+        )
     bad = sum(row["non2xx"] + row["socket_errors"] for _, row in rows)
+    print(
+        "targets (issue 16 item 3, stated for --rules 50 with Redis"
+        + ("" if args.rules == 50 and args.redis_url else "; NOT this run's set-up")
+        + "), medians of rounds against the bare floor:"
+    )
+    for line in verdicts(
+        ratios[f"{api} / {bare_name}"],
+        p99_ratios[api],
+        ratios[f"{new_key.strip()} / {bare_name}"],
+        failed=bad,
+    ):
+        print("  " + line)
     if bad:
         print(f"WARNING: {bad:.0f} requests failed (non-2xx or socket errors)")
     if args.json:
-        print(json.dumps({"best": best, "round_ratios": ratios, "probes": probes}))
+        print(
+            json.dumps(
+                {"best": best, "round_ratios": ratios, "p99_ratios": p99_ratios, "probes": probes}
+            )
+        )
+
+
+# Issue 16 item 3: (what, the figure's median across rounds, the bound, whether it is a floor).
+TARGETS = (
+    ("submit throughput / floor's", 0.5, True),
+    ("submit p99 / floor's p99", 2.0, False),
+    ("new Idempotency-Key throughput / floor's", 0.4, True),
+)
+
+
+def verdicts(
+    submit: list[float], submit_p99: list[float], new_key: list[float], *, failed: float = 0
+) -> list[str]:
+    """One line per target of issue 16 item 3: the median of the round ratios, the bound, and
+    met / MISSED (every target is missed when any request failed: its figure is not a submit's)."""
+    lines = []
+    for (what, bound, at_least), values in zip(TARGETS, (submit, submit_p99, new_key), strict=True):
+        median = statistics.median(values)
+        met = (median >= bound if at_least else median <= bound) and not failed
+        sign = "≥" if at_least else "≤"
+        lines.append(f"{what}: {median:.2f} (target {sign} {bound}): {'met' if met else 'MISSED'}")
+    return lines
 
 
 def profile_stages(args: argparse.Namespace, env: dict[str, str], key: str) -> None:

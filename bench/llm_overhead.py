@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--database", default=DATABASE)
     parser.add_argument("--skip-imports", action="store_true", help="skip the import timings")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even if installed")
+    parser.add_argument("--fake-port", type=int, default=FAKE_PORT, help="the fake provider's")
+    parser.add_argument("--port", type=int, default=PROXY_PORT, help="Gatehouse's")
     args = parser.parse_args()
 
     redis_url = os.environ.get("REDIS_URL", "")
@@ -98,17 +100,17 @@ def main() -> None:
         env["REDIS_URL"] = redis_url
     os.environ.clear()
     os.environ.update(env, DJANGO_SETTINGS_MODULE="config.settings")
-    os.environ.setdefault("BENCH_PORT", str(PROXY_PORT))
+    os.environ.setdefault("BENCH_PORT", str(args.port))
     fresh_database(args.database)
     manage(env, "migrate", "--noinput")
 
     fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.llmcalls.fake_provider", str(FAKE_PORT), "900"],
+        [sys.executable, "-m", "tests.llmcalls.fake_provider", str(args.fake_port), "900"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(FAKE_PORT, fake)
+        wait_for_port(args.fake_port, fake)
         with serve(env, server=args.server, workers=2, threads=8) as base:
             print(f"Gatehouse on {args.server} (2 workers, 8 threads) at {base}")
             run(args, base)
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
     from llmcalls import client, services
     from llmcalls.models import LLMCall, ModelPrice
 
-    base_url = f"http://127.0.0.1:{FAKE_PORT}/bench/v1"
+    base_url = f"http://127.0.0.1:{args.fake_port}/bench/v1"
     services.provider_upsert(name="bench", base_url=base_url, api_key_env="")
     ModelPrice.objects.get_or_create(
         model="ok",

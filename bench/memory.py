@@ -1,16 +1,19 @@
 """Memory over 100,000 requests: RSS of each web and worker process, and whether it still grows.
 
-    .venv/bin/python bench/memory.py [--requests 100000] [--every 10000] [--max-seconds 1200]
+    .venv/bin/python bench/memory.py [--requests 100000] [--every 5000] [--max-seconds 900]
 
 The production processes on a fresh PostgreSQL database and Redis: the Procfile's `web:`
 (granian WSGI, 2 workers x 8 threads) and a Celery worker (prefork, 2 processes) executing the
-approved proposals by webhook to a receiver on loopback. `--threads` client threads (keep-alive
-connections) send a mix: 40% submits (half of them approved by a rule and executed by the
-worker, half left pending), 45% API reads (one proposal, a page of the list), 15% reviewer pages
-(the queue, the history, a proposal's page, signed in). Every `--every` requests it prints the
-RSS of every process of both, and at the end the slope of each process's RSS over the last half
-of the run (least squares, MB per 10,000 requests) and the verdict: no growth when the fitted
-growth over that half is within 2 MB or 2% of the process's RSS, whichever is larger.
+approved proposals by webhook to a receiver on loopback. wrk (`--connections` keep-alive
+connections, 2 threads, a Lua script) sends a mix: 40% submits (half of them approved by a rule
+and executed by the worker, half left pending), 45% API reads (one proposal, a page of the
+list), 15% reviewer pages (the queue, the history, a proposal's page, signed in); a warm-up of
+200 requests from Python first checks every kind answers 2xx and collects proposals to read.
+wrk runs in stretches of about `--every` requests (timed from the rate so far); after each it
+prints the RSS of every process of both, and at the end the slope of each process's RSS over
+the last half of the run (least squares, MB per 10,000 requests) and the verdict: no growth
+when the fitted growth over that half is within 2 MB or 2% of the process's RSS, whichever is
+larger. `--max-seconds` bounds the run; wrk's failures (non-2xx, socket errors) are counted.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -152,14 +157,85 @@ class Load:
                     self.failed["socket"] = self.failed.get("socket", 0) + 1
 
 
+MIX_SCRIPT = """
+local threads = {}
+local tid = 0
+local counter = 0
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(tid * 7919 + os.time())
+end
+local api = {["Authorization"] = AUTH}
+local json = {["Authorization"] = AUTH, ["Content-Type"] = "application/json"}
+local page = {["Cookie"] = COOKIE, ["Accept"] = "text/html"}
+local pages = {"/", "/history/"}
+request = function()
+  counter = counter + 1
+  local draw = math.random()
+  if draw < 0.4 then
+    local amount = "420.0"
+    if math.random() < 0.5 then amount = "42.5" end  -- approved and executed, or pending
+    local body = string.format(
+      '{"action_type":"refund.issue","payload":{"order_id":"ORD-%d","amount":%s,'
+      .. '"currency":"EUR"},"confidence":0.95,"summary":"Refund a late parcel",'
+      .. '"rationale":"%s","external_id":"%s-%d-%d"}',
+      math.random(1000000), amount, RATIONALE, RUN, tid, counter)
+    return wrk.format("POST", "/api/v1/proposals", json, body)
+  elseif draw < 0.6 then
+    return wrk.format("GET", "/api/v1/proposals/" .. IDS[math.random(#IDS)], api)
+  elseif draw < 0.85 then
+    return wrk.format("GET", "/api/v1/proposals?limit=20", api)
+  end
+  local path = "/proposals/" .. IDS[math.random(#IDS)] .. "/"
+  if math.random() < 2 / 3 then path = pages[math.random(2)] end
+  return wrk.format("GET", path, page)
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "WRKJSON {\\"requests\\":%d,\\"failed\\":%d}\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_mix(
+    port: int, key: str, session: str, ids: list[str], seconds: float, connections: int
+) -> tuple[int, int]:
+    """The mix for `seconds` through wrk; (requests, failed)."""
+    script = (
+        f"AUTH = 'Bearer {key}'\nCOOKIE = 'sessionid={session}'\nRUN = '{time.time_ns()}'\n"
+        f"RATIONALE = '{'The carrier tracking shows a late delivery. ' * 4}'\n"
+        f"IDS = {{{', '.join(repr(i) for i in ids)}}}\n" + MIX_SCRIPT
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        result = subprocess.run(
+            ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+             "--timeout", "30s", "-s", handle.name, f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        )  # fmt: skip
+    finally:
+        os.unlink(handle.name)
+    match = re.search(r"WRKJSON (\{.*\})", result.stdout)
+    if not match:
+        raise SystemExit(f"could not read wrk's output:\n{result.stdout}\n{result.stderr}")
+    counts = json.loads(match.group(1))
+    return int(counts["requests"]), int(counts["failed"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--every", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--max-seconds", type=float, default=1200)
+    parser.add_argument("--every", type=int, default=5_000)
+    parser.add_argument("--connections", type=int, default=16, help="wrk's keep-alive connections")
+    parser.add_argument("--max-seconds", type=float, default=900)
     parser.add_argument("--database", default="gh_perf_memory")
     parser.add_argument("--redis-db", type=int, default=8)
     args = parser.parse_args()
@@ -209,8 +285,8 @@ def main() -> None:
         load = Load(port, key, session, [])
         # A few proposals to read, then warm up (imports, caches, pools) before the first sample.
         load.run(until=200, deadline=time.monotonic() + 120, seed=0)
-        if not load.ids:
-            raise SystemExit(f"no submit succeeded: {load.failed}")
+        if not load.ids or load.failed:
+            raise SystemExit(f"the warm-up failed: {load.failed}, {len(load.ids)} submits")
         load.sent, load.failed = 0, {}
         groups = {"web": SESSIONS[base], "worker": worker.pid}
         history: dict[tuple[str, int], list[tuple[int, float]]] = {}
@@ -231,19 +307,21 @@ def main() -> None:
             print(f"{load.sent:9d} {time.monotonic() - started:6.0f}  " + "  ".join(cells))
 
         sample()
-        for target in range(args.every, args.requests + 1, args.every):
-            threads = [
-                threading.Thread(target=load.run, args=(target, deadline, target * 100 + i))
-                for i in range(args.threads)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            sample()
-            if time.monotonic() >= deadline:
+        failed = 0
+        rate = 100.0  # requests a second, until the first stretch measures it
+        while load.sent < args.requests:
+            left = deadline - time.monotonic()
+            if left < 1:
                 print(f"stopped at --max-seconds ({args.max_seconds:.0f} s)")
                 break
+            wanted = min(args.every, args.requests - load.sent)
+            seconds = min(left, max(1.0, wanted / rate))
+            stretch = time.monotonic()
+            sent, bad = wrk_mix(port, key, session, load.ids, seconds, args.connections)
+            rate = sent / (time.monotonic() - stretch)
+            load.sent += sent
+            failed += bad
+            sample()
         elapsed = time.monotonic() - started
         from approvals.models import Proposal
 
@@ -254,13 +332,23 @@ def main() -> None:
     print(
         f"\n{load.sent} requests in {elapsed:.0f} s ({load.sent / elapsed:.0f}/s), load after: "
         f"{os.getloadavg()}; proposals executed {executed}, pending {pending}; "
-        f"failures: {load.failed or 'none'}"
+        f"failed (non-2xx or socket errors): {failed}"
     )
     print(f"RSS over the last {load.sent - half:.0f} requests (least squares):")
-    verdicts = []
+    print(f"verdict: {verdict(history, load.sent, args.requests)}")
+
+
+def verdict(history: dict[tuple[str, int], list[tuple[int, float]]], sent: int, wanted: int) -> str:
+    """Each process's fitted growth over the second half of the run, printed, and the verdict:
+    established only when the run reached `wanted` requests and every process has at least
+    three samples in that half."""
+    half = sent / 2
+    verdicts: list[bool | None] = []
     for (name, pid), points in history.items():
         tail = [(x, y) for x, y in points if x >= half]
         if len(tail) < 3:
+            print(f"  {name} pid {pid}: {len(tail)} samples in the second half, too few to fit")
+            verdicts.append(None)
             continue
         per_10k = slope(tail) * 10_000
         growth = slope(tail) * (tail[-1][0] - tail[0][0])
@@ -272,7 +360,11 @@ def main() -> None:
             f"{per_10k:+.2f} MB per 10,000 requests, fitted growth {growth:+.1f} MB "
             f"(allowed {allowed:.1f}): {'no growth' if flat else 'GROWS'}"
         )
-    print(f"verdict: {'no growth in any process' if all(verdicts) else 'GROWTH FOUND'}")
+    if False in verdicts:
+        return "GROWTH FOUND"
+    if sent < wanted or None in verdicts or not verdicts:
+        return f"NOT ESTABLISHED (reached {sent} of {wanted} requests; no growth seen so far)"
+    return f"no growth in any process over the last {sent - half:.0f} of {sent} requests"
 
 
 if __name__ == "__main__":

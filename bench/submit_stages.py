@@ -172,6 +172,10 @@ def instrument(stages: Stages) -> list[str]:
             "approvals.services.submit:_record_proposal",
             "approvals.services:_record_proposal",
         ],
+        # A new key's lock, check and insert are one statement (bulk.insert_rows_if).
+        "insert: with the key's lock and check": [
+            "approvals.services.proposals:_record_keyed_proposal"
+        ],
         "idempotency": [
             "approvals.services.proposals:_idempotent_replay",
             "approvals.services.submit:_idempotent_replay",

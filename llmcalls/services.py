@@ -387,15 +387,13 @@ def _insert(call: LLMCall, conn: Any, *, durable: bool) -> None:
     if durable or conn.vendor != "postgresql" or not conn.get_autocommit():
         compiler.execute_sql(returning_fields=None)
         return
-    # Four short round trips (BEGIN, SET LOCAL, INSERT, COMMIT) cost less than one WAL flush.
-    conn.set_autocommit(False)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        compiler.execute_sql(returning_fields=None)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.set_autocommit(True)
+    # One statement, its own transaction: its RETURNING turns synchronous_commit off for that
+    # transaction only (set_config's is_local), before it commits, so the commit does not wait
+    # for the WAL flush; the setting ends with it. (It was BEGIN, SET LOCAL, INSERT and COMMIT:
+    # four round trips.)
+    [(sql, params)] = compiler.as_sql()
+    with conn.cursor() as cursor:
+        cursor.execute(f"{sql} {_ASYNC_COMMIT}", params)
+
+
+_ASYNC_COMMIT = "RETURNING set_config('synchronous_commit', 'off', true)"

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from django.apps import apps
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from approvals import (
@@ -20,7 +20,7 @@ from approvals import (
     outbox,
     schemas_cache,
 )
-from approvals.locks import try_advisory_xact_lock
+from approvals.locks import advisory_lock_key, try_advisory_xact_lock
 from approvals.models import (
     ActionType,
     AuditEvent,
@@ -129,20 +129,30 @@ def proposal_submit(
     with tracing.span("gatehouse.proposal.submit", {"gatehouse.service": service.name}) as span:
         try:
             with transaction.atomic():
-                if idempotency_key is not None:
-                    replay = _idempotent_replay(service, idempotency_key, request_hash)
-                    if replay is not None:
-                        tracing.set_attributes(span, {"gatehouse.replayed": True})
-                        return replay
                 new = _decide_proposal(service, action_type, data, idempotency_key, request_hash)
                 alone = new.insert_is_all and not bulk.transaction_started()
                 if not alone:
-                    result = _record_proposal(new)
+                    replay = None
+                    if idempotency_key is not None:
+                        replay = _idempotent_replay(service, idempotency_key, request_hash)
+                    if replay is not None:
+                        # What deciding wrote for the proposal that will not be (an audit
+                        # sample) goes with it: the replay commits nothing.
+                        transaction.set_rollback(True)
+                    result = replay or _record_proposal(new)
             if alone:
                 # The decision read nothing (no lock, no velocity figures) and the proposal with
                 # its audit events, one INSERT statement, is all there is to write: on its own
-                # that statement is atomic, so it runs without BEGIN and COMMIT, one round trip.
-                result = _record_proposal(new)
+                # that statement is atomic, so it runs without BEGIN and COMMIT, one round trip;
+                # with an idempotency key the statement takes the key's lock and checks the key
+                # is new before it writes anything (_record_keyed_proposal).
+                if idempotency_key is None:
+                    result = _record_proposal(new)
+                else:
+                    result = _record_keyed_proposal(new, idempotency_key)
+            if result.replayed:
+                tracing.set_attributes(span, {"gatehouse.replayed": True})
+                return result
         except IntegrityError:
             # Only the idempotency constraint can collide here: another request won the race.
             if idempotency_key is None:
@@ -180,12 +190,22 @@ def _observe_submit(proposal: Proposal, decision: AutoDecision, span: Any) -> No
     tracing.set_attributes(span, {f"gatehouse.{k}": v for k, v in context.items()})
 
 
+def _key_in_flight() -> Conflict:
+    return Conflict(
+        "A request with this Idempotency-Key is still being processed; retry shortly.",
+        code="idempotency-key-in-flight",
+    )
+
+
 def _idempotent_replay(service: Service, key: str, request_hash: str) -> SubmitResult | None:
+    """Inside the submit's transaction: take the key's lock (409 when another request holds it),
+    then the first response for the key, if there is one."""
     if not try_advisory_xact_lock("idempotency", service.pk, key):
-        raise Conflict(
-            "A request with this Idempotency-Key is still being processed; retry shortly.",
-            code="idempotency-key-in-flight",
-        )
+        raise _key_in_flight()
+    return _first_response(service, key, request_hash)
+
+
+def _first_response(service: Service, key: str, request_hash: str) -> SubmitResult | None:
     first = Proposal.objects.filter(service=service, idempotency_key=key).first()
     if first is None:
         return None
@@ -209,10 +229,10 @@ class _NewProposal:
 
     @property
     def insert_is_all(self) -> bool:
-        """True when recording it is one INSERT: no idempotency key, no outbox row."""
-        return (
-            self.proposal.idempotency_key is None
-            and self.proposal.state not in outbox.CALLBACK_STATES
+        """True when recording it is one INSERT (guarded by its idempotency key, if it has one):
+        no outbox row, PostgreSQL (elsewhere the key is checked inside the transaction)."""
+        return self.proposal.state not in outbox.CALLBACK_STATES and (
+            self.proposal.idempotency_key is None or connection.vendor == "postgresql"
         )
 
 
@@ -256,44 +276,87 @@ def _decide_proposal(
 
 
 def _record_proposal(new: _NewProposal) -> SubmitResult:
+    proposal = new.proposal
+    bulk.insert_rows([proposal], _first_events(new))
+    if proposal.state in outbox.CALLBACK_STATES:
+        outbox.outbox_record(proposal=proposal, to_state=proposal.state)
+    events.proposal_changed(
+        proposal.pk, proposal.action_type_id, created=True, llm_call_id=proposal.llm_call_id
+    )
+    return SubmitResult(proposal=proposal, response=new.response, replayed=False)
+
+
+# One statement, outside any transaction (so its own): the key's transaction-scoped lock, held
+# until the rows are in, and whether a proposal has the key already, read after the lock.
+_KEY_GUARD = (
+    "SELECT pg_try_advisory_xact_lock(%s) AS locked, EXISTS (SELECT 1 FROM approvals_proposal "
+    "WHERE service_id = %s AND idempotency_key = %s) AS taken"
+)
+
+
+def _record_keyed_proposal(new: _NewProposal, key: str) -> SubmitResult:
+    """A proposal with an idempotency key in one round trip, where the transaction of
+    `_idempotent_replay` takes five (BEGIN, the lock, the lookup, the insert, COMMIT).
+
+    The key's lock and the check that the key is new guard the INSERT of the proposal and its
+    audit events in the same statement. Taken: the first response is read (a replay, or 422 for
+    another body). Locked by another request: 409, as in the transaction. A first request that
+    commits between this statement's snapshot and its lock makes the INSERT collide with the
+    unique key (IntegrityError, 409 at the caller): the retry replays.
+    """
+    proposal = new.proposal
+    service = proposal.service
+    inserted, (locked, _taken) = bulk.insert_rows_if(
+        _KEY_GUARD,
+        (advisory_lock_key("idempotency", service.pk, key), service.pk, key),
+        "locked AND NOT taken",
+        [proposal],
+        _first_events(new),
+    )
+    if inserted:
+        events.proposal_changed(
+            proposal.pk, proposal.action_type_id, created=True, llm_call_id=proposal.llm_call_id
+        )
+        return SubmitResult(proposal=proposal, response=new.response, replayed=False)
+    if not locked:
+        raise _key_in_flight()
+    replay = _first_response(service, key, proposal.request_hash)
+    if replay is None:  # the first proposal is gone meanwhile (retention): try again
+        raise _key_in_flight()
+    return replay
+
+
+def _first_events(new: _NewProposal) -> list[AuditEvent]:
+    """The audit events of a new proposal: received, and routed to its state."""
     proposal, decision = new.proposal, new.decision
     routed_state, now = proposal.state, proposal.created_at
     # The row is invisible to everyone until it commits, so it is inserted in its routed
     # state; the audit trail still records both steps (in the same statement).
     actor = f"service:{proposal.service.name}"
-    bulk.insert_rows(
-        [proposal],
-        [
-            AuditEvent(
-                proposal=proposal,
-                kind="proposal.received",
-                to_state=State.RECEIVED,
-                actor=actor,
-                data={"payload_hash": proposal.payload_hash, "confidence": proposal.confidence},
-                created_at=now,
-            ),
-            AuditEvent(
-                proposal=proposal,
-                kind="proposal.routed",
-                from_state=State.RECEIVED,
-                to_state=routed_state,
-                actor=f"rule:{decision.rule}" if decision.rule else "policy",
-                data={
-                    "outcome": decision.outcome,
-                    "rule": decision.rule,
-                    "rule_version": decision.rule_version,
-                    "reason": decision.reason,
-                },
-                created_at=now,
-            ),
-        ],
-    )
-    if routed_state in outbox.CALLBACK_STATES:
-        outbox.outbox_record(proposal=proposal, to_state=routed_state)
-    events.proposal_changed(
-        proposal.pk, proposal.action_type_id, created=True, llm_call_id=proposal.llm_call_id
-    )
-    return SubmitResult(proposal=proposal, response=new.response, replayed=False)
+    return [
+        AuditEvent(
+            proposal=proposal,
+            kind="proposal.received",
+            to_state=State.RECEIVED,
+            actor=actor,
+            data={"payload_hash": proposal.payload_hash, "confidence": proposal.confidence},
+            created_at=now,
+        ),
+        AuditEvent(
+            proposal=proposal,
+            kind="proposal.routed",
+            from_state=State.RECEIVED,
+            to_state=routed_state,
+            actor=f"rule:{decision.rule}" if decision.rule else "policy",
+            data={
+                "outcome": decision.outcome,
+                "rule": decision.rule,
+                "rule_version": decision.rule_version,
+                "reason": decision.reason,
+            },
+            created_at=now,
+        ),
+    ]
 
 
 def _apply_auto_decision(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import DataError, IntegrityError, connection
 from django.db.models import AutoField, Model
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
@@ -152,12 +152,12 @@ def test_a_proposal_for_review_is_one_statement_without_begin_or_commit(
     [
         # A velocity rule reads approvals under a lock that must last until the insert commits.
         ("stats.approved_sum('payload.amount', '24h') > 1000.0", {}, "SELECT"),
-        # A key is looked up under a lock first, and the first response stored with the row.
-        ("payload.amount > 1000.0", {"Idempotency-Key": "k-1"}, "SELECT"),
         # An approval writes its outbox rows (callback, execution) with the proposal.
         ("payload.amount < 1000.0", {}, "WITH"),
+        # … and with a key, the key is looked up under its lock first, in the same transaction.
+        ("payload.amount < 1000.0", {"Idempotency-Key": "k-1"}, "SELECT"),
     ],
-    ids=["stats-rule", "idempotency-key", "approved"],
+    ids=["stats-rule", "approved", "approved-idempotency-key"],
 )
 def test_a_submit_that_reads_or_writes_more_keeps_its_transaction(
     shop: ServiceClient,
@@ -196,3 +196,72 @@ def test_a_failing_insert_leaves_neither_the_proposal_nor_its_events(
         bulk.insert_rows([proposal], events)  # autocommit: the statement alone is atomic
     assert not Proposal.objects.exists()
     assert not AuditEvent.objects.filter(proposal_id=proposal.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_proposal_with_a_new_idempotency_key_is_one_statement_too(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    make_rule("big", action_type=refund_type, when="payload.amount > 1000.0", outcome="reject")
+    submit(shop, 1.0, **{"Idempotency-Key": "warm"})
+    body = refund_body(payload={"order_id": "ORD-7", "amount": 5.0, "currency": "EUR"})
+    with LibpqTrace() as trace:
+        first = shop.post_json("/api/v1/proposals", body, **{"Idempotency-Key": "k-2"})
+    # The key's lock, the check that it is new, the proposal and its events: one statement.
+    assert trace.statements() == ["WITH"], trace.sent
+    assert "pg_try_advisory_xact_lock" in trace.sent[0]
+    assert first.status_code == 201
+    proposal = Proposal.objects.get(pk=uuid.UUID(first.json()["id"]))
+    assert (proposal.idempotency_key, proposal.first_response) == ("k-2", first.json())
+    assert list(proposal.events.values_list("kind", flat=True)) == [
+        "proposal.received",
+        "proposal.routed",
+    ]
+
+    with LibpqTrace() as trace:
+        replay = shop.post_json("/api/v1/proposals", body, **{"Idempotency-Key": "k-2"})
+    assert trace.statements() == ["WITH", "SELECT"], trace.sent  # nothing written, then the first
+    assert (replay.status_code, replay.json()) == (200, first.json())
+    other = refund_body(payload={"order_id": "ORD-8", "amount": 5.0, "currency": "EUR"})
+    reused = shop.post_json("/api/v1/proposals", other, **{"Idempotency-Key": "k-2"})
+    assert reused.status_code == 422
+    assert Proposal.objects.filter(idempotency_key="k-2").count() == 1
+    assert AuditEvent.objects.filter(proposal=proposal).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_guarded_insert_writes_nothing_unless_its_guard_allows(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    def rows(**fields: object) -> tuple[list[Proposal], list[AuditEvent]]:
+        proposal = Proposal(
+            id=uuid.uuid4(),
+            service=shop.service,
+            action_type=refund_type,
+            payload={"a": 1},
+            payload_hash="h",
+            confidence=0.5,
+            **{"summary": "s", **fields},
+        )
+        return [proposal], [AuditEvent(proposal=proposal, kind="k", actor="t")]
+
+    refused = rows()
+    assert bulk.insert_rows_if("SELECT false AS ok, 7 AS n", (), "ok", *refused) == (
+        False,
+        (False, 7),
+    )
+    assert not Proposal.objects.exists()
+    assert not AuditEvent.objects.filter(proposal_id=refused[0][0].pk).exists()
+    assert refused[0][0]._state.adding
+
+    allowed = rows(llm_call_id=None, decided_at=timezone.now(), required_approvals=2)
+    assert bulk.insert_rows_if("SELECT %s AS ok", (True,), "ok", *allowed) == (True, (True,))
+    stored = Proposal.objects.get()
+    assert (stored.payload, stored.required_approvals) == ({"a": 1}, 2)
+    assert AuditEvent.objects.filter(proposal=stored).count() == 1
+    assert not allowed[0][0]._state.adding
+
+    # Each value is cast to its column's type without the length: a long value is still refused.
+    with pytest.raises(DataError):
+        bulk.insert_rows_if("SELECT true AS ok", (), "ok", *rows(summary="x" * 201))
+    assert Proposal.objects.count() == 1

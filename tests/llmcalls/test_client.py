@@ -564,3 +564,42 @@ def test_a_log_write_that_fails_puts_the_record_in_the_log_instead(
     assert result.text
     assert "llm call log write failed" in caplog.text
     assert str(result.call_id) in caplog.text and "Is order 42 eligible" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_successful_call_is_logged_in_one_statement_that_commits_without_the_wal_flush(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    from django.db import connection
+
+    from tests.approvals.test_bulk import LibpqTrace
+
+    make_route("support", "primary/ok")
+    client.complete(feature="support", messages=MESSAGES)  # warm: the route, the price, the pool
+    LLMCall.objects.all().delete()
+    with LibpqTrace() as trace:
+        client.complete(feature="support", messages=MESSAGES)
+    writes = [sql for sql in trace.sent if sql.split(" ", 1)[0] in {"INSERT", "BEGIN", "COMMIT"}]
+    # No BEGIN, SET LOCAL and COMMIT around it: the INSERT is its own transaction, and turns off
+    # synchronous_commit for that transaction only, from its RETURNING, before it commits.
+    assert len(writes) == 1 and writes[0].startswith("INSERT"), trace.sent
+    assert "set_config('synchronous_commit', 'off', true)" in writes[0]
+    assert not any(sql.startswith("SET") for sql in trace.sent), trace.sent
+    assert only_call().status == "ok"
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"  # it did not outlive the statement
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_call_is_logged_with_a_durable_commit(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    from tests.approvals.test_bulk import LibpqTrace
+
+    make_route("support", "primary/500")
+    with LibpqTrace() as trace, pytest.raises(client.AllModelsFailed):
+        client.complete(feature="support", messages=MESSAGES)
+    inserts = [sql for sql in trace.sent if sql.startswith("INSERT")]
+    assert len(inserts) == 1 and "synchronous_commit" not in inserts[0], trace.sent
+    assert only_call().status == "error"
