@@ -484,6 +484,14 @@ def test_the_shipped_set_bounds_wrong_hits_below_one_percent() -> None:
     chosen = tuning.pick(rows, 0.01)
     assert chosen is not None and chosen.threshold == 0.9 and chosen.wrong == 0
     assert rows[0].wrong > 0  # lower thresholds do serve wrong answers: the bound matters
+    # The demo's route for such questions uses that threshold, with the demo model's embeddings.
+    from foundation import configfile
+
+    demo = configfile.parse((ROOT / "config" / "demo.yaml").read_text())
+    routes = {route.feature: route for route in demo["llm_routes"]}
+    cache = routes["support-faq"].semantic_cache
+    assert cache is not None and (cache.threshold, cache.serve) == (0.9, "approved_only")
+    assert [t.model for t in routes[cache.embedding_route].models] == ["demo-embedding"]
 
 
 def test_clopper_pearson_matches_the_closed_form_for_no_events() -> None:
