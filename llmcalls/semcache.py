@@ -16,17 +16,21 @@ every entry. Errors, refusals, truncated answers and tool calls are never stored
 Search without pgvector: each process keeps an index per key in memory, fed from the table
 (`changed_at` cursor, at most every LLM_SEMANTIC_REFRESH seconds, and at once for what the process
 writes itself). Per entry it holds the unit vector as float16 and a 256-bit sign sketch (random
-hyperplanes); a lookup ranks the key's servable entries by Hamming distance of the sketches
-(XOR and popcount over 32 bytes each), computes the exact cosine of the best CANDIDATES only, and
-then asks the table whether the best of those is still servable: the index may miss an entry
-another process just wrote, never serve one that was evicted.
+hyperplanes), the sketches column-major. A lookup computes the Hamming distance of the query's
+sketch to every servable entry of its key (four contiguous XOR-and-popcount passes), computes the
+exact cosine of the entries within `within(threshold)` bits only (at most CANDIDATES, the nearest),
+and then asks the table, in one statement by primary key, whether the best of those is still
+servable: the index may miss an entry another process just wrote, never serve one that was
+evicted or expired, whatever process evicted it and however stale this process's index is.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -36,7 +40,9 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import orjson
 from django.conf import settings
+from django.db import connection
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -46,9 +52,10 @@ from llmcalls.routing import RouteConfig, SemanticCache
 logger = logging.getLogger("llmcalls")
 
 SKETCH_BITS = 256
-CANDIDATES = 32  # exact cosines computed per lookup, after the sketch ranking
+WORDS = SKETCH_BITS // 64
+CANDIDATES = 32  # at most this many exact cosines per lookup, the nearest by sketch
+BLOCKED = 1024  # added to the sketch distance of an entry that may not be served
 OVERLAP = timedelta(seconds=5)  # re-read window: writes that committed after a later one
-_FAR = np.iinfo(np.int32).max
 APPROVED_STATES = frozenset({"approved", "executing", "executed", "failed"})
 
 
@@ -131,30 +138,42 @@ def sketch(vectors: np.ndarray) -> np.ndarray:
 
 
 class _KeyIndex:
-    """The entries of one key: arrays grown by doubling, slots never reused."""
+    """The entries of one key: arrays grown by doubling, slots never reused.
+
+    The sketches are stored column-major (one contiguous uint64 row per 64-bit word), so a
+    search is four XOR-and-popcount passes over contiguous memory, summed into one uint16 array
+    that starts from `blocked` (0 for a servable slot, BLOCKED for an evicted, expired or, with
+    `approved_only`, not yet approved one)."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.count = 0
         self.ids = np.zeros(16, dtype=np.int64)
         self.vectors = np.zeros((16, dim), dtype=np.float16)
-        self.sketches = np.zeros((16, SKETCH_BITS // 64), dtype=np.uint64)
-        self.live = np.zeros(16, dtype=bool)
-        self.approved = np.zeros(16, dtype=bool)
+        self.sketches = np.zeros((WORDS, 16), dtype=np.uint64)
         self.expires = np.zeros(16, dtype=np.float64)
+        # Per slot: BLOCKED unless live (blocked_any), unless live and approved (blocked_approved).
+        self.blocked_any = np.zeros(16, dtype=np.uint16)
+        self.blocked_approved = np.zeros(16, dtype=np.uint16)
+        self.next_expiry = float("inf")  # the earliest expiry among the unblocked slots
         self.slot: dict[int, int] = {}
 
     def _grow(self) -> None:
         size = len(self.ids) * 2
-        for name in ("ids", "vectors", "sketches", "live", "approved", "expires"):
+        for name in ("ids", "vectors", "expires", "blocked_any", "blocked_approved"):
             old = getattr(self, name)
             new = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
             new[: self.count] = old[: self.count]
             setattr(self, name, new)
+        sketches = np.zeros((WORDS, size), dtype=np.uint64)
+        sketches[:, : self.count] = self.sketches[:, : self.count]
+        self.sketches = sketches
 
     def put(
         self, entry_id: int, vector: np.ndarray, *, live: bool, approved: bool, expires: float
     ) -> None:
+        """Add or update an entry. A slot is filled before it is counted, so a search running
+        in another thread never sees a half-written one."""
         slot = self.slot.get(entry_id)
         if slot is None:
             if not live:
@@ -162,35 +181,111 @@ class _KeyIndex:
             if self.count == len(self.ids):
                 self._grow()
             slot = self.count
-            self.count += 1
-            self.slot[entry_id] = slot
             self.ids[slot] = entry_id
             self.vectors[slot] = vector
-            self.sketches[slot] = sketch(vector[None, :])[0]
-        self.live[slot] = live
-        self.approved[slot] = approved
+            self.sketches[:, slot] = sketch(vector[None, :])[0]
         self.expires[slot] = expires
+        self.blocked_any[slot] = 0 if live else BLOCKED
+        self.blocked_approved[slot] = 0 if live and approved else BLOCKED
+        if live:
+            self.next_expiry = min(self.next_expiry, expires)
+        if slot == self.count:
+            self.slot[entry_id] = slot
+            self.count += 1
+
+    def _expire(self, now: float) -> None:
+        """Block the slots whose time is up (for good: an expiry is never extended)."""
+        n = self.count
+        expired = self.expires[:n] <= now
+        self.blocked_any[:n][expired] = BLOCKED
+        self.blocked_approved[:n][expired] = BLOCKED
+        alive = self.expires[:n][self.blocked_any[:n] == 0]
+        self.next_expiry = float(alive.min()) if alive.size else float("inf")
 
     def search(
-        self, query: np.ndarray, query_sketch: np.ndarray, *, approved_only: bool, now: float
+        self,
+        query: np.ndarray,
+        query_sketch: np.ndarray,
+        *,
+        approved_only: bool,
+        now: float,
+        threshold: float = -1.0,
     ) -> list[tuple[int, float]]:
-        """(entry id, cosine) of the best candidates among the servable entries, best first."""
+        """(entry id, cosine) of the candidates among the servable entries, best first: those
+        whose sketch is within `within(threshold)` bits of the query's, at most CANDIDATES of
+        them (the nearest by sketch)."""
         n = self.count
         if not n:
             return []
-        servable = self.live[:n] & (self.expires[:n] > now)
-        if approved_only:
-            servable &= self.approved[:n]
-        if not servable.any():
+        if now >= self.next_expiry:
+            self._expire(now)
+        scratch = _scratch(n)
+        distance, word, bits = scratch.distance[:n], scratch.word[:n], scratch.bits[:n]
+        np.copyto(distance, (self.blocked_approved if approved_only else self.blocked_any)[:n])
+        # First pass: the first 64 bits only, with their own bound; what survives (about 2% of
+        # unrelated entries at a threshold of 0.9) gets the other 192 bits.
+        np.bitwise_xor(self.sketches[0, :n], query_sketch[0], out=word)
+        np.bitwise_count(word, out=bits)
+        np.add(distance, bits, out=distance)
+        candidates = np.flatnonzero(distance <= within(threshold, 64))
+        if len(candidates) * 4 < n:
+            rest = self.sketches[1:, candidates] ^ query_sketch[1:, None]
+            full = distance[candidates] + np.bitwise_count(rest).sum(axis=0, dtype=np.uint16)
+        else:  # a low threshold lets most through: the other words over every entry instead
+            for w in range(1, WORDS):
+                np.bitwise_xor(self.sketches[w, :n], query_sketch[w], out=word)
+                np.bitwise_count(word, out=bits)
+                np.add(distance, bits, out=distance)
+            candidates = np.arange(n)
+            full = distance
+        keep = full <= within(threshold)
+        candidates, full = candidates[keep], full[keep]
+        if len(candidates) > CANDIDATES:
+            candidates = candidates[np.argpartition(full, CANDIDATES - 1)[:CANDIDATES]]
+        if not len(candidates):
             return []
-        distance = np.bitwise_count(self.sketches[:n] ^ query_sketch).sum(axis=1, dtype=np.int32)
-        distance[~servable] = _FAR
-        k = min(CANDIDATES, int(servable.sum()))
-        candidates = np.argpartition(distance, k - 1)[:k] if k < n else np.arange(n)
-        candidates = candidates[distance[candidates] != _FAR]
         cosines = self.vectors[candidates].astype(np.float32) @ query
         order = np.argsort(-cosines)
         return [(int(self.ids[candidates[i]]), float(cosines[i])) for i in order]
+
+
+@dataclass
+class _Scratch:
+    distance: np.ndarray
+    word: np.ndarray
+    bits: np.ndarray
+
+
+_scratches = threading.local()
+
+
+def _scratch(n: int) -> _Scratch:
+    """This thread's work arrays for a search over n entries (no allocation per lookup)."""
+    current: _Scratch | None = getattr(_scratches, "current", None)
+    if current is None or len(current.distance) < n:
+        size = max(1024, 1 << (n - 1).bit_length())
+        current = _Scratch(
+            np.empty(size, dtype=np.uint16),
+            np.empty(size, dtype=np.uint64),
+            np.empty(size, dtype=np.uint8),
+        )
+        _scratches.current = current
+    return current
+
+
+@functools.lru_cache(maxsize=256)
+def within(threshold: float, bits: int = SKETCH_BITS) -> int:
+    """The distance in the first `bits` bits of the sketch beyond which an entry is not looked
+    at: a random hyperplane separates two unit vectors at angle a with probability p = a/pi, so
+    an entry exactly at the threshold differs in bits * p of them on average; 4.5 standard
+    deviations above that keeps all but ~3 in a million of the entries at the threshold (fewer
+    of those above it) for the exact comparison, at each of the two passes. A threshold of -1
+    looks at every entry."""
+    if threshold <= -1.0:
+        return BLOCKED - 1
+    p = math.acos(max(-1.0, min(1.0, threshold))) / math.pi
+    spread = 4.5 * math.sqrt(bits * p * (1 - p))
+    return min(bits, math.ceil(bits * p + spread) + 1)
 
 
 @dataclass
@@ -240,14 +335,30 @@ class Index:
                 self.cursor = timezone.now() - OVERLAP
             self.refreshed = now
 
+    def block(self, key: str, entry_id: int) -> None:
+        """Never rank this entry again (the table said it was evicted or expired)."""
+        index = self.keys.get(key)
+        slot = None if index is None else index.slot.get(entry_id)
+        if index is not None and slot is not None:
+            index.blocked_any[slot] = index.blocked_approved[slot] = BLOCKED
+
+    def servable(self, key: str) -> int:
+        """How many entries of `key` this process would rank (with `serve: any`)."""
+        index = self.keys.get(key)
+        return 0 if index is None else int((index.blocked_any[: index.count] == 0).sum())
+
     def search(
-        self, key: str, query: np.ndarray, *, approved_only: bool
+        self, key: str, query: np.ndarray, *, approved_only: bool, threshold: float = -1.0
     ) -> list[tuple[int, float]]:
         index = self.keys.get(key)
         if index is None or index.dim != len(query):
             return []
         return index.search(
-            query, sketch(query[None, :])[0], approved_only=approved_only, now=time.time()
+            query,
+            sketch(query[None, :])[0],
+            approved_only=approved_only,
+            now=time.time(),
+            threshold=threshold,
         )
 
 
@@ -318,36 +429,60 @@ def lookup(found: Probe) -> Hit | None:
     ranked = [
         (entry_id, cosine)
         for entry_id, cosine in current.search(
-            found.key, found.vector, approved_only=found.config.approved_only
+            found.key,
+            found.vector,
+            approved_only=found.config.approved_only,
+            threshold=found.config.threshold,
         )
         if cosine >= found.config.threshold
     ]
     if not ranked:
         return None
-    rows = SemanticCacheEntry.objects.filter(
-        id__in=[entry_id for entry_id, _ in ranked],
-        key=found.key,
-        evicted_at__isnull=True,
-        expires_at__gt=timezone.now(),
-    )
-    if found.config.approved_only:
-        rows = rows.filter(approved_at__isnull=False)
-    servable = {row["id"]: row for row in rows.values("id", "call_id", "response", "cost_usd")}
+    rows = _servable_rows([entry_id for entry_id, _ in ranked], found)
     for entry_id, cosine in ranked:
-        row = servable.get(entry_id)
+        row = rows.get(entry_id)
         if row is None:
-            continue  # evicted or expired since the index read it: the table decides
-        response = row["response"]
+            # Evicted or expired since the index read it: the table decides, and this process
+            # stops ranking it now rather than at its next refresh.
+            current.block(found.key, entry_id)
+            continue
+        call_id, response, cost = row
         return Hit(
             entry_id,
-            row["call_id"],
+            call_id,
             min(cosine, 1.0),
             response["provider"],
             response["model"],
             response["raw"],
-            row["cost_usd"],
+            cost,
         )
     return None
+
+
+def _servable_rows(
+    ids: list[int], found: Probe
+) -> dict[int, tuple[uuid.UUID, dict[str, Any], Decimal | None]]:
+    """The entries among `ids` the table still lets this key serve: one indexed statement by
+    primary key, without the ORM's compile step (it is on every hit's path)."""
+    table = SemanticCacheEntry._meta.db_table
+    sql = (
+        f"SELECT id, call_id, response, CAST(cost_usd AS TEXT) FROM {table} "  # noqa: S608
+        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND key = %s "
+        "AND evicted_at IS NULL AND expires_at > %s"
+        + (" AND approved_at IS NOT NULL" if found.config.approved_only else "")
+    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*ids, found.key, now])
+        fetched = cursor.fetchall()
+    rows = {}
+    for entry_id, call_id, response, cost in fetched:
+        rows[int(entry_id)] = (
+            call_id if isinstance(call_id, uuid.UUID) else uuid.UUID(str(call_id)),
+            orjson.loads(response) if isinstance(response, (str, bytes)) else response,
+            None if cost is None else Decimal(str(cost)),
+        )
+    return rows
 
 
 def cacheable(raw: dict[str, Any]) -> bool:

@@ -325,6 +325,117 @@ def test_two_processes_see_the_same_entries(
     assert chats(fake) == 2  # this one, and the other process's miss
 
 
+STALE_PROCESS = """
+import sys
+import django
+
+django.setup()
+from llmcalls import client, semcache
+
+for line in sys.stdin:
+    if line.strip() == "ask":
+        r = client.complete(
+            feature="faq",
+            messages=[
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": sys.argv[1]},
+            ],
+            service="shop",
+        )
+        print(r.cache_kind or "miss", flush=True)
+    else:
+        print(sum(semcache.index().servable(k) for k in semcache.index().keys), flush=True)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_whose_index_is_stale_does_not_serve_an_evicted_entry(
+    fake: FakeProvider, semantic_route: Callable[..., None]
+) -> None:
+    """A process that read the entry into its index and will not look at the table again for
+    an hour: after another process evicts the entry its index still ranks it, and the lookup
+    still refuses to serve it."""
+    semantic_route(serve="any")
+    first = ask(QUESTION)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{connection.settings_dict['NAME']}",
+        "LLM_SEMANTIC_REFRESH": "3600",
+    }
+    other = subprocess.Popen(
+        [sys.executable, "-c", STALE_PROCESS, PARAPHRASE],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdin is not None and other.stdout is not None
+
+    def tell(command: str) -> str:
+        assert other.stdin is not None and other.stdout is not None
+        other.stdin.write(command + "\n")
+        other.stdin.flush()
+        return other.stdout.readline().strip()
+
+    try:
+        assert tell("ask") == "semantic"
+        assert tell("count") == "1"
+        semcache.verdict(call_id=first.call_id, approved=False, why="test: rejected")
+        assert tell("count") == "1"  # its index has not heard of the eviction…
+        assert tell("ask") == "miss"  # …and the entry is not served all the same
+        # It stopped ranking the evicted entry and indexed the answer of its own miss instead.
+        assert tell("count") == "1"
+        assert SemanticCacheEntry.objects.filter(evicted_at__isnull=True).count() == 1
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+    assert chats(fake) == 2
+
+
+def test_the_index_finds_what_brute_force_finds_and_skips_what_it_may_not_serve() -> None:
+    """The column-major sketch search against an exact float32 scan of the same entries."""
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((3000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = semcache._KeyIndex(64)
+    later = time.time() + 3600
+    for i, vector in enumerate(vectors):
+        # Entry 0 is not approved, entry 1 evicted, entry 2 expires in a moment.
+        index.put(
+            i,
+            vector.astype(np.float16),
+            live=i != 1,
+            approved=i != 0,
+            expires=time.time() + 0.2 if i == 2 else later,
+        )
+    stored = vectors.astype(np.float16).astype(np.float32)
+
+    def best(q: np.ndarray, *, approved_only: bool = True) -> list[tuple[int, float]]:
+        sketch = semcache.sketch(q[None, :])[0]
+        return index.search(q, sketch, approved_only=approved_only, now=time.time(), threshold=0.9)
+
+    for target in rng.integers(3, 3000, 50):
+        q = vectors[target] + rng.standard_normal(64).astype(np.float32) * 0.03
+        q /= np.linalg.norm(q)
+        found = best(q)
+        assert found and found[0][0] == int(np.argmax(stored @ q))
+        assert found[0][1] == pytest.approx(float(np.max(stored @ q)), abs=1e-5)
+    assert best(vectors[0]) == [] and best(vectors[0], approved_only=False)[0][0] == 0
+    assert best(vectors[1], approved_only=False) == []
+    assert best(vectors[2])[0][0] == 2
+    time.sleep(0.25)
+    assert best(vectors[2]) == []
+    # Unrelated questions (cosine ~0) are not even compared: no candidate passes the sketch.
+    assert best(-vectors[5]) == []
+    assert semcache.within(0.9) < semcache.within(0.5) < semcache.SKETCH_BITS // 2 + 40
+
+
 def _pairs_file(tmp_path: Path) -> Path:
     pairs = [
         {"a": QUESTION, "b": PARAPHRASE, "same": True},
@@ -373,6 +484,14 @@ def test_the_shipped_set_bounds_wrong_hits_below_one_percent() -> None:
     chosen = tuning.pick(rows, 0.01)
     assert chosen is not None and chosen.threshold == 0.9 and chosen.wrong == 0
     assert rows[0].wrong > 0  # lower thresholds do serve wrong answers: the bound matters
+    # The demo's route for such questions uses that threshold, with the demo model's embeddings.
+    from foundation import configfile
+
+    demo = configfile.parse((ROOT / "config" / "demo.yaml").read_text())
+    routes = {route.feature: route for route in demo["llm_routes"]}
+    cache = routes["support-faq"].semantic_cache
+    assert cache is not None and (cache.threshold, cache.serve) == (0.9, "approved_only")
+    assert [t.model for t in routes[cache.embedding_route].models] == ["demo-embedding"]
 
 
 def test_clopper_pearson_matches_the_closed_form_for_no_events() -> None:
