@@ -85,9 +85,6 @@ def production_env(
             "DB_POOL_MAX": "4",
             "WORKER_CONCURRENCY": "2",
             "BEAT_SCHEDULE_FILE": str(tmp / "beat-schedule"),
-            # The release line's collectstatic writes here, not into the staticfiles/ (and its
-            # manifest) the other tests' processes read meanwhile.
-            "STATIC_ROOT": str(tmp / "staticfiles"),
         }
     )
     return env
