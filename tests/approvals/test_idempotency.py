@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -93,7 +94,8 @@ def twenty_connections() -> Iterator[None]:
     than the pool's timeout on a loaded machine (DB_POOL_TIMEOUT, 1 s) and those requests
     answer 503 as designed (a failure seen once under load; DB_POOL_TIMEOUT=0.05 reproduces it).
     """
-    pool = connection.pool
+    database: Any = connection  # PostgreSQL's wrapper has the pool; SQLite's has none
+    pool = getattr(database, "pool", None)
     connection.close()  # the test's own connection goes back: the threads get all of them
     if pool is None:
         yield
@@ -104,7 +106,7 @@ def twenty_connections() -> Iterator[None]:
         yield
     finally:
         connection.close()
-        connection.close_pool()  # the next query opens the usual pool again
+        database.close_pool()  # the next query opens the usual pool again
 
 
 @pytest.mark.django_db(transaction=True)
