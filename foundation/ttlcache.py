@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
 from django.conf import settings
+
+#: Every cache of this process, so tests can empty them all between tests (clear_every).
+_instances: weakref.WeakSet[TTLCache] = weakref.WeakSet()
+
+
+def clear_every() -> None:
+    """Empty every TTLCache of this process."""
+    for cache in list(_instances):
+        cache.clear()
 
 
 class TTLCache:
@@ -22,6 +32,7 @@ class TTLCache:
         self._lock = threading.Lock()
         self._max = max_entries
         self._ttl_setting = ttl_setting
+        _instances.add(self)
 
     def get(self, key: Any) -> Any | None:
         entry = self._data.get(key)

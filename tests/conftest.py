@@ -34,6 +34,41 @@ def _allow_audit_maintenance(sender: Any, connection: Any, **kwargs: Any) -> Non
 connection_created.connect(_allow_audit_maintenance)
 
 
+# --- approvals' own tests without insights, in the background (tests/without_insights.py) ----
+
+_without_insights_key = pytest.StashKey[Any]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    from tests import without_insights
+
+    chosen = [item for item in session.items if item.nodeid == without_insights.NODE_ID]
+    if not chosen or session.config.option.collectonly:
+        return
+    # The test only collects the run's result: last, so the rest of the suite overlaps the run.
+    session.items.remove(chosen[0])
+    session.items.append(chosen[0])
+    session.config.stash[_without_insights_key] = without_insights.Run().start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(_without_insights_key, None)
+    if run is not None:
+        run.stop()
+
+
+@pytest.fixture
+def approvals_without_insights(request: pytest.FixtureRequest) -> Any:
+    """The background run of approvals' tests without insights (started now if it was not)."""
+    from tests import without_insights
+
+    run = request.config.stash.get(_without_insights_key, None)
+    if run is None:
+        run = without_insights.Run().start()
+        request.config.stash[_without_insights_key] = run
+    return run
+
+
 class ServiceClient(Client):
     """A test client that speaks for one service: its bearer key and JSON bodies."""
 
@@ -181,15 +216,24 @@ def admin_client_logged_in(db: None) -> Client:
     return client
 
 
-@pytest.fixture(autouse=True)
-def _fresh_hot_path_cache() -> Any:
-    from approvals import caches, events
+def _forget_process_caches() -> None:
+    # Every per-process cache a test can fill: the hot-path TTL caches (service keys, action
+    # types, insights' gate policies, llmcalls' routing snapshot: foundation.ttlcache keeps them
+    # all), the compiled rules (a transactional test's flush sends no NOTIFY, so rules it created
+    # would otherwise still apply in later tests) and the remembered absences of live listeners.
+    from approvals import events, rules
+    from foundation import ttlcache
 
-    caches.clear_all()
+    ttlcache.clear_every()
+    rules.invalidate()
     events.forget_absences()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> Any:
+    _forget_process_caches()
     yield
-    caches.clear_all()
-    events.forget_absences()
+    _forget_process_caches()
 
 
 def decide_as(reviewer: User, proposal: Any, verdict: str = "approve", comment: str = "") -> Any:

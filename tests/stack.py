@@ -207,7 +207,12 @@ def manage(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
 
 def release_and_configure(env: dict[str, str], tmp: Path, *, webhook_url: str) -> dict[str, str]:
     """The Procfile's release line, the refund configuration, and a service; returns the
-    service's `api_key` and `webhook_secret`."""
+    service's `api_key` and `webhook_secret`.
+
+    `env` gets a STATIC_ROOT in `tmp` unless it names one: the release line's collectstatic
+    writes there, not into the checkout's staticfiles/ whose manifest other tests read meanwhile,
+    and the processes started with `env` serve from it."""
+    env.setdefault("STATIC_ROOT", str(tmp / "staticfiles"))
     run_line(procfile()["release"], env=env, log=tmp / "release.log", timeout=240)
     config = tmp / "gatehouse.yaml"
     config.write_text(REFUND_CONFIG.format(url=webhook_url))

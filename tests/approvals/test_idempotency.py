@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -86,9 +86,33 @@ def test_a_key_still_in_flight_is_a_conflict(shop: ServiceClient) -> None:
     assert after.status_code == 201
 
 
+@pytest.fixture
+def twenty_connections() -> Iterator[None]:
+    """A database pool holding twenty open connections, one for each thread of the race.
+
+    The race is between requests, not for connections: from a pool of one connection grown on
+    demand, with the test's own connection held, twenty threads wait for a connection longer
+    than the pool's timeout on a loaded machine (DB_POOL_TIMEOUT, 1 s) and those requests
+    answer 503 as designed (a failure seen once under load; DB_POOL_TIMEOUT=0.05 reproduces it).
+    """
+    database: Any = connection  # PostgreSQL's wrapper has the pool; SQLite's has none
+    pool = getattr(database, "pool", None)
+    connection.close()  # the test's own connection goes back: the threads get all of them
+    if pool is None:
+        yield
+        return
+    pool.resize(min_size=20, max_size=max(20, pool.max_size))
+    pool.wait(timeout=60)
+    try:
+        yield
+    finally:
+        connection.close()
+        database.close_pool()  # the next query opens the usual pool again
+
+
 @pytest.mark.django_db(transaction=True)
 def test_twenty_concurrent_posts_with_one_key_create_exactly_one_proposal(
-    shop: ServiceClient,
+    shop: ServiceClient, twenty_connections: None
 ) -> None:
     barrier = threading.Barrier(20)
     statuses: list[int] = []
