@@ -47,6 +47,9 @@ class QueueConsumer(AsyncWebsocketConsumer):
         self.groups_joined += [events.group_for_reviewer(user.pk), events.ALL_REVIEWERS_GROUP]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # Present before the handshake completes: a change committed once the page is connected
+        # is pushed, not skipped as "nobody listens" (the refresh below only keeps it so).
+        await sync_to_async(events.mark_listening)(sorted(self.type_ids))
         await self.accept()
         relay.ensure_started()
         self.presence = asyncio.create_task(self._stay_present())
@@ -94,8 +97,8 @@ class QueueConsumer(AsyncWebsocketConsumer):
     async def _stay_present(self) -> None:
         """Tell senders someone listens for these types, for as long as the socket is open."""
         while True:
-            await sync_to_async(events.mark_listening)(sorted(self.type_ids))
             await asyncio.sleep(events.PRESENCE_REFRESH)
+            await sync_to_async(events.mark_listening)(sorted(self.type_ids))
 
     async def disconnect(self, code: int) -> None:
         for task in (self.presence, self.session_watch):

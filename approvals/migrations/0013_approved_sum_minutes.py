@@ -124,7 +124,6 @@ def backward(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    # Numbered 0013: another change adds 0012_outbox_without_proposal; rebase on it when merging.
     dependencies = [("approvals", "0012_outbox_without_proposal")]
 
     operations = [
