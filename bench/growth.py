@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from api_submit import BODY, CAP_RULE  # the same submit and spend cap, empty and full
 from common import ROOT, bench_env, fresh_database, manage, serve, wrk_post
 
 SCALE = float(os.environ.get("GROWTH_SCALE", "1"))  # a smaller database to try the fill on
@@ -86,28 +87,6 @@ action_types:
         amount: {type: number}
 """
 
-# Never reached, but every submit reads the sum under the per-type lock (as in api_submit.py).
-CAP_RULE = """\
-rules:
-  - name: bench-daily-cap
-    action_type: refund.issue
-    priority: -1
-    when: "stats.approved_sum('payload.amount', '24h') + payload.amount > 1000000000.0"
-    outcome: review
-"""
-
-BODY: dict[str, Any] = {
-    "action_type": "refund.issue",
-    "payload": {"order_id": "ORD-48213", "amount": 42.5, "currency": "EUR", "reason": "late"},
-    "confidence": 0.87,
-    "summary": "Refund order ORD-48213: parcel arrived nine days late",
-    "rationale": "The carrier's tracking shows delivery nine days after the promised date. " * 8,
-    "model": "gpt-4o-mini",
-    "prompt_version": "refunds@7",
-    "feature": "support-refunds",
-    "external_id": "ticket-99812",
-    "metadata": {"ticket": 99812, "channel": "email"},
-}
 
 WORDS = (
     "ARRAY['late','damaged','missing','duplicate','wrong size','never arrived','refused',"
