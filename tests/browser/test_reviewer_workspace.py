@@ -264,7 +264,9 @@ def test_screenshots_of_the_queue_and_a_proposal(
     sam.keyboard.press("j")
     sam.keyboard.press("j")
     sam.keyboard.press("Enter")
-    sam.wait_for_selector("[data-claimed-by-me]")
+    # The claim is the page's htmx `load` POST; with approvals' without-insights suite running
+    # beside the browser tests it once took longer than the default 10 s (a fresh-clone CI run).
+    sam.wait_for_selector("[data-claimed-by-me]", timeout=30_000)
     proposal_url = sam.url
 
     rita = open_as("rita", PASSWORD)
