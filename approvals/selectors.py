@@ -293,17 +293,25 @@ def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int =
     queryset = Proposal.objects.filter(
         action_type_id__in=[
             t.pk for t in types if not filters.action_type or t.key == filters.action_type
-        ],
-        state__in=[filters.state] if filters.state in DECIDED_STATES else DECIDED_STATES,
+        ]
     )
+    order = ["-updated_at", "-id"]
+    if filters.state in DECIDED_STATES:
+        # One state, as a range of one value ordered by the state first: the order then is
+        # proposal_state_updated's alone. Said as `state = …` the planner drops the constant
+        # from the order and walks proposal_updated instead, guessing the state's rows spread
+        # evenly over time, past every newer row of the other states (?state=rejected on a
+        # million proposals: 116,012 rows read and discarded, 56 to 128 ms, for 51 rows).
+        queryset = queryset.filter(state__gte=filters.state, state__lte=filters.state)
+        order = ["-state", *order]
+    else:
+        queryset = queryset.filter(state__in=DECIDED_STATES)
     if filters.decided_by in Proposal.DecidedBy.values:
         queryset = queryset.filter(decided_by=filters.decided_by)
     if filters.mine:
         queryset = queryset.filter(REVIEWABLE, reviews__reviewer_id=user.pk)
     queryset = _keyset(queryset, "updated_at", filters.after, descending=True)
-    ordered = queryset.select_related("action_type", "decision_reviewer").order_by(
-        "-updated_at", "-id"
-    )
+    ordered = queryset.select_related("action_type", "decision_reviewer").order_by(*order)
     rows: list[Proposal] | None = None
     if filters.q:
         exact = Q(external_id=filters.q)

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import BooleanField, ExpressionWrapper, Min, Q
+from django.db.models import BooleanField, Min, Value
 from django.utils import timezone
 
 from approvals.models import ActionType, Proposal
@@ -51,25 +51,34 @@ def verdicts(
     until: datetime | None = None,
     proposal_ids: Iterable[uuid.UUID] | None = None,
 ) -> list[Verdict]:
-    """Reviewer-decided proposals of a type created in [since, until), oldest first."""
-    rows = Proposal.objects.filter(
-        action_type=action_type, decided_by=Proposal.DecidedBy.REVIEWER
-    ).annotate(
-        edited=ExpressionWrapper(Q(final_payload__isnull=False), output_field=BooleanField())
-    )
+    """Reviewer-decided proposals of a type created in [since, until), oldest first.
+
+    Read as two halves, the proposals reviewers left as proposed and those they edited: each
+    half is an index-only scan of its own partial index (proposal_verdicts_unedited and
+    proposal_verdicts_edited), whatever the planner guesses of how many rows the period holds."""
+    rows = Proposal.objects.filter(action_type=action_type, decided_by=Proposal.DecidedBy.REVIEWER)
     if since is not None:
         rows = rows.filter(created_at__gte=since)
     if until is not None:
         rows = rows.filter(created_at__lt=until)
     if proposal_ids is not None:
         rows = rows.filter(pk__in=list(proposal_ids))
+    columns = ("pk", "created_at", "model", "prompt_version", "confidence", "decision_outcome")
+    unedited = (
+        rows.filter(final_payload__isnull=True)
+        .annotate(edited=Value(False, output_field=BooleanField()))
+        .values_list(*columns, "edited")
+    )
+    edited = (
+        rows.filter(final_payload__isnull=False)
+        .annotate(edited=Value(True, output_field=BooleanField()))
+        .values_list(*columns, "edited")
+    )
     result = []
-    for pk, created, model, prompt, confidence, outcome, edited in rows.order_by(
-        "created_at"
-    ).values_list(
-        "pk", "created_at", "model", "prompt_version", "confidence", "decision_outcome", "edited"
-    ):
-        kind = "rejected" if outcome != "approve" else ("edited" if edited else "agreed")
+    for pk, created, model, prompt, confidence, outcome, was_edited in unedited.union(
+        edited, all=True
+    ).order_by("created_at"):
+        kind = "rejected" if outcome != "approve" else ("edited" if was_edited else "agreed")
         result.append(Verdict(pk, created, model, prompt, float(confidence), kind))
     return result
 

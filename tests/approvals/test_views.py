@@ -446,3 +446,52 @@ def test_history_search_gives_the_same_page_by_the_latest_rows_or_by_the_index(
             more, cursor = page(q, cursor)
             got += more
         assert got == wanted, q
+
+
+def test_history_by_state_pages_through_that_states_proposals_latest_change_first(
+    shop: Any, refund_type: Any, reviewer: User
+) -> None:
+    """?state= reads one state as a range of one value ordered by it (selectors, for the
+    planner): the pages hold exactly that state's proposals, latest change first."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals import selectors
+
+    now = timezone.now()
+    states = ["rejected", "executed", "rejected", "expired", "rejected", "failed", "pending_review"]
+    made = [
+        Proposal.objects.create(
+            service=shop.service,
+            action_type=refund_type,
+            payload={"amount": 1},
+            payload_hash="x",
+            confidence=0.5,
+            summary=f"S{age:02}-{state}",
+            state=state,
+            updated_at=now - timedelta(minutes=age // 2),  # two at each instant: ties by id
+        )
+        for age, state in enumerate(states * 2)
+    ]
+    for state in ("rejected", "failed", ""):
+        wanted = sorted(
+            (p for p in made if p.state == (state or p.state) and p.state != "pending_review"),
+            key=lambda p: (p.updated_at, p.pk),
+            reverse=True,
+        )
+        got: list[Proposal] = []
+        cursor = ""
+        while True:
+            page = selectors.history_for_reviewer(
+                user=reviewer, filters=selectors.HistoryFilters(state=state, after=cursor), limit=3
+            )
+            got += page.rows
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        assert [p.pk for p in got] == [p.pk for p in wanted], state
+    response = logged_in(reviewer).get("/history/?state=rejected")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert all((p.summary in body) == (p.state == "rejected") for p in made)

@@ -111,3 +111,29 @@ def test_version_markers_are_each_versions_first_time_after_the_first_version(
     assert changes[0]["at"] == (now - timedelta(hours=30)).isoformat()
     everything = selectors.version_changes(action_type=refund_type, since=now - timedelta(days=99))
     assert [(c["model"], c["prompt"]) for c in everything] == [("a", "p2"), ("b", "p2"), ("", "")]
+
+
+def test_verdicts_are_the_periods_reviewer_decisions_of_the_type_oldest_first(
+    plant: Callable[..., Any], refund_type: ActionType, email_type: ActionType
+) -> None:
+    """Edited and unedited verdicts are read apart (one index each) and come back as one list in
+    time order, [since, until) only, without rule decisions or another type's verdicts."""
+    from approvals.models import Proposal
+
+    now = timezone.now()
+    kinds = ["edited", "agreed", "rejected", "edited", "agreed", "rejected", "agreed"]
+    planted = {}
+    for hours, kind in enumerate(kinds):
+        at = now - timedelta(hours=hours + 1)
+        planted[plant(1, kind, at=at)[0].pk] = (at, kind)
+        plant(1, kind, at=at, action_type=email_type)
+    ruled = plant(1, "agreed", at=now - timedelta(hours=2, minutes=30))[0]
+    Proposal.objects.filter(pk=ruled.pk).update(decided_by=Proposal.DecidedBy.RULE)
+    plant(1, "edited", at=now - timedelta(days=2))  # before the period
+    plant(1, "agreed", at=now)  # at `until`: outside
+
+    rows = selectors.verdicts(action_type=refund_type, since=now - timedelta(days=1), until=now)
+
+    assert [(v.proposal_id, v.created_at, v.kind) for v in rows] == [
+        (pk, at, kind) for pk, (at, kind) in sorted(planted.items(), key=lambda item: item[1][0])
+    ]
