@@ -466,19 +466,28 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def session_cookie(username: str) -> str:
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.auth.models import User
-    from django.contrib.sessions.backends.db import SessionStore
+SESSION_CODE = """
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
 
-    user = User.objects.get(username=username)
+for name in {names!r}:
+    user = User.objects.get(username=name)
     store = SessionStore()
     store[SESSION_KEY] = str(user.pk)
     store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
     store[HASH_SESSION_KEY] = user.get_session_auth_hash()
     store.save()
-    return f"{settings.SESSION_COOKIE_NAME}={store.session_key}"
+    print(name, settings.SESSION_COOKIE_NAME + "=" + store.session_key)
+"""
+
+
+def session_cookies(env: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    """A logged-in session of each user on env's database (manage.py shell: any database)."""
+    out = manage(env, "shell", "-c", SESSION_CODE.format(names=names))
+    found = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    return {name: found[name] for name in names}
 
 
 def get_page(url: str, cookie: str) -> tuple[int, int]:
@@ -510,22 +519,46 @@ def page_paths() -> list[tuple[str, str, str]]:
     return paths
 
 
-def pages(env: dict[str, str], requests: int) -> list[tuple[str, float, float]]:
-    cookies = {who: session_cookie(who) for who in ("reviewer1", "staff")}
+def pages(
+    env: dict[str, str], requests: int, *, floor_env: dict[str, str] | None, port: int
+) -> list[tuple[str, float, float]]:
+    """Each page's p50 and p95, one request at a time. With `floor_env` (the same fixtures at a
+    hundredth of the size) each page is measured there right before, and the ratio printed."""
+    import contextlib
+
+    who = ("reviewer1", "staff")
     rows = []
-    with serve(env, server="granian-wsgi", workers=2, threads=8) as base:
-        for name, path, who in page_paths():
-            cookie = cookies[who]
-            samples = []
-            status = 0
-            for _ in range(requests + 1):
-                t0 = time.perf_counter()
-                status, _size = get_page(base + path, cookie)
-                samples.append((time.perf_counter() - t0) * 1000)
-            samples = samples[1:]
-            rows.append((name, statistics.median(samples), p95(samples)))
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for i, server_env in enumerate([e for e in (floor_env, env) if e is not None]):
+            base = stack.enter_context(
+                serve(
+                    server_env, server="granian-wsgi", workers=2, threads=8, port=port and port + i
+                )
+            )
+            targets.append((base, session_cookies(server_env, who)))
+        for name, path, user in page_paths():
+            figures = []
+            for base, cookies in targets:
+                samples = []
+                status = 0
+                for _ in range(requests + 1):
+                    t0 = time.perf_counter()
+                    status, _size = get_page(base + path, cookies[user])
+                    samples.append((time.perf_counter() - t0) * 1000)
+                samples = samples[1:]
+                figures.append((statistics.median(samples), p95(samples), status))
+            p50_full, p95_full, status = figures[-1]
+            rows.append((name, p50_full, p95_full))
+            floor = ""
+            if len(figures) == 2:
+                p50_small, p95_small, _ = figures[0]
+                floor = (
+                    f"  floor p50 {p50_small:6.1f} p95 {p95_small:6.1f} ms"
+                    f"  p95 ratio {p95_full / p95_small:5.2f}"
+                )
             print(
-                f"  {name:42} p50 {rows[-1][1]:7.1f} ms  p95 {rows[-1][2]:7.1f} ms  "
+                f"  {name:38} p50 {p50_full:7.1f} ms  p95 {p95_full:7.1f} ms{floor}  "
                 f"(HTTP {status}, {loadavg()})"
             )
     return rows
@@ -541,16 +574,20 @@ def submit_key(database: str) -> str:
     return secret
 
 
-def submit(runs: list[tuple[str, dict[str, str], str]], seconds: int, rounds: int) -> list[float]:
+def submit(
+    runs: list[tuple[str, dict[str, str], str]], seconds: int, rounds: int, *, port: int
+) -> list[float]:
     """The submit's median req/s on each (name, env, key), rounds alternating between them."""
     import contextlib
 
     figures: list[list[float]] = [[] for _ in runs]
     with contextlib.ExitStack() as stack:
         urls = [
-            stack.enter_context(serve(env, server="granian-wsgi", workers=2, threads=8))
+            stack.enter_context(
+                serve(env, server="granian-wsgi", workers=2, threads=8, port=port and port + i)
+            )
             + "/api/v1/proposals"
-            for _name, env, _key in runs
+            for i, (_name, env, _key) in enumerate(runs)
         ]
         for url, (_name, _env, key) in zip(urls, runs, strict=True):
             wrk_post(url, BODY, auth=f"Bearer {key}", seconds=2)
@@ -607,6 +644,16 @@ def page_queries(min_ms: float) -> None:
             ]
             print("    " + "\n    ".join(nodes[:8]))
             print("    " + plan.splitlines()[-1].strip())
+
+
+def fill_floor(args: argparse.Namespace) -> None:
+    """The floor's database: this fill at a hundredth of the size (its own process: the scale
+    is the module's), reused like the full one."""
+    import subprocess
+
+    argv = [sys.executable, __file__, "--database", args.floor_database, "--fill-only"]
+    floor = {**os.environ, "GROWTH_SCALE": str(SCALE / 100)}
+    subprocess.run(argv, env=floor, check=True, stdout=subprocess.DEVNULL)
 
 
 def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -672,11 +719,17 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             f"{(time.perf_counter() - t0) * 1000:.0f} ms ({len(result.alerts)} alerts, "
             f"{len(result.brakes)} brakes) ({loadavg()})"
         )
+    if "explain" in args.only or "pages" in args.only:
+        manage(env, "collectstatic", "--noinput", "-v", "0")  # the pages' manifest (DEBUG off)
     if "explain" in args.only:
         page_queries(args.explain_ms)
     if "pages" in args.only:
         print(f"\npages, {args.requests} requests each, one at a time, granian WSGI:")
-        pages(env, args.requests)
+        floor_env = None
+        if args.floor_database:
+            floor_env = bench_env(args.floor_database, DB_POOL_MAX="8", REDIS_URL=args.redis_url)
+            fill_floor(args)
+        pages(env, args.requests, floor_env=floor_env, port=args.port)
     if "submit" in args.only:
         print(
             "\nsubmit (POST /api/v1/proposals as growth-1, a spend-cap rule, wrk -c32), "
@@ -697,6 +750,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             [("empty", empty_env, empty_key), ("full", env, submit_key(args.database))],
             args.seconds,
             args.rounds,
+            port=args.port,
         )
         print(f"submit: empty {empty:.0f} req/s, full {full:.0f} req/s: {full / empty:.2f}x")
 
@@ -714,6 +768,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--explain-ms", type=float, default=5.0)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
+    parser.add_argument(
+        "--floor-database",
+        default="gh_growth_small",
+        help="the pages' floor: the same fill at a hundredth of the size (kept; '' for none)",
+    )
+    parser.add_argument("--port", type=int, default=0, help="first of 3 ports (else free ones)")
     parser.add_argument(
         "--only", nargs="*", default=["sizes", "sum", "check", "explain", "pages", "submit"]
     )
