@@ -117,8 +117,9 @@ def _server_binding_cursor() -> CursorWrapper:
 
     Django binds on the client by default, quoting every value into the SQL text; for a
     submit's 5 KB of JSON and text that costs more, on both sides, than sending the values as
-    parameters. Not a prepared statement: the SQL is parsed each time, as Django does, so
-    connection poolers in transaction mode keep working. Wrapped like any Django cursor
+    parameters. Its statements are prepared on first use, once per connection (OPTIONS
+    `prepare_threshold`, config/env.py; off with DB_PREPARED_STATEMENTS=0): PostgreSQL then
+    parses and plans the INSERT once instead of on every submit. Wrapped like any Django cursor
     (database errors, query logging, execute wrappers).
     """
     connection.ensure_connection()

@@ -110,6 +110,13 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
                 "reconnect_timeout": 2.0,
             }
             options.setdefault("connect_timeout", "2")
+        # Django disables prepared statements (for poolers in transaction mode); re-enabled the
+        # way its backend offers, through OPTIONS. Only statements bound on the server are ever
+        # prepared (approvals/bulk.py: the submit's INSERT), once per connection on first use,
+        # so PostgreSQL parses and plans them once; Django's own queries bind on the client and
+        # never are. DB_PREPARED_STATEMENTS=0 behind a pooler in transaction mode that does not
+        # keep prepared statements (PgBouncer before 1.21 or without max_prepared_statements).
+        options["prepare_threshold"] = 0 if env_bool("DB_PREPARED_STATEMENTS", True) else None
         return {
             "ENGINE": "config.postgres",
             "NAME": unquote(parts.path.lstrip("/")) or "gatehouse",

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from approvals import bulk
 from approvals.models import ActionType, AuditEvent, Proposal, Rule
+from config.env import database_from_url
 from tests.conftest import ServiceClient, refund_body
 
 
@@ -108,14 +109,30 @@ class LibpqTrace:
     def __exit__(self, *exc: object) -> None:
         self._pgconn.untrace()
         self._file.seek(0)
-        # Simple queries ("Query") and the extended protocol's "Parse" (statement name, SQL).
+        # Simple queries ("Query"), the extended protocol's "Parse" (statement name, SQL) of
+        # a statement run once, and "Bind" (portal, statement name) of one prepared earlier on
+        # this connection, named by psycopg (its SQL from psycopg's own list of them).
+        prepared = {
+            name.decode(): query.decode()
+            for (query, _types), name in connection.connection._prepared._names.items()
+        }
         self.sent = []
+        self.parsed: list[str] = []
         for line in self._file.read().decode(errors="replace").splitlines():
             direction, _length, message, *rest = [*line.split("\t"), "", ""]
             if direction == "F" and message == "Query":
                 self.sent.append(rest[0].strip(' "'))
             elif direction == "F" and message == "Parse":
-                self.sent.append(rest[0].strip().split('" "', 1)[1])
+                name, sql = rest[0].strip().split('" "', 1)
+                self.parsed.append(sql)
+                if name.strip('"'):
+                    prepared[name.strip('"')] = sql
+                else:
+                    self.sent.append(sql)
+            elif direction == "F" and message == "Bind":
+                name = rest[0].strip().split(" ")[1].strip('"')
+                if name:
+                    self.sent.append(prepared[name])
         self._file.close()
 
     def statements(self) -> list[str]:
@@ -144,6 +161,36 @@ def test_a_proposal_for_review_is_one_statement_without_begin_or_commit(
         "proposal.received",
         "proposal.routed",
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_submit_s_statement_is_parsed_and_planned_once_per_connection(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    make_rule("big", action_type=refund_type, when="payload.amount > 1000.0", outcome="reject")
+    submit(shop, 1.0)  # the first on this connection prepares it (Parse with a name)
+    with LibpqTrace() as trace:
+        ids = [submit(shop, amount) for amount in (5.0, 6.0)]
+    # Each binds the values to the statement prepared before: no SQL sent, nothing parsed.
+    assert trace.parsed == [], trace.parsed
+    assert trace.statements() == ["WITH", "WITH"], trace.sent
+    for proposal in Proposal.objects.filter(pk__in=ids):
+        assert proposal.state == "pending_review"
+        assert list(proposal.events.values_list("kind", flat=True)) == [
+            "proposal.received",
+            "proposal.routed",
+        ]
+    assert sorted(p.payload["amount"] for p in Proposal.objects.filter(pk__in=ids)) == [5.0, 6.0]
+
+
+def test_prepared_statements_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgres://u@db.example/gatehouse"
+    monkeypatch.delenv("DB_PREPARED_STATEMENTS", raising=False)
+    options = database_from_url("DATABASE_URL", url, base_dir=None, pool=True)["OPTIONS"]
+    assert options["prepare_threshold"] == 0  # on first use (server-bound statements only)
+    monkeypatch.setenv("DB_PREPARED_STATEMENTS", "0")
+    options = database_from_url("DATABASE_URL", url, base_dir=None, pool=True)["OPTIONS"]
+    assert options["prepare_threshold"] is None  # Django's default: never
 
 
 @pytest.mark.django_db(transaction=True)
