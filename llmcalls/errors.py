@@ -9,13 +9,12 @@ never reach a caller.
 
 from __future__ import annotations
 
+import json
 import uuid
-
-import openai
 
 from telemetry import logs
 
-try:  # openai >= 3 sends through httpx2; earlier versions through httpx
+try:  # the openai SDK's transport: httpx2 since openai 3, httpx before
     import httpx2 as _http
 except ImportError:  # pragma: no cover
     import httpx as _http  # type: ignore[no-redef]
@@ -80,19 +79,41 @@ class Misconfigured(Exception):
     """The target cannot be called as configured (e.g. its key's variable is not set)."""
 
 
+class ProviderStatus(Exception):
+    """The provider answered with an HTTP error status (the body read, for its message)."""
+
+    def __init__(self, response: _http.Response) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self.message = _error_message(response)
+        super().__init__(f"HTTP {self.status_code}: {self.message}")
+
+
+def _error_message(response: _http.Response) -> str:
+    """OpenAI's `{"error": {"message": …}}` when the body has it, else the body's text."""
+    text = response.text.strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:300]
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else text[:300]
+
+
 RETRY, FALLBACK, FATAL = "retry", "fallback", "fatal"
 
 
 def classify(exc: BaseException) -> str:
     """RETRY the same target, FALLBACK to the next, or FATAL: the call fails."""
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, ProviderStatus):
         code = exc.status_code
         if code in (408, 409, 429) or code >= 500:
             return RETRY
         return FATAL if code in (400, 413, 422) else FALLBACK
-    if isinstance(exc, openai.APIConnectionError | _http.HTTPError | EarlyEnd):
+    if isinstance(exc, _http.HTTPError | EarlyEnd):
         return RETRY
-    if isinstance(exc, Malformed | Misconfigured | openai.APIResponseValidationError):
+    if isinstance(exc, Malformed | Misconfigured):
         return FALLBACK
     return FATAL
 
@@ -102,10 +123,6 @@ def describe(exc: BaseException | None) -> str:
     the key it was sent ("Incorrect API key provided: sk-…") must not hand it on."""
     if exc is None:
         return ""
-    if isinstance(exc, openai.APIStatusError):
-        return logs.redact(f"HTTP {exc.status_code}: {exc.message}")[:500]
-    cause = exc.__cause__ or exc.__context__
-    text = f"{type(exc).__name__}: {exc}"
-    if cause is not None and isinstance(exc, openai.APIConnectionError):
-        text += f" ({type(cause).__name__}: {cause})"
-    return logs.redact(text)[:500]
+    if isinstance(exc, ProviderStatus):
+        return logs.redact(str(exc))[:500]
+    return logs.redact(f"{type(exc).__name__}: {exc}")[:500]

@@ -381,19 +381,36 @@ def _inside_callers_transaction() -> bool:
 
 
 def _insert(call: LLMCall, conn: Any, *, durable: bool) -> None:
-    query = InsertQuery(LLMCall)
-    query.insert_values(_FIELDS, [call])
-    compiler = query.get_compiler(connection=conn)
     if durable or conn.vendor != "postgresql" or not conn.get_autocommit():
-        compiler.execute_sql(returning_fields=None)
+        query = InsertQuery(LLMCall)
+        query.insert_values(_FIELDS, [call])
+        query.get_compiler(connection=conn).execute_sql(returning_fields=None)
         return
     # One statement, its own transaction: its RETURNING turns synchronous_commit off for that
     # transaction only (set_config's is_local), before it commits, so the commit does not wait
     # for the WAL flush; the setting ends with it. (It was BEGIN, SET LOCAL, INSERT and COMMIT:
-    # four round trips.)
-    [(sql, params)] = compiler.as_sql()
+    # four round trips.) The statement's text is the same for every call, so it is compiled
+    # once per connection alias (0.4 ms a call); the values are prepared per call by the fields
+    # themselves, as the compiler does.
+    values = [f.get_db_prep_save(f.pre_save(call, add=True), connection=conn) for f in _FIELDS]
     with conn.cursor() as cursor:
-        cursor.execute(f"{sql} {_ASYNC_COMMIT}", params)
+        cursor.execute(_insert_sql(conn, call), values)
+
+
+_insert_sqls: dict[str, str] = {}
+
+
+def _insert_sql(conn: Any, call: LLMCall) -> str:
+    sql = _insert_sqls.get(conn.alias)
+    if sql is None:
+        query = InsertQuery(LLMCall)
+        query.insert_values(_FIELDS, [call])
+        [(sql, params)] = query.get_compiler(connection=conn).as_sql()
+        # One plain placeholder per field, in _FIELDS' order: what the cached text relies on.
+        assert len(params) == len(_FIELDS) and sql.count("%s") == len(_FIELDS), sql
+        sql = f"{sql} {_ASYNC_COMMIT}"
+        _insert_sqls[conn.alias] = sql
+    return sql
 
 
 _ASYNC_COMMIT = "RETURNING set_config('synchronous_commit', 'off', true)"

@@ -56,6 +56,34 @@ def test_it_answers_and_logs_the_whole_call(
     assert call.latency_ms is not None and call.latency_ms > 0
 
 
+def test_it_sends_the_provider_the_openai_wire_format_whole_and_streamed(
+    fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    # llmcalls speaks the wire format itself (no SDK on the way out): what the SDK sent, the
+    # route's params over the caller's, and a stream that asks for its usage.
+    make_route("support", "primary/ok", params={"temperature": 0})
+
+    client.complete(feature="support", messages=MESSAGES, max_tokens=50, temperature=1)
+    with client.stream(feature="support", messages=MESSAGES, max_tokens=50) as streamed:
+        assert "".join(delta.text for delta in streamed) == "Hello from the fake provider."
+
+    whole, stream = fake.requests
+    assert whole.body == {"model": "ok", "messages": MESSAGES, "max_tokens": 50, "temperature": 0}
+    assert stream.body == {
+        "model": "ok",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 50,
+        "temperature": 0,
+    }
+    for received in (whole, stream):
+        headers = {k.lower(): v for k, v in received.headers.items()}
+        assert headers["authorization"] == "Bearer not-needed"
+        assert headers["content-type"] == "application/json"
+    assert {c.status for c in LLMCall.objects.all()} == {"ok"}
+
+
 def test_cached_input_tokens_are_billed_at_the_cached_price(
     fake: FakeProvider, make_route: Route, prices: None
 ) -> None:
