@@ -101,6 +101,11 @@ SERVERS: dict[str, list[str]] = {
         "--worker-class gthread --log-level warning"
     ),
     # The Procfile's `live:` (ASGI; before issue 16 it served everything).
+    # granian's ASGI interface (websockets included; it negotiates no compression).
+    "granian-asgi": shlex.split(
+        "-m granian --interface asgi {app} --host 127.0.0.1 --port {port} --workers {workers} "
+        "--log-level warning"
+    ),
     "uvicorn": shlex.split(
         "-m uvicorn {app} --host 127.0.0.1 --port {port} --workers {workers} --no-access-log "
         "--log-level warning"
@@ -122,6 +127,8 @@ def serve(
     output: Any = None,
     port: int = 0,
     ready_timeout: float = 90,
+    extra: list[str] | None = None,
+    python_args: list[str] | None = None,
 ) -> Iterator[str]:
     """`server` running `project`'s WSGI or ASGI entry (Gatehouse's by default) on `port`, else
     BENCH_PORT, else a free loopback port; yields its base URL and stops it afterwards.
@@ -130,7 +137,8 @@ def serve(
     entry = "wsgi" if server in WSGI_SERVERS else "asgi"
     app = f"{project}.{entry}:application"
     values = {"app": app, "port": port, "workers": workers, "threads": threads}
-    argv = [PYTHON, *(part.format(**values) for part in SERVERS[server])]
+    argv = [PYTHON, *(python_args or []), *(part.format(**values) for part in SERVERS[server])]
+    argv += extra or []
     process = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=output, stderr=output, start_new_session=True
     )
@@ -147,16 +155,34 @@ def serve(
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def live_args() -> str:
+    """The `live` server's options beyond SERVERS': as the Procfile's `live:` unless
+    BENCH_LIVE_ARGS says otherwise ("" for uvicorn's defaults)."""
+    return os.environ.get("BENCH_LIVE_ARGS", "--ws-per-message-deflate false")
+
+
 @contextlib.contextmanager
 def production_stack(env: dict[str, str]) -> Iterator[tuple[str, str, str, Any]]:
-    """The Procfile's `web` (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker)
+    """The Procfile's `web` (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker;
+    BENCH_LIVE_SERVER, BENCH_LIVE_WORKERS, live_args() and BENCH_LIVE_PYTHON_ARGS vary it)
     behind deploy/nginx.conf (Debian's nginx, as tests/stack.py runs it); yields the proxy's
     base URL, web's, live's and the nginx process (its log), and stops them all afterwards."""
     from tests.stack import nginx
 
+    # BENCH_PORT would give both servers one port: each has its own variable.
+    web_port = int(os.environ.get("BENCH_WEB_PORT") or 0) or free_port()
+    live_port = int(os.environ.get("BENCH_LIVE_PORT") or 0) or free_port()
     with (
-        serve(env, server="granian-wsgi") as web,
-        serve(env, server="uvicorn", workers=1) as live,
+        serve(env, server="granian-wsgi", port=web_port) as web,
+        serve(
+            env,
+            server=os.environ.get("BENCH_LIVE_SERVER") or "uvicorn",
+            workers=int(os.environ.get("BENCH_LIVE_WORKERS") or 1),
+            port=live_port,
+            extra=shlex.split(live_args()),
+            # e.g. a profiler's wrapper, to see where a push's time goes.
+            python_args=shlex.split(os.environ.get("BENCH_LIVE_PYTHON_ARGS", "")),
+        ) as live,
         tempfile.TemporaryDirectory() as tmp,
     ):
         port = int(os.environ.get("BENCH_PROXY_PORT") or 0) or free_port()

@@ -17,9 +17,11 @@
     .venv/bin/python bench/live_latency.py [--proposals 200] [--clients 20] [--pending 100000]
 
 3. `--load`: live under load (issue 16), on the production process setup: the Procfile's `web`
-   (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker) behind deploy/nginx.conf
-   (as tests/stack.py runs it). 50 reviewer sockets (`--clients`) connected through the proxy, held
-   by a separate process so that reading them does not slow the submitter; services submit at
+   (granian WSGI, 2 workers x 8 threads) and `live` (uvicorn, 1 worker, the Procfile's options)
+   behind deploy/nginx.conf (as tests/stack.py runs it). 50 reviewer sockets (`--clients`)
+   connected through the proxy, held by a separate process (raw websocket clients on uvloop that
+   offer permessage-deflate as browsers do, `--no-deflate-offer` not) so that reading them does
+   not slow the submitter; services submit at
    `--rate` proposals a second (default 100, open loop: each POST starts at its scheduled time
    whatever the others do) for `--seconds` (default 30). Per arrival (proposals x sockets):
    scheduled POST -> row at the socket, POST returned -> row; p50/p95/max and missing arrivals.
@@ -30,7 +32,11 @@
     .venv/bin/python bench/live_latency.py --load [--clients 50] [--rate 100] [--seconds 30]
 
 Environment: BENCH_REDIS_URL (default redis://127.0.0.1:6379/5; the bench flushes nothing),
-BENCH_DATABASE (default gh_ui_bench, dropped and re-created).
+BENCH_DATABASE (default gh_ui_bench, dropped and re-created). `--load` also: BENCH_WEB_PORT,
+BENCH_LIVE_PORT, BENCH_PROXY_PORT (default free ports); BENCH_LIVE_SERVER (uvicorn, or
+granian-asgi), BENCH_LIVE_WORKERS (1), BENCH_LIVE_ARGS (default the Procfile's
+`--ws-per-message-deflate false`; "" for uvicorn's defaults), BENCH_LIVE_PYTHON_ARGS (before
+`-m uvicorn`, e.g. a profiler's wrapper).
 """
 
 from __future__ import annotations
@@ -388,17 +394,117 @@ def explain() -> str:
 Arrivals = list[dict[str, float]]  # per socket: proposal id -> first arrival (time.monotonic)
 
 
+class RawSocket:
+    """A websocket client that does what a browser's does for the queue page and no more:
+    the handshake (offering permessage-deflate as Chrome does), reading the server's frames
+    (inflating compressed ones), answering pings. The `websockets` client cost 100 µs of CPU
+    a message, on the same two cores as the servers it measures (as httpx did for the
+    submitter): 50 sockets at 100 rows a second took half a core."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.inflate: Any = None
+        self.deflate_offered = False
+
+    @classmethod
+    async def connect(cls, url: str, origin: str, cookie: str, deflate: bool) -> RawSocket:
+        import base64
+        import zlib
+
+        host, port_path = url.removeprefix("ws://").split(":", 1)
+        port, path = port_path.split("/", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        offer = (
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            if deflate
+            else ""
+        )
+        writer.write(
+            f"GET /{path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: {origin}\r\nCookie: {cookie}\r\n{offer}\r\n".encode()
+        )
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        if not head.startswith("HTTP/1.1 101"):
+            raise SystemExit(f"the socket was refused:\n{head}")
+        socket = cls(reader, writer)
+        if re.search(r"(?im)^sec-websocket-extensions:.*permessage-deflate", head):
+            socket.inflate = zlib.decompressobj(-15)  # context kept across messages
+        return socket
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    async def messages(self) -> Any:
+        """Each text message as it completes (bytes)."""
+        read = self.reader.readexactly
+        parts: list[bytes] = []
+        compressed = False
+        while True:
+            first, second = await read(2)
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(await read(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await read(8), "big")
+            payload = await read(length) if length else b""
+            opcode = first & 0x0F
+            if opcode == 0x9:  # ping: a browser answers
+                self._send(0xA, payload)
+                continue
+            if opcode == 0x8:
+                return
+            if opcode in (0x1, 0x2):
+                parts, compressed = [], bool(first & 0x40)
+            elif opcode != 0x0:
+                continue  # pong
+            parts.append(payload)
+            if first & 0x80:
+                data = b"".join(parts)
+                if compressed:
+                    data = self.inflate.decompress(data + b"\x00\x00\xff\xff")
+                yield data
+
+    def close(self) -> None:
+        self._send(0x8, (1000).to_bytes(2, "big"))
+        self.writer.close()
+
+
 def socket_reader(
-    url: str, origin: str, cookies: list[str], ready: Any, stop: Any, out: Any
+    url: str,
+    origin: str,
+    cookies: list[str],
+    deflate: bool,
+    ready: Any,
+    go: Any,
+    stop: Any,
+    out: Any,
 ) -> None:
     """In a process of its own: connect every socket, note when each row first arrives at each,
     and send the notes back once `stop` is set. (CLOCK_MONOTONIC is the machine's, so its
     times compare with the submitter's.)"""
+    row_id = re.compile(rb'<tr id="proposal-([0-9a-f-]{36})" class="queue-row"')
 
-    async def run() -> tuple[Arrivals, float]:
-        arrivals, sockets, readers = await open_sockets(url, origin, cookies, time.monotonic)
+    async def run() -> tuple[Arrivals, float, bool]:
+        arrivals: Arrivals = [{} for _ in cookies]
+        sockets = [await RawSocket.connect(url, origin, c, deflate) for c in cookies]
+
+        async def read(index: int, ws: RawSocket) -> None:
+            seen = arrivals[index]
+            async for message in ws.messages():
+                now = time.monotonic()
+                match = row_id.search(message)
+                if match:
+                    seen.setdefault(match.group(1).decode(), now)
+
+        readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
         await asyncio.sleep(1)  # presence marked, groups joined
         ready.set()
+        while not go.is_set():  # the floor: its rows are read, their CPU is not counted
+            await asyncio.sleep(0.02)
         started = time.process_time()
         while not stop.is_set():
             await asyncio.sleep(0.05)
@@ -406,10 +512,12 @@ def socket_reader(
         for task in readers:
             task.cancel()
         for ws in sockets:
-            await ws.close()
-        return arrivals, cpu
+            ws.close()
+        return arrivals, cpu, all(ws.inflate is not None for ws in sockets)
 
-    out.send(asyncio.run(run()))
+    import uvloop  # as cheap a reader as can be: the browsers are not on the server's cores
+
+    out.send(uvloop.run(run()))
 
 
 async def floor_at_rate(group: str, size: int, rate: float, seconds: float) -> dict[str, float]:
@@ -515,7 +623,7 @@ def arrival_latencies(
 def main_load(args: argparse.Namespace) -> None:
     import multiprocessing
 
-    from common import SESSIONS, cpu_seconds_by_pid, cpu_used, production_stack
+    from common import SESSIONS, cpu_seconds_by_pid, cpu_used, live_args, production_stack
 
     database = os.environ.get("BENCH_DATABASE", "gh_ui_load_bench")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
@@ -526,12 +634,14 @@ def main_load(args: argparse.Namespace) -> None:
     group = events.group_for_action_type(type_id)
     print(
         f"Live under load: {args.clients} reviewer sockets, {args.rate:g} proposals/s for "
-        f"{args.seconds:g} s; web granian WSGI 2x8 + live uvicorn 1 behind nginx, Redis layer"
+        f"{args.seconds:g} s; web granian WSGI 2x8 + live behind nginx, Redis layer; live: "
+        f"{os.environ.get('BENCH_LIVE_SERVER') or 'uvicorn'} "
+        f"x{os.environ.get('BENCH_LIVE_WORKERS') or 1} {live_args()}"
     )
     print(f"load before: {loadavg()}")
     with production_stack(env) as (base, web, live, proxy):
         context = multiprocessing.get_context("spawn")
-        ready, stop = context.Event(), context.Event()
+        ready, go, stop = context.Event(), context.Event(), context.Event()
         receive, send = context.Pipe(duplex=False)
         try:
             reader = context.Process(
@@ -540,7 +650,9 @@ def main_load(args: argparse.Namespace) -> None:
                     base.replace("http://", "ws://") + "/ws/queue/",
                     base,
                     cookies,
+                    not args.no_deflate_offer,
                     ready,
+                    go,
                     stop,
                     send,
                 ),
@@ -558,6 +670,7 @@ def main_load(args: argparse.Namespace) -> None:
                 name: cpu_seconds_by_pid(database=database, sessions={sid})
                 for name, sid in sessions.items()
             }
+            go.set()
             self_before = time.process_time()
             records = asyncio.run(submit_at_rate(base, key, args.rate, args.seconds))
             self_cpu = time.process_time() - self_before
@@ -568,7 +681,7 @@ def main_load(args: argparse.Namespace) -> None:
             }
             load_run = loadavg()
             stop.set()
-            arrivals, reader_cpu = receive.recv()
+            arrivals, reader_cpu, compressed = receive.recv()
             reader.join(timeout=30)
             errors = proxy.log()
         finally:
@@ -594,6 +707,11 @@ def main_load(args: argparse.Namespace) -> None:
             f"{name:40} {pct(values, 50):8.2f} {pct(values, 95):8.2f} {max(values):8.2f} "
             f"{len(values):7d}"
         )
+    print(
+        "sockets: permessage-deflate "
+        + ("offered" if not args.no_deflate_offer else "not offered")
+        + (", negotiated" if compressed else ", not negotiated")
+    )
     statuses = sorted({r[4] for r in records})
     print(
         f"submitted {len(records)} in {span:.1f} s ({len(records) / max(span, 1e-9):.1f}/s "
@@ -634,6 +752,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100, help="--load: proposals a second")
     parser.add_argument("--seconds", type=float, default=30, help="--load: how long")
     parser.add_argument("--floor-seconds", type=float, default=10, help="--load: the floor's")
+    parser.add_argument(
+        "--no-deflate-offer",
+        action="store_true",
+        help="--load: the sockets do not offer permessage-deflate (browsers do)",
+    )
     args = parser.parse_args()
     if args.load:
         args.clients = args.clients or 50

@@ -280,9 +280,7 @@ def _record_proposal(new: _NewProposal) -> SubmitResult:
     bulk.insert_rows([proposal], _first_events(new))
     if proposal.state in outbox.CALLBACK_STATES:
         outbox.outbox_record(proposal=proposal, to_state=proposal.state)
-    events.proposal_changed(
-        proposal.pk, proposal.action_type_id, created=True, llm_call_id=proposal.llm_call_id
-    )
+    events.proposal_created(proposal)
     return SubmitResult(proposal=proposal, response=new.response, replayed=False)
 
 
@@ -314,9 +312,7 @@ def _record_keyed_proposal(new: _NewProposal, key: str) -> SubmitResult:
         _first_events(new),
     )
     if inserted:
-        events.proposal_changed(
-            proposal.pk, proposal.action_type_id, created=True, llm_call_id=proposal.llm_call_id
-        )
+        events.proposal_created(proposal)
         return SubmitResult(proposal=proposal, response=new.response, replayed=False)
     if not locked:
         raise _key_in_flight()
