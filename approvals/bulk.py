@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import connection, models
 from django.db.backends.postgresql.base import ServerBindingCursor
-from django.db.backends.utils import CursorWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import AutoField, Field, JSONField, Model
 from django.db.models.sql import InsertQuery
 from psycopg.pq import TransactionStatus
@@ -125,8 +125,18 @@ def _server_binding_cursor() -> CursorWrapper:
     connection.ensure_connection()
     raw: Any = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]  # stubs: no args
     if connection.queries_logged:
-        return connection.make_debug_cursor(raw)
+        return _PreparedDebugCursor(raw, connection)
     return connection.make_cursor(raw)
+
+
+class _PreparedDebugCursor(CursorDebugWrapper):
+    """Django's query log (DEBUG, assertNumQueries) for the server-binding cursor. Django logs the
+    query text psycopg kept, and psycopg keeps none for a statement it runs as prepared, so the
+    log would say None: it gets the SQL as sent instead, its values apart (%s placeholders)."""
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        with self.debug_sql(sql, params):
+            return CursorWrapper.execute(self, sql, params)
 
 
 def insert_rows(*batches: Sequence[Model]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from django.db import DataError, IntegrityError, connection
 from django.db.models import AutoField, Model
 from django.db.models.sql import InsertQuery
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.safestring import SafeString
 from psycopg import pq
@@ -181,6 +182,19 @@ def test_the_submit_s_statement_is_parsed_and_planned_once_per_connection(
             "proposal.routed",
         ]
     assert sorted(p.payload["amount"] for p in Proposal.objects.filter(pk__in=ids)) == [5.0, 6.0]
+
+
+def test_django_s_query_log_shows_a_prepared_submit_s_sql(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    """psycopg keeps no query text for a statement it runs as prepared; the log (DEBUG,
+    assertNumQueries, CaptureQueriesContext) still shows what was sent, not None."""
+    submit(shop, 1.0)  # prepared on this connection from now on
+    with CaptureQueriesContext(connection) as queries:
+        submit(shop, 2.0)
+    inserts = [q["sql"] for q in queries if "INSERT INTO" in (q["sql"] or "")]
+    assert [sql.split(" ", 1)[0] for sql in inserts] == ["WITH"], [q["sql"] for q in queries]
+    assert '"approvals_proposal"' in inserts[0] and "%s" in inserts[0]
 
 
 def test_prepared_statements_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
