@@ -1,12 +1,12 @@
 """The queue row is rendered in Python (approvals/rows.py) for the page and the live push. Its
 HTML must stay what the template `approvals/_queue_row.html` rendered before it was replaced:
-`queue_row_golden.html` was generated from that template (git history: the commit adding this
-test) for the rows below, with the same clock, time zone and script prefix, by
-`python -c "import django; django.setup(); from tests.approvals import test_queue_row_render as t;
-t.GOLDEN.write_text(t.render_old_template())"` (DJANGO_SETTINGS_MODULE=config.settings)."""
+`queue_row_golden.html` was generated from that template for the rows below, with the same
+clock, time zones and script prefixes (`render_old_template` in the commit that added this test,
+"tests: golden HTML of the queue row template …", where it is also checked against it)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +19,8 @@ from django.template.loader import render_to_string
 from django.urls import clear_script_prefix, set_script_prefix
 from django.utils import timezone
 
+from approvals import rows as row_html
+from approvals import selectors
 from approvals.models import ActionType, Claim, Proposal, Review
 
 GOLDEN = Path(__file__).with_name("queue_row_golden.html")
@@ -112,14 +114,6 @@ def rows() -> list[tuple[str, Proposal]]:
     return shapes
 
 
-def render_old_template() -> str:
-    """How the golden file was made, before the template was replaced (kept for the record:
-    `approvals/_queue_row.html` is gone)."""
-    return _render_all(
-        lambda p, oob: render_to_string("approvals/_queue_row.html", {"p": p, "oob": oob})
-    )
-
-
 def _render_all(render: Callable[[Proposal, bool], str]) -> str:
     parts = []
     for zone, prefix in SETTINGS:
@@ -142,5 +136,37 @@ def _rendering(zone: str, prefix: str) -> Iterator[None]:
             clear_script_prefix()
 
 
-def test_the_template_renders_the_golden_rows() -> None:
-    assert render_old_template() == GOLDEN.read_text()
+def _golden_rows() -> dict[tuple[str, str, str, bool], str]:
+    sections = re.findall(
+        r"<!-- (.*?); (.*?), (.*?), oob=(\w+) -->\n(.*?</tr>\n)\n", GOLDEN.read_text(), re.S
+    )
+    return {(name, zone, prefix, oob == "True"): row for name, zone, prefix, oob, row in sections}
+
+
+def test_the_python_row_is_the_templates_row() -> None:
+    rendered = _render_all(lambda p, oob: row_html.queue_row(p, oob=oob))
+    golden = GOLDEN.read_text()
+    assert rendered.count("<tr ") == len(SETTINGS) * len(rows()) * 2 == len(_golden_rows())
+    for ours, theirs in zip(rendered.split("<!-- "), golden.split("<!-- "), strict=True):
+        assert ours == theirs  # one row at a time: a failure shows which
+    assert "<script>" not in rendered and "&lt;script&gt;" in rendered
+
+
+def test_the_page_and_the_push_render_the_same_rows() -> None:
+    golden = _golden_rows()
+    filters = selectors.QueueFilters()
+    for zone, prefix in SETTINGS:
+        with _rendering(zone, prefix):
+            shapes = rows()
+            page = selectors.Page(rows=[p for _name, p in shapes])
+            html = render_to_string(
+                "approvals/_queue_rows.html", {"page": page, "filters": filters}
+            )
+            # Each row, then the loop's newline; the partial's own last newline at the end.
+            expected = "".join(golden[(name, zone, prefix, False)] + "\n" for name, _p in shapes)
+            assert html == expected + "\n"
+            for name, proposal in shapes:
+                pushed = render_to_string(
+                    "approvals/_live_update.html", {"p": proposal, "oob": True}
+                )
+                assert pushed.startswith(golden[(name, zone, prefix, True)] + "\n")
