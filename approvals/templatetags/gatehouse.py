@@ -1,5 +1,6 @@
-"""Template filters for the reviewer pages. None of them marks anything safe: model-provided
-text leaves here as plain strings and Django's autoescaping applies."""
+"""Template filters and tags for the reviewer pages. None of the filters marks anything safe:
+model-provided text leaves them as plain strings and Django's autoescaping applies. The queue
+row tags return HTML built by approvals/rows.py, which escapes every value it puts in."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from django import template
 from django.conf import settings
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
+
+from approvals import rows
+from approvals.models import Proposal
 
 register = template.Library()
 
@@ -63,3 +67,15 @@ def page_parts(context: template.Context, slot: str) -> SafeString:
     for name in settings.PAGE_PARTS[slot]:
         parts += engine.get_template(name).render(context)  # rendered, hence escaped and safe
     return parts
+
+
+@register.simple_tag
+def queue_rows(proposals: list[Proposal]) -> SafeString:
+    """The queue page's rows (approvals/rows.py), each followed by a newline."""
+    return rows.queue_rows(proposals)
+
+
+@register.simple_tag
+def queue_row(proposal: Proposal, oob: bool = False) -> SafeString:
+    """One queue row, as the live push sends it (`oob`: swapped in out of band)."""
+    return rows.queue_row(proposal, oob=oob)

@@ -1,0 +1,122 @@
+"""The queue's row in Python: the page (`approvals/_queue_rows.html`) and the live push
+(`approvals/_live_update.html`, approvals/events.py) both render it here, so they stay one
+piece of code.
+
+As a template it cost 0.48 ms a row, 24 ms of the page's 50 rows (bench/README.md, growth.py):
+32 variable lookups, a URL reverse, two `date:'c'`, `timesince` and `until` each. Here it is
+the same HTML (tests/approvals/test_queue_row_render.py compares it with the template's output)
+from one format string: every value goes through format_html's conditional_escape; only the
+constant markup below is marked safe. Times are shown in the current time zone, as the
+template's `date` filter does (template_localtime); the proposal's URL is reversed once per
+call, script prefix included, and the row's id put in its place.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.timesince import timesince, timeuntil
+
+from approvals.models import Proposal
+
+_ROW = (
+    '<tr id="proposal-{pk}" class="queue-row" data-queue-row data-href="{href}"'
+    ' data-action-type="{key}" data-risk="{risk}"{oob}>\n'
+    '  <td class="col-summary"><a href="{href}">{summary}</a></td>\n'
+    '  <td class="col-type" data-label="Action"><code>{key}</code>{irreversible}</td>\n'
+    '  <td class="col-risk" data-label="Risk"><span class="risk risk-{risk}">{risk}'
+    '<span class="visually-hidden"> risk</span></span></td>\n'
+    '  <td class="col-confidence" data-label="Confidence"><meter min="0" max="1" low="0.5"'
+    ' high="0.8" optimum="1" value="{confidence}" aria-hidden="true">{confidence}</meter>'
+    ' <span class="num"><span class="visually-hidden">model confidence </span>{confidence}'
+    "</span></td>\n"
+    '  <td class="col-age" data-label="Age"><time datetime="{created}">{age}</time></td>\n'
+    '  <td class="col-due" data-label="Due">{due}</td>\n'
+    '  <td class="col-claim" data-label="Claim">{claim}</td>\n'
+    "</tr>\n"  # the template file's last newline, which the page and the push both sent
+)
+_OOB = mark_safe(' hx-swap-oob="true"')  # constant markup
+_IRREVERSIBLE = mark_safe(' <span class="tag">irreversible</span>')
+_BREACHED = mark_safe(
+    '<span class="sla-breached" title="Review SLA breached; escalated">SLA breached</span>'
+)
+_NOT_CLAIMED = mark_safe(
+    '<span class="muted">—<span class="visually-hidden">not claimed</span></span>'
+)
+_SENTINEL = uuid.UUID(int=0)
+
+
+def queue_rows(proposals: Iterable[Proposal], *, oob: bool = False) -> SafeString:
+    """Each proposal's row, each followed by another newline (as the page's loop wrote them)."""
+    head, _, tail = reverse("approvals:proposal", args=[_SENTINEL]).partition(str(_SENTINEL))
+    now = timezone.now()
+    return SafeString("".join(f"{_row(p, head, tail, now, oob)}\n" for p in proposals))
+
+
+def queue_row(proposal: Proposal, *, oob: bool = False) -> SafeString:
+    head, _, tail = reverse("approvals:proposal", args=[_SENTINEL]).partition(str(_SENTINEL))
+    return _row(proposal, head, tail, timezone.now(), oob)
+
+
+def _iso(value: datetime) -> str:
+    """`value|date:'c'`: ISO 8601 in the current time zone."""
+    # What the template engine applies before `date` (its stubs leave the function out).
+    return timezone.template_localtime(value).isoformat()  # type: ignore[attr-defined]
+
+
+def _row(p: Proposal, head: str, tail: str, now: datetime, oob: bool) -> SafeString:
+    action_type = p.action_type
+    if p.escalated_at:
+        due = _BREACHED
+    elif p.review_due_at:
+        due = format_html(
+            '<time datetime="{}" title="Review SLA">due in {}</time>',
+            _iso(p.review_due_at),
+            timeuntil(p.review_due_at, now, depth=1),
+        )
+    elif p.expires_at:
+        due = format_html(
+            '<time class="muted" datetime="{}" title="Review expiry">expires in {}</time>',
+            _iso(p.expires_at),
+            timeuntil(p.expires_at, now, depth=1),
+        )
+    else:
+        due = SafeString()
+    claim = p.live_claim
+    needed = p.approvals_needed
+    claim_cell = SafeString()
+    if claim:
+        claim_cell = format_html(
+            '<span class="claimed" data-claim-expires="{}">being reviewed by {}</span>',
+            int(claim.expires_at.timestamp()),
+            claim.reviewer.get_username(),
+        )
+    if needed > 1:
+        claim_cell += format_html(
+            ' <span class="approvals">{} of {} approvals</span>',
+            len(p.current_approvals),
+            needed,
+        )
+    elif not claim:
+        claim_cell = _NOT_CLAIMED
+    return format_html(
+        _ROW,
+        pk=p.pk,
+        href=f"{head}{p.pk}{tail}",
+        key=action_type.key,
+        risk=action_type.risk,
+        oob=_OOB if oob else "",
+        summary=p.summary,
+        irreversible=_IRREVERSIBLE if action_type.irreversible else "",
+        confidence=f"{p.confidence:.2f}",
+        created=_iso(p.created_at),
+        age=timesince(p.created_at, now),
+        due=due,
+        claim=claim_cell,
+    )
