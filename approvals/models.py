@@ -662,7 +662,8 @@ class ApprovedSum(models.Model):
 
     On PostgreSQL a trigger on approvals_proposal keeps it (migration 0013), in the transaction
     that inserts, updates or deletes the proposal; elsewhere nothing writes it and velocity
-    computes the sum the plain way.
+    computes the sum the plain way. On PostgreSQL the unique constraint also carries `total`
+    (`INCLUDE`, migration 0016) so that the window's minutes are read from the index alone.
     """
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+", db_index=False)

@@ -4,8 +4,10 @@ deletes, at windows that start and end inside a minute or on one, and under conc
 
 from __future__ import annotations
 
+import json
 import random
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -203,6 +205,47 @@ def test_the_sum_is_read_from_minutes_not_rows(
             [shop.service.pk, refund_type.pk, NOW - timedelta(hours=1)],
         )
     assert velocity.approved_sum(**args) == pytest.approx(before + 1000)
+
+
+@postgresql_only
+def test_the_minutes_are_read_from_the_index_alone(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    """approvedsum_minute carries `total` (approvals 0016): the whole minutes' read is an Index
+    Only Scan, so a day's window reads no heap page per minute; and it still arbitrates the
+    trigger's ON CONFLICT (one row per minute, summed)."""
+    rng = random.Random(3)
+    minute = NOW - timedelta(minutes=30)
+    for second in (1, 20, 40):
+        make(
+            shop.service,
+            refund_type,
+            rng,
+            state="approved",
+            decision_outcome="approve",
+            decided_at=minute + timedelta(seconds=second),
+            payload={"amount": 2.5},
+        )
+    rows = ApprovedSum.objects.filter(service=shop.service, field="amount", minute=minute)
+    assert [row.total for row in rows] == [7.5]
+    args: list[Any] = [shop.service.pk, refund_type.pk, "amount", NOW - timedelta(hours=24), NOW]
+    with connection.cursor() as cursor:
+        # A test table is a few rows: force an index path, then ask which one.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        cursor.execute("EXPLAIN (FORMAT JSON) " + velocity._MINUTES_SUM, args)
+        (plan,) = cursor.fetchone()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    scans = list(nodes(plan[0]["Plan"]))
+    assert [(n["Node Type"], n.get("Index Name")) for n in scans if "Relation Name" in n] == [
+        ("Index Only Scan", "approvedsum_minute")
+    ]
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
 
 
 def test_values_a_float_cannot_sum_exactly_fall_back_to_the_rows(
