@@ -9,7 +9,7 @@ Prints, over `--requests` rounds, the p50/p95 of
 and the page's ratio to the floor.
 
     GROWTH_SCALE=0.01 .venv/bin/python bench/growth.py --database gh_rows_small --fill-only
-    /work/wt/_brief/gh-bench .venv/bin/python bench/queue_render.py --database gh_rows_small
+    .venv/bin/python bench/queue_render.py --database gh_rows_small
 """
 
 from __future__ import annotations
