@@ -102,7 +102,9 @@ def _compile(row: Model) -> tuple[str, list[Prepare]]:
     return sql, [preparer(f) for f in fields]
 
 
-def _insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
+def insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT of `rows` (one model) and its parameters: the SQL compiled once per model,
+    the values prepared per call (llmcalls' call log uses it for its one-statement write)."""
     template = _templates.get(type(rows[0]))
     if template is None:
         template = _templates[type(rows[0])] = _compile(rows[0])
@@ -149,7 +151,7 @@ def insert_rows(*batches: Sequence[Model]) -> None:
         for batch in batches:
             type(batch[0])._default_manager.bulk_create(batch)
         return
-    statements = [_insert_sql(batch) for batch in batches]
+    statements = [insert_sql(batch) for batch in batches]
     *ctes, (main_sql, main_params) = statements
     sql = ""
     params: tuple[Any, ...] = ()
@@ -202,7 +204,7 @@ def insert_rows_if(
     ctes = [f"guard AS MATERIALIZED ({guard})"]
     params: list[Any] = list(guard_params)
     for index, batch in enumerate(batches):
-        sql, batch_params = _insert_sql(batch)
+        sql, batch_params = insert_sql(batch)
         head = sql.split(" VALUES ", 1)[0]
         rows = ", ".join([_typed_row(type(batch[0]))] * len(batch))
         # Names from the models and the caller's SQL; every value is a parameter.

@@ -54,14 +54,19 @@ _SENTINEL = uuid.UUID(int=0)
 
 def queue_rows(proposals: Iterable[Proposal], *, oob: bool = False) -> SafeString:
     """Each proposal's row, each followed by another newline (as the page's loop wrote them)."""
-    head, _, tail = reverse("approvals:proposal", args=[_SENTINEL]).partition(str(_SENTINEL))
+    head, tail = _href_around_id()
     now = timezone.now()
     return SafeString("".join(f"{_row(p, head, tail, now, oob)}\n" for p in proposals))
 
 
 def queue_row(proposal: Proposal, *, oob: bool = False) -> SafeString:
+    return _row(proposal, *_href_around_id(), timezone.now(), oob)
+
+
+def _href_around_id() -> tuple[str, str]:
+    """A proposal's URL, script prefix included, before and after its id."""
     head, _, tail = reverse("approvals:proposal", args=[_SENTINEL]).partition(str(_SENTINEL))
-    return _row(proposal, head, tail, timezone.now(), oob)
+    return head, tail
 
 
 def _iso(value: datetime) -> str:

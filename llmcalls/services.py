@@ -18,6 +18,7 @@ from django.db.models.sql import InsertQuery
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from approvals import bulk
 from approvals.models import ActionType, AuditEvent, Service
 from foundation.configfile import upsert
 from foundation.errors import ApplicationError
@@ -389,28 +390,11 @@ def _insert(call: LLMCall, conn: Any, *, durable: bool) -> None:
     # One statement, its own transaction: its RETURNING turns synchronous_commit off for that
     # transaction only (set_config's is_local), before it commits, so the commit does not wait
     # for the WAL flush; the setting ends with it. (It was BEGIN, SET LOCAL, INSERT and COMMIT:
-    # four round trips.) The statement's text is the same for every call, so it is compiled
-    # once per connection alias (0.4 ms a call); the values are prepared per call by the fields
-    # themselves, as the compiler does.
-    values = [f.get_db_prep_save(f.pre_save(call, add=True), connection=conn) for f in _FIELDS]
+    # four round trips.) The statement is compiled once (approvals.bulk); only the values are
+    # prepared per call.
+    sql, params = bulk.insert_sql([call])
     with conn.cursor() as cursor:
-        cursor.execute(_insert_sql(conn, call), values)
-
-
-_insert_sqls: dict[str, str] = {}
-
-
-def _insert_sql(conn: Any, call: LLMCall) -> str:
-    sql = _insert_sqls.get(conn.alias)
-    if sql is None:
-        query = InsertQuery(LLMCall)
-        query.insert_values(_FIELDS, [call])
-        [(sql, params)] = query.get_compiler(connection=conn).as_sql()
-        # One plain placeholder per field, in _FIELDS' order: what the cached text relies on.
-        assert len(params) == len(_FIELDS) and sql.count("%s") == len(_FIELDS), sql
-        sql = f"{sql} {_ASYNC_COMMIT}"
-        _insert_sqls[conn.alias] = sql
-    return sql
+        cursor.execute(f"{sql} {_ASYNC_COMMIT}", params)
 
 
 _ASYNC_COMMIT = "RETURNING set_config('synchronous_commit', 'off', true)"

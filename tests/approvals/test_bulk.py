@@ -39,12 +39,12 @@ def as_sent(params: tuple[object, ...]) -> list[tuple[type, object]]:
 
 
 def test_the_cached_insert_prepares_values_as_the_compiler_does(shop: ServiceClient) -> None:
-    bulk._insert_sql([AuditEvent(kind="a", actor="x", data={"n": 1, "s": "<b>"})])  # compiled
+    bulk.insert_sql([AuditEvent(kind="a", actor="x", data={"n": 1, "s": "<b>"})])  # compiled
     for again in (
         AuditEvent(kind="c", actor="z", from_state="received", data={"k": None}),
         AuditEvent(kind="d", actor="w", data=[1, 2]),
     ):
-        cached_sql, cached_params = bulk._insert_sql([again])
+        cached_sql, cached_params = bulk.insert_sql([again])
         sql, params = fresh_sql(again)
         assert cached_sql == sql
         assert [str(p) for p in cached_params] == [str(p) for p in params]
@@ -72,7 +72,7 @@ def test_values_that_skip_django_s_preparation_are_what_it_would_give(
             **common,
         ),
     ):
-        cached_sql, cached_params = bulk._insert_sql([row])
+        cached_sql, cached_params = bulk.insert_sql([row])
         sql, params = fresh_sql(row)
         assert cached_sql == sql
         assert as_sent(cached_params) == as_sent(params)
