@@ -68,11 +68,11 @@ def approved_sum(
     """The sum of a numeric payload field over approved proposals decided in `window`.
 
     A reviewer's edit counts (the executed payload); a missing or non-numeric value counts 0.
-    On PostgreSQL, for a top-level field, whole minutes of the window come from the per-minute
-    sums a trigger keeps (ApprovedSum, migration 0013) and the partial minutes at both ends from
-    the proposals, in one statement: the same figure, read from about 1,440 rows for a day
-    rather than from every approval in it (float8 additions in another order: the last bits
-    may differ).
+    On PostgreSQL, for a top-level field, whole hours and minutes of the window come from the
+    sums a trigger keeps (ApprovedHourSum and ApprovedSum, migrations 0013 and 0017) and the
+    partial minutes at both ends from the proposals, in one statement: the same figure, read
+    from at most ~140 rows for a day rather than from every approval in it (float8 additions in
+    another order: the last bits may differ).
     """
     path = _path(field_path)
     since = as_of - parse_duration(window)
@@ -144,6 +144,13 @@ _MINUTES_SUM = """
       AND minute >= %s AND minute < %s
 """
 
+# Whole hours [first, last), the same sums rolled up by the same trigger (approvals 0017).
+_HOURS_SUM = """
+    SELECT COALESCE(SUM(total), 0) FROM approvals_approvedhoursum
+    WHERE service_id = %s AND action_type_id = %s AND field = %s
+      AND hour >= %s AND hour < %s
+"""
+
 
 def _minute(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
@@ -152,29 +159,41 @@ def _minute(moment: datetime) -> datetime:
 def _approved_sum_by_minute(
     *, service_id: int, action_type_id: int, field: str, since: datetime, as_of: datetime
 ) -> float | None:
-    """Whole minutes [first, last) from ApprovedSum, [since, first) and [last, as_of] from the
-    proposals; None when there is no whole minute, or a minute holds a value it cannot sum
-    (NaN): then the caller sums the rows."""
+    """Whole hours [hour, last_hour) from ApprovedHourSum, the whole minutes around them
+    [first, hour) and [last_hour, last) from ApprovedSum, [since, first) and [last, as_of] from
+    the proposals; None when there is no whole minute, or a minute or hour holds a value it
+    cannot sum (NaN): then the caller sums the rows."""
     first = _minute(since)
     if first != since:
         first += timedelta(minutes=1)
     last = _minute(as_of)
     if first >= last:
         return None
+    hour = first.replace(minute=0)
+    if hour != first:
+        hour += timedelta(hours=1)
+    last_hour = last.replace(minute=0)
+    if hour >= last_hour:  # no whole hour: every whole minute from ApprovedSum
+        hour = last_hour = last
     # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
     head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
     tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
+    key: list[Any] = [service_id, action_type_id, field]
     rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT ({_MINUTES_SUM}), ({head}) + ({tail})
+            SELECT ({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), ({head}) + ({tail})
             """,
             [
-                service_id,
-                action_type_id,
-                field,
+                *key,
+                hour,
+                last_hour,
+                *key,
                 first,
+                hour,
+                *key,
+                last_hour,
                 last,
                 *rows_args,
                 since,
@@ -184,7 +203,7 @@ def _approved_sum_by_minute(
                 as_of,
             ],
         )
-        minutes, rows = cursor.fetchone()
-    if math.isnan(minutes):
+        sums, rows = cursor.fetchone()
+    if math.isnan(sums):
         return None
-    return float(minutes) + float(rows)
+    return float(sums) + float(rows)

@@ -442,6 +442,9 @@ def move_to_now(env: dict[str, str]) -> None:
         # Autovacuum's work after a day of approvals, done at once after moving them all.
         cursor.execute("VACUUM (ANALYZE) approvals_proposal")
         cursor.execute("VACUUM (ANALYZE) approvals_approvedsum")
+        cursor.execute("SELECT to_regclass('approvals_approvedhoursum') IS NOT NULL")
+        if cursor.fetchone()[0]:  # approvals 0017
+            cursor.execute("VACUUM (ANALYZE) approvals_approvedhoursum")
         print(
             f"reuse: moved {moved:,} rows of the last 7 days forward by {shift} "
             f"in {time.monotonic() - t0:.0f} s"

@@ -1,6 +1,7 @@
-"""stats.approved_sum read from per-minute sums (ApprovedSum, kept by a trigger on PostgreSQL)
-gives what summing every approval gives: on random data, after edits, moves, state changes and
-deletes, at windows that start and end inside a minute or on one, and under concurrent writers."""
+"""stats.approved_sum read from per-hour and per-minute sums (ApprovedHourSum and ApprovedSum, kept
+by a trigger on PostgreSQL) gives what summing every approval gives: on random data, after edits,
+moves, state changes and deletes, at windows that start and end inside a minute or an hour or on
+one, and under concurrent writers."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from django.db import connection, transaction
 
 from approvals import velocity
-from approvals.models import ActionType, ApprovedSum, Proposal, Service
+from approvals.models import ActionType, ApprovedHourSum, ApprovedSum, Proposal, Service
 from tests.conftest import ServiceClient
 
 APPROVED = ["approved", "executing", "executed", "failed"]
@@ -73,7 +74,9 @@ def random_payload(rng: random.Random) -> Any:
 
 
 def random_moment(rng: random.Random) -> datetime:
-    minutes = rng.randint(0, 180)
+    minutes = rng.randint(0, 420)
+    if rng.random() < 0.05:  # exactly on an hour boundary
+        return NOW - timedelta(hours=minutes // 60)
     if rng.random() < 0.2:  # exactly on a minute boundary
         return NOW - timedelta(minutes=minutes)
     return NOW - timedelta(minutes=minutes, seconds=rng.uniform(0, 60))
@@ -126,7 +129,7 @@ def assert_same_at_random_windows(
 ) -> None:
     for _ in range(checks):
         service, action_type = rng.choice(services), rng.choice(types)
-        window = rng.choice(["1h", "90m", "2h", "150s", "3h", "1d", "45s"])
+        window = rng.choice(["1h", "90m", "2h", "150s", "3h", "5h", "1d", "45s", "61m"])
         as_of = random_moment(rng) if rng.random() < 0.7 else NOW
         field = rng.choice(["payload.amount", "payload.amount", "payload.fee.amount"])
         since = as_of - velocity.parse_duration(window)
@@ -141,25 +144,32 @@ def assert_same_at_random_windows(
 
 
 def assert_minutes_match_a_recount() -> None:
-    """The trigger-kept table equals summing every approved proposal by minute now."""
+    """The trigger-kept tables equal summing every approved proposal by minute and by hour now."""
     if connection.vendor != "postgresql":
         return
+    for table, grain in ((ApprovedSum, "minute"), (ApprovedHourSum, "hour")):
+        assert_table_matches_a_recount(table, grain)
+
+
+def assert_table_matches_a_recount(table: type[ApprovedSum | ApprovedHourSum], grain: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT d.service_id, d.action_type_id, d.field, d.minute, sum(d.delta)
+            SELECT d.service_id, d.action_type_id, d.field,
+                date_trunc(%s, d.minute, 'UTC'), sum(d.delta)
             FROM approvals_proposal AS p, gatehouse_approved_sum_deltas(p.service_id,
                 p.action_type_id, p.decided_at, COALESCE(p.final_payload, p.payload), 1) AS d
             WHERE p.decision_outcome = 'approve' AND p.decided_at IS NOT NULL
               AND p.state IN ('approved', 'executing', 'executed', 'failed')
             GROUP BY 1, 2, 3, 4
-            """
+            """,
+            [grain],
         )
         recount = {tuple(row[:4]): row[4] for row in cursor.fetchall() if abs(row[4]) > 1e-9}
     kept = {
-        (s.service_id, s.action_type_id, s.field, s.minute): s.total
-        for s in ApprovedSum.objects.all()
-        if abs(s.total) > 1e-9  # a minute whose rows all left stays, at (about) zero
+        (s.service_id, s.action_type_id, s.field, getattr(s, grain)): s.total
+        for s in table.objects.all()
+        if abs(s.total) > 1e-9  # a minute or hour whose rows all left stays, at (about) zero
     }
     assert set(kept) == set(recount)
     for key, total in recount.items():
@@ -182,29 +192,43 @@ def test_by_minute_equals_every_row_on_random_data(
 
 
 @postgresql_only
-def test_the_sum_is_read_from_minutes_not_rows(
+def test_the_sum_is_read_from_whole_hours_and_the_minutes_around_them(
     shop: ServiceClient, refund_type: ActionType
 ) -> None:
-    """The minute table is what answers: a minute whose figure is off shows in the result."""
+    """The hour table answers for whole hours, the minute table for the minutes of the two
+    partial hours: a figure that is off shows in the result exactly where it is read."""
     rng = random.Random(7)
     for _ in range(20):
         make(shop.service, refund_type, rng, state="approved", decision_outcome="approve")
+    as_of = NOW - timedelta(minutes=30, seconds=15)  # 4 h back: 07:29:45 to 11:29:45
     args: dict[str, Any] = {
         "service_id": shop.service.pk,
         "action_type_id": refund_type.pk,
         "field_path": "payload.amount",
         "window": "4h",
-        "as_of": NOW,
+        "as_of": as_of,
     }
     before = velocity.approved_sum(**args)
-    with connection.cursor() as cursor:  # only to prove which source is read
-        cursor.execute(
-            "INSERT INTO approvals_approvedsum (service_id, action_type_id, field, minute, total) "
-            "VALUES (%s, %s, 'amount', %s, 1000) ON CONFLICT (service_id, action_type_id, field, "
-            "minute) DO UPDATE SET total = approvals_approvedsum.total + 1000",
-            [shop.service.pk, refund_type.pk, NOW - timedelta(hours=1)],
-        )
-    assert velocity.approved_sum(**args) == pytest.approx(before + 1000)
+
+    def add(table: str, column: str, moment: datetime, total: float) -> None:
+        with connection.cursor() as cursor:  # only to prove which source is read
+            cursor.execute(
+                f"INSERT INTO {table} (service_id, action_type_id, field, {column}, total) "  # noqa: S608
+                f"VALUES (%s, %s, 'amount', %s, %s) ON CONFLICT (service_id, action_type_id, "
+                f"field, {column}) DO UPDATE SET total = {table}.total + EXCLUDED.total",
+                [shop.service.pk, refund_type.pk, moment, total],
+            )
+
+    at = NOW.replace(hour=0)
+    add(
+        "approvals_approvedsum", "minute", at.replace(hour=7, minute=40), 1
+    )  # the first hour's part
+    add("approvals_approvedsum", "minute", at.replace(hour=11, minute=10), 10)  # the last hour's
+    add("approvals_approvedhoursum", "hour", at.replace(hour=9), 100)  # a whole hour
+    add("approvals_approvedsum", "minute", at.replace(hour=9, minute=30), 1000)  # inside it: unread
+    add("approvals_approvedhoursum", "hour", at.replace(hour=7), 10000)  # partial hours: unread
+    add("approvals_approvedhoursum", "hour", at.replace(hour=11), 10000)
+    assert velocity.approved_sum(**args) == pytest.approx(before + 111)
 
 
 @postgresql_only
@@ -366,4 +390,91 @@ def test_concurrent_writers_of_one_minute_keep_the_sums_exact(
         )
         want = expected(shop.service, refund_type, field, as_of - timedelta(hours=1), as_of)
         assert got == pytest.approx(want, abs=1e-6)
+    assert_minutes_match_a_recount()
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_approving_many_in_one_transaction_beside_single_approvals_cannot_deadlock(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    """A transaction approving many proposals over two hours, in several minutes, runs beside
+    transactions approving one proposal each in those minutes: each takes the hour's row before
+    any minute's, so none waits for the other in a cycle (a deadlock would fail one of them)."""
+    boundary = NOW - timedelta(hours=2)
+    minutes = [boundary + timedelta(minutes=m) for m in (-2, -1, 1, 2, 3)]
+    batches, singles, per_single = 4, 6, 10
+    pending = [
+        [
+            make(
+                shop.service,
+                refund_type,
+                random.Random(b * 100 + i),
+                state="pending_review",
+                decision_outcome="",
+                decided_by="",
+                decided_at=None,
+                payload={"amount": 1.0 + i},
+            ).pk
+            for i in range(len(minutes) * 4)
+        ]
+        for b in range(batches)
+    ]
+    barrier = threading.Barrier(batches + singles)
+    errors: list[BaseException] = []
+
+    def approve_many(ids: list[Any]) -> None:
+        try:
+            barrier.wait(timeout=10)
+            with transaction.atomic():
+                # Each row's hour and minute stay locked to the end: minutes in turn, twice over.
+                for i, pk in enumerate(ids):
+                    Proposal.objects.filter(pk=pk).update(
+                        state="approved",
+                        decision_outcome="approve",
+                        decided_by="reviewer",
+                        decided_at=minutes[i % len(minutes)] + timedelta(seconds=5),
+                    )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def approve_one_at_a_time(index: int) -> None:
+        rng = random.Random(500 + index)
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(per_single):
+                with transaction.atomic():
+                    make(
+                        shop.service,
+                        refund_type,
+                        rng,
+                        state="approved",
+                        decision_outcome="approve",
+                        decided_at=rng.choice(minutes) + timedelta(seconds=rng.uniform(0, 59)),
+                        payload={"amount": round(rng.uniform(1, 100), 2)},
+                    )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=approve_many, args=(ids,)) for ids in pending]
+    threads += [threading.Thread(target=approve_one_at_a_time, args=(i,)) for i in range(singles)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    as_of = NOW
+    got = velocity.approved_sum(
+        service_id=shop.service.pk,
+        action_type_id=refund_type.pk,
+        field_path="payload.amount",
+        window="3h",
+        as_of=as_of,
+    )
+    want = expected(shop.service, refund_type, "payload.amount", as_of - timedelta(hours=3), as_of)
+    assert got == pytest.approx(want, abs=1e-6)
     assert_minutes_match_a_recount()
