@@ -13,8 +13,18 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
-from django.db.models import CharField, Prefetch, Q, QuerySet, Value, prefetch_related_objects
+from django.db.models import (
+    BooleanField,
+    CharField,
+    ExpressionWrapper,
+    Prefetch,
+    Q,
+    QuerySet,
+    Value,
+    prefetch_related_objects,
+)
 from django.db.models.functions import Coalesce, Concat, Upper
 from django.utils import timezone
 
@@ -317,12 +327,20 @@ def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int =
         exact = Q(external_id=filters.q)
         with contextlib.suppress(ValueError):
             exact |= Q(pk=uuid.UUID(filters.q))
-        rows = _recent_matches(ordered, filters.q, exact, limit=limit)
-        ordered = ordered.filter(Q(summary__icontains=filters.q) | exact)
+        matching = Q(summary__icontains=filters.q) | exact
+        columns = [name.removeprefix("-") for name in order]  # all descending
+        rows = _recent_matches(ordered, columns, filters.q, exact, within=SEARCH_FIRST, limit=limit)
+        if rows is None:
+            rows = _rare_matches(ordered, columns, matching, limit=limit)
+        if rows is None:
+            rows = _recent_matches(
+                ordered, columns, filters.q, exact, within=SEARCH_RECENT, limit=limit
+            )
+        ordered = ordered.filter(matching)
         if rows is None and connection.vendor == "postgresql":
-            # Not a common word: find its matches by the trigram index, then sort them. The
-            # order by COALESCE(updated_at, updated_at) (the same order) keeps the planner from
-            # walking proposal_updated for a word it wrongly thinks common (6.2 s for no match).
+            # Neither rare nor common: find its matches by the trigram index, then sort them.
+            # The order by COALESCE(updated_at, updated_at) (the same order) keeps the planner
+            # from walking proposal_updated for a word it wrongly thinks common.
             ordered = ordered.order_by(Coalesce("updated_at", "updated_at").desc(), "-id")
     if rows is None:
         rows = list(ordered[: limit + 1])
@@ -333,32 +351,70 @@ def history_for_reviewer(*, user: AnyUser, filters: HistoryFilters, limit: int =
     return Page(rows=rows, next_cursor=next_cursor, action_types=types)
 
 
-# A search first reads this many of the latest rows: a common word fills the page there. Only a
-# rarer one goes on to the trigram index (PostgreSQL, proposal_summary_trgm), which the planner
-# cannot tell from a common one (it guesses ~100 matches for any word: 75,000 matches of a
-# common word read that way took 3.1 s on a million proposals, rather than 10 ms).
+# A search (PostgreSQL) reads the SEARCH_FIRST latest rows: a common word fills its page there.
+# Else it asks the trigram index (proposal_summary_trgm) for at most SEARCH_RARE + 1 matches in
+# no order: a rare word has them all there, sorted here. Else it reads the SEARCH_RECENT latest
+# rows, and only a word rarer still but not rare has all its matches sorted. The planner cannot
+# tell a common word from a rare one (it guesses ~100 matches for any word: 75,000 matches of a
+# common word sorted took 3.1 s on a million proposals, a word matching nothing 6.2 s walking
+# proposal_updated); a word too rare for the first read and not rare pays for the index's whole
+# bitmap on the way (55 ms cold for the 75,000 matches of "damaged", 501 of them read).
+SEARCH_FIRST = 1_000
+SEARCH_RARE = 200
 SEARCH_RECENT = 10_000
 
 
-def _recent_matches(
-    ordered: QuerySet[Proposal], q: str, exact: Q, *, limit: int
+def _rare_matches(
+    ordered: QuerySet[Proposal], columns: list[str], matching: Q, *, limit: int
 ) -> list[Proposal] | None:
-    """The page of matches of `q` (in the summary, any case, or `exact`) when the SEARCH_RECENT latest rows of `ordered` hold a full
-    one (exactly the page the whole search gives: every later row is older), else None."""
+    """The page of matches when there are at most SEARCH_RARE of them, else None."""
     if connection.vendor != "postgresql":
         return None
-    bound = ordered.values_list("updated_at", flat=True)[SEARCH_RECENT - 1 : SEARCH_RECENT]
-    oldest = list(bound)
-    if not oldest:
-        return None  # fewer rows than that: the whole search reads little anyway
-    # UPPER(summary) || '' is not the indexed expression: this read walks proposal_updated.
+    keys = list(ordered.filter(matching).order_by().values_list(*columns)[: SEARCH_RARE + 1])
+    if len(keys) > SEARCH_RARE:
+        return None
+    keys.sort(reverse=True)  # as ORDER BY … DESC: a uuid compares as its bytes in both
+    ids = [key[-1] for key in keys[: limit + 1]]
+    found = ordered.order_by().in_bulk(ids)
+    return [found[pk] for pk in ids]
+
+
+def _recent_matches(
+    ordered: QuerySet[Proposal], columns: list[str], q: str, exact: Q, *, within: int, limit: int
+) -> list[Proposal] | None:
+    """The page of matches of `q` (in the summary, any case, or `exact`) when the `within`
+    latest rows of `ordered` hold a full one (exactly the page the whole search gives: every
+    later row is older), else None."""
+    if connection.vendor != "postgresql":
+        return None
+    # One walk of proposal_updated: the latest rows, then the matches among them. UPPER(summary)
+    # || '' is not the indexed expression, so the trigram index is not tried here.
     unindexed = Concat(Upper("summary"), Value(""), output_field=CharField())
-    rows: list[Proposal] = list(
-        ordered.filter(updated_at__gte=oldest[0])
-        .alias(searched=unindexed)
-        .filter(Q(searched__contains=Upper(Value(q))) | exact)[: limit + 1]
+    latest = (
+        ordered.alias(searched=unindexed)
+        .annotate(
+            hit=ExpressionWrapper(
+                Q(searched__contains=Upper(Value(q))) | exact, output_field=BooleanField()
+            )
+        )
+        .values_list(*columns, "hit")[:within]
     )
-    return rows if len(rows) > limit else None
+    try:
+        sql, params = latest.query.sql_with_params()
+    except EmptyResultSet:  # no action type visible, or `within` is 0: nothing to read
+        return None
+    by = ", ".join(f'"{name}" DESC' for name in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM ({sql}) AS latest WHERE hit "  # noqa: S608 - the ORM's own SQL
+            f"ORDER BY {by} LIMIT %s",
+            [*params, limit + 1],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    if len(ids) <= limit:
+        return None
+    found = ordered.order_by().in_bulk(ids)
+    return [found[pk] for pk in ids]
 
 
 # --- services (REST API and MCP) ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -397,17 +398,22 @@ def test_history_mine_lists_every_decided_proposal_the_reviewer_reviewed(
 
 
 def test_history_search_gives_the_same_page_by_the_latest_rows_or_by_the_index(
-    shop: Any, refund_type: Any, reviewer: User, monkeypatch: pytest.MonkeyPatch
+    shop: Any,
+    refund_type: Any,
+    reviewer: User,
+    outsider: User,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A common word fills the page from the latest rows (selectors.SEARCH_RECENT), a rarer one
-    is found by the trigram index and sorted: both give what the plain search gives."""
+    """A common word fills the page from the latest rows (selectors.SEARCH_FIRST, then
+    SEARCH_RECENT), a rare word's matches are all found by the trigram index (SEARCH_RARE), one
+    between is found by the index and sorted: each gives what the plain search gives, alone and
+    with ?state= (which orders by the state first)."""
     from datetime import timedelta
 
     from django.utils import timezone
 
     from approvals import selectors
 
-    monkeypatch.setattr(selectors, "SEARCH_RECENT", 6)
     now = timezone.now()
     summaries = ["Rare kettle", "Common toaster", "Common Kettle"] + ["common toaster"] * 9
     made = []
@@ -421,31 +427,38 @@ def test_history_search_gives_the_same_page_by_the_latest_rows_or_by_the_index(
                 confidence=0.5,
                 summary=summary,
                 external_id=f"T-{age}",
-                state="rejected",
-                decision_outcome="reject",
+                state="rejected" if age % 3 else "executed",
+                decision_outcome="reject" if age % 3 else "approve",
                 decided_by="reviewer",
                 updated_at=now - timedelta(minutes=age),
             )
         )
 
-    def page(q: str, after: str = "") -> tuple[list[str], str]:
-        found = selectors.history_for_reviewer(
-            user=reviewer, filters=selectors.HistoryFilters(q=q, after=after), limit=3
-        )
+    def page(q: str, state: str, after: str = "") -> tuple[list[str], str]:
+        filters = selectors.HistoryFilters(q=q, state=state, after=after)
+        found = selectors.history_for_reviewer(user=reviewer, filters=filters, limit=3)
         return [p.summary + "/" + p.external_id for p in found.rows], found.next_cursor
 
-    newest_first = made  # made[0] is the newest
-    for q in ("toaster", "KETTLE", "rare", "T-11", str(made[4].pk), "nothing"):
+    newest_first = sorted(made, key=lambda p: p.updated_at, reverse=True)
+    words = ("toaster", "KETTLE", "rare", "T-11", str(made[4].pk), "nothing")
+    ways = itertools.product((0, 4), (0, 2), (2, 6), ("", "rejected"), words)
+    for first, rare, recent, state, q in ways:
+        monkeypatch.setattr(selectors, "SEARCH_FIRST", first)
+        monkeypatch.setattr(selectors, "SEARCH_RARE", rare)
+        monkeypatch.setattr(selectors, "SEARCH_RECENT", recent)
         wanted = [
             f"{p.summary}/{p.external_id}"
             for p in newest_first
-            if q.upper() in p.summary.upper() or p.external_id == q or str(p.pk) == q
+            if (q.upper() in p.summary.upper() or p.external_id == q or str(p.pk) == q)
+            and state in ("", p.state)
         ]
-        got, cursor = page(q)
+        got, cursor = page(q, state)
         while cursor:
-            more, cursor = page(q, cursor)
+            more, cursor = page(q, state, cursor)
             got += more
-        assert got == wanted, q
+        assert got == wanted, (first, rare, recent, state, q)
+    nothing = selectors.history_for_reviewer(user=outsider, filters=selectors.HistoryFilters(q="a"))
+    assert nothing.rows == []  # no type visible: no statement to run
 
 
 def test_history_by_state_pages_through_that_states_proposals_latest_change_first(
