@@ -139,6 +139,8 @@ def serve(
     values = {"app": app, "port": port, "workers": workers, "threads": threads}
     argv = [PYTHON, *(python_args or []), *(part.format(**values) for part in SERVERS[server])]
     argv += extra or []
+    # As the Procfile's WEB_THREADS: config/wsgi.py opens a pooled connection for each thread.
+    env = {**env, "WEB_THREADS": str(threads)}
     process = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=output, stderr=output, start_new_session=True
     )

@@ -98,9 +98,20 @@ def database_from_url(name: str, url: str, *, base_dir: Any, pool: bool) -> dict
     if scheme in {"postgres", "postgresql", "pgsql"}:
         options: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         if pool:
+            max_size = env_int("DB_POOL_MAX", 20, minimum=1)
+            # Connections the process opens at start and keeps. Beyond them psycopg_pool grows
+            # one connection at a time while requests wait, so a burst against a fresh process
+            # with one connection waited for each in turn and got 503s past DB_POOL_TIMEOUT; the
+            # web process defaults this to its request threads (config/wsgi.py).
+            min_size = env_int("DB_POOL_MIN", 1, minimum=0)
+            if min_size > max_size:
+                raise ImproperlyConfigured(
+                    f"DB_POOL_MIN ({min_size}) must not be more than DB_POOL_MAX ({max_size}); "
+                    "the web process defaults DB_POOL_MIN to WEB_THREADS"
+                )
             options["pool"] = {
-                "min_size": 1,
-                "max_size": env_int("DB_POOL_MAX", 20, minimum=1),
+                "min_size": min_size,
+                "max_size": max_size,
                 # How long a request waits for a connection: short, so that a database that is
                 # away answers 503 within about a second (foundation/unavailable.py).
                 "timeout": env_float("DB_POOL_TIMEOUT", 1.0),

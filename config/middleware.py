@@ -1,7 +1,7 @@
 """Middleware that pages need and the API does not, skipped for API requests.
 
 Services call `/api/` and `/llm/v1/` with a bearer key: no session, no CSRF token, no signed-in
-user, no flash messages, no htmx, no static files. Each middleware below is Django's (or the
+user, no flash messages, no htmx, no static files, no sign-in form for axes to throttle. Each middleware below is Django's (or the
 package's) own class, and does exactly what it did, for every other path; for API paths it hands
 the request straight on. Measured with `bench/api_submit.py --profile-stages`: they cost a submit
 about 0.3 ms of CPU (bench/README.md). The response headers every path gets (security, CSP,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from axes.middleware import AxesMiddleware as _Axes
 from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
 from django.contrib.messages.middleware import MessageMiddleware as _Messages
 from django.contrib.sessions.middleware import SessionMiddleware as _Sessions
@@ -57,3 +58,8 @@ class HtmxMiddleware(_PagesOnly, _Htmx):
 
 class MessageMiddleware(_PagesOnly, _Messages):
     pass
+
+
+class AxesMiddleware(_PagesOnly, _Axes):
+    """Turns a locked-out sign-in (`/login/`, `/admin/login/`) into its 429 page; nothing on the
+    API signs in with a password, so nothing there is ever locked out."""

@@ -12,6 +12,12 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from config.postgres.base import open_pool
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# A pooled connection for each request thread (the Procfile's --blocking-threads), open before
+# the worker takes its first request: a burst at start-up finds them ready (config/env.py).
+os.environ.setdefault("DB_POOL_MIN", os.environ.get("WEB_THREADS", "8"))
 
 application = get_wsgi_application()
+open_pool(timeout=10)

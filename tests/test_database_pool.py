@@ -1,13 +1,21 @@
-"""The pool's health check (config/postgres): free for a live connection, and a connection the
-server ended is still found and refused before anyone gets it."""
+"""The pool (config/postgres, config/env.py): its health check is free for a live connection and
+still refuses one the server ended; a freshly started web process has its connections open
+before its first request."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from django.conf import settings
@@ -15,6 +23,9 @@ from django.db import connection
 from psycopg_pool import ConnectionPool
 
 from config.postgres.base import check_connection
+from tests import stack
+from tests.conftest import ServiceClient, refund_body
+from tests.execution_support import database_url
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the pool is PostgreSQL's"
@@ -79,3 +90,92 @@ def test_a_connection_with_anything_to_read_gets_the_full_check(
 def test_the_pool_uses_it() -> None:
     assert connection.pool._check is check_connection  # type: ignore[attr-defined]
     assert os.environ.get("DATABASE_URL", "").startswith("postgres")
+
+
+class SlowAccept:
+    """A TCP relay to PostgreSQL that holds each new connection `delay` seconds before passing
+    it on, as a server that is slow to accept under load; bytes then flow untouched."""
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        self.target, self.delay = (host, port), delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        time.sleep(self.delay)
+        upstream = socket.create_connection(self.target)
+        self.sockets += [client, upstream]
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_a_freshly_started_web_process_answers_a_burst_without_waiting_for_connections(
+    transactional_db: None, shop: ServiceClient, tmp_path: Path
+) -> None:
+    """Each connection takes 0.5 s to open, longer than a request may wait for one: the web
+    process has them all open before its first request, so a burst of one request per thread
+    is answered 201, none 503. (With the pool opened by the first request, at one connection
+    grown one by one, every request of the burst waited and got 503.)"""
+    db = settings.DATABASES["default"]
+    relay = SlowAccept(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432), delay=0.5)
+    port = stack.free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url().replace(f":{db['PORT'] or 5432}/", f":{relay.port}/"),
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        "WEB_THREADS": "8",
+        "DB_POOL_TIMEOUT": "0.3",
+        "DEBUG": "0",
+        "SECRET_KEY": "pool-" + "secret-" * 8,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    web = stack.Process("web", stack.procfile()["web"], env=env, logdir=tmp_path).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        stack.wait_for_http(f"{base}/healthz", seconds=60, process=web)
+        start = threading.Barrier(8)
+
+        def submit(n: int) -> int:
+            start.wait()
+            return httpx.post(
+                f"{base}/api/v1/proposals",
+                json=refund_body(external_id=f"burst-{n}"),
+                headers={"Authorization": f"Bearer {shop.key}"},
+                timeout=30,
+            ).status_code
+
+        with ThreadPoolExecutor(8) as threads:
+            statuses = list(threads.map(submit, range(8)))
+    finally:
+        web.stop()
+        relay.close()
+    assert statuses == [201] * 8, web.log()[-3000:]

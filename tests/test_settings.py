@@ -41,6 +41,7 @@ def start_with(**env: str) -> subprocess.CompletedProcess[str]:
         ({"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
         ({"LLMCALLS_LOG_RETENTION": "a month"}, "LLMCALLS_LOG_RETENTION"),
         ({"LLMCALLS_TRACE_CONTENT": "perhaps"}, "LLMCALLS_TRACE_CONTENT"),
+        ({"DATABASE_URL": "postgres://u@127.0.0.1/x", "DB_POOL_MIN": "21"}, "DB_POOL_MIN"),
     ],
 )
 def test_a_bad_value_fails_at_start_naming_the_variable(env: dict[str, str], named: str) -> None:

@@ -12,12 +12,16 @@ check and is replaced if it fails. `bench/api_submit.py --profile-stages` measur
 
 from __future__ import annotations
 
+import logging
 import select
 from typing import Any
 
+from django.db import connections
 from django.db.backends.postgresql import base
 from psycopg import pq
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+log = logging.getLogger(__name__)
 
 _WAITING = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
@@ -47,3 +51,21 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if pool is not None and getattr(pool, "_check", None) is ConnectionPool.check_connection:
             pool._check = check_connection
         return pool
+
+
+def open_pool(*, timeout: float) -> None:
+    """Open the default database's pool and wait until it holds its `min_size` connections
+    (DB_POOL_MIN), which psycopg_pool opens side by side; Django would open it at the first
+    request and serve a burst from whatever was ready. A database that is not there within
+    `timeout` does not stop the process: its requests answer 503 until it is, as ever."""
+    wrapper: Any = connections["default"]
+    pool = getattr(wrapper, "pool", None)
+    if pool is None:  # SQLite, or DB_POOL=0
+        return
+    try:
+        pool.open(wait=True, timeout=timeout)
+    except PoolTimeout:
+        log.warning(
+            "the database pool is not full after %s s; opening it at the first request", timeout
+        )
+        wrapper.close_pool()  # psycopg closed it: let the first request build a new one

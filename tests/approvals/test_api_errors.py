@@ -192,6 +192,21 @@ BAD_INPUTS: list[tuple[str, str | bytes, str, int, str | None]] = [
         400,
         "note",
     ),
+    # json.loads decodes bytes with surrogatepass: a surrogate written as UTF-8, no escape.
+    (
+        "lone surrogate as UTF-8 bytes",
+        body_with().replace('"ORD-1"', '"ORD-\udfff"').encode("utf-8", "surrogatepass"),
+        "application/json",
+        400,
+        "order_id",
+    ),
+    (
+        "NUL in a UTF-16 body",
+        body_with(summary="a\u0000b").encode("utf-16"),
+        "application/json",
+        400,
+        "summary",
+    ),
     ("over 256 KiB", body_with(rationale=BIG), "application/json", 413, None),
     ("invalid UTF-8", b'{"summary": "\xff\xfe"}', "application/json", 400, None),
 ]
@@ -319,10 +334,16 @@ def test_the_submit_service_refuses_bad_values_naming_the_field(
     assert counts() == before
 
 
-def test_an_api_submit_walks_its_values_once(
-    shop: ServiceClient, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("ensure_ascii", "walked"),
+    # "ü" as UTF-8 bytes: nothing the check looks for can be there; as "\u00fc", it could.
+    [(False, False), (True, True)],
+)
+def test_an_api_submit_walks_its_values_at_most_once(
+    shop: ServiceClient, monkeypatch: pytest.MonkeyPatch, ensure_ascii: bool, walked: bool
 ) -> None:
-    """The body parser's check covers the submit; the service does not walk the body again."""
+    """The body parser's check covers the submit, and only when the body's bytes could hold
+    what it refuses; the service does not walk the body again."""
     walks: list[Any] = []
     check = jsonvalues.check
 
@@ -332,7 +353,10 @@ def test_an_api_submit_walks_its_values_once(
         check(value, loc, depth)
 
     monkeypatch.setattr(jsonvalues, "check", counting)
-    response = shop.post_json("/api/v1/proposals", refund_body())
+    raw = json.dumps(refund_body(summary="Rückerstattung"), ensure_ascii=ensure_ascii)
+    response = shop.generic(
+        "POST", "/api/v1/proposals", raw.encode(), content_type="application/json"
+    )
 
     assert response.status_code == 201, response.content
-    assert walks == [()]
+    assert walks == ([()] if walked else [])
