@@ -56,6 +56,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "foundation.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
+    # The model-call proxy's paths go from here straight to their views (llmcalls/dispatch.py).
+    "llmcalls.dispatch.ProxyDispatchMiddleware",
     # config.middleware: Django's and whitenoise's own, skipped for /api/ and /llm/v1/.
     "config.middleware.WhiteNoiseMiddleware",
     "config.middleware.SessionMiddleware",
