@@ -77,10 +77,12 @@ def test_it_sends_the_provider_the_openai_wire_format_whole_and_streamed(
         "max_tokens": 50,
         "temperature": 0,
     }
-    for received in (whole, stream):
+    for received, accept in ((whole, "application/json"), (stream, "text/event-stream")):
         headers = {k.lower(): v for k, v in received.headers.items()}
         assert headers["authorization"] == "Bearer not-needed"
         assert headers["content-type"] == "application/json"
+        assert headers["accept"] == accept
+        assert headers["user-agent"] == "gatehouse-llmcalls"
     assert {c.status for c in LLMCall.objects.all()} == {"ok"}
 
 
