@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -826,12 +828,10 @@ _DONE = object()
 class _Live:
     """An open provider stream whose first chunks have been read already."""
 
-    def __init__(
-        self, response: _http.Response, events: Iterator[str], watchdog: threading.Timer
-    ) -> None:
+    def __init__(self, response: _http.Response, events: Iterator[str], watch: int) -> None:
         self.response = response
         self.events = events
-        self.watchdog = watchdog
+        self.watch = watch
         self.buffered: list[dict[str, Any]] = []
         self.ttft: float | None = None
         self.request_id = response.headers.get("x-request-id", "")
@@ -845,7 +845,7 @@ class _Live:
             yield _parse_chunk(data)
 
     def close(self) -> None:
-        self.watchdog.cancel()
+        _watchdog.cancel(self.watch)
         try:
             self.response.close()
         except Exception:
@@ -927,6 +927,49 @@ def _shutdown(response: _http.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Watchdog:
+    """One thread for every open stream's deadline: when one passes, that stream's connection is
+    shut down. (A timer thread per stream cost 0.17 ms to start, before its first token.)"""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int]] = []  # (monotonic deadline, id), a heap
+        self._open: dict[int, _http.Response] = {}  # cancelled ids are dropped from here
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, response: _http.Response) -> int:
+        with self._wake:
+            ident = next(self._ids)
+            self._open[ident] = response
+            heapq.heappush(self._due, (deadline, ident))
+            if self._thread is None or not self._thread.is_alive():  # first use, or a fork
+                self._thread = threading.Thread(
+                    target=self._run, name="llmcalls-stream-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+        return ident
+
+    def cancel(self, ident: int) -> None:
+        with self._wake:
+            self._open.pop(ident, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    wait = self._due[0][0] - time.monotonic() if self._due else None
+                    self._wake.wait(wait)
+                _, ident = heapq.heappop(self._due)
+                response = self._open.pop(ident, None)
+            if response is not None:
+                _shutdown(response)
+
+
+_watchdog = _Watchdog()
+
+
 def _open_stream(call: _Call, target: Target, budget: float) -> _Live:
     body = {
         "model": target.model,
@@ -942,11 +985,9 @@ def _open_stream(call: _Call, target: Target, budget: float) -> _Live:
         finally:
             response.close()
         raise ProviderStatus(response)
-    # The deadline holds mid-stream too: a watchdog cuts the connection when it passes.
-    watchdog = threading.Timer(max(0.0, call.remaining()), _shutdown, args=(response,))
-    watchdog.daemon = True
-    watchdog.start()
-    live = _Live(response, _sse(response.iter_lines()), watchdog)
+    # The deadline holds mid-stream too: the watchdog cuts the connection when it passes.
+    watch = _watchdog.watch(call.deadline_at, response)
+    live = _Live(response, _sse(response.iter_lines()), watch)
     try:
         for data in live.events:
             if data == "[DONE]":
