@@ -56,6 +56,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "foundation.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
+    # The model-call proxy's paths go from here straight to their views (llmcalls/dispatch.py).
+    "llmcalls.dispatch.ProxyDispatchMiddleware",
     # config.middleware: Django's and whitenoise's own, skipped for /api/ and /llm/v1/.
     "config.middleware.WhiteNoiseMiddleware",
     "config.middleware.SessionMiddleware",
@@ -260,6 +262,8 @@ LLM_BACKOFF_CAP = env_float("LLM_BACKOFF_CAP", 8.0)
 LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 5.0)
 LLM_CIRCUIT_FAILURES = env_int("LLM_CIRCUIT_FAILURES", 5, minimum=1)
 LLM_CIRCUIT_COOLDOWN = env_float("LLM_CIRCUIT_COOLDOWN", 30.0)
+# How stale a process's copy of a circuit's state in Redis may be, in seconds (llmcalls/breaker.py).
+LLM_CIRCUIT_REFRESH = env_float("LLM_CIRCUIT_REFRESH", 1.0)
 LLM_CONFIG_TTL = env_float("LLM_CONFIG_TTL", 5.0)
 # The semantic cache's in-process index reads entries other processes wrote at most this often
 # (seconds); what it serves is checked against the table on every hit (llmcalls/semcache.py).

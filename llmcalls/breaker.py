@@ -8,6 +8,11 @@ half-open: once the cooldown ends the next call tries again; a success closes th
 
 With REDIS_URL set the state lives in Redis so every process shares it; otherwise in memory.
 If Redis cannot be reached the breaker lets calls through rather than failing them.
+
+A process reads a target's state from Redis at most every LLM_CIRCUIT_REFRESH seconds (a read
+was 0.25 ms of every model call): a circuit another process opens is skipped here within that
+time; one this process opens or resets takes effect here at once. An open circuit's deadline is
+kept as a time, so it closes on time whatever the refresh.
 """
 
 from __future__ import annotations
@@ -62,25 +67,34 @@ class RedisBreaker:
         import redis
 
         self._redis: Any = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # key -> (read at, open until, has failures); dict reads and writes are atomic.
+        self._seen: dict[str, tuple[float, float, bool]] = {}
 
     def check(self, key: str) -> tuple[bool, bool]:
-        try:
-            open_until, failures = self._redis.mget(
-                f"{self.PREFIX}{key}:open", f"{self.PREFIX}{key}:fails"
+        now = time.time()
+        seen = self._seen.get(key)
+        if seen is None or not 0 <= now - seen[0] < settings.LLM_CIRCUIT_REFRESH:
+            try:
+                open_until, failures = self._redis.mget(
+                    f"{self.PREFIX}{key}:open", f"{self.PREFIX}{key}:fails"
+                )
+            except Exception:
+                logger.warning("circuit breaker: Redis unreachable; letting %s through", key)
+                return False, False
+            seen = (
+                now,
+                float(open_until) if open_until is not None else 0.0,
+                failures is not None and int(failures) > 0,
             )
-        except Exception:
-            logger.warning("circuit breaker: Redis unreachable; letting %s through", key)
-            return False, False
-        return (
-            open_until is not None and float(open_until) > time.time(),
-            failures is not None and int(failures) > 0,
-        )
+            self._seen[key] = seen
+        return seen[1] > now, seen[2]
 
     def success(self, key: str) -> None:
         try:
             self._redis.delete(f"{self.PREFIX}{key}:fails", f"{self.PREFIX}{key}:open")
         except Exception:
             logger.warning("circuit breaker: Redis unreachable; could not reset %s", key)
+        self._seen.pop(key, None)  # after the write: the next check here reads it
 
     def failure(self, key: str) -> None:
         cooldown = settings.LLM_CIRCUIT_COOLDOWN
@@ -97,8 +111,10 @@ class RedisBreaker:
                 )
         except Exception:
             logger.warning("circuit breaker: Redis unreachable; could not count a failure")
+        self._seen.pop(key, None)
 
     def reset(self) -> None:
+        self._seen.clear()
         for name in self._redis.scan_iter(f"{self.PREFIX}*"):
             self._redis.delete(name)
 

@@ -58,13 +58,18 @@ def instrument() -> None:
     from opentelemetry import trace
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.httpx import (
+        HTTPX2ClientInstrumentor,
+        HTTPXClientInstrumentor,
+    )
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     DjangoInstrumentor().instrument()
     CeleryInstrumentor().instrument()
     PsycopgInstrumentor().instrument(enable_commenter=False)
     HTTPXClientInstrumentor().instrument()
+    # httpx2: the openai SDK's transport, and llmcalls' requests to providers.
+    HTTPX2ClientInstrumentor().instrument()
     _tracer = trace.get_tracer("gatehouse")
     _enabled = True
 
@@ -73,7 +78,10 @@ def uninstrument() -> None:
     global _enabled, _tracer
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.httpx import (
+        HTTPX2ClientInstrumentor,
+        HTTPXClientInstrumentor,
+    )
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     for instrumentor in (
@@ -81,6 +89,7 @@ def uninstrument() -> None:
         CeleryInstrumentor(),
         PsycopgInstrumentor(),
         HTTPXClientInstrumentor(),
+        HTTPX2ClientInstrumentor(),
     ):
         instrumentor.uninstrument()
     _enabled, _tracer = False, None

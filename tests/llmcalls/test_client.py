@@ -77,10 +77,12 @@ def test_it_sends_the_provider_the_openai_wire_format_whole_and_streamed(
         "max_tokens": 50,
         "temperature": 0,
     }
-    for received in (whole, stream):
+    for received, accept in ((whole, "application/json"), (stream, "text/event-stream")):
         headers = {k.lower(): v for k, v in received.headers.items()}
         assert headers["authorization"] == "Bearer not-needed"
         assert headers["content-type"] == "application/json"
+        assert headers["accept"] == accept
+        assert headers["user-agent"] == "gatehouse-llmcalls"
     assert {c.status for c in LLMCall.objects.all()} == {"ok"}
 
 
@@ -413,11 +415,19 @@ def test_processes_share_the_circuit_through_redis(settings: Any) -> None:
     settings.LLM_CIRCUIT_FAILURES = 2
     one, other = RedisBreaker(settings.REDIS_URL), RedisBreaker(settings.REDIS_URL)
     one.reset()
-    one.failure("p/m")
+    assert one.check("p/m") == (False, False)  # read from Redis and kept for a second
     other.failure("p/m")
-    assert one.check("p/m")[0] and other.check("p/m")[0]
-    other.success("p/m")
-    assert one.check("p/m") == (False, False)
+    other.failure("p/m")
+    assert other.check("p/m")[0]  # at once in the process that opened it
+    assert one.check("p/m") == (False, False)  # not yet here: its copy is fresh
+    with time_machine.travel(time.time() + settings.LLM_CIRCUIT_REFRESH + 0.1):
+        assert one.check("p/m") == (True, True)  # read again after LLM_CIRCUIT_REFRESH
+        other.success("p/m")
+        assert other.check("p/m") == (False, False)
+    settings.LLM_CIRCUIT_REFRESH = 0  # every check reads Redis
+    one.failure("p/m")
+    one.failure("p/m")
+    assert other.check("p/m")[0]
 
 
 def test_the_in_memory_breaker_follows_the_same_steps(settings: Any) -> None:

@@ -100,6 +100,18 @@ def test_a_call_is_a_genai_span_without_its_text_by_default(
     assert "jane.doe" not in json.dumps(attributes)
 
 
+def test_the_request_to_the_provider_is_a_client_span_whose_context_it_receives(
+    spans: Any, fake: FakeProvider, make_route: Route, prices: None
+) -> None:
+    make_route("support", "primary/ok")
+    client.complete(feature="support", messages=SECRET_PROMPT)
+    [http] = [s for s in spans.get_finished_spans() if s.name == "POST"]
+    assert http.kind.name == "CLIENT"
+    [received] = fake.requests
+    traceparent = {k.lower(): v for k, v in received.headers.items()}["traceparent"]
+    assert traceparent.split("-")[2] == format(http.context.span_id, "016x")
+
+
 def test_prompt_and_completion_go_into_the_span_only_with_trace_content(
     spans: Any, fake: FakeProvider, make_route: Route, settings: Any
 ) -> None:
