@@ -147,7 +147,9 @@ def instrument(stages: Stages) -> list[str]:
                     patch_method(stages, middleware_name, klass, attr)
 
     auth = api.api.auth[0] if isinstance(api.api.auth, list | tuple) else api.api.auth
-    patch_method(stages, "authentication", type(auth).__mro__[1], "__call__")
+    # The class whose __call__ reads the bearer token: ninja's HttpBearer, or the app's own.
+    reader = next(k for k in type(auth).__mro__ if "__call__" in k.__dict__)
+    patch_method(stages, "authentication", reader, "__call__")
     patch_method(stages, "parsing", type(api.api.parser), "parse_body")
     from django.core.handlers.base import BaseHandler
     from django.db.backends.base.base import BaseDatabaseWrapper

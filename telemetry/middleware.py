@@ -15,7 +15,8 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        rid = logs.sanitize_request_id(request.headers.get("X-Request-ID"))
+        # META, not request.headers: that builds a dict of every header (bench/README.md, submit2).
+        rid = logs.sanitize_request_id(request.META.get("HTTP_X_REQUEST_ID"))
         request.request_id = rid  # type: ignore[attr-defined]
         token = logs.request_id.set(rid)
         try:

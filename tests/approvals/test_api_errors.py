@@ -279,6 +279,13 @@ def test_a_wrong_key_is_unauthorized(shop: ServiceClient, header: str) -> None:
     assert Proposal.objects.count() == 0
 
 
+def test_the_bearer_scheme_is_matched_in_any_case(shop: ServiceClient) -> None:
+    # RFC 9110: an auth scheme is case-insensitive; the app reads the header itself (api.py).
+    for scheme in ("bearer", "BEARER"):
+        client = Client(HTTP_AUTHORIZATION=f"{scheme} {shop.key}")
+        assert client.get("/api/v1/proposals").status_code == 200
+
+
 def test_a_right_prefix_with_a_wrong_secret_is_unauthorized(shop: ServiceClient) -> None:
     prefix = shop.key.split("_")[1]
     client = Client(HTTP_AUTHORIZATION=f"Bearer gh_{prefix}_{'A' * 32}")
