@@ -1,6 +1,7 @@
 """Template filters and tags for the reviewer pages. None of the filters marks anything safe:
 model-provided text leaves them as plain strings and Django's autoescaping applies. The queue
-row tags return HTML built by approvals/rows.py, which escapes every value it puts in."""
+and history row tags return HTML built by approvals/rows.py, which escapes every value it puts
+in."""
 
 from __future__ import annotations
 
@@ -79,3 +80,15 @@ def queue_rows(proposals: list[Proposal]) -> SafeString:
 def queue_row(proposal: Proposal, oob: bool = False) -> SafeString:
     """One queue row, as the live push sends it (`oob`: swapped in out of band)."""
     return rows.queue_row(proposal, oob=oob)
+
+
+@register.simple_tag
+def history_rows(proposals: list[Proposal]) -> SafeString:
+    """The history page's rows (approvals/rows.py)."""
+    return rows.history_rows(proposals)
+
+
+@register.simple_tag
+def history_row(proposal: Proposal, oob: bool = False) -> SafeString:
+    """One history row, as the live push sends it (`oob`: swapped in out of band)."""
+    return rows.history_row(proposal, oob=oob)
