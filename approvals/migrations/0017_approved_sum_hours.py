@@ -20,6 +20,18 @@ Elsewhere (SQLite) the table is created and nothing writes it; velocity sums the
 import django.db.models.deletion
 from django.db import migrations, models
 
+# The rows a proposal's write adds to (+) or takes from (-), one per key, in key order: the
+# minutes' upsert and the hours' read the same; two statements, so the hours are locked first.
+DELTAS = """    FROM (
+        SELECT * FROM gatehouse_approved_sum_deltas(OLD.service_id, OLD.action_type_id,
+            OLD.decided_at, COALESCE(OLD.final_payload, OLD.payload), -1) WHERE old_counts
+        UNION ALL
+        SELECT * FROM gatehouse_approved_sum_deltas(NEW.service_id, NEW.action_type_id,
+            NEW.decided_at, COALESCE(NEW.final_payload, NEW.payload), 1) WHERE new_counts
+    ) AS d
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4"""
+
 # 0013's trigger function, with {hours} run before the minutes' upsert.
 FUNCTION = """
 CREATE OR REPLACE FUNCTION gatehouse_approved_sums() RETURNS trigger AS $$
@@ -46,15 +58,7 @@ BEGIN
     END IF;{hours}
     INSERT INTO approvals_approvedsum AS s (service_id, action_type_id, field, minute, total)
     SELECT d.service_id, d.action_type_id, d.field, d.minute, sum(d.delta)
-    FROM (
-        SELECT * FROM gatehouse_approved_sum_deltas(OLD.service_id, OLD.action_type_id,
-            OLD.decided_at, COALESCE(OLD.final_payload, OLD.payload), -1) WHERE old_counts
-        UNION ALL
-        SELECT * FROM gatehouse_approved_sum_deltas(NEW.service_id, NEW.action_type_id,
-            NEW.decided_at, COALESCE(NEW.final_payload, NEW.payload), 1) WHERE new_counts
-    ) AS d
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
+{deltas}
     ON CONFLICT (service_id, action_type_id, field, minute)
     DO UPDATE SET total = s.total + EXCLUDED.total;
     RETURN NULL;
@@ -66,15 +70,7 @@ HOURS = """
     INSERT INTO approvals_approvedhoursum AS h (service_id, action_type_id, field, hour, total)
     SELECT d.service_id, d.action_type_id, d.field, date_trunc('hour', d.minute, 'UTC'),
         sum(d.delta)
-    FROM (
-        SELECT * FROM gatehouse_approved_sum_deltas(OLD.service_id, OLD.action_type_id,
-            OLD.decided_at, COALESCE(OLD.final_payload, OLD.payload), -1) WHERE old_counts
-        UNION ALL
-        SELECT * FROM gatehouse_approved_sum_deltas(NEW.service_id, NEW.action_type_id,
-            NEW.decided_at, COALESCE(NEW.final_payload, NEW.payload), 1) WHERE new_counts
-    ) AS d
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
+{deltas}
     ON CONFLICT (service_id, action_type_id, field, hour)
     DO UPDATE SET total = h.total + EXCLUDED.total;"""
 
@@ -95,14 +91,19 @@ GROUP BY 1, 2, 3, 4;
 """
 
 
+def trigger(hours: str) -> str:
+    """0013's trigger function with `hours` run before the minutes' upsert."""
+    return FUNCTION.format(hours=hours, deltas=DELTAS)
+
+
 def forward(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FORWARD + FUNCTION.format(hours=HOURS))
+        schema_editor.execute(FORWARD + trigger(HOURS.format(deltas=DELTAS)))
 
 
 def backward(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FUNCTION.format(hours=""))
+        schema_editor.execute(trigger(""))
 
 
 class Migration(migrations.Migration):
