@@ -122,25 +122,22 @@ def main() -> None:
             fake.kill()
 
 
-def run(args: argparse.Namespace, gatehouse: str) -> None:
-    import django
-
-    django.setup()
-    import openai
+def bench_route(fake_port: int) -> tuple[str, str]:
+    """The fake provider, its price, the feature `bench-llm` routed to it and a service allowed
+    it: the provider's base URL and the service's key."""
+    from datetime import timedelta
 
     from approvals import services as approvals_services
-    from llmcalls import client, services
-    from llmcalls.models import LLMCall, ModelPrice
+    from llmcalls import services
+    from llmcalls.models import ModelPrice
 
-    base_url = f"http://127.0.0.1:{args.fake_port}/bench/v1"
+    base_url = f"http://127.0.0.1:{fake_port}/bench/v1"
     services.provider_upsert(name="bench", base_url=base_url, api_key_env="")
     ModelPrice.objects.get_or_create(
         model="ok",
         provider="bench",
         defaults={"input_per_mtok": 1, "output_per_mtok": 2, "source": "benchmark"},
     )
-    from datetime import timedelta
-
     services.route_upsert(
         feature="bench-llm",
         targets=[("bench", "ok")],
@@ -153,6 +150,19 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
     _, key = approvals_services.service_create(
         name="bench-llm", grants={"llm-features": ["bench-llm"]}
     )
+    return base_url, key
+
+
+def run(args: argparse.Namespace, gatehouse: str) -> None:
+    import django
+
+    django.setup()
+    import openai
+
+    from llmcalls import client, services
+    from llmcalls.models import LLMCall
+
+    base_url, key = bench_route(args.fake_port)
 
     raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
     via_proxy = openai.OpenAI(base_url=f"{gatehouse}/llm/v1", api_key=key, max_retries=0)

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import bench_env, fresh_database, manage  # noqa: E402
-from llm_overhead import MESSAGES, wait_for_port  # noqa: E402
+from llm_overhead import MESSAGES, bench_route, wait_for_port  # noqa: E402
 
 
 def main() -> None:
@@ -69,33 +68,14 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     from django.core.handlers.wsgi import WSGIRequest
 
-    from approvals import services as approvals_services
     from approvals.services import api_key_authenticate
     from config.wsgi import application
     from foundation import jsonfast, problems
     from llmcalls import client, proxy, routing, services
     from llmcalls.breaker import breaker
-    from llmcalls.models import LLMCall, ModelPrice
+    from llmcalls.models import LLMCall
 
-    base_url = f"http://127.0.0.1:{args.fake_port}/bench/v1"
-    services.provider_upsert(name="bench", base_url=base_url, api_key_env="")
-    ModelPrice.objects.get_or_create(
-        model="ok",
-        provider="bench",
-        defaults={"input_per_mtok": 1, "output_per_mtok": 2, "source": "benchmark"},
-    )
-    services.route_upsert(
-        feature="bench-llm",
-        targets=[("bench", "ok")],
-        deadline=timedelta(seconds=10),
-        cache_ttl=None,
-        daily_budget_usd=None,
-        over_budget="refuse",
-        params={},
-    )
-    _, key = approvals_services.service_create(
-        name="bench-llm", grants={"llm-features": ["bench-llm"]}
-    )
+    base_url, key = bench_route(args.fake_port)
     body = json.dumps({"model": "ok", "messages": MESSAGES}).encode()
     stream_body = json.dumps({"model": "ok", "messages": MESSAGES, "stream": True}).encode()
 
