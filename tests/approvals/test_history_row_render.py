@@ -6,9 +6,7 @@ old templates' output, with and without rows, a next page and a cursor)."""
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +16,14 @@ from django.template.loader import render_to_string
 from approvals import rows as row_html
 from approvals import selectors
 from approvals.models import ActionType, Proposal
-from tests.approvals.test_queue_row_render import HOSTILE, NOW, SETTINGS, _rendering
+from tests.approvals.test_queue_row_render import (
+    HOSTILE,
+    NOW,
+    SETTINGS,
+    _rendering,
+    assert_matches_golden,
+    golden_rows,
+)
 
 GOLDEN = Path(__file__).with_name("history_row_golden.html")
 REASON = "Refund within policy: the order ORD-77 was paid twice; " * 3  # longer than 80
@@ -90,36 +95,12 @@ def rows() -> list[tuple[str, Proposal]]:
     ]  # fmt: skip
 
 
-def _render_all(render: Callable[[Proposal, bool], str]) -> str:
-    parts = []
-    for zone, prefix in SETTINGS:
-        with _rendering(zone, prefix):
-            for name, proposal in rows():
-                for oob in (False, True):
-                    parts.append(f"<!-- {name}; {zone}, {prefix}, oob={oob} -->\n")
-                    parts.append(render(proposal, oob))
-                    parts.append("\n")
-    return "".join(parts)
-
-
-def _golden_rows() -> dict[tuple[str, str, str, bool], str]:
-    sections = re.findall(
-        r"<!-- (.*?); (.*?), (.*?), oob=(\w+) -->\n(.*?</tr>\n)\n", GOLDEN.read_text(), re.S
-    )
-    return {(name, zone, prefix, oob == "True"): row for name, zone, prefix, oob, row in sections}
-
-
 def test_the_python_row_is_the_templates_row() -> None:
-    rendered = _render_all(lambda p, oob: row_html.history_row(p, oob=oob))
-    golden = GOLDEN.read_text()
-    assert rendered.count("<tr ") == len(SETTINGS) * len(rows()) * 2 == len(_golden_rows())
-    for ours, theirs in zip(rendered.split("<!-- "), golden.split("<!-- "), strict=True):
-        assert ours == theirs  # one row at a time: a failure shows which
-    assert "<script>" not in rendered and "&lt;script&gt;" in rendered
+    assert_matches_golden(rows, lambda p, oob: row_html.history_row(p, oob=oob), GOLDEN)
 
 
 def test_the_page_and_the_push_render_the_same_rows() -> None:
-    golden = _golden_rows()
+    golden = golden_rows(GOLDEN)
     more = '<tr id="history-more" class="more"><td colspan="6"><a class="button" href="?a=&lt;b'
     for zone, prefix in SETTINGS:
         with _rendering(zone, prefix):

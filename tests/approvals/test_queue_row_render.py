@@ -114,11 +114,15 @@ def rows() -> list[tuple[str, Proposal]]:
     return shapes
 
 
-def _render_all(render: Callable[[Proposal, bool], str]) -> str:
+def render_all(
+    shapes: Callable[[], list[tuple[str, Proposal]]], render: Callable[[Proposal, bool], str]
+) -> str:
+    """Each of `shapes`' rows in each of SETTINGS, with and without oob, as the golden file
+    lays them out (the shapes are made inside each setting's clock and zone)."""
     parts = []
     for zone, prefix in SETTINGS:
         with _rendering(zone, prefix):
-            for name, proposal in rows():
+            for name, proposal in shapes():
                 for oob in (False, True):
                     parts.append(f"<!-- {name}; {zone}, {prefix}, oob={oob} -->\n")
                     parts.append(render(proposal, oob))
@@ -136,24 +140,32 @@ def _rendering(zone: str, prefix: str) -> Iterator[None]:
             clear_script_prefix()
 
 
-def _golden_rows() -> dict[tuple[str, str, str, bool], str]:
+def golden_rows(path: Path) -> dict[tuple[str, str, str, bool], str]:
     sections = re.findall(
-        r"<!-- (.*?); (.*?), (.*?), oob=(\w+) -->\n(.*?</tr>\n)\n", GOLDEN.read_text(), re.S
+        r"<!-- (.*?); (.*?), (.*?), oob=(\w+) -->\n(.*?</tr>\n)\n", path.read_text(), re.S
     )
     return {(name, zone, prefix, oob == "True"): row for name, zone, prefix, oob, row in sections}
 
 
-def test_the_python_row_is_the_templates_row() -> None:
-    rendered = _render_all(lambda p, oob: row_html.queue_row(p, oob=oob))
-    golden = GOLDEN.read_text()
-    assert rendered.count("<tr ") == len(SETTINGS) * len(rows()) * 2 == len(_golden_rows())
+def assert_matches_golden(
+    shapes: Callable[[], list[tuple[str, Proposal]]],
+    render: Callable[[Proposal, bool], str],
+    path: Path,
+) -> None:
+    rendered = render_all(shapes, render)
+    golden = path.read_text()
+    assert rendered.count("<tr ") == len(SETTINGS) * len(shapes()) * 2 == len(golden_rows(path))
     for ours, theirs in zip(rendered.split("<!-- "), golden.split("<!-- "), strict=True):
         assert ours == theirs  # one row at a time: a failure shows which
     assert "<script>" not in rendered and "&lt;script&gt;" in rendered
 
 
+def test_the_python_row_is_the_templates_row() -> None:
+    assert_matches_golden(rows, lambda p, oob: row_html.queue_row(p, oob=oob), GOLDEN)
+
+
 def test_the_page_and_the_push_render_the_same_rows() -> None:
-    golden = _golden_rows()
+    golden = golden_rows(GOLDEN)
     filters = selectors.QueueFilters()
     for zone, prefix in SETTINGS:
         with _rendering(zone, prefix):
