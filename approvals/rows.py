@@ -16,7 +16,7 @@ it to the template's output the same way.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from django.urls import reverse
@@ -70,15 +70,27 @@ _HISTORY_ROW = (
 _STATE_LABELS = dict(Proposal.State.choices)
 
 
+# A row's renderer: the proposal, its URL before and after its id, the time now, and oob.
+_Render = Callable[[Proposal, str, str, datetime, bool], SafeString]
+
+
 def queue_rows(proposals: Iterable[Proposal], *, oob: bool = False) -> SafeString:
     """Each proposal's row, each followed by another newline (as the page's loop wrote them)."""
-    head, tail = _href_around_id()
-    now = timezone.now()
-    return SafeString("".join(f"{_row(p, head, tail, now, oob)}\n" for p in proposals))
+    return _each(_row, proposals, oob)
 
 
 def queue_row(proposal: Proposal, *, oob: bool = False) -> SafeString:
-    return _row(proposal, *_href_around_id(), timezone.now(), oob)
+    return _one(_row, proposal, oob)
+
+
+def _each(render: _Render, proposals: Iterable[Proposal], oob: bool) -> SafeString:
+    head, tail = _href_around_id()
+    now = timezone.now()
+    return SafeString("".join(f"{render(p, head, tail, now, oob)}\n" for p in proposals))
+
+
+def _one(render: _Render, proposal: Proposal, oob: bool) -> SafeString:
+    return render(proposal, *_href_around_id(), timezone.now(), oob)
 
 
 def _href_around_id() -> tuple[str, str]:
@@ -148,13 +160,11 @@ def _row(p: Proposal, head: str, tail: str, now: datetime, oob: bool) -> SafeStr
 def history_rows(proposals: Iterable[Proposal]) -> SafeString:
     """Each decided proposal's row, each followed by another newline (as the page's loop wrote
     them)."""
-    head, tail = _href_around_id()
-    now = timezone.now()
-    return SafeString("".join(f"{_history_row(p, head, tail, now, False)}\n" for p in proposals))
+    return _each(_history_row, proposals, False)
 
 
 def history_row(proposal: Proposal, *, oob: bool = False) -> SafeString:
-    return _history_row(proposal, *_href_around_id(), timezone.now(), oob)
+    return _one(_history_row, proposal, oob)
 
 
 def _history_row(p: Proposal, head: str, tail: str, now: datetime, oob: bool) -> SafeString:

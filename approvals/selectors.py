@@ -364,6 +364,12 @@ SEARCH_RARE = 200
 SEARCH_RECENT = 10_000
 
 
+def _in_order(ordered: QuerySet[Proposal], ids: list[Any]) -> list[Proposal]:
+    """The rows of `ordered` with these ids, in the ids' order."""
+    found = ordered.order_by().in_bulk(ids)
+    return [found[pk] for pk in ids]
+
+
 def _rare_matches(
     ordered: QuerySet[Proposal], columns: list[str], matching: Q, *, limit: int
 ) -> list[Proposal] | None:
@@ -375,8 +381,7 @@ def _rare_matches(
         return None
     keys.sort(reverse=True)  # as ORDER BY … DESC: a uuid compares as its bytes in both
     ids = [key[-1] for key in keys[: limit + 1]]
-    found = ordered.order_by().in_bulk(ids)
-    return [found[pk] for pk in ids]
+    return _in_order(ordered, ids)
 
 
 def _recent_matches(
@@ -413,8 +418,7 @@ def _recent_matches(
         ids = [row[0] for row in cursor.fetchall()]
     if len(ids) <= limit:
         return None
-    found = ordered.order_by().in_bulk(ids)
-    return [found[pk] for pk in ids]
+    return _in_order(ordered, ids)
 
 
 # --- services (REST API and MCP) ----------------------------------------------------------------

@@ -136,20 +136,16 @@ def _approved_sum_rows(
         return float(cursor.fetchone()[0])
 
 
+_WHOLE_SUM = """
+    SELECT COALESCE(SUM(total), 0) FROM {table}
+    WHERE service_id = %s AND action_type_id = %s AND field = %s
+      AND {unit} >= %s AND {unit} < %s
+"""
 # Whole minutes [first, last): an Index Only Scan of approvedsum_minute, which carries `total`
 # on PostgreSQL (approvals 0016).
-_MINUTES_SUM = """
-    SELECT COALESCE(SUM(total), 0) FROM approvals_approvedsum
-    WHERE service_id = %s AND action_type_id = %s AND field = %s
-      AND minute >= %s AND minute < %s
-"""
-
+_MINUTES_SUM = _WHOLE_SUM.format(table="approvals_approvedsum", unit="minute")
 # Whole hours [first, last), the same sums rolled up by the same trigger (approvals 0017).
-_HOURS_SUM = """
-    SELECT COALESCE(SUM(total), 0) FROM approvals_approvedhoursum
-    WHERE service_id = %s AND action_type_id = %s AND field = %s
-      AND hour >= %s AND hour < %s
-"""
+_HOURS_SUM = _WHOLE_SUM.format(table="approvals_approvedhoursum", unit="hour")
 
 
 def _minute(moment: datetime) -> datetime:
