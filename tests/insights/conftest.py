@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -66,10 +67,15 @@ def plant(shop: ServiceClient, refund_type: ActionType) -> Callable[..., list[Pr
 
 
 @pytest.fixture
-def eager_tasks() -> Iterator[None]:
+def eager_tasks(settings: Any) -> Iterator[None]:
     """Tasks run where they are sent: an alert's webhook is attempted in this process when its
     transaction commits, through the outbox's own task (a retry Celery would hold for its
-    countdown runs at once too, and finds the message not yet due)."""
+    countdown runs at once too, and finds the message not yet due).
+
+    Not yet due only if the backoff outlasts the second a delivery may start early: the default
+    2 s base makes the first retry 1-2 s, and one near 1 s was taken at once on a slow machine.
+    A 20 s base makes it 10-20 s."""
+    settings.EXECUTION_RETRY_BASE = timedelta(seconds=20)
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = True
     yield
