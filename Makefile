@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/gatehouse)
 TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/1)
+# The 25 slowest tests are listed after each run, so a CI log shows where its minutes went.
+PYTEST_ARGS ?= --durations=25
 TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE_URL) \
 	REDIS_URL=$(TEST_REDIS_URL) GATEHOUSE_ALLOW_PRIVATE_WEBHOOKS=1
 
