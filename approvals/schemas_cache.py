@@ -90,14 +90,22 @@ def _keyword_check(name: str, value: Any, schema: dict[str, Any], formats: Any) 
         if not isinstance(names, list) or not names or any(n not in _TYPES for n in names):
             raise _Unsupported
         tests = [_TYPES[n] for n in names]
+        if len(tests) == 1:
+            return tests[0]
         return lambda v: any(t(v) for t in tests)
     if name == "properties":
         if not isinstance(value, dict):
             raise _Unsupported
         fields = [(key, _quick(sub, formats)) for key, sub in value.items()]
-        return lambda v: (
-            not isinstance(v, dict) or all(key not in v or check(v[key]) for key, check in fields)
-        )
+
+        def properties(v: Any) -> bool:
+            if isinstance(v, dict):
+                for key, check in fields:
+                    if key in v and not check(v[key]):
+                        return False
+            return True
+
+        return properties
     if name == "required":
         if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
             raise _Unsupported
@@ -185,7 +193,15 @@ def _quick(schema: Any, formats: Any) -> Check:
     ]
     if len(checks) == 1:
         return checks[0]
-    return lambda v: all(check(v) for check in checks)
+
+    def every(v: Any) -> bool:
+        # A loop, not all() over a generator: a third of the check's time for a small payload.
+        for check in checks:  # noqa: SIM110
+            if not check(v):
+                return False
+        return True
+
+    return every
 
 
 def quick_check(schema: Any, validator: Validator) -> Check | None:
