@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import statistics
@@ -59,6 +58,7 @@ from common import (
     ROOT,
     SERVERS,
     SESSIONS,
+    WSGI_SERVERS,
     bench_env,
     fresh_database,
     manage,
@@ -118,6 +118,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8, help="per WSGI worker (the Procfile's)")
+    parser.add_argument(
+        "--floor-threads",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="threads per WSGI worker the floor's probe tries (comma-separated; default: "
+        "--threads): the floor runs at the fastest server and thread count, its own best footing",
+    )
     parser.add_argument("--server", choices=sorted(SERVERS), default="granian-wsgi")
     parser.add_argument("--probe-seconds", type=int, default=5, help="per floor server")
     parser.add_argument("--config", type=Path, help="extra YAML to apply before measuring")
@@ -147,6 +153,7 @@ def main() -> None:
     args = parser.parse_args()
 
     fresh_database(args.database)
+    floor_threads = args.floor_threads or [args.threads]
     # One connection a thread is all a server can use (8 threads a worker).
     env = bench_env(args.database, BENCH_FLOOR_ENDPOINT="1", DB_POOL_MAX=str(args.threads))
     if args.redis_url:
@@ -178,21 +185,30 @@ def main() -> None:
     common = {"seconds": args.seconds, "connections": args.connections}
     with contextlib.ExitStack() as stack:
         cwd, bare_env = stack.enter_context(bare_project(env, bare_database))
-        serve_bare = functools.partial(
-            serve, bare_env, project="floorproj", cwd=cwd, ready="/submit",
-            workers=args.workers, threads=args.threads,
-        )  # fmt: skip
+
+        def serve_bare(server: str, threads: int) -> Any:
+            return serve(
+                {**bare_env, "DB_POOL_MAX": str(threads)}, project="floorproj", cwd=cwd,
+                ready="/submit", workers=args.workers, threads=threads, server=server,
+            )  # fmt: skip
+
         probes: dict[str, float] = {}
+        footings: dict[str, tuple[str, int]] = {}
         for server in SERVERS:
-            with serve_bare(server=server) as url:
-                wrk_post(url + "/submit", BODY, seconds=2, connections=args.connections)
-                probe = wrk_post(
-                    url + "/submit", BODY, seconds=args.probe_seconds, connections=args.connections
-                )
-                probes[server] = probe["rps"]
-                print(f"bare Django on {server}: {probe['rps']:.0f} req/s ({load()})")
+            # Thread counts matter only to the WSGI servers (uvicorn runs one event loop).
+            for threads in floor_threads if server in WSGI_SERVERS else floor_threads[:1]:
+                name = server if len(floor_threads) == 1 else f"{server}, {threads} threads"
+                with serve_bare(server, threads) as url:
+                    wrk_post(url + "/submit", BODY, seconds=2, connections=args.connections)
+                    probe = wrk_post(
+                        url + "/submit", BODY, seconds=args.probe_seconds,
+                        connections=args.connections,
+                    )  # fmt: skip
+                probes[name] = probe["rps"]
+                footings[name] = (server, threads)
+                print(f"bare Django on {name}: {probe['rps']:.0f} req/s ({load()})")
         fastest = max(probes, key=lambda name: probes[name])
-        bare = stack.enter_context(serve_bare(server=fastest))
+        bare = stack.enter_context(serve_bare(*footings[fastest]))
         base = stack.enter_context(
             serve(env, server=args.server, workers=args.workers, threads=args.threads)
         )

@@ -56,8 +56,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "foundation.unavailable.BackingServiceMiddleware",
     "approvals.middleware.ContentSecurityPolicyMiddleware",
-    # The model-call proxy's paths go from here straight to their views (llmcalls/dispatch.py).
-    "llmcalls.dispatch.ProxyDispatchMiddleware",
+    # The model-call proxy's and the API's paths go from here straight to their views
+    # (foundation/dispatch.py, DIRECT_DISPATCH below).
+    "foundation.dispatch.DirectDispatchMiddleware",
     # config.middleware: Django's and whitenoise's own, skipped for /api/ and /llm/v1/.
     "config.middleware.WhiteNoiseMiddleware",
     "config.middleware.SessionMiddleware",
@@ -69,6 +70,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.AxesMiddleware",
 ]
+
+# Path prefix -> the views (`namespace:name` prefixes) that foundation.dispatch hands requests
+# to directly, past URL resolving and the middleware after it: arg-less views only.
+DIRECT_DISPATCH = {"/api/v1/": ("api:",), "/llm/v1/": ("llmcalls:proxy-",)}
 
 
 def app_contributions(installed_apps: list[str]) -> tuple[list[str], dict[str, list[str]]]:

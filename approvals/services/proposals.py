@@ -244,7 +244,8 @@ def _decide_proposal(
     request_hash: str,
 ) -> _NewProposal:
     now = timezone.now()
-    proposal = Proposal(
+    proposal = bulk.new_row(
+        Proposal,
         id=uuid.uuid4(),
         service=service,
         action_type=action_type,
@@ -332,7 +333,8 @@ def _first_events(new: _NewProposal) -> list[AuditEvent]:
     # descriptor costs more than the id the INSERT needs.
     actor = f"service:{proposal.service.name}"
     return [
-        AuditEvent(
+        bulk.new_row(
+            AuditEvent,
             proposal_id=proposal.pk,
             kind="proposal.received",
             to_state=State.RECEIVED,
@@ -340,7 +342,8 @@ def _first_events(new: _NewProposal) -> list[AuditEvent]:
             data={"payload_hash": proposal.payload_hash, "confidence": proposal.confidence},
             created_at=now,
         ),
-        AuditEvent(
+        bulk.new_row(
+            AuditEvent,
             proposal_id=proposal.pk,
             kind="proposal.routed",
             from_state=State.RECEIVED,

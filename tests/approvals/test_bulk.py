@@ -326,3 +326,42 @@ def test_a_guarded_insert_writes_nothing_unless_its_guard_allows(
     with pytest.raises(DataError):
         bulk.insert_rows_if("SELECT true AS ok", (), "ok", *rows(summary="x" * 201))
     assert Proposal.objects.count() == 1
+
+
+def _fields_of(row: Model) -> dict[str, object]:
+    return {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields}
+
+
+def test_new_row_builds_what_the_constructor_builds(shop: ServiceClient) -> None:
+    action_type = ActionType.objects.get(key="refund.issue")
+    now = timezone.now()
+    values = {
+        "id": uuid.uuid4(),
+        "service": shop.service,
+        "action_type": action_type,
+        "payload": {"amount": 5},
+        "confidence": 0.5,
+        "summary": "s",
+        "llm_call_id": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+    built, constructed = bulk.new_row(Proposal, **values), Proposal(**values)
+
+    assert _fields_of(built) == _fields_of(constructed)
+    assert built.metadata == {} and built.metadata is not constructed.metadata  # fresh defaults
+    assert built._state.adding and built._state.db is None
+    with CaptureQueriesContext(connection) as queries:
+        assert built.service is shop.service  # cached, as the descriptor caches it
+        assert built.action_type is action_type
+    assert len(queries) == 0
+    event = {"proposal_id": values["id"], "kind": "proposal.received", "created_at": now}
+    assert _fields_of(bulk.new_row(AuditEvent, **event)) == _fields_of(AuditEvent(**event))
+
+
+def test_new_row_refuses_what_the_constructor_refuses(shop: ServiceClient) -> None:
+    with pytest.raises(TypeError, match="'nonsense'"):
+        bulk.new_row(AuditEvent, kind="x", nonsense=1)
+    with pytest.raises(ValueError, match="service"):
+        bulk.new_row(Proposal, service=ActionType.objects.get(key="refund.issue"))

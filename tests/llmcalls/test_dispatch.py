@@ -1,5 +1,5 @@
-"""The proxy's paths skip URL resolving and the middleware after llmcalls.dispatch, and keep
-what those gave their requests and responses."""
+"""The proxy's paths skip URL resolving and the middleware after foundation.dispatch, and keep
+what those gave their requests and responses (the API's: tests/foundation/test_dispatch.py)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def test_other_paths_go_down_the_stack_as_before(
     shop: ServiceClient, common_calls: list[str]
 ) -> None:
     assert shop.get("/llm/v1/nothing-here").status_code == 404
-    assert shop.get("/api/v1/proposals").status_code == 200
-    assert common_calls == ["/llm/v1/nothing-here", "/api/v1/proposals"]
+    assert shop.get("/llm/").status_code == 302  # the dashboard: a page, signed-in users only
+    assert common_calls == ["/llm/v1/nothing-here", "/llm/"]
 
 
 def test_a_host_not_allowed_is_refused(shop: ServiceClient, settings: Any) -> None:
