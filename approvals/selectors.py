@@ -49,7 +49,24 @@ DECIDED_STATES = [
 REVIEWABLE = Q(decided_by=Proposal.DecidedBy.REVIEWER) | Q(
     state__in=[State.CANCELLED, State.EXPIRED]
 )
-QUEUE_ROW_DEFERRED = ("payload", "rationale", "first_response", "rule_trace", "request_hash")
+# What a queue row shows (approvals/rows.py) and nothing else: each column read is one more value
+# to decode and set on each of the page's 50 proposals (the timestamps and JSON most). An edit
+# (final_payload) and the payload's hash tell which approvals still count on a four-eyes row.
+QUEUE_ROW_FIELDS = (
+    "action_type",
+    "summary",
+    "confidence",
+    "created_at",
+    "review_due_at",
+    "expires_at",
+    "escalated_at",
+    "required_approvals",
+    "payload_hash",
+    "final_payload",
+    "claim__expires_at",
+    "claim__reviewer__username",
+)
+QUEUE_TYPE_FIELDS = ("key", "risk", "irreversible", "approvals_required")
 AGE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 AnyUser = AbstractBaseUser | AnonymousUser
 LLMCALLS_APP = "llmcalls"  # optional: the model-call log, when installed
@@ -151,7 +168,7 @@ def _keyset(
 
 def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50) -> Page:
     """Pending proposals this reviewer may decide, oldest first unless asked otherwise."""
-    types = list(visible_action_types(user=user).order_by("key"))
+    types = list(visible_action_types(user=user).only(*QUEUE_TYPE_FIELDS).order_by("key"))
     chosen = [
         t
         for t in types
@@ -173,11 +190,8 @@ def queue_for_reviewer(*, user: AnyUser, filters: QueueFilters, limit: int = 50)
         queryset = queryset.annotate(due=Coalesce("review_due_at", "expires_at", "created_at"))
     queryset = _keyset(queryset, column, filters.after, descending=filters.newest_first)
     order = [f"-{column}", "-id"] if filters.newest_first else [column, "id"]
-    # A row shows none of the large JSON and text columns; decoding them is most of the cost.
     # The action types are in hand already, so rows take them from there rather than a join.
-    queryset = (
-        queryset.defer(*QUEUE_ROW_DEFERRED).select_related("claim__reviewer").order_by(*order)
-    )
+    queryset = queryset.select_related("claim__reviewer").only(*QUEUE_ROW_FIELDS).order_by(*order)
     rows = list(queryset[: limit + 1])
     by_id = {t.pk: t for t in chosen}
     for row in rows:

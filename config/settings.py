@@ -154,6 +154,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # LOGIN_FAILURE_LIMIT failures for one username or from one address, 429 for LOGIN_LOCKOUT.
 AUTHENTICATION_BACKENDS = [
     "approvals.logins.LoginThrottleBackend",
+    # Answers has_perm from one statement; ModelBackend signs in and loads the session's user.
+    "foundation.permissions.PermissionBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)

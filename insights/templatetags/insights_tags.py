@@ -6,7 +6,7 @@ from typing import Any
 from django import template
 
 from approvals.selectors import visible_action_types
-from insights.selectors import open_alerts
+from insights.selectors import banner_alerts
 
 register = template.Library()
 
@@ -18,7 +18,7 @@ def insights_banner(context: Any) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"alerts": []}
-    return {"alerts": open_alerts(action_types=visible_action_types(user=user))}
+    return {"alerts": banner_alerts(action_types=visible_action_types(user=user))}
 
 
 @register.filter

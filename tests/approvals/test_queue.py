@@ -6,10 +6,13 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import selectors
-from approvals.models import Proposal
+from approvals.models import Claim, Proposal, Review
+from tests.conftest import logged_in
 
 Filters = selectors.QueueFilters
 
@@ -68,3 +71,35 @@ def test_decided_proposals_leave_the_queue(submit: Callable[..., Proposal], revi
     p = submit()
     Proposal.objects.filter(pk=p.pk).update(state=Proposal.State.REJECTED)
     assert selectors.queue_for_reviewer(user=reviewer, filters=Filters()).rows == []
+
+
+def test_the_page_reads_as_many_statements_for_every_shape_of_row(
+    submit: Callable[..., Proposal], reviewer: User, second_reviewer: User
+) -> None:
+    # A queue row reads only the columns it shows (selectors.QUEUE_ROW_FIELDS): one it needs
+    # and does not read would cost a statement per row.
+    client = logged_in(reviewer)
+    submit(summary="plain")
+    with CaptureQueriesContext(connection) as one_row:
+        client.get("/")
+    now = timezone.now()
+    claimed = submit(summary="claimed")
+    Claim.objects.create(
+        proposal=claimed, reviewer=second_reviewer, expires_at=now + timedelta(minutes=5)
+    )
+    four_eyes = submit(summary="four-eyes")
+    edited = submit(summary="edited")
+    for p in (four_eyes, edited):
+        Review.objects.create(
+            proposal=p, reviewer=second_reviewer, verdict="approve", payload_hash=p.payload_hash
+        )
+    Proposal.objects.filter(pk__in=[four_eyes.pk, edited.pk]).update(required_approvals=2)
+    Proposal.objects.filter(pk=edited.pk).update(final_payload={"order_id": "ORD-1", "amount": 1})
+    Proposal.objects.filter(pk=claimed.pk).update(review_due_at=now + timedelta(hours=2))
+    Proposal.objects.filter(summary="plain").update(escalated_at=now)
+    with CaptureQueriesContext(connection) as every_shape:
+        page = client.get("/").content.decode()
+    assert "being reviewed by sam" in page and "SLA breached" in page and "due in" in page
+    assert page.count("1 of 2 approvals") == 1 and page.count("0 of 2 approvals") == 1
+    # The two four-eyes rows' reviews: one statement for both.
+    assert len(every_shape) == len(one_row) + 1

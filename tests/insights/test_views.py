@@ -195,3 +195,27 @@ def test_settings_are_saved_by_an_admin(refund_type: ActionType, admin_user: Use
     )
     config = TypeSettings.objects.get(action_type=refund_type)
     assert (config.audit_fraction, config.error_target, config.brake_enabled) == (0.025, 0.01, True)
+
+
+def test_the_banner_shows_a_reviewer_the_open_alerts_of_their_own_types_only(
+    refund_type: ActionType, reviewer: User, outsider: User
+) -> None:
+    billing = Group.objects.create(name="billing")
+    credit = ActionType.objects.create(
+        key="credit.grant", title="Grant credit", payload_schema={}, reviewer_group=billing
+    )
+    biller = User.objects.create_user("bill")
+    biller.groups.add(billing)
+    Alert.objects.create(kind="drift", action_type=refund_type, title="Refunds <b>drift</b>")
+    Alert.objects.create(kind="brake", action_type=credit, title="Credit braked")
+    Alert.objects.create(
+        kind="drift", action_type=refund_type, title="Seen", acknowledged_at=timezone.now()
+    )
+    queue = logged_in(reviewer).get("/").content.decode()
+    assert "insight-banner" in queue and "1 insight alert:" in queue
+    assert 'href="/insights/refund.issue/">Refunds &lt;b&gt;drift&lt;/b&gt;</a>' in queue
+    assert "Drift" in queue and "Credit braked" not in queue and "Seen" not in queue
+    billing_queue = logged_in(biller).get("/").content.decode()
+    assert 'href="/insights/credit.grant/">Credit braked</a>' in billing_queue
+    assert "Refunds" not in billing_queue
+    assert "insight-banner" not in logged_in(outsider).get("/").content.decode()
