@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 from django.db.backends.signals import connection_created
+from django.middleware.common import CommonMiddleware
 from django.test import Client
 
 from approvals import services
@@ -323,3 +324,27 @@ def spans() -> Any:
     yield _span_exporter
     tracing.uninstrument()
     _span_exporter.clear()
+
+
+@pytest.fixture
+def common_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths CommonMiddleware (after foundation.dispatch in MIDDLEWARE) saw: a path that
+    foundation.dispatch hands straight to its view never shows here."""
+    seen: list[str] = []
+    original = CommonMiddleware.process_request
+
+    def spy(self: CommonMiddleware, request: Any) -> Any:
+        seen.append(request.path)
+        return original(self, request)
+
+    monkeypatch.setattr(CommonMiddleware, "process_request", spy)
+    return seen
+
+
+def assert_stack_headers(answer: Any) -> None:
+    """What the middleware a directly dispatched answer skipped would have given it, it has."""
+    assert answer["X-Request-ID"]
+    assert answer["X-Frame-Options"] == "DENY"
+    assert answer["X-Content-Type-Options"] == "nosniff"
+    assert "default-src" in answer["Content-Security-Policy"]
+    assert answer["Content-Length"] == str(len(answer.content))

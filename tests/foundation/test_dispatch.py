@@ -10,25 +10,10 @@ from typing import Any
 
 import pytest
 import redis.exceptions
-from django.middleware.common import CommonMiddleware
 from django.test import Client
 
 from approvals import services
-from tests.conftest import ServiceClient, refund_body
-
-
-@pytest.fixture
-def common_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths CommonMiddleware (after the dispatch in MIDDLEWARE) saw."""
-    seen: list[str] = []
-    original = CommonMiddleware.process_request
-
-    def spy(self: CommonMiddleware, request: Any) -> Any:
-        seen.append(request.path)
-        return original(self, request)
-
-    monkeypatch.setattr(CommonMiddleware, "process_request", spy)
-    return seen
+from tests.conftest import ServiceClient, assert_stack_headers, refund_body
 
 
 def test_the_submit_skips_the_rest_of_the_stack_and_keeps_its_headers(
@@ -43,11 +28,7 @@ def test_the_submit_skips_the_rest_of_the_stack_and_keeps_its_headers(
     assert types.status_code == 200
     assert common_calls == []  # none went down the stack
     for answer in (submitted, listed, types):
-        assert answer["X-Request-ID"]
-        assert answer["X-Frame-Options"] == "DENY"
-        assert answer["X-Content-Type-Options"] == "nosniff"
-        assert "default-src" in answer["Content-Security-Policy"]
-        assert answer["Content-Length"] == str(len(answer.content))
+        assert_stack_headers(answer)
     assert submitted.wsgi_request.resolver_match.view_name == "api:submit_proposal"
 
 

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 import redis.exceptions
-from django.middleware.common import CommonMiddleware
 
 from llmcalls import proxy
-from tests.conftest import ServiceClient
+from tests.conftest import ServiceClient, assert_stack_headers
 from tests.llmcalls.conftest import MESSAGES
 from tests.llmcalls.fake_provider import FakeProvider
 
@@ -23,20 +22,6 @@ URL = "/llm/v1/chat/completions"
 def shop(shop: ServiceClient, grant: Callable[..., None]) -> ServiceClient:
     grant(shop, "shop")
     return shop
-
-
-@pytest.fixture
-def common_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths CommonMiddleware (after the dispatch in MIDDLEWARE) saw."""
-    seen: list[str] = []
-    original = CommonMiddleware.process_request
-
-    def spy(self: CommonMiddleware, request: Any) -> Any:
-        seen.append(request.path)
-        return original(self, request)
-
-    monkeypatch.setattr(CommonMiddleware, "process_request", spy)
-    return seen
 
 
 def test_the_proxy_skips_the_rest_of_the_stack_and_keeps_its_headers(
@@ -52,11 +37,7 @@ def test_the_proxy_skips_the_rest_of_the_stack_and_keeps_its_headers(
     assert models.status_code == 200
     assert common_calls == []  # neither went down the stack
     for answer in (response, models):
-        assert answer["X-Request-ID"]
-        assert answer["X-Frame-Options"] == "DENY"
-        assert answer["X-Content-Type-Options"] == "nosniff"
-        assert "default-src" in answer["Content-Security-Policy"]
-        assert answer["Content-Length"] == str(len(answer.content))
+        assert_stack_headers(answer)
     assert response.wsgi_request.resolver_match.url_name == "proxy-chat"  # for the traces
 
 
