@@ -90,8 +90,20 @@ def production_env(
     return env
 
 
-@pytest.fixture
-def deployed(tmp_path: Path, receiver: Receiver) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """The webhook target of the deployed stack, for the module's tests as the stack is."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver
+) -> Iterator[dict[str, Any]]:
+    """The README's deployment, started once for the module's tests (40 s of start-up each)."""
+    tmp_path = tmp_path_factory.mktemp("deployed")
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make test does it)")
     database = stack.PostgresDatabase(os.environ["DATABASE_URL"], "smoke").create()
