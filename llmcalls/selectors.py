@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.db import connections
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -137,8 +139,15 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def model_stats(*, since: datetime, calls: QuerySet[LLMCall] | None = None) -> list[ModelStats]:
-    """Latency p50/p95 and error rate per provider/model (cache hits and refusals left out)."""
-    rows = (
+    """Latency p50/p95 and error rate per provider/model (cache hits and refusals left out), over
+    the STATS_SAMPLE most recent calls.
+
+    On PostgreSQL the sample is grouped and its percentiles taken there (`percentile_disc`, the
+    nearest rank, as `percentile` below): reading 20,000 rows into Python to sort them took two
+    thirds of /llm/ on a million calls (96 → 31 ms, bench/README.md). Elsewhere (SQLite, the
+    embedded default) Python does it from the same sample.
+    """
+    sample = (
         _all(calls)
         .filter(created_at__gte=since, cache_hit=False)
         .exclude(status=LLMCall.Status.REFUSED)
@@ -146,6 +155,13 @@ def model_stats(*, since: datetime, calls: QuerySet[LLMCall] | None = None) -> l
         .order_by("-created_at")
         .values_list("provider", "model", "status", "latency_ms")[:STATS_SAMPLE]
     )
+    if connections[sample.db].vendor == "postgresql":
+        return _model_stats_in_sql(sample)
+    return model_stats_of(sample)
+
+
+def model_stats_of(rows: Iterable[tuple[str, str, str, float | None]]) -> list[ModelStats]:
+    """ModelStats of (provider, model, status, latency_ms) rows, in Python."""
     grouped: dict[tuple[str, str], list[tuple[str, float | None]]] = defaultdict(list)
     for provider, model, status, latency in rows:
         grouped[(provider, model)].append((status, latency))
@@ -163,6 +179,26 @@ def model_stats(*, since: datetime, calls: QuerySet[LLMCall] | None = None) -> l
             )
         )
     return stats
+
+
+def _model_stats_in_sql(sample: QuerySet[Any]) -> list[ModelStats]:
+    inner, params = sample.query.sql_with_params()
+    # The sample's own statement (its filters, the reader's visibility included) as a subquery;
+    # its columns are named after the fields. Ordered set aggregates leave NULL latencies out,
+    # as the sort above does.
+    sql = (
+        "SELECT provider, model, count(*), count(*) FILTER (WHERE status <> %s), "  # noqa: S608
+        "percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+        "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) "
+        f"FROM ({inner}) AS sample GROUP BY provider, model"
+    )
+    with connections[sample.db].cursor() as cursor:
+        cursor.execute(sql, [LLMCall.Status.OK.value, *params])
+        rows = sorted(cursor.fetchall())  # by provider and model, as Python orders them
+    return [
+        ModelStats(provider=provider, model=model, calls=n, errors=errors, p50_ms=p50, p95_ms=p95)
+        for provider, model, n, errors, p50, p95 in rows
+    ]
 
 
 def rates(*, since: datetime, calls: QuerySet[LLMCall] | None = None) -> dict[str, Any]:

@@ -127,3 +127,58 @@ def test_the_summary_fragment_renders_a_linked_call_or_says_it_is_missing(
         "llmcalls/_call_summary.html", {"call": call_by_id(call_id="junk", service="")}
     )
     assert "not in the log" in missing
+
+
+def test_model_stats_in_postgresql_are_pythons_over_the_same_sample() -> None:
+    """The dashboard's percentiles, taken by PostgreSQL, are the nearest-rank ones Python takes
+    (`model_stats_of`) of the same rows: the sample's filters and the reader's queryset hold."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from llmcalls import selectors
+
+    now = timezone.now()
+    rows = []
+    for i in range(97):
+        rows.append(
+            LLMCall(
+                created_at=now - timedelta(minutes=i),
+                feature="support" if i % 4 else "triage",
+                provider="primary" if i % 3 else "backup",
+                model=["m-a", "m-b", "M-c", ""][i % 4] if i % 11 else "m-a",
+                status=["ok", "ok", "error", "refused", "ok"][i % 5],
+                cache_hit=i % 13 == 0,
+                latency_ms=None if i % 7 == 0 else float((i * 37) % 101) + 0.25,
+            )
+        )
+    rows.append(  # outside the window
+        LLMCall(
+            created_at=now - timedelta(days=9),
+            feature="support",
+            provider="primary",
+            model="m-a",
+            status="ok",
+            latency_ms=9999.0,
+        )
+    )
+    LLMCall.objects.bulk_create(rows)
+    since = now - timedelta(days=7)
+    for calls in (None, LLMCall.objects.filter(feature="support")):
+        sample = (
+            (calls if calls is not None else LLMCall.objects.all())
+            .filter(created_at__gte=since, cache_hit=False)
+            .exclude(status="refused")
+            .exclude(model="")
+            .values_list("provider", "model", "status", "latency_ms")
+        )
+        expected = selectors.model_stats_of(list(sample))
+        stats = selectors.model_stats(since=since, calls=calls)
+        assert stats == expected
+        assert len(stats) >= 4 and all(s.p95_ms != 9999.0 for s in stats)
+    only_support = selectors.model_stats(
+        since=since, calls=LLMCall.objects.filter(feature="support")
+    )
+    assert sum(s.calls for s in only_support) < sum(
+        s.calls for s in selectors.model_stats(since=since)
+    )
