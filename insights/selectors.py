@@ -268,22 +268,25 @@ def agreement_series(
     return series
 
 
-def open_alerts(*, action_types: Iterable[ActionType] | None = None) -> list[Alert]:
-    alerts = Alert.objects.filter(acknowledged_at__isnull=True).select_related(
-        "action_type", "webhook"
-    )
+def _open_alerts_on(action_types: Iterable[ActionType] | None) -> QuerySet[Alert]:
+    """Alerts nobody acknowledged, on these types (a queryset of them is a subquery) or on all."""
+    alerts = Alert.objects.filter(acknowledged_at__isnull=True)
+    if isinstance(action_types, QuerySet):
+        return alerts.filter(action_type__in=action_types.values("pk"))
     if action_types is not None:
-        alerts = alerts.filter(action_type__in=list(action_types))
-    return list(alerts)
+        return alerts.filter(action_type__in=list(action_types))
+    return alerts
+
+
+def open_alerts(*, action_types: Iterable[ActionType] | None = None) -> list[Alert]:
+    return list(_open_alerts_on(action_types).select_related("action_type", "webhook"))
 
 
 def banner_alerts(*, action_types: QuerySet[ActionType]) -> list[Alert]:
     """The open alerts on these types with what the banner on every reviewer page shows of
     them (kind, title, the type's key), in one statement: the types are its subquery."""
     return list(
-        Alert.objects.filter(
-            acknowledged_at__isnull=True, action_type__in=action_types.values("pk")
-        )
+        _open_alerts_on(action_types)
         .select_related("action_type")
         .only("kind", "title", "action_type__key")
     )
