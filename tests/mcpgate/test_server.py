@@ -198,7 +198,8 @@ def test_no_key_an_unknown_key_or_a_revoked_key_is_401(live: str, shop: Agent) -
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
     assert missing.json()["detail"].startswith("Send a service API key")
-    assert post(shop.key[:-1] + "x").status_code == 401
+    wrong_last = "y" if shop.key.endswith("x") else "x"
+    assert post(shop.key[:-1] + wrong_last).status_code == 401
     approvals.api_key_revoke(prefix=shop.key.split("_")[1])
     assert post(shop.key).status_code == 401
 
