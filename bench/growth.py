@@ -607,15 +607,33 @@ def submit(
         ]
         for url, (_name, _env, key) in zip(urls, runs, strict=True):
             wrk_post(url, BODY, auth=f"Bearer {key}", seconds=2)
-        for _ in range(rounds):
-            for i, (url, (name, _env, key)) in enumerate(zip(urls, runs, strict=True)):
-                run = wrk_post(url, BODY, auth=f"Bearer {key}", seconds=seconds)
+        for round_ in range(rounds):
+            # Each round swaps which side goes first, so neither always follows the other.
+            order = list(enumerate(zip(urls, runs, strict=True)))
+            for i, (url, (name, env, key)) in order if round_ % 2 == 0 else order[::-1]:
+                wal = wal_written()
+                database = env["DATABASE_URL"].rsplit("/", 1)[1]
+                run = wrk_post(url, BODY, auth=f"Bearer {key}", seconds=seconds, database=database)
+                records, fpi, wal_bytes = (b - a for a, b in zip(wal, wal_written(), strict=True))
                 figures[i].append(run["rps"])
+                n = max(run["requests"], 1)
                 print(
                     f"  {name}: {run['rps']:.0f} req/s p50 {run['p50_ms']:.0f} ms "
-                    f"p99 {run['p99_ms']:.0f} ms non2xx {run['non2xx']:.0f} ({loadavg()})"
+                    f"p99 {run['p99_ms']:.0f} ms non2xx {run['non2xx']:.0f}; a submit: "
+                    f"PostgreSQL {run['cpu_ms_postgres']:.2f} ms CPU, WAL {wal_bytes / n / 1024:.1f} KB "
+                    f"in {records / n:.1f} records, {fpi / n:.2f} full-page images ({loadavg()})"
                 )
     return [statistics.median(f) for f in figures]
+
+
+def wal_written() -> tuple[int, int, int]:
+    """The cluster's WAL records, full-page images and bytes so far (pg_stat_wal)."""
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as conn:
+        row = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def explain(sql: str, params: list[Any]) -> str:
