@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +11,8 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+
+from foundation import ids
 
 
 class Risk(models.TextChoices):
@@ -175,7 +176,8 @@ class Proposal(models.Model):
         REVIEWER = "reviewer"
         POLICY = "policy"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered (foundation.ids): new proposals share the index pages of their moment.
+    id = models.UUIDField(primary_key=True, default=ids.uuid7, editable=False)
     # Indexed by proposal_service_created and proposal_velocity, which lead with it.
     service = models.ForeignKey(
         Service, on_delete=models.PROTECT, related_name="proposals", db_index=False

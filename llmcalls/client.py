@@ -49,7 +49,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from foundation import jsonfast, retrying
+from foundation import ids, jsonfast, retrying
 from llmcalls import routing, semcache, services
 from llmcalls.breaker import breaker
 from llmcalls.errors import (
@@ -180,7 +180,7 @@ class _Call:
         stream: bool,
         route: str | None = None,
     ) -> None:
-        self.id = uuid.uuid4()
+        self.id = ids.uuid7()
         self.started = time.monotonic()
         self.created_at = timezone.now()
         self.feature = feature

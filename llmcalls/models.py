@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from decimal import Decimal
 
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from foundation import ids
 
 
 class Provider(models.Model):
@@ -164,7 +165,8 @@ class LLMCall(models.Model):
         ERROR = "error"
         REFUSED = "refused"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered (foundation.ids): new calls share the index pages of their moment.
+    id = models.UUIDField(primary_key=True, default=ids.uuid7, editable=False)
     created_at = models.DateTimeField(default=timezone.now)  # indexed by llmcall_dashboard
     feature = models.CharField(max_length=200)
     route = models.CharField(max_length=200, blank=True, help_text="The route that served it")

@@ -31,7 +31,7 @@ from approvals.models import (
 from approvals.representation import proposal_representation
 from approvals.rules import AutoDecision
 from approvals.statemachine import transition
-from foundation import jsonvalues
+from foundation import ids, jsonvalues
 from foundation.errors import ApplicationError, Conflict, NotFound
 from telemetry import metrics, tracing
 
@@ -246,7 +246,7 @@ def _decide_proposal(
     now = timezone.now()
     proposal = bulk.new_row(
         Proposal,
-        id=uuid.uuid4(),
+        id=ids.uuid7(),
         service=service,
         action_type=action_type,
         payload=data["payload"],

@@ -45,6 +45,7 @@ def test_it_answers_and_logs_the_whole_call(
     assert fake.requests[0].body["max_tokens"] == 50
     call = only_call()
     assert call.id == result.call_id
+    assert call.id.version == 7  # time-ordered (foundation.ids)
     assert call.status == "ok"
     assert call.messages == MESSAGES
     assert call.params == {"temperature": 0, "max_tokens": 50}
