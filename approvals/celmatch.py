@@ -87,8 +87,8 @@ def rewrite(when: str) -> str | None:
             continue
         start, end = node.meta.start_pos, node.meta.end_pos
         call = _CALL.fullmatch(when[start:end])
-        if call is None:
-            continue
+        if call is None or when[:start].rstrip().endswith("."):
+            continue  # not the call as a whole (a span inside a longer selection is not taken)
         target, literal = call.group(1), call.group(2)
         try:
             pattern = cel.evaluate(literal)  # the literal as the library reads it

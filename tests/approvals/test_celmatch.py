@@ -69,6 +69,11 @@ def as_written(rule: rules.CompiledRule) -> rules.CompiledRule:
             "model.matches('^gpt-4') || payload.x.matches('^ORD-1')",
             "_gatehouse_matches(model, '^gpt-4') || _gatehouse_matches(payload.x, '^ORD-1')",
         ),
+        (
+            "payload.a.b.matches('^x') && payload.items.exists(i, i.matches('^y'))",
+            "_gatehouse_matches(payload.a.b, '^x') && "
+            "payload.items.exists(i, _gatehouse_matches(i, '^y'))",
+        ),
         # Left as written: no anchor, an alternation, no literal start, a pattern that does not
         # compile, a receiver that is not a plain selection, a raw string, a string literal
         # that only looks like the call.
@@ -118,6 +123,7 @@ CONDITIONS = [
     "has(payload.v) && payload.v.matches('^ORD-')",
     "payload.v.matches('^x') && false",
     "payload.v.matches('^x') || true",
+    "[payload.v, 'REF-1'].exists(i, i.matches('^REF-'))",
 ]
 VALUES = st.one_of(
     st.sampled_from(["REF-1", "REF-6123", "REF-", "REF-12\n", "ORD-9", "abc", "ac", "a\nc", ""]),
