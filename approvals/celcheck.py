@@ -82,15 +82,20 @@ def _name(t: Type) -> str:
     return str(t)
 
 
-def check(expression: str) -> None:
-    """Raise CelTypeError if `expression` does not type-check as a rule condition."""
+def parse(expression: str) -> Tree:
+    """`expression`'s parse tree (with source positions); CelTypeError on a syntax error."""
     global _parser
     if _parser is None:
         _parser = CELParser()
     try:
-        tree = _parser.parse(expression)
+        return _parser.parse(expression)
     except CELParseError as exc:
         raise CelTypeError(f"syntax: {exc}") from None
+
+
+def check(expression: str) -> None:
+    """Raise CelTypeError if `expression` does not type-check as a rule condition."""
+    tree = parse(expression)
     result = _Checker().visit(tree, _Scope({}))
     if result not in ("bool", DYN):
         raise CelTypeError(f"a condition must be a bool, but this expression is {_name(result)}")

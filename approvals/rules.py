@@ -33,7 +33,7 @@ from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from approvals import celcost, conditions, velocity
+from approvals import celcost, celmatch, conditions, velocity
 from approvals.conditions import RuleCompileError, compile_with_cost
 from approvals.conditions import compile_condition as compile_condition  # where callers look
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
@@ -87,6 +87,9 @@ class CompiledRule:
     program: cel.Program
     uses_stats: bool
     cost: celcost.CostShape
+    # The condition with its `matches` calls on anchored patterns rewritten (approvals/celmatch.py),
+    # or None; evaluated first, the original deciding whenever it raises.
+    fast: cel.Program | None = None
     # The trace entry of the common case, built once: entries are only serialised, never changed.
     no_match: dict[str, Any] = field(init=False, repr=False, compare=False)
 
@@ -99,9 +102,16 @@ class CompiledRule:
 
 def compile_rule(spec: RuleSpec) -> CompiledRule:
     program, cost = compile_with_cost(spec.when)
-    return CompiledRule(
-        spec=spec, program=program, uses_stats="stats" in program.variables(), cost=cost
-    )
+    uses_stats = "stats" in program.variables()
+    fast = None
+    # A rule that reads velocity figures is left as written (its stats calls run once).
+    rewritten = None if uses_stats else celmatch.rewrite(spec.when)
+    if rewritten is not None:
+        try:
+            fast = cel.compile(rewritten)
+        except (ValueError, RuntimeError):
+            fast = None
+    return CompiledRule(spec=spec, program=program, uses_stats=uses_stats, cost=cost, fast=fast)
 
 
 # --- the per-process cache ---------------------------------------------------------------------
@@ -390,6 +400,7 @@ def evaluate(
             with_stats=any(r.uses_stats for r in rules),
             extent=extent,
         )
+        context.add_function(celmatch.FUNCTION, celmatch.matches)
     except Exception as exc:  # a payload the library cannot take (too deep, …) fails closed
         return AutoDecision(
             outcome="review",
@@ -432,7 +443,15 @@ def evaluate(
             decision = _fail_closed(spec, trace, reason) or decision
             continue
         try:
-            result = rule.program.execute(context)
+            if rule.fast is None:
+                result = rule.program.execute(context)
+            else:
+                try:
+                    result = rule.fast.execute(context)
+                except Exception:
+                    # The rewritten call could not answer: the original decides (its result or
+                    # its error, as if it had run alone).
+                    result = rule.program.execute(context)
         except Exception as exc:  # any library or stats error fails closed
             trace.append(_entry(spec, "error", error=str(exc)[:500]))
             reason = f"Rule {spec.name} failed to evaluate; a reviewer decides."

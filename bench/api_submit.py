@@ -11,6 +11,12 @@ machine hurts all alike. The figures to watch are the ratios of throughputs: eac
 against the floors run just before it, and the median of those round ratios, since on a shared
 2-core machine single runs move by ±0.1. The best round of each is printed too, with the CPU each
 request cost the servers, PostgreSQL, Redis and wrk, and the load average before and after.
+Every run of every round is printed too, in the order they ran (req/s, p99, each side's CPU a
+request, the rest of PostgreSQL's and the idle servers' CPU, the WAL a request wrote, the
+checkpoints begun), and each run starts once the machine is quiet (below a quarter of a core
+for half a second, at most 15 s): the first round's floor once ran while other work took 0.6
+of a core, and the round's ratio read 0.78 where the next two read 0.54 and 0.58
+(bench/README.md, fourth session).
 
     .venv/bin/python bench/api_submit.py [--seconds 10] [--rounds 2] [--server granian-wsgi]
         [--config extra.yaml] [--rules 50]
@@ -45,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,12 +62,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_django import bare_project
 from common import (
+    ADMIN_URL,
     ROOT,
     SERVERS,
     SESSIONS,
     WSGI_SERVERS,
     bench_env,
+    cpu_seconds_by_pid,
+    cpu_used,
     fresh_database,
+    machine_busy_seconds,
     manage,
     print_table,
     serve,
@@ -230,20 +241,23 @@ def main() -> None:
         # The CPU of each run: that server's processes and its database's backends only.
         on_bare = {**common, "database": bare_database, "sessions": {SESSIONS[bare]}}
         on_app = {**common, "database": args.database, "sessions": {SESSIONS[base]}}
-        for _ in range(args.rounds):
+        per_round: list[tuple[int, str, dict[str, float]]] = []
+        for number in range(1, args.rounds + 1):
             runs = {
-                bare_name: wrk_post(bare + "/submit", BODY, **on_bare),  # type: ignore[arg-type]
-                app_floor: wrk_post(base + "/bench/floor", BODY, **on_app),  # type: ignore[arg-type]
-                api: wrk_post(base + "/api/v1/proposals", BODY, auth=auth, **on_app),  # type: ignore[arg-type]
-                new_key: wrk_post(
+                bare_name: with_wal(wrk_post, bare + "/submit", BODY, **on_bare),
+                app_floor: with_wal(wrk_post, base + "/bench/floor", BODY, **on_app),
+                api: with_wal(wrk_post, base + "/api/v1/proposals", BODY, auth=auth, **on_app),
+                new_key: with_wal(
+                    wrk_post,
                     base + "/api/v1/proposals",
                     BODY,
                     auth=auth,
                     unique_keys=True,
-                    **on_app,  # type: ignore[arg-type]
+                    **on_app,
                 ),
             }
             runs[bare_name]["load"] = os.getloadavg()[0]
+            per_round += [(number, name, run) for name, run in runs.items()]
             for name, run in runs.items():
                 if name not in best or run["rps"] > best[name]["rps"]:
                     best[name] = run
@@ -262,6 +276,7 @@ def main() -> None:
         + f"; load after: {load()}"
     )
     print_table(rows)
+    print_rounds(per_round)
     for name in (api, new_key):
         for floor in (bare_name, app_floor):
             values = ratios[f"{name.strip()} / {floor}"]
@@ -341,6 +356,74 @@ def profile_stages(args: argparse.Namespace, env: dict[str, str], key: str) -> N
             command += ["--cprofile", f"{args.cprofile}{suffix}"]
         subprocess.run(command, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=True)
     print(f"load after: {load()}")
+
+
+def settle(*, busy_cores: float = 0.25, window: float = 0.5, limit: float = 15.0) -> float:
+    """Wait until the machine is quiet (less than `busy_cores` of CPU over `window` seconds, at
+    most `limit` seconds): what the run before left behind (servers winding down, PostgreSQL
+    writing out) then lands on no run. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = machine_busy_seconds()
+        time.sleep(window)
+        if (machine_busy_seconds() - before) / window < busy_cores:
+            break
+    return time.monotonic() - started
+
+
+def with_wal(run: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+    """`run(*args, **kwargs)` (a wrk run), started once the machine is quiet (settle), with
+    what PostgreSQL's whole cluster wrote to its WAL meanwhile, per request (records, full-page
+    images, bytes), the checkpoints it began, and the CPU a request of the rest of PostgreSQL
+    (other databases, the background processes) and of the benchmark's other servers (idle)."""
+    waited = settle()
+    every_server = set(SESSIONS.values())
+    before, cpu_before = _wal_counters(), cpu_seconds_by_pid(sessions=every_server)
+    result: dict[str, float] = run(*args, **kwargs)
+    after, cpu_after = _wal_counters(), cpu_seconds_by_pid(sessions=every_server)
+    requests = max(result["requests"], 1)
+    for name in ("wal_records", "wal_fpi", "wal_bytes"):
+        result[name] = (after[name] - before[name]) / requests
+    result["checkpoints"] = after["checkpoints"] - before["checkpoints"]
+    every = cpu_used(cpu_before, cpu_after)
+    result["cpu_ms_postgres_rest"] = every["postgres"] * 1000 / requests - result["cpu_ms_postgres"]
+    result["cpu_ms_servers_rest"] = every["server"] * 1000 / requests - result["cpu_ms_server"]
+    result["settled_s"] = waited
+    return result
+
+
+def _wal_counters() -> dict[str, float]:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL.replace("postgres://", "postgresql://")) as conn:
+        row = conn.execute(
+            "SELECT wal_records, wal_fpi, wal_bytes, checkpoints_timed + checkpoints_req "
+            "FROM pg_stat_wal, pg_stat_bgwriter"
+        ).fetchone()
+    assert row is not None
+    return dict(
+        zip(("wal_records", "wal_fpi", "wal_bytes", "checkpoints"), map(float, row), strict=True)
+    )
+
+
+def print_rounds(per_round: list[tuple[int, str, dict[str, float]]]) -> None:
+    """Every run of every round, in the order they ran: where rounds disagree, which side moved
+    (throughput, latency, each side's CPU a request, the rest of the machine's CPU, the WAL a
+    request wrote, checkpoints begun during the run)."""
+    print(
+        f"\n{'round':>5} {'':34} {'settle':>6} {'req/s':>6} {'p99 ms':>7} {'server':>7} "
+        f"{'postgres':>8} {'pg rest':>7} {'idle srv':>8} {'other':>6} {'WAL rec':>7} {'FPI':>6} "
+        f"{'WAL B':>7} {'ckpt':>4}  (CPU and WAL a request; other: the machine's rest)"
+    )
+    for number, name, run in per_round:
+        rest = run["cpu_ms_postgres_rest"] + run["cpu_ms_servers_rest"]
+        print(
+            f"{number:5} {name:34} {run['settled_s']:6.1f} {run['rps']:6.0f} {run['p99_ms']:7.1f} "
+            f"{run['cpu_ms_server']:7.2f} {run['cpu_ms_postgres']:8.2f} "
+            f"{run['cpu_ms_postgres_rest']:7.2f} {run['cpu_ms_servers_rest']:8.2f} "
+            f"{run['cpu_ms_other'] - rest:6.2f} {run['wal_records']:7.1f} {run['wal_fpi']:6.2f} "
+            f"{run['wal_bytes']:7.0f} {run['checkpoints']:4.0f}"
+        )
 
 
 def load() -> str:

@@ -281,6 +281,14 @@ def cpu_seconds_by_pid(
     return found
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every state of /proc/stat's first line
+    but idle and iowait)."""
+    with open("/proc/stat", "rb") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
+
+
 def cpu_used(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
 ) -> dict[str, float]:
@@ -319,6 +327,7 @@ def wrk_post(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     cpu_before = cpu_seconds_by_pid(database=database, sessions=sessions)
+    machine_before = machine_busy_seconds()
     children_before = os.times()
     try:
         result = subprocess.run(
@@ -350,9 +359,13 @@ def wrk_post(
     cpu["wrk"] = (children_after.children_user + children_after.children_system) - (
         children_before.children_user + children_before.children_system
     )
+    machine = machine_busy_seconds() - machine_before
     requests = max(raw["requests"], 1)
     return {
         **{f"cpu_ms_{group}": seconds * 1000 / requests for group, seconds in cpu.items()},
+        # Everything else the machine did meanwhile (other PostgreSQL processes, the kernel,
+        # anyone else's work), per request of this run.
+        "cpu_ms_other": (machine - sum(cpu.values())) * 1000 / requests,
         "rps": raw["requests"] / (raw["duration_us"] / 1e6),
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
