@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import os
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -99,6 +100,12 @@ def main() -> None:
     parser.add_argument("--fake-port", type=int, default=FAKE_PORT, help="the fake provider's")
     parser.add_argument("--port", type=int, default=PROXY_PORT, help="Gatehouse's")
     parser.add_argument(
+        "--server-args",
+        default="",
+        help="more options for both servers, Gatehouse's and the bare proxy's (e.g. granian's "
+        "'--runtime-mode st'), to measure a setting against the Procfile's",
+    )
+    parser.add_argument(
         "--bare-port", type=int, default=0, help="the bare proxy floor's (default: --port + 1)"
     )
     args = parser.parse_args()
@@ -118,13 +125,14 @@ def main() -> None:
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
+    extra = shlex.split(args.server_args)
     try:
         wait_for_port(args.fake_port, fake)
         with (
-            serve(env, server=args.server, workers=2, threads=8) as base,
-            bare_proxy(args.bare_port or args.port + 1, args.fake_port) as bare,
+            serve(env, server=args.server, workers=2, threads=8, extra=extra) as base,
+            bare_proxy(args.bare_port or args.port + 1, args.fake_port, extra) as bare,
         ):
-            print(f"Gatehouse on {args.server} (2 workers, 8 threads) at {base}")
+            print(f"Gatehouse on {args.server} (2 workers, 8 threads) {extra or ''} at {base}")
             print(f"bare proxy floor on granian-wsgi (2 workers, 8 threads) at {bare}")
             run(args, base, bare)
     finally:
@@ -136,11 +144,11 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def bare_proxy(port: int, fake_port: int) -> Iterator[str]:
+def bare_proxy(port: int, fake_port: int, extra: list[str]) -> Iterator[str]:
     """bench/bare_proxy.py on granian WSGI as the Procfile's `web:` runs Gatehouse (2 workers x 8
     threads, the same options); yields its base URL."""
     values = {"app": "bare_proxy:application", "port": port, "workers": 2, "threads": 8}
-    argv = [sys.executable, *(part.format(**values) for part in SERVERS["granian-wsgi"])]
+    argv = [sys.executable, *(part.format(**values) for part in SERVERS["granian-wsgi"]), *extra]
     env = {
         "PATH": os.environ.get("PATH", ""),
         "BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{fake_port}/bench/v1",

@@ -623,7 +623,12 @@ def test_a_successful_call_is_logged_in_one_statement_that_commits_without_the_w
     assert len(writes) == 1 and writes[0].startswith("INSERT"), trace.sent
     assert "set_config('synchronous_commit', 'off', true)" in writes[0]
     assert not any(sql.startswith("SET") for sql in trace.sent), trace.sent
+    # Its values go apart from the SQL, to the statement prepared by the first call on this
+    # connection: nothing of it parsed again (the messages are not quoted into the SQL either).
+    assert not any(sql.startswith("INSERT") for sql in trace.parsed), trace.parsed
+    assert "fake provider" not in writes[0] and "$1" in writes[0]
     assert only_call().status == "ok"
+    assert only_call().messages == MESSAGES
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"  # it did not outlive the statement
