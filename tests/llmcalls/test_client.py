@@ -583,6 +583,26 @@ def test_a_failed_call_is_logged_even_when_the_callers_transaction_rolls_back(
     assert only_call().status == "error"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_successful_call_is_logged_even_when_the_callers_transaction_rolls_back(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    """Inside a caller's transaction the row goes in on a second connection of the pool, with
+    the same one-statement prepared INSERT: it stays when the caller rolls back."""
+    make_route("support", "primary/ok")
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        result = client.complete(feature="support", messages=MESSAGES)
+        raise Rollback
+
+    call = only_call()
+    assert (call.id, call.status, call.messages) == (result.call_id, "ok", MESSAGES)
+    assert call.response_text == result.text
+
+
 def test_a_log_write_that_fails_puts_the_record_in_the_log_instead(
     fake: FakeProvider,
     make_route: Route,
