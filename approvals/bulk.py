@@ -156,7 +156,7 @@ def new_row(model: type[M], /, **values: Any) -> M:
     return row
 
 
-def _server_binding_cursor() -> CursorWrapper:
+def _server_binding_cursor(conn: Any = connection) -> CursorWrapper:
     """A cursor that sends the values apart from the SQL (PostgreSQL's extended protocol).
 
     Django binds on the client by default, quoting every value into the SQL text; for a
@@ -166,11 +166,15 @@ def _server_binding_cursor() -> CursorWrapper:
     parses and plans the INSERT once instead of on every submit. Wrapped like any Django cursor
     (database errors, query logging, execute wrappers).
     """
-    connection.ensure_connection()
-    raw: Any = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]  # stubs: no args
-    if connection.queries_logged:
-        return _PreparedDebugCursor(raw, connection)
-    return connection.make_cursor(raw)
+    conn.ensure_connection()
+    raw: Any = ServerBindingCursor(conn.connection)  # type: ignore[call-arg]  # stubs: no args
+    if conn.queries_logged:
+        return _PreparedDebugCursor(raw, conn)
+    return conn.make_cursor(raw)
+
+
+# `conn`: another connection than this thread's default (llmcalls' call log, its side one).
+server_binding_cursor = _server_binding_cursor
 
 
 class _PreparedDebugCursor(CursorDebugWrapper):

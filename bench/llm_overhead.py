@@ -18,8 +18,12 @@ differences are overhead. Measured, interleaved call by call:
   litellm   litellm.completion(model="openai/...", api_base=..., num_retries=0)
   hop       GET /llm/v1/models through the same server: the HTTP hop into Gatehouse with the
             key check and no model call, i.e. what any proxy in front of the provider costs
-  raw-stream, proxy-stream
-            the same two with stream=True: time to the first token (the first chunk with
+  bare      the bare proxy floor (bench/bare_proxy.py): the openai client pointed at the thinnest
+            honest proxy on the same footing, a tiny WSGI app on granian WSGI with the same
+            workers and threads that forwards the POST body to the fake over a kept-alive
+            connection and returns the answer; what the hardware allows any proxy
+  raw-stream, proxy-stream, bare-stream
+            the same three with stream=True: time to the first token (the first chunk with
             content), the figure a streaming caller feels; the stream is then drained
 
 and the import time of llmcalls.client (after django.setup()) and of litellm, in fresh processes.
@@ -29,13 +33,16 @@ LiteLLM is skipped (and said so) when it is not installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +99,15 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even if installed")
     parser.add_argument("--fake-port", type=int, default=FAKE_PORT, help="the fake provider's")
     parser.add_argument("--port", type=int, default=PROXY_PORT, help="Gatehouse's")
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="more options for both servers, Gatehouse's and the bare proxy's (e.g. granian's "
+        "'--runtime-mode st'), to measure a setting against the Procfile's",
+    )
+    parser.add_argument(
+        "--bare-port", type=int, default=0, help="the bare proxy floor's (default: --port + 1)"
+    )
     args = parser.parse_args()
 
     redis_url = os.environ.get("REDIS_URL", "")
@@ -109,17 +125,44 @@ def main() -> None:
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
+    extra = shlex.split(args.server_args)
     try:
         wait_for_port(args.fake_port, fake)
-        with serve(env, server=args.server, workers=2, threads=8) as base:
-            print(f"Gatehouse on {args.server} (2 workers, 8 threads) at {base}")
-            run(args, base)
+        with (
+            serve(env, server=args.server, workers=2, threads=8, extra=extra) as base,
+            bare_proxy(args.bare_port or args.port + 1, args.fake_port, extra) as bare,
+        ):
+            print(f"Gatehouse on {args.server} (2 workers, 8 threads) {extra or ''} at {base}")
+            print(f"bare proxy floor on granian-wsgi (2 workers, 8 threads) at {bare}")
+            run(args, base, bare)
     finally:
         fake.terminate()
         try:
             fake.wait(timeout=10)
         except subprocess.TimeoutExpired:
             fake.kill()
+
+
+@contextlib.contextmanager
+def bare_proxy(port: int, fake_port: int, extra: list[str]) -> Iterator[str]:
+    """bench/bare_proxy.py on granian WSGI as the Procfile's `web:` runs Gatehouse (2 workers x 8
+    threads, the same options); yields its base URL."""
+    values = {"app": "bare_proxy:application", "port": port, "workers": 2, "threads": 8}
+    argv = [sys.executable, *(part.format(**values) for part in SERVERS["granian-wsgi"]), *extra]
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{fake_port}/bench/v1",
+    }
+    process = subprocess.Popen(argv, cwd=ROOT / "bench", env=env, start_new_session=True)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def bench_route(fake_port: int) -> tuple[str, str]:
@@ -153,7 +196,7 @@ def bench_route(fake_port: int) -> tuple[str, str]:
     return base_url, key
 
 
-def run(args: argparse.Namespace, gatehouse: str) -> None:
+def run(args: argparse.Namespace, gatehouse: str, bare: str) -> None:
     import django
 
     django.setup()
@@ -166,6 +209,7 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
 
     raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
     via_proxy = openai.OpenAI(base_url=f"{gatehouse}/llm/v1", api_key=key, max_retries=0)
+    via_bare = openai.OpenAI(base_url=f"{bare}/v1", api_key="x", max_retries=0)
 
     def do_raw() -> None:
         raw.chat.completions.create(model="ok", messages=MESSAGES)  # type: ignore[arg-type]
@@ -175,6 +219,9 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
 
     def do_proxy() -> None:
         via_proxy.chat.completions.create(model="ok", messages=MESSAGES)  # type: ignore[arg-type]
+
+    def do_bare() -> None:
+        via_bare.chat.completions.create(model="ok", messages=MESSAGES)  # type: ignore[arg-type]
 
     def do_hop() -> None:
         via_proxy.models.list()
@@ -199,13 +246,18 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
     def do_proxy_stream() -> float:
         return first_token(via_proxy)
 
+    def do_bare_stream() -> float:
+        return first_token(via_bare)
+
     paths: dict[str, Callable[[], float | None]] = {
         "raw": do_raw,
         "complete": do_complete,
         "proxy": do_proxy,
+        "bare": do_bare,
         "hop": do_hop,
         "raw-stream": do_raw_stream,
         "proxy-stream": do_proxy_stream,
+        "bare-stream": do_bare_stream,
     }
     try:
         if args.no_litellm:
@@ -257,7 +309,7 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
         f"{'path':<10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'p50 ratio':>9}"
     )
     for name in names_in_order(samples):
-        if name in {"hop", "raw-stream", "proxy-stream"}:
+        if name in {"hop", "raw-stream", "proxy-stream", "bare-stream"}:
             continue
         p50, p99 = percentiles(samples[name])
         print(
@@ -276,7 +328,19 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
         f"time to first token, stream=True: raw p50 {s50:.3f} ms p99 {s99:.3f} ms; proxy p50 "
         f"{p50s:.3f} ms p99 {p99s:.3f} ms; added p50 {p50s - s50:.3f} ms, p99 {p99s - s99:.3f} ms"
     )
+    b50s, b99s = percentiles(samples["bare-stream"])
+    print(
+        f"time to first token through the bare proxy floor: p50 {b50s:.3f} ms p99 {b99s:.3f} ms; "
+        f"added p50 {b50s - s50:.3f} ms, p99 {b99s - s99:.3f} ms"
+    )
     added = percentiles(samples["proxy"])[0] - raw_p50
+    bare_added = percentiles(samples["bare"])[0] - raw_p50
+    print(
+        f"over raw, p50: the bare proxy floor adds {bare_added:.3f} ms, Gatehouse's proxy "
+        f"{added:.3f} ms (our stack beyond the bare proxy: {added - bare_added:.3f} ms); "
+        f"to the first token: bare {b50s - s50:.3f} ms, Gatehouse {p50s - s50:.3f} ms "
+        f"(beyond: {p50s - b50s:.3f} ms)"
+    )
     print(
         f"target: the proxy adds p50 <= 2 ms: {'yes' if added <= 2 else 'NO'} ({added:.3f} ms); "
         f"streaming, to the first token: {'yes' if p50s - s50 <= 2 else 'NO'} ({p50s - s50:.3f} ms)"
@@ -315,7 +379,8 @@ def run(args: argparse.Namespace, gatehouse: str) -> None:
 
 
 def names_in_order(samples: dict[str, Any]) -> list[str]:
-    order = ("raw", "complete", "proxy", "litellm", "hop", "raw-stream", "proxy-stream")
+    order: tuple[str, ...] = ("raw", "complete", "proxy", "bare", "litellm", "hop", "raw-stream")
+    order += ("proxy-stream", "bare-stream")
     return [n for n in order if n in samples]
 
 

@@ -150,8 +150,25 @@ def run(args: argparse.Namespace) -> None:
         fields.pop("id")
         services.call_log_write(record=fields)
 
+    # The bare proxy floor's application (bench/bare_proxy.py), called the same way.
+    os.environ["BARE_PROXY_UPSTREAM"] = base_url
+    import bare_proxy
+
+    def bare(payload: bytes) -> Callable[[], None]:
+        def call() -> None:
+            status: list[str] = []
+            env = environ("POST", "/v1/chat/completions", payload)
+            out = bare_proxy.application(env, lambda line, headers: status.append(line))
+            for _ in out:
+                pass
+            assert status[0].startswith("200"), status
+
+        return call
+
     stages: dict[str, Callable[[], Any]] = {
         "wsgi POST /llm/v1/chat/completions": wsgi("POST", "/llm/v1/chat/completions", body),
+        "bare proxy app, POST": bare(body),
+        "bare proxy app, POST, stream": bare(stream_body),
         "wsgi POST …, stream": wsgi("POST", "/llm/v1/chat/completions", stream_body),
         "wsgi GET /llm/v1/models": wsgi("GET", "/llm/v1/models"),
         "client.complete()": lambda: client.complete(feature="bench-llm", messages=MESSAGES),

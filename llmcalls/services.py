@@ -391,9 +391,11 @@ def _insert(call: LLMCall, conn: Any, *, durable: bool) -> None:
     # transaction only (set_config's is_local), before it commits, so the commit does not wait
     # for the WAL flush; the setting ends with it. (It was BEGIN, SET LOCAL, INSERT and COMMIT:
     # four round trips.) The statement is compiled once (approvals.bulk); only the values are
-    # prepared per call.
+    # prepared per call, and they go apart from the SQL (the extended protocol, as the submit's
+    # INSERT): PostgreSQL parses and plans it once per connection, and the JSON and text are
+    # not quoted into the statement on every call.
     sql, params = bulk.insert_sql([call])
-    with conn.cursor() as cursor:
+    with bulk.server_binding_cursor(conn) as cursor:
         cursor.execute(f"{sql} {_ASYNC_COMMIT}", params)
 
 

@@ -584,6 +584,26 @@ def test_a_failed_call_is_logged_even_when_the_callers_transaction_rolls_back(
     assert only_call().status == "error"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_successful_call_is_logged_even_when_the_callers_transaction_rolls_back(
+    fake: FakeProvider, make_route: Route
+) -> None:
+    """Inside a caller's transaction the row goes in on a second connection of the pool, with
+    the same one-statement prepared INSERT: it stays when the caller rolls back."""
+    make_route("support", "primary/ok")
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        result = client.complete(feature="support", messages=MESSAGES)
+        raise Rollback
+
+    call = only_call()
+    assert (call.id, call.status, call.messages) == (result.call_id, "ok", MESSAGES)
+    assert call.response_text == result.text
+
+
 def test_a_log_write_that_fails_puts_the_record_in_the_log_instead(
     fake: FakeProvider,
     make_route: Route,
@@ -624,7 +644,12 @@ def test_a_successful_call_is_logged_in_one_statement_that_commits_without_the_w
     assert len(writes) == 1 and writes[0].startswith("INSERT"), trace.sent
     assert "set_config('synchronous_commit', 'off', true)" in writes[0]
     assert not any(sql.startswith("SET") for sql in trace.sent), trace.sent
+    # Its values go apart from the SQL, to the statement prepared by the first call on this
+    # connection: nothing of it parsed again (the messages are not quoted into the SQL either).
+    assert not any(sql.startswith("INSERT") for sql in trace.parsed), trace.parsed
+    assert "fake provider" not in writes[0] and "$1" in writes[0]
     assert only_call().status == "ok"
+    assert only_call().messages == MESSAGES
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"  # it did not outlive the statement
