@@ -37,7 +37,12 @@ class PrivatePostgres:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}{done.stderr}"
 
-    def init(self) -> PrivatePostgres:
+    def init(self, *, copy_of: Path | None = None) -> PrivatePostgres:
+        """A new cluster (initdb), or a copy of a stopped one's data directory: the state it
+        was stopped in (its databases, migrated and configured) without doing that again."""
+        if copy_of is not None:
+            self._run("cp", "-a", copy_of, self.data)
+            return self.start()
         self._run(
             PG_BIN / "initdb",
             "-D",

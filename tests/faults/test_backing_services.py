@@ -104,12 +104,48 @@ class Stack:
     processes: dict[str, stack.Process]
 
 
-def start_stack(
-    tmp: Path, receiver: Receiver, *, database_url: str, redis_url: str
-) -> tuple[Stack, list[stack.Process]]:
-    """The release step, the refund configuration, then web, worker and beat."""
-    port = stack.free_port()
-    env = {
+@dataclass
+class Released:
+    """The release step and the refund configuration, done once for the module on a private
+    cluster, which is then stopped: each test starts a copy of its data directory."""
+
+    data: Path
+    static_root: Path
+    created: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """The webhook target, for the module's tests as the released configuration is (it names
+    the receiver's URL). Each test counts only the deliveries of the proposals it submitted."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Released]:
+    tmp = tmp_path_factory.mktemp("released")
+    server = PrivatePostgres().init()
+    broker = PrivateRedis()
+    try:
+        env = stack_env(
+            tmp,
+            database_url=server.create_database(database_name()),
+            redis_url=broker.start().url,
+            port=stack.free_port(),
+        )
+        created = stack.release_and_configure(env, tmp, webhook_url=receiver.url("/execute"))
+        broker.stop()
+        server.stop()
+        yield Released(server.data, Path(env["STATIC_ROOT"]), created)
+    finally:
+        broker.stop()
+        server.destroy()
+
+
+def stack_env(tmp: Path, *, database_url: str, redis_url: str, port: int) -> dict[str, str]:
+    return {
         **os.environ,
         **FAST,
         "DATABASE_URL": database_url,
@@ -119,8 +155,17 @@ def start_stack(
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "BEAT_SCHEDULE_FILE": str(tmp / "beat-schedule"),
     }
-    created = stack.release_and_configure(env, tmp, webhook_url=receiver.url("/execute"))
-    receiver.secret = created["webhook_secret"]
+
+
+def start_stack(
+    tmp: Path, receiver: Receiver, released: Released, *, database_url: str, redis_url: str
+) -> tuple[Stack, list[stack.Process]]:
+    """Web, worker and beat on the released database (migrated, the refund configuration, the
+    service)."""
+    port = stack.free_port()
+    env = stack_env(tmp, database_url=database_url, redis_url=redis_url, port=port)
+    env["STATIC_ROOT"] = str(released.static_root)
+    receiver.secret = released.created["webhook_secret"]
     lines = stack.procfile()
     processes = {
         name: stack.Process(name, lines[name], env=env, logdir=tmp).start()
@@ -129,12 +174,12 @@ def start_stack(
     base = f"http://127.0.0.1:{port}"
     stack.wait_for_http(f"{base}/healthz", seconds=30, process=processes["web"])
     wait_until(lambda: " ready." in processes["worker"].log(), timeout=40, what="the worker")
-    return Stack(base, created["api_key"], env, processes), list(processes.values())
+    return Stack(base, released.created["api_key"], env, processes), list(processes.values())
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres().init()
+def private_postgres(released: Released) -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres().init(copy_of=released.data)
     try:
         yield server
     finally:
@@ -198,12 +243,16 @@ class UnderLoad:
 
 @pytest.fixture
 def under_load(
-    tmp_path: Path, receiver: Receiver, private_postgres: PrivatePostgres, private_redis: Any
+    tmp_path: Path,
+    receiver: Receiver,
+    released: Released,
+    private_postgres: PrivatePostgres,
+    private_redis: Any,
 ) -> Iterator[UnderLoad]:
     """The stack on the private servers, with proposals flowing."""
-    database_url = private_postgres.create_database(database_name())
+    database_url = private_postgres.url(database_name())
     app, processes = start_stack(
-        tmp_path, receiver, database_url=database_url, redis_url=private_redis.url
+        tmp_path, receiver, released, database_url=database_url, redis_url=private_redis.url
     )
     load = Load(app.base, app.key)
     running = UnderLoad(app, load, run_load(load), database_url, app.processes["worker"])
