@@ -266,39 +266,6 @@ def test_the_minutes_are_read_from_the_index_alone(
     ]
 
 
-@postgresql_only
-def test_the_sum_is_one_statement_prepared_once_per_connection(
-    shop: ServiceClient, refund_type: ActionType
-) -> None:
-    """Planning the five sums cost PostgreSQL three times running them (1.5 ms against 0.2-0.5),
-    on every submit of a capped type, under its lock: the statement is prepared on the first read
-    and only executed after, with the same figures."""
-    rng = random.Random(5)
-    for _ in range(10):
-        make(shop.service, refund_type, rng, state="approved", decision_outcome="approve")
-    figures = [
-        velocity.approved_sum(
-            service_id=shop.service.pk,
-            action_type_id=refund_type.pk,
-            field_path="payload.amount",
-            window=window,
-            as_of=NOW,
-        )
-        for window in ("24h", "6h", "24h")
-    ]
-    assert figures[0] == figures[2]
-    assert figures[0] == pytest.approx(
-        expected(shop.service, refund_type, "payload.amount", NOW - timedelta(hours=24), NOW)
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
-            "WHERE statement LIKE %s",
-            ["%approvals_approvedhoursum%"],
-        )
-        assert cursor.fetchall() == [(3,)]  # one statement, run three times
-
-
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
