@@ -150,11 +150,16 @@ def serve(
         wait_for(base + ready, timeout=ready_timeout)
         yield base
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_session(process)
+
+
+def stop_session(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM the session `process` leads (a server and its workers), SIGKILL after 15 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def live_args() -> str:

@@ -37,7 +37,6 @@ import contextlib
 import os
 import random
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ MESSAGES = [{"role": "user", "content": "Is order 42 eligible for a refund?"}]
 DATABASE = "bench_llm_overhead"
 
 
-from common import SERVERS, bench_env, fresh_database, manage, serve  # noqa: E402
+from common import SERVERS, bench_env, fresh_database, manage, serve, stop_session  # noqa: E402
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
@@ -158,11 +157,7 @@ def bare_proxy(port: int, fake_port: int, extra: list[str]) -> Iterator[str]:
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_session(process)
 
 
 def bench_route(fake_port: int) -> tuple[str, str]:
