@@ -156,7 +156,7 @@ def new_row(model: type[M], /, **values: Any) -> M:
     return row
 
 
-def _server_binding_cursor(conn: Any = connection) -> CursorWrapper:
+def server_binding_cursor(conn: Any = connection) -> CursorWrapper:
     """A cursor that sends the values apart from the SQL (PostgreSQL's extended protocol).
 
     Django binds on the client by default, quoting every value into the SQL text; for a
@@ -164,17 +164,14 @@ def _server_binding_cursor(conn: Any = connection) -> CursorWrapper:
     parameters. Its statements are prepared on first use, once per connection (OPTIONS
     `prepare_threshold`, config/env.py; off with DB_PREPARED_STATEMENTS=0): PostgreSQL then
     parses and plans the INSERT once instead of on every submit. Wrapped like any Django cursor
-    (database errors, query logging, execute wrappers).
+    (database errors, query logging, execute wrappers). `conn`: another connection than this
+    thread's default (llmcalls' call log writes on its side connection).
     """
     conn.ensure_connection()
     raw: Any = ServerBindingCursor(conn.connection)  # type: ignore[call-arg]  # stubs: no args
     if conn.queries_logged:
         return _PreparedDebugCursor(raw, conn)
     return conn.make_cursor(raw)
-
-
-# `conn`: another connection than this thread's default (llmcalls' call log, its side one).
-server_binding_cursor = _server_binding_cursor
 
 
 class _PreparedDebugCursor(CursorDebugWrapper):
@@ -204,7 +201,7 @@ def insert_rows(*batches: Sequence[Model]) -> None:
     if ctes:
         sql = "WITH " + ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(ctes)) + " "
         params = tuple(p for _, ps in ctes for p in ps)
-    with _server_binding_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(sql + main_sql, params + main_params)
     _saved(batches)
 
@@ -259,7 +256,7 @@ def insert_rows_if(
             f"WHERE (SELECT {allows} FROM guard))"
         )
         params.extend(batch_params)
-    with _server_binding_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(f"WITH {', '.join(ctes)} SELECT ({allows}), * FROM guard", params)  # noqa: S608
         result = cursor.fetchone()
     if result is None:

@@ -62,7 +62,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_django import bare_project
 from common import (
-    ADMIN_URL,
     ROOT,
     SERVERS,
     SESSIONS,
@@ -75,6 +74,7 @@ from common import (
     manage,
     print_table,
     serve,
+    wal_counters,
     wrk_post,
 )
 from rulesets import synthetic_rules_yaml
@@ -378,9 +378,9 @@ def with_wal(run: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
     (other databases, the background processes) and of the benchmark's other servers (idle)."""
     waited = settle()
     every_server = set(SESSIONS.values())
-    before, cpu_before = _wal_counters(), cpu_seconds_by_pid(sessions=every_server)
+    before, cpu_before = wal_counters(), cpu_seconds_by_pid(sessions=every_server)
     result: dict[str, float] = run(*args, **kwargs)
-    after, cpu_after = _wal_counters(), cpu_seconds_by_pid(sessions=every_server)
+    after, cpu_after = wal_counters(), cpu_seconds_by_pid(sessions=every_server)
     requests = max(result["requests"], 1)
     for name in ("wal_records", "wal_fpi", "wal_bytes"):
         result[name] = (after[name] - before[name]) / requests
@@ -390,20 +390,6 @@ def with_wal(run: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
     result["cpu_ms_servers_rest"] = every["server"] * 1000 / requests - result["cpu_ms_server"]
     result["settled_s"] = waited
     return result
-
-
-def _wal_counters() -> dict[str, float]:
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL.replace("postgres://", "postgresql://")) as conn:
-        row = conn.execute(
-            "SELECT wal_records, wal_fpi, wal_bytes, checkpoints_timed + checkpoints_req "
-            "FROM pg_stat_wal, pg_stat_bgwriter"
-        ).fetchone()
-    assert row is not None
-    return dict(
-        zip(("wal_records", "wal_fpi", "wal_bytes", "checkpoints"), map(float, row), strict=True)
-    )
 
 
 def print_rounds(per_round: list[tuple[int, str, dict[str, float]]]) -> None:

@@ -286,6 +286,22 @@ def cpu_seconds_by_pid(
     return found
 
 
+def wal_counters() -> dict[str, float]:
+    """The whole cluster's WAL records, full-page images and bytes so far (pg_stat_wal), and
+    the checkpoints it began (pg_stat_bgwriter)."""
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL.replace("postgres://", "postgresql://")) as conn:
+        row = conn.execute(
+            "SELECT wal_records, wal_fpi, wal_bytes, checkpoints_timed + checkpoints_req "
+            "FROM pg_stat_wal, pg_stat_bgwriter"
+        ).fetchone()
+    assert row is not None
+    return dict(
+        zip(("wal_records", "wal_fpi", "wal_bytes", "checkpoints"), map(float, row), strict=True)
+    )
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (every state of /proc/stat's first line
     but idle and iowait)."""

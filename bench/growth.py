@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_submit import BODY, CAP_RULE  # the same submit and spend cap, empty and full
-from common import ROOT, bench_env, fresh_database, manage, serve, wrk_post
+from common import ROOT, bench_env, fresh_database, manage, serve, wal_counters, wrk_post
 
 SCALE = float(os.environ.get("GROWTH_SCALE", "1"))  # a smaller database to try the fill on
 DECIDED = int(1_000_000 * SCALE)
@@ -611,10 +611,14 @@ def submit(
             # Each round swaps which side goes first, so neither always follows the other.
             order = list(enumerate(zip(urls, runs, strict=True)))
             for i, (url, (name, env, key)) in order if round_ % 2 == 0 else order[::-1]:
-                wal = wal_written()
+                wal = wal_counters()
                 database = env["DATABASE_URL"].rsplit("/", 1)[1]
                 run = wrk_post(url, BODY, auth=f"Bearer {key}", seconds=seconds, database=database)
-                records, fpi, wal_bytes = (b - a for a, b in zip(wal, wal_written(), strict=True))
+                written = wal_counters()
+                records, fpi, wal_bytes = (
+                    written[counter] - wal[counter]
+                    for counter in ("wal_records", "wal_fpi", "wal_bytes")
+                )
                 figures[i].append(run["rps"])
                 n = max(run["requests"], 1)
                 print(
@@ -624,16 +628,6 @@ def submit(
                     f"in {records / n:.1f} records, {fpi / n:.2f} full-page images ({loadavg()})"
                 )
     return [statistics.median(f) for f in figures]
-
-
-def wal_written() -> tuple[int, int, int]:
-    """The cluster's WAL records, full-page images and bytes so far (pg_stat_wal)."""
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as conn:
-        row = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
 
 
 def explain(sql: str, params: list[Any]) -> str:
