@@ -20,9 +20,10 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.backends.postgresql.psycopg_any import BaseTzLoader
 from psycopg_pool import ConnectionPool
 
-from config.postgres.base import check_connection
+from config.postgres.base import FastTzLoader, check_connection
 from tests import stack
 from tests.conftest import ServiceClient, refund_body
 from tests.execution_support import database_url
@@ -90,6 +91,49 @@ def test_a_connection_with_anything_to_read_gets_the_full_check(
 def test_the_pool_uses_it() -> None:
     assert connection.pool._check is check_connection  # type: ignore[attr-defined]
     assert os.environ.get("DATABASE_URL", "").startswith("postgres")
+
+
+# Text as PostgreSQL sends timestamptz in the session's ISO style, across the edges of the format.
+TIMESTAMPS = [
+    "2026-11-30 18:33:08.123456+00",
+    "2026-11-30 18:33:08+00",
+    "2000-01-01 00:00:00.5+00",
+    "2024-02-29 12:00:00+05:30",
+    "1999-01-08 04:05:06-08",
+    "1883-11-18 12:00:00+00",
+    "0001-01-01 00:00:00+00",
+    "9999-12-31 23:59:59.999999+00",
+]
+
+
+def test_timestamps_are_parsed_by_psycopgs_own_loader_and_read_as_django_reads_them(db) -> None:
+    """Django's loader parses every timestamp in Python; ours parses it with the loader psycopg
+    registered (its compiled one where installed) and gives what Django's gives."""
+    with connection.cursor() as cursor:
+        oid = psycopg.adapters.types["timestamptz"].oid
+        ours = cursor.connection.adapters.get_loader(oid, psycopg.pq.Format.TEXT)
+        assert ours is not None and issubclass(ours, FastTzLoader)
+        assert ours.timezone is connection.timezone
+        registered = psycopg.adapters.get_loader(oid, psycopg.pq.Format.TEXT)
+        assert registered is not None
+        if psycopg.pq.__impl__ in {"c", "binary"}:
+            assert registered.__module__.startswith(("psycopg_binary", "psycopg_c"))
+        assert isinstance(ours(oid, cursor.connection)._parse.__self__, registered)
+
+        class Djangos(BaseTzLoader):
+            timezone = connection.timezone
+
+        djangos = Djangos(oid, cursor.connection)
+        cursor.execute(
+            "SELECT v::timestamptz, v::timestamptz::text FROM unnest(%s::text[]) AS v",
+            [TIMESTAMPS],
+        )
+        rows = cursor.fetchall()
+    assert len(rows) == len(TIMESTAMPS)
+    for value, text in rows:
+        expected = djangos.load(text.encode())
+        assert value == expected and value.tzinfo is expected.tzinfo is connection.timezone
+        assert value.utcoffset() == expected.utcoffset()
 
 
 class SlowAccept:
