@@ -367,8 +367,12 @@ def insert_rows_if(
 
 
 def transaction_started() -> bool:
-    """Whether the current atomic block has sent anything to the database yet (PostgreSQL)."""
+    """Whether the current atomic block has sent anything to the database yet (PostgreSQL);
+    outside one, whether a transaction is open (not while nothing is connected yet)."""
     if connection.vendor != "postgresql":
         return True  # elsewhere, stay inside the transaction
-    status = connection.connection.info.transaction_status
+    raw = connection.connection
+    if raw is None:
+        return False
+    status = raw.info.transaction_status
     return bool(status != TransactionStatus.IDLE)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from django.db import DataError, IntegrityError, connection
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import AutoField, Model, signals
 from django.db.models.sql import InsertQuery
 from django.db.models.sql.compiler import SQLInsertCompiler
@@ -450,3 +450,41 @@ def test_values_of_their_column_s_type_never_reach_the_compiler(
     proposal.decision_rule_version = True  # not an int of the column's own: the compiler's way
     bulk.insert_sql([proposal])
     assert len(asked) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("when", "outcome", "atomic_blocks"),
+    [
+        ("payload.amount > 1000.0", "reject", 0),  # rules that read nothing, sent to review
+        ("payload.amount < 1000.0", "approve", 1),  # an approval's policy checks: a transaction
+        ("stats.count('approve', '1h') > 1000 && payload.amount > 1000.0", "reject", 1),
+    ],
+    ids=["review", "approved", "stats-rule"],
+)
+def test_only_a_decision_that_may_touch_the_database_opens_a_transaction(
+    shop: ServiceClient,
+    make_rule: Callable[..., Rule],
+    refund_type: ActionType,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+    outcome: str,
+    atomic_blocks: int,
+) -> None:
+    make_rule("r", action_type=refund_type, when=when, outcome=outcome)
+    submit(shop, 1.0)  # warm the caches (key, type, rules)
+    entered: list[object] = []
+    original = transaction.Atomic.__enter__
+
+    def counting(self: transaction.Atomic) -> None:
+        entered.append(self)
+        original(self)
+
+    monkeypatch.setattr(transaction.Atomic, "__enter__", counting)
+    proposal = Proposal.objects.get(pk=submit(shop, 5.0))
+    assert len(entered) == atomic_blocks
+    assert proposal.state == ("approved" if outcome == "approve" else "pending_review")
+    assert list(proposal.events.values_list("kind", flat=True)) == [
+        "proposal.received",
+        "proposal.routed",
+    ]
