@@ -8,16 +8,20 @@ commit, so the order inside the statement does not matter. Elsewhere, one INSERT
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
-from django.db.models import AutoField, Field, JSONField, Model
+from django.db.models import AutoField, Field, JSONField, Model, signals
+from django.db.models.base import ModelState
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 from django.db.models.sql import InsertQuery
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
@@ -34,18 +38,18 @@ from foundation import jsonfast
 # order of the rows).
 Prepare = Callable[[Model], Any]
 M = TypeVar("M", bound=Model)
-_templates: dict[type[Model], tuple[str, list[Prepare]]] = {}
+# Per model: the INSERT's head ("INSERT INTO … (…)"), one row's VALUES tuple, the preparers.
+_templates: dict[type[Model], tuple[str, str, list[Prepare]]] = {}
 
-# Field classes (exactly these, not subclasses) and the value types they pass through unchanged.
-_PASS_THROUGH: dict[type[Field[Any, Any]], tuple[type, ...]] = {
-    models.CharField: (str,),
-    models.TextField: (str,),
-    models.FloatField: (float,),
-    models.BooleanField: (bool,),
-    models.UUIDField: (uuid.UUID,),
-    models.DateTimeField: (datetime,),
-    models.ForeignKey: (uuid.UUID,),
-    # Not integers: Django wraps them (Int2/Int4/Int8) to match the column's type.
+# Field classes (exactly these, not subclasses) and the value type they pass through unchanged.
+_PASS_THROUGH: dict[type[Field[Any, Any]], type] = {
+    models.CharField: str,
+    models.TextField: str,
+    models.FloatField: float,
+    models.BooleanField: bool,
+    models.UUIDField: uuid.UUID,
+    models.DateTimeField: datetime,  # aware only (below)
+    models.ForeignKey: uuid.UUID,  # a foreign key to an integer goes as an integer (below)
 }
 
 
@@ -59,7 +63,14 @@ def _json_preparer(field: JSONField[Any, Any]) -> Prepare:
     return prepare
 
 
-def _compile(row: Model) -> tuple[str, list[Prepare]]:
+def _is_integer(field: Field[Any, Any]) -> bool:
+    """An integer column: Django wraps its int values (Int2/Int4/Int8) to the column's type."""
+    if isinstance(field, models.ForeignKey):
+        return isinstance(field.target_field, models.IntegerField)
+    return isinstance(field, models.IntegerField)
+
+
+def _compile(row: Model) -> tuple[str, str, list[Prepare]]:
     model = type(row)
     fields = [
         f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, AutoField))
@@ -68,19 +79,58 @@ def _compile(row: Model) -> tuple[str, list[Prepare]]:
     query.insert_values(fields, [row])
     compiler = query.get_compiler(connection=connection)
     [(sql, _)] = compiler.as_sql()
+    head, values = sql.split(" VALUES ", 1)
 
     def generic(field: Field[Any, Any]) -> Prepare:
         return lambda row: compiler.prepare_value(field, compiler.pre_save_val(field, row))
 
-    def plain(field: Field[Any, Any], types: tuple[type, ...]) -> Prepare:
+    def plain(field: Field[Any, Any], kind: type) -> Prepare:
+        attname, slow = field.attname, generic(field)
+
+        if kind is datetime:
+
+            def prepare(row: Model) -> Any:
+                value = getattr(row, attname)
+                if value is None or (type(value) is datetime and value.tzinfo is not None):
+                    return value  # what Django's preparation gives back for it, unchanged
+                return slow(row)
+
+            return prepare
+
+        if kind is str:
+            # CharField and TextField give any str back unchanged (to_python), a subclass too:
+            # a choice's enum member (Proposal.State) or a SafeString.
+
+            def prepare_text(row: Model) -> Any:
+                value = getattr(row, attname)
+                if value is None or isinstance(value, str):
+                    return value
+                return slow(row)
+
+            return prepare_text
+
+        def prepare_plain(row: Model) -> Any:
+            value = getattr(row, attname)
+            if value is None or type(value) is kind:
+                return value  # what Django's preparation gives back for it, unchanged
+            return slow(row)
+
+        return prepare_plain
+
+    def integer(field: Field[Any, Any]) -> Prepare:
+        # The wrapper Django's preparation puts around an int of this column, asked once.
+        probe = compiler.prepare_value(field, 7)
+        wrap = type(probe)
+        if not (issubclass(wrap, int) and probe == 7 and wrap(7) == probe):
+            return generic(field)
         attname, slow = field.attname, generic(field)
 
         def prepare(row: Model) -> Any:
             value = getattr(row, attname)
-            if value is None or (
-                type(value) in types and getattr(value, "tzinfo", True) is not None
-            ):
-                return value  # what Django's preparation gives back for it, unchanged
+            if value is None:
+                return None  # what Django's preparation gives for it
+            if type(value) is int:
+                return wrap(value)
             return slow(row)
 
         return prepare
@@ -90,17 +140,17 @@ def _compile(row: Model) -> tuple[str, list[Prepare]]:
             return generic(field)
         if isinstance(field, JSONField) and field.encoder is None:
             return _json_preparer(field)
-        types = _PASS_THROUGH.get(type(field))
         # auto_now and the like set the value in pre_save: those keep the compiler's way.
-        if (
-            types is None
-            or getattr(field, "auto_now", False)
-            or getattr(field, "auto_now_add", False)
-        ):
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
             return generic(field)
-        return plain(field, types)
+        if _is_integer(field):
+            return integer(field)
+        kind = _PASS_THROUGH.get(type(field))
+        if kind is None:
+            return generic(field)
+        return plain(field, kind)
 
-    return sql, [preparer(f) for f in fields]
+    return head, values, [preparer(f) for f in fields]
 
 
 def insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
@@ -109,13 +159,54 @@ def insert_sql(rows: Sequence[Model]) -> tuple[str, tuple[Any, ...]]:
     template = _templates.get(type(rows[0]))
     if template is None:
         template = _templates[type(rows[0])] = _compile(rows[0])
-    sql, preparers = template
-    head, values = sql.split(" VALUES ", 1)
-    params = tuple(prepare(row) for row in rows for prepare in preparers)
+    head, values, preparers = template
+    if len(rows) == 1:
+        [row] = rows
+        return f"{head} VALUES {values}", tuple([prepare(row) for prepare in preparers])
+    params = tuple([prepare(row) for row in rows for prepare in preparers])
     return f"{head} VALUES {', '.join([values] * len(rows))}", params
 
 
-_row_fields: dict[type[Model], tuple[list[Field[Any, Any]], frozenset[str]]] = {}
+# Per model: its concrete fields as (field, attname, name, default getter), the names a row may be
+# given, and whether a row can be filled in directly (below).
+_RowSpec = tuple[list[tuple["Field[Any, Any]", str, str, Callable[[], Any]]], frozenset[str], bool]
+_row_fields: dict[type[Model], _RowSpec] = {}
+
+
+def _row_spec(model: type[Model]) -> _RowSpec:
+    spec = _row_fields.get(model)
+    if spec is None:
+        fields = list(model._meta.concrete_fields)
+        names = frozenset(f.attname for f in fields) | frozenset(f.name for f in fields)
+        # Model.__init__ stores each positional value with setattr(row, attname, value): for a
+        # plain field (DeferredAttribute, no __set__) and a foreign key's id on a new row
+        # (ForeignKeyDeferredAttribute, which only drops a cached object first) that is the
+        # instance's __dict__ entry. Any other descriptor (a file field's, a property) keeps
+        # the constructor.
+        direct = (
+            all(
+                type(inspect.getattr_static(model, f.attname, None))
+                in (DeferredAttribute, ForeignKeyDeferredAttribute)
+                for f in fields
+            )
+            and type(model).__call__ is type.__call__
+            and model.__init__ is Model.__init__
+        )
+        spec = _row_fields[model] = (
+            [(f, f.attname, f.name, f._get_default) for f in fields],  # type: ignore[attr-defined]
+            names,
+            direct,
+        )
+    return spec
+
+
+def _no_init_listeners(model: type[Model]) -> bool:
+    """Nothing listens to the model's pre_init or post_init (none to any model, the usual case,
+    is one look)."""
+    pre, post = signals.pre_init, signals.post_init
+    if not pre.receivers and not post.receivers:
+        return True
+    return not (pre.has_listeners(model) or post.has_listeners(model))
 
 
 def new_row(model: type[M], /, **values: Any) -> M:
@@ -124,33 +215,38 @@ def new_row(model: type[M], /, **values: Any) -> M:
 
     The keyword path of `Model.__init__` pays a caught KeyError for every field left to its
     default (most of a proposal's thirty) and goes through the relation's descriptor for a
-    related object; this one costs a third of that (bench/README.md, submit3). A related object
-    given by its field's name is cached on the row as the descriptor caches it; a name that is
-    no field raises TypeError, as the constructor does.
+    related object; this one costs a third of that (bench/README.md, submit3). When nothing
+    listens to the model's `pre_init`/`post_init` and every field is stored as Model.__init__
+    would store it on a new row (`_row_spec`), the row's state and values are set directly,
+    without the constructor's setattr per field and its two signal sends (bench/README.md,
+    "Helper submit, fifth session"). A related object given by its field's name is cached on
+    the row as the descriptor caches it; a name that is no field raises TypeError, as the
+    constructor does.
     """
-    spec = _row_fields.get(model)
-    if spec is None:
-        fields = list(model._meta.concrete_fields)
-        names = frozenset(f.attname for f in fields) | frozenset(f.name for f in fields)
-        spec = _row_fields[model] = (fields, names)
-    fields, names = spec
+    fields, names, direct = _row_spec(model)
     if not names.issuperset(values):
         unexpected = ", ".join(repr(n) for n in values if n not in names)
         raise TypeError(f"{model.__name__}() got unexpected keyword arguments: {unexpected}")
     args = []
     related = []
-    for field in fields:
-        if field.attname in values:
-            args.append(values[field.attname])
-        elif field.name in values:  # a relation given its object (name != attname)
-            obj = values[field.name]
+    for field, attname, name, default in fields:
+        if attname in values:
+            args.append(values[attname])
+        elif name in values:  # a relation given its object (name != attname)
+            obj = values[name]
             if obj is not None and not isinstance(obj, field.remote_field.model):  # type: ignore[union-attr]
-                raise ValueError(f"{field.name} must be a {field.remote_field.model.__name__}")  # type: ignore[union-attr]
+                raise ValueError(f"{name} must be a {field.remote_field.model.__name__}")  # type: ignore[union-attr]
             args.append(None if obj is None else getattr(obj, field.target_field.attname))  # type: ignore[attr-defined]
             related.append((field, obj))
         else:
-            args.append(field.get_default())
-    row = model(*args)
+            args.append(default())
+    if direct and _no_init_listeners(model):
+        row = model.__new__(model)
+        state = row.__dict__
+        state["_state"] = ModelState()
+        state.update(zip([attname for _, attname, _, _ in fields], args, strict=True))
+    else:
+        row = model(*args)
     for field, obj in related:
         field.set_cached_value(row, obj)  # type: ignore[attr-defined]
     return row
@@ -167,6 +263,8 @@ def server_binding_cursor(conn: Any = connection) -> CursorWrapper:
     (database errors, query logging, execute wrappers). `conn`: another connection than this
     thread's default (llmcalls' call log writes on its side connection).
     """
+    if conn is connection:  # the proxy looks the thread's connection up on every attribute
+        conn = connections[DEFAULT_DB_ALIAS]
     conn.ensure_connection()
     raw: Any = ServerBindingCursor(conn.connection)  # type: ignore[call-arg]  # stubs: no args
     if conn.queries_logged:
@@ -207,10 +305,11 @@ def insert_rows(*batches: Sequence[Model]) -> None:
 
 
 def _saved(batches: Sequence[Sequence[Model]]) -> None:
+    alias = connection.alias
     for batch in batches:
         for row in batch:
             row._state.adding = False
-            row._state.db = connection.alias
+            row._state.db = alias
 
 
 # The same INSERT with each value cast to its column's type (the type without its length, so a
@@ -268,8 +367,12 @@ def insert_rows_if(
 
 
 def transaction_started() -> bool:
-    """Whether the current atomic block has sent anything to the database yet (PostgreSQL)."""
+    """Whether the current atomic block has sent anything to the database yet (PostgreSQL);
+    outside one, whether a transaction is open (not while nothing is connected yet)."""
     if connection.vendor != "postgresql":
         return True  # elsewhere, stay inside the transaction
-    status = connection.connection.info.transaction_status
+    raw = connection.connection
+    if raw is None:
+        return False
+    status = raw.info.transaction_status
     return bool(status != TransactionStatus.IDLE)

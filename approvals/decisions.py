@@ -42,6 +42,7 @@ def decide_automatically(
     action_type: ActionType,
     payload: Any = None,
     new: bool = False,
+    policy_checks: bool = True,
 ) -> AutoDecision:
     """Run the enabled rules on a proposal (or on an edited `payload` of it).
 
@@ -54,6 +55,8 @@ def decide_automatically(
     For a `new` proposal, an approval passes through the policy checks of
     settings.DECISION_CHECKS in order (insights adds its brake and audit sampling there): each
     may send it to review instead. A check that fails sends it to review: fail closed.
+    `policy_checks=False` leaves them to `run_policy_checks`, in the transaction that records
+    the proposal (the submit decides before it knows whether it needs one).
     """
     ruleset = rules.current_ruleset()
     applicable = ruleset.for_action_type(action_type.pk)
@@ -79,9 +82,27 @@ def decide_automatically(
                 "gatehouse.outcome": decision.outcome,
             },
         )
-    if new and decision.outcome == "approve":
+    if new and policy_checks and decision.outcome == "approve":
         decision = _run_checks(proposal=proposal, action_type=action_type, decision=decision)
     return decision
+
+
+def reads_database(action_type: ActionType) -> bool:
+    """Whether the rules for this type read the database (velocity figures, under the lock
+    `decide_automatically` takes): only then must they run inside the recording transaction.
+    The policy checks of an approval may read or write too (`run_policy_checks`)."""
+    applicable = rules.current_ruleset().for_action_type(action_type.pk)
+    return any(rule.uses_stats for rule in applicable)
+
+
+def run_policy_checks(
+    *, proposal: Proposal, action_type: ActionType, decision: AutoDecision
+) -> AutoDecision:
+    """The policy checks a new proposal's approval passes through, for a decision made with
+    `policy_checks=False`: call it inside the transaction that records the proposal."""
+    if decision.outcome != "approve":
+        return decision
+    return _run_checks(proposal=proposal, action_type=action_type, decision=decision)
 
 
 def policy_checks() -> list[tuple[str, PolicyCheck]]:

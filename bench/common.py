@@ -68,9 +68,28 @@ def fresh_database(name: str) -> None:
 
 
 def free_port() -> int:
+    """A free loopback port: the first free one of BENCH_PORT_RANGE ("25300-25399", for a
+    machine whose benchmarks share out port ranges), else one the kernel picks."""
+    span = os.environ.get("BENCH_PORT_RANGE")
+    if span:
+        low, high = (int(n) for n in span.split("-"))
+        for port in range(low, high + 1):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                if port not in _PORTS_GIVEN:
+                    _PORTS_GIVEN.add(port)
+                    return port
+        raise SystemExit(f"no free port in BENCH_PORT_RANGE {span}")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Ports of BENCH_PORT_RANGE handed out: a server started on one may not be listening yet.
+_PORTS_GIVEN: set[int] = set()
 
 
 def wait_for(url: str, timeout: float = 30) -> None:

@@ -128,18 +128,48 @@ def proposal_submit(
         )
     with tracing.span("gatehouse.proposal.submit", {"gatehouse.service": service.name}) as span:
         try:
-            with transaction.atomic():
-                new = _decide_proposal(service, action_type, data, idempotency_key, request_hash)
-                alone = new.insert_is_all and not bulk.transaction_started()
-                if not alone:
-                    replay = None
-                    if idempotency_key is not None:
-                        replay = _idempotent_replay(service, idempotency_key, request_hash)
-                    if replay is not None:
-                        # What deciding wrote for the proposal that will not be (an audit
-                        # sample) goes with it: the replay commits nothing.
-                        transaction.set_rollback(True)
-                    result = replay or _record_proposal(new)
+            proposal = _new_proposal(service, action_type, data, idempotency_key, request_hash)
+            decision: AutoDecision | None = None
+            new: _NewProposal | None = None
+            alone = False
+            if not decisions.reads_database(action_type):
+                # Rules that read no velocity figures read nothing from the database: they
+                # decide before any transaction. A proposal they send to review is then one
+                # INSERT (below) and needs no transaction at all; an approval's policy checks
+                # (which may read and write) and anything with more to write get the
+                # transaction, as a decision that reads the database does.
+                decision = decisions.decide_automatically(
+                    proposal=proposal,
+                    service=service,
+                    action_type=action_type,
+                    new=True,
+                    policy_checks=False,
+                )
+                if decision.outcome == "review":
+                    new = _decided(proposal, action_type, decision)
+                    alone = new.insert_is_all and not bulk.transaction_started()
+            if not alone:
+                with transaction.atomic():
+                    if decision is None:
+                        decision = decisions.decide_automatically(
+                            proposal=proposal, service=service, action_type=action_type, new=True
+                        )
+                    else:
+                        decision = decisions.run_policy_checks(
+                            proposal=proposal, action_type=action_type, decision=decision
+                        )
+                    new = _decided(proposal, action_type, decision)
+                    alone = new.insert_is_all and not bulk.transaction_started()
+                    if not alone:
+                        replay = None
+                        if idempotency_key is not None:
+                            replay = _idempotent_replay(service, idempotency_key, request_hash)
+                        if replay is not None:
+                            # What deciding wrote for the proposal that will not be (an audit
+                            # sample) goes with it: the replay commits nothing.
+                            transaction.set_rollback(True)
+                        result = replay or _record_proposal(new)
+            assert new is not None  # decided in one of the two ways above
             if alone:
                 # The decision read nothing (no lock, no velocity figures) and the proposal with
                 # its audit events, one INSERT statement, is all there is to write: on its own
@@ -153,6 +183,7 @@ def proposal_submit(
             if result.replayed:
                 tracing.set_attributes(span, {"gatehouse.replayed": True})
                 return result
+            result_decision = new.decision
         except IntegrityError:
             # Only the idempotency constraint can collide here: another request won the race.
             if idempotency_key is None:
@@ -161,7 +192,7 @@ def proposal_submit(
                 "A request with this Idempotency-Key is being processed; retry shortly.",
                 code="idempotency-key-in-flight",
             ) from None
-        _observe_submit(result.proposal, new.decision, span)
+        _observe_submit(result.proposal, result_decision, span)
     return result
 
 
@@ -236,15 +267,16 @@ class _NewProposal:
         )
 
 
-def _decide_proposal(
+def _new_proposal(
     service: Service,
     action_type: ActionType,
     data: dict[str, Any],
     idempotency_key: str | None,
     request_hash: str,
-) -> _NewProposal:
+) -> Proposal:
+    """The new proposal, not yet decided nor written."""
     now = timezone.now()
-    proposal = bulk.new_row(
+    return bulk.new_row(
         Proposal,
         id=ids.uuid7(),
         service=service,
@@ -265,14 +297,15 @@ def _decide_proposal(
         created_at=now,
         updated_at=now,
     )
-    decision = decisions.decide_automatically(
-        proposal=proposal, service=service, action_type=action_type, new=True
-    )
+
+
+def _decided(proposal: Proposal, action_type: ActionType, decision: AutoDecision) -> _NewProposal:
+    """`proposal` put in the state its automatic decision routes it to, with its answer."""
     proposal.rule_trace = decision.trace
-    _apply_auto_decision(proposal, action_type, decision, now)
+    _apply_auto_decision(proposal, action_type, decision, proposal.created_at)
     response = proposal_representation(proposal)
     # Only a request with an idempotency key can be replayed, so only then is its answer kept.
-    proposal.first_response = response if idempotency_key is not None else None
+    proposal.first_response = response if proposal.idempotency_key is not None else None
     return _NewProposal(proposal, decision, response)
 
 

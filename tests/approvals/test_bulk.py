@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from django.db import DataError, IntegrityError, connection
-from django.db.models import AutoField, Model
+from django.db import DataError, IntegrityError, connection, transaction
+from django.db.models import AutoField, Model, signals
 from django.db.models.sql import InsertQuery
+from django.db.models.sql.compiler import SQLInsertCompiler
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.safestring import SafeString
@@ -365,3 +366,125 @@ def test_new_row_refuses_what_the_constructor_refuses(shop: ServiceClient) -> No
         bulk.new_row(AuditEvent, kind="x", nonsense=1)
     with pytest.raises(ValueError, match="service"):
         bulk.new_row(Proposal, service=ActionType.objects.get(key="refund.issue"))
+
+
+def test_new_row_skips_the_constructor_unless_something_listens(
+    shop: ServiceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    action_type = ActionType.objects.get(key="refund.issue")
+    now = timezone.now()
+    values = {
+        "id": uuid.uuid4(),
+        "service": shop.service,
+        "action_type": action_type,
+        "payload": {"amount": 5},
+        "confidence": 0.5,
+        "summary": "s",
+        "decision_rule_version": 2,
+        "created_at": now,
+        "updated_at": now,
+    }
+    expected = _fields_of(Proposal(**values))
+    constructed: list[Model] = []
+    original_init = Model.__init__
+
+    def counting_init(self: Model, *args: object, **kwargs: object) -> None:
+        constructed.append(self)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "__init__", counting_init)
+    built = bulk.new_row(Proposal, **values)
+    assert constructed == []  # nothing listens: the row is filled in directly
+    assert _fields_of(built) == expected
+    assert built._state.adding and built._state.db is None
+    assert built.service is shop.service
+
+    seen: list[Model] = []
+
+    def receiver(sender: type[Model], instance: Model, **kwargs: object) -> None:
+        seen.append(instance)
+
+    signals.post_init.connect(receiver, sender=Proposal)
+    try:
+        listened = bulk.new_row(Proposal, **values)
+    finally:
+        signals.post_init.disconnect(receiver, sender=Proposal)
+    assert constructed == [listened] and seen == [listened]  # a listener: the constructor
+    assert _fields_of(listened) == expected
+
+
+def test_values_of_their_column_s_type_never_reach_the_compiler(
+    shop: ServiceClient, refund_type: ActionType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = timezone.now()
+    proposal = Proposal(
+        id=uuid.uuid4(),
+        state=Proposal.State.PENDING_REVIEW,  # a choice's enum member: a str
+        summary=SafeString("<b>s</b>"),
+        service=shop.service,  # an integer foreign key
+        action_type=refund_type,
+        payload={"a": 1},
+        payload_hash="h",
+        confidence=0.5,
+        decision_rule_version=3,  # integer columns
+        required_approvals=2,
+        decided_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    event = AuditEvent(proposal_id=proposal.id, kind="k", actor="a", data={}, created_at=now)
+    bulk.insert_sql([proposal])  # compiled once per model, as a submit finds them
+    bulk.insert_sql([event])
+    expected = [as_sent(fresh_sql(row)[1]) for row in (proposal, event)]
+    asked: list[object] = []
+    original = SQLInsertCompiler.prepare_value
+
+    def counting(self: SQLInsertCompiler, field: object, value: object) -> object:
+        asked.append(field)
+        return original(self, field, value)
+
+    monkeypatch.setattr(SQLInsertCompiler, "prepare_value", counting)
+    sent = [as_sent(bulk.insert_sql([row])[1]) for row in (proposal, event)]
+    assert asked == []
+    assert sent == expected  # Int8 / Int4 / Int2 as the compiler wraps them
+    proposal.decision_rule_version = True  # not an int of the column's own: the compiler's way
+    bulk.insert_sql([proposal])
+    assert len(asked) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("when", "outcome", "atomic_blocks"),
+    [
+        ("payload.amount > 1000.0", "reject", 0),  # rules that read nothing, sent to review
+        ("payload.amount < 1000.0", "approve", 1),  # an approval's policy checks: a transaction
+        ("stats.count('approve', '1h') > 1000 && payload.amount > 1000.0", "reject", 1),
+    ],
+    ids=["review", "approved", "stats-rule"],
+)
+def test_only_a_decision_that_may_touch_the_database_opens_a_transaction(
+    shop: ServiceClient,
+    make_rule: Callable[..., Rule],
+    refund_type: ActionType,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+    outcome: str,
+    atomic_blocks: int,
+) -> None:
+    make_rule("r", action_type=refund_type, when=when, outcome=outcome)
+    submit(shop, 1.0)  # warm the caches (key, type, rules)
+    entered: list[object] = []
+    original = transaction.Atomic.__enter__
+
+    def counting(self: transaction.Atomic) -> None:
+        entered.append(self)
+        original(self)
+
+    monkeypatch.setattr(transaction.Atomic, "__enter__", counting)
+    proposal = Proposal.objects.get(pk=submit(shop, 5.0))
+    assert len(entered) == atomic_blocks
+    assert proposal.state == ("approved" if outcome == "approve" else "pending_review")
+    assert list(proposal.events.values_list("kind", flat=True)) == [
+        "proposal.received",
+        "proposal.routed",
+    ]

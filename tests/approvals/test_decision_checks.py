@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from approvals import rules, services
 from approvals.models import ActionType
@@ -85,3 +86,24 @@ def test_checks_never_see_a_decision_other_than_an_approval(
     settings.DECISION_CHECKS = [f"{HERE}.raises"]
     make_rule("reject all", when="true", outcome="reject", priority=1)
     assert submit(shop).state == "rejected" and seen == []
+
+
+in_transaction: list[bool] = []
+
+
+def notes_the_transaction(*, decision: AutoDecision, **kwargs: Any) -> AutoDecision:
+    in_transaction.append(connection.in_atomic_block)
+    return decision
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_checks_run_inside_the_transaction_that_records_the_proposal(
+    settings: Any, shop: ServiceClient
+) -> None:
+    # The rules decide before any transaction when they read nothing; the checks of an
+    # approval may read and write (insights' audit sampling), so they run inside it.
+    settings.DECISION_CHECKS = [f"{HERE}.notes_the_transaction"]
+    in_transaction.clear()
+    assert submit(shop).state == "approved"
+    assert in_transaction == [True]
+    assert not connection.in_atomic_block  # and it is over
