@@ -207,6 +207,7 @@ def instrument(stages: Stages) -> list[str]:
             "approvals.services:proposal_submit",
         ],
         "submit: building the proposal": [
+            "approvals.services.proposals:_new_proposal",
             "approvals.services.proposals:_decide_proposal",
             "approvals.services.submit:_decide_proposal",
             "approvals.services:_decide_proposal",
