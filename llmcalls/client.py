@@ -631,6 +631,7 @@ def _lean(
         context,
         max_connections=_LIMITS.max_connections or 1000,
         max_idle=_LIMITS.max_keepalive_connections or 100,
+        keepalive_expiry=_LIMITS.keepalive_expiry or 5.0,
     )
     return pool, head
 

@@ -12,9 +12,10 @@ exceptions (ConnectError, ConnectTimeout, ReadTimeout, WriteError, RemoteProtoco
 httpcore2 maps them, so llmcalls.errors classifies them unchanged.
 
 What it keeps of httpx2's transport:
-- one pool per provider origin, bounded (at most `max_connections` open, `max_idle` kept), safe
-  across threads, LIFO reuse of kept-alive connections; a connection is put back only when its
-  answer was read to the end and the provider did not say it would close it;
+- one pool per provider origin, bounded (at most `max_connections` open, `max_idle` kept, each
+  idle for at most `keepalive_expiry` seconds: httpx2's limits), safe across threads, LIFO reuse
+  of kept-alive connections; a connection is put back only when its answer was read to the end
+  and the provider did not say it would close it;
 - an idle connection the provider closed (or that has bytes nobody asked for) is found before
   it is used: the socket is polled for readability with a zero timeout, as httpcore
   (`is_socket_readable`) and urllib3 (`is_connection_dropped`) do; and if the first write on a
@@ -91,6 +92,7 @@ class Pool:
         ssl_context: ssl.SSLContext | None,
         max_connections: int,
         max_idle: int,
+        keepalive_expiry: float = 5.0,
     ) -> None:
         self.scheme = scheme
         self.host = host
@@ -98,7 +100,11 @@ class Pool:
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.max_idle = max_idle
-        self._idle: list[socket.socket] = []
+        self.keepalive_expiry = keepalive_expiry
+        self._reset()
+
+    def _reset(self) -> None:
+        self._idle: list[tuple[socket.socket, float]] = []  # (connection, idle since)
         self._open = 0
         self._cond = threading.Condition(threading.Lock())
 
@@ -110,8 +116,10 @@ class Pool:
         with self._cond:
             while True:
                 while self._idle:
-                    sock = self._idle.pop()
-                    if not _dropped(sock):
+                    sock, since = self._idle.pop()
+                    # Kept no longer than httpx2's keepalive_expiry: a connection a middlebox
+                    # dropped without a word would otherwise hang until the read timeout.
+                    if time.monotonic() - since < self.keepalive_expiry and not _dropped(sock):
                         return sock, True
                     self._open -= 1
                     _close(sock)
@@ -158,7 +166,7 @@ class Pool:
         """Put back a connection whose answer was read whole."""
         with self._cond:
             if len(self._idle) < self.max_idle:
-                self._idle.append(sock)
+                self._idle.append((sock, time.monotonic()))
                 self._cond.notify()
                 return
             self._open -= 1
@@ -173,7 +181,7 @@ class Pool:
         with self._cond:
             idle, self._idle = self._idle, []
             self._open -= len(idle)
-        for sock in idle:
+        for sock, _ in idle:
             _close(sock)
 
     # --- one request -----------------------------------------------------------------------
@@ -359,7 +367,12 @@ _pools_lock = threading.Lock()
 
 
 def pool_for(
-    url: httpx2.URL, ssl_context: ssl.SSLContext | None, *, max_connections: int, max_idle: int
+    url: httpx2.URL,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    max_connections: int,
+    max_idle: int,
+    keepalive_expiry: float,
 ) -> Pool:
     """The pool for the URL's origin (one per SSL context: one per pooled httpx2 client)."""
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -376,6 +389,7 @@ def pool_for(
                     ssl_context=ssl_context,
                     max_connections=max_connections,
                     max_idle=max_idle,
+                    keepalive_expiry=keepalive_expiry,
                 )
     return found
 
@@ -390,10 +404,12 @@ def close_all() -> None:
 
 
 def _forked() -> None:
-    # A child process must not share its parent's sockets (granian forks its workers).
+    # A child process must not share its parent's sockets (granian forks its workers): every
+    # pool (llmcalls.client keeps references to them) starts empty, with fresh locks.
     global _pools_lock
-    _pools.clear()
     _pools_lock = threading.Lock()
+    for pool in _pools.values():
+        pool._reset()
 
 
 os.register_at_fork(after_in_child=_forked)

@@ -246,8 +246,14 @@ def test_the_pool_is_bounded_and_a_request_waits_for_a_free_connection_until_its
     assert 0.2 <= time.monotonic() - started < 1
     held.read()
     held.close()  # read whole: back to the pool, and the next request reuses it
-    pool.post(head, b"{}", connect=0.2, read=0.2, url="").close()
+    reused = pool.post(head, b"{}", connect=0.2, read=0.2, url="")
+    reused.read()
+    reused.close()
     assert [len(c) for c in upstream.connections] == [2]
+    pool.keepalive_expiry = 0.05  # an idle connection older than this is not used again
+    time.sleep(0.1)
+    pool.post(head, b"{}", connect=0.2, read=0.2, url="").close()
+    assert [len(c) for c in upstream.connections] == [2, 1]
     pool.close()
 
 
