@@ -66,6 +66,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from django.conf import settings as django_settings
     from django.core.handlers.wsgi import WSGIRequest
 
     from approvals.services import api_key_authenticate
@@ -123,12 +124,20 @@ def run(args: argparse.Namespace) -> None:
         return call
 
     target = routing.route_for("bench-llm").targets[0]  # type: ignore[union-attr]
-    pooled, headers = client._client(target)  # the headers llmcalls sends
+    provider = client._client(target)
+    pooled, headers = provider.client, provider.headers  # the headers llmcalls sends
     upstream = jsonfast.dumps({"model": "ok", "messages": MESSAGES})
     conn = http.client.HTTPConnection("127.0.0.1", args.fake_port)
 
     def httpx2_post() -> None:
         pooled.post(f"{base_url}/chat/completions", content=upstream, headers=headers).read()
+
+    def httpx2_send() -> None:
+        django_settings.LLM_LEAN_HTTP = False
+        try:
+            client._post(target, "/chat/completions", {"model": "ok", "messages": MESSAGES}, 10.0)
+        finally:
+            django_settings.LLM_LEAN_HTTP = True
 
     import urllib3
 
@@ -181,6 +190,7 @@ def run(args: argparse.Namespace) -> None:
         "upstream POST, client._post (llmcalls)": lambda: client._post(
             target, "/chat/completions", {"model": "ok", "messages": MESSAGES}, 10.0
         ),
+        "upstream POST, client._post on httpx2 (LLM_LEAN_HTTP off)": httpx2_send,
         "upstream POST, urllib3 (pooled)": urllib3_post,
         "upstream POST, http.client (kept alive)": http_client_post,
         "view alone: proxy.models(request)": lambda: proxy.models(request("GET", "/llm/v1/models")),

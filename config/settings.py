@@ -267,6 +267,9 @@ LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2, minimum=0)
 LLM_BACKOFF_BASE = env_float("LLM_BACKOFF_BASE", 0.25)
 LLM_BACKOFF_CAP = env_float("LLM_BACKOFF_CAP", 8.0)
 LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 5.0)
+# Requests to providers on the lean HTTP/1.1 client (llmcalls/transport.py) where it applies (no
+# environment proxy); off: every request through httpx2.
+LLM_LEAN_HTTP = env_bool("LLM_LEAN_HTTP", True)
 LLM_CIRCUIT_FAILURES = env_int("LLM_CIRCUIT_FAILURES", 5, minimum=1)
 LLM_CIRCUIT_COOLDOWN = env_float("LLM_CIRCUIT_COOLDOWN", 30.0)
 # How stale a process's copy of a circuit's state in Redis may be, in seconds (llmcalls/breaker.py).

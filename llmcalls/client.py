@@ -50,7 +50,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from foundation import ids, jsonfast, retrying
-from llmcalls import routing, semcache, services
+from llmcalls import routing, semcache, services, transport
 from llmcalls.breaker import breaker
 from llmcalls.errors import (
     FATAL,
@@ -540,17 +540,31 @@ def _attempt_embed(
 # The wire format of OpenAI-compatible providers, spoken directly: the request is one JSON
 # document and the answer is kept as the provider sent it, so the SDK's request building and
 # response models (about 1.8 ms a call on this machine, more than the rest of llmcalls together;
-# bench/README.md) are skipped. One pooled httpx2 client (the SDK's own transport, with the SDK's
-# connection limits) per provider URL and key; every request carries the call's own timeout.
-# A request goes to the client's transport for its URL (the pool, or the proxy the environment
-# names) as the client would send it, without the client's per-request merging of URL, headers,
-# cookies, auth and redirects, which have nothing to do here and cost a third of its CPU.
-_clients: dict[tuple[str, str], tuple[_http.Client, _http.Headers]] = {}
+# bench/README.md) are skipped. Every request carries the call's own timeout.
+# Where it can (an http/https URL no environment proxy applies to, LLM_LEAN_HTTP on), a request
+# goes on llmcalls.transport: a lean HTTP/1.1 client, one kept-alive pool per provider origin,
+# the request written in one send, the answer read by http.client's parser and handed back as an
+# httpx2 Response (0.8 ms less a request than httpx2's transport; bench/README.md).
+# Otherwise it goes through one pooled httpx2 client (the SDK's own transport, with the SDK's
+# connection limits) per provider URL and key: to the client's transport for its URL (the pool,
+# or the proxy the environment names) as the client would send it, without the client's
+# per-request merging of URL, headers, cookies, auth and redirects.
+
+
+@dataclass
+class _Provider:
+    client: _http.Client
+    headers: _http.Headers  # what its requests carry: the client's defaults merged with ours
+    # per (URL, extra headers): the lean pool and the request's head, or None for httpx2
+    lean: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[transport.Pool, bytes] | None]
+
+
+_clients: dict[tuple[str, str], _Provider] = {}
 _clients_lock = threading.Lock()
 _LIMITS = _http.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
-def _client(target: Target) -> tuple[_http.Client, _http.Headers]:
+def _client(target: Target) -> _Provider:
     """The pooled client for the target's provider and the headers its requests carry."""
     api_key = "not-needed"
     if target.api_key_env:
@@ -581,9 +595,45 @@ def _client(target: Target) -> tuple[_http.Client, _http.Headers]:
                 pooled = _http.Client(limits=_LIMITS, follow_redirects=False)
                 merged = pooled.headers.copy()  # as build_request merges them
                 merged.update(headers)
-                found = (pooled, merged)
-                _clients[key] = found
+                found = _clients[key] = _Provider(pooled, merged, {})
     return found
+
+
+def _lean(
+    provider: _Provider, address: str, extra: tuple[tuple[str, str], ...]
+) -> tuple[transport.Pool, bytes] | None:
+    """The lean client's pool and the request's head for this URL, or None where httpx2 must
+    send it: a scheme other than http/https, credentials in the URL, an environment proxy or a
+    mount for the URL (httpx2's own choice, `_transport_for_url`), a header that cannot go on
+    the wire as it is."""
+    client = provider.client
+    url = _http.URL(address)
+    if url.scheme not in ("http", "https") or url.userinfo or not url.host:
+        return None
+    if client._transport_for_url(url) is not client._transport:
+        return None
+    context = None
+    if url.scheme == "https":
+        # The client's own SSL context: the same verification, CA and SSL_CERT_* settings.
+        context = getattr(getattr(client._transport, "_pool", None), "_ssl_context", None)
+        if context is None:
+            return None
+    headers = [("Host", url.netloc.decode("ascii"))]
+    headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in provider.headers.raw]
+    for name, value in extra:  # replacing the common header of that name
+        headers = [(k, v) for k, v in headers if k.lower() != name.lower()] + [(name, value)]
+    try:
+        head = transport.head("POST", url.raw_path, headers)
+    except ValueError:
+        return None
+    pool = transport.pool_for(
+        url,
+        context,
+        max_connections=_LIMITS.max_connections or 1000,
+        max_idle=_LIMITS.max_keepalive_connections or 100,
+        keepalive_expiry=_LIMITS.keepalive_expiry or 5.0,
+    )
+    return pool, head
 
 
 _urls: dict[str, _http.URL] = {}
@@ -592,13 +642,25 @@ _urls: dict[str, _http.URL] = {}
 def _send(
     target: Target, path: str, body: dict[str, Any], budget: float, **headers: str
 ) -> _http.Response:
-    """POST a JSON body to the provider through its client's transport; the response with its
-    body unread (the caller reads or streams it, then closes it)."""
-    client, common = _client(target)
+    """POST a JSON body to the provider; the response with its body unread (the caller reads or
+    streams it, then closes it)."""
+    provider = _client(target)
     address = _url(target, path)
+    connect = min(budget, settings.LLM_CONNECT_TIMEOUT)
+    if settings.LLM_LEAN_HTTP:
+        extra = tuple(headers.items())
+        key = (address, extra)
+        try:
+            lean = provider.lean[key]
+        except KeyError:
+            lean = provider.lean[key] = _lean(provider, address, extra)
+        if lean is not None:
+            pool, head = lean
+            return pool.post(head, jsonfast.dumps(body), connect=connect, read=budget, url=address)
     url = _urls.get(address)
     if url is None:
         url = _urls[address] = _http.URL(address)
+    common = provider.headers
     if headers:
         common = common.copy()
         common.update(headers)
@@ -607,15 +669,11 @@ def _send(
         url,
         content=jsonfast.dumps(body),
         headers=common,
-        extensions={"timeout": _timeout(budget).as_dict()},
+        extensions={"timeout": _http.Timeout(budget, connect=connect).as_dict()},
     )
-    response = client._transport_for_url(url).handle_request(request)
+    response = provider.client._transport_for_url(url).handle_request(request)
     response.request = request
     return response
-
-
-def _timeout(remaining: float) -> _http.Timeout:
-    return _http.Timeout(remaining, connect=min(remaining, settings.LLM_CONNECT_TIMEOUT))
 
 
 def _url(target: Target, path: str) -> str:
