@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.db import connection, models
@@ -45,7 +46,7 @@ _PASS_THROUGH: dict[type[Field[Any, Any]], tuple[type, ...]] = {
     models.UUIDField: (uuid.UUID,),
     models.DateTimeField: (datetime,),
     models.ForeignKey: (uuid.UUID,),
-    # Not integers: Django wraps them (Int2/Int4/Int8) to match the column's type.
+    # Integers and decimals: their own preparers below.
 }
 
 
@@ -85,11 +86,41 @@ def _compile(row: Model) -> tuple[str, list[Prepare]]:
 
         return prepare
 
+    def wrapped(field: Field[Any, Any], wrap: Callable[[int], Any]) -> Prepare:
+        attname, slow = field.attname, generic(field)
+
+        def prepare(row: Model) -> Any:
+            value = getattr(row, attname)
+            if value is None:
+                return None
+            if type(value) is int:
+                return wrap(value)  # what Django's preparation gives for it
+            return slow(row)
+
+        return prepare
+
+    def decimal(field: Field[Any, Any]) -> Prepare:
+        attname, slow = field.attname, generic(field)
+
+        def prepare(row: Model) -> Any:
+            value = getattr(row, attname)
+            if value is None or (type(value) is Decimal and value.is_finite()):
+                return value  # Django's to_python gives it back unchanged (NaN, ±inf: refused)
+            return slow(row)
+
+        return prepare
+
     def preparer(field: Field[Any, Any]) -> Prepare:
         if connection.vendor != "postgresql":
             return generic(field)
         if isinstance(field, JSONField) and field.encoder is None:
             return _json_preparer(field)
+        # Integers: Django wraps them in psycopg's Int2/Int4/Int8 to match the column's type.
+        wrap = getattr(connection.ops, "integerfield_type_map", {}).get(type(field).__name__)
+        if wrap is not None and type(field).__name__ == field.get_internal_type():
+            return wrapped(field, wrap)
+        if type(field) is models.DecimalField:
+            return decimal(field)
         types = _PASS_THROUGH.get(type(field))
         # auto_now and the like set the value in pre_save: those keep the compiler's way.
         if (
