@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
@@ -135,11 +136,24 @@ def _compile(row: Model) -> tuple[str, str, list[Prepare]]:
 
         return prepare
 
+    def decimal(field: Field[Any, Any]) -> Prepare:
+        attname, slow = field.attname, generic(field)
+
+        def prepare(row: Model) -> Any:
+            value = getattr(row, attname)
+            if value is None or (type(value) is Decimal and value.is_finite()):
+                return value  # Django's to_python gives it back unchanged (NaN, ±inf: refused)
+            return slow(row)
+
+        return prepare
+
     def preparer(field: Field[Any, Any]) -> Prepare:
         if connection.vendor != "postgresql":
             return generic(field)
         if isinstance(field, JSONField) and field.encoder is None:
             return _json_preparer(field)
+        if type(field) is models.DecimalField:
+            return decimal(field)
         # auto_now and the like set the value in pre_save: those keep the compiler's way.
         if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
             return generic(field)

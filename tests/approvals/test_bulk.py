@@ -5,10 +5,13 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import AutoField, Model, signals
+from django.db.models import AutoField, Field, Model, signals
 from django.db.models.sql import InsertQuery
 from django.db.models.sql.compiler import SQLInsertCompiler
 from django.test.utils import CaptureQueriesContext
@@ -16,6 +19,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString
 from psycopg import pq
 from psycopg.types.json import Jsonb
+from psycopg.types.numeric import Int2, Int4
 
 from approvals import bulk
 from approvals.models import ActionType, AuditEvent, Proposal, Rule
@@ -79,6 +83,41 @@ def test_values_that_skip_django_s_preparation_are_what_it_would_give(
         assert as_sent(cached_params) == as_sent(params)
 
 
+def test_integers_and_decimals_skip_the_compiler_and_are_what_it_would_give(
+    shop: ServiceClient, refund_type: ActionType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmcalls.models import LLMCall
+
+    common = {"feature": "f", "status": "ok", "messages": [], "attempt_log": []}
+    bulk.insert_sql([LLMCall(**common)])  # compiled
+    plain = LLMCall(
+        attempts=2, input_tokens=10, output_tokens=0, cost_usd=Decimal("0.00012"), **common
+    )
+    odd = LLMCall(  # other types than the column's own go the compiler's way
+        attempts=True, input_tokens=7.0, cost_usd=1.5, cache_saved_usd="0.1", **common
+    )
+    for row in (plain, odd):
+        cached_sql, cached_params = bulk.insert_sql([row])
+        sql, params = fresh_sql(row)
+        assert cached_sql == sql
+        assert as_sent(cached_params) == as_sent(params)
+    assert {type(p) for p in bulk.insert_sql([plain])[1]} >= {Int2, Int4, Decimal}
+    # A non-finite decimal is refused as the compiler refuses it.
+    with pytest.raises(ValidationError):
+        bulk.insert_sql([LLMCall(cost_usd=Decimal("NaN"), **common)])
+    # The plain ones do not go through the compiler's preparation at all.
+    prepared: list[str] = []
+
+    def spy(self: Field[Any, Any], value: Any, connection: Any) -> Any:
+        prepared.append(self.name)
+        return original(self, value, connection)
+
+    original = Field.get_db_prep_save
+    monkeypatch.setattr(Field, "get_db_prep_save", spy)
+    bulk.insert_sql([plain])
+    assert not {"attempts", "input_tokens", "cost_usd"} & set(prepared), prepared
+
+
 def test_a_proposal_and_its_events_land_together(shop: ServiceClient) -> None:
     response = shop.post_json(
         "/api/v1/proposals",
@@ -120,8 +159,12 @@ class LibpqTrace:
         }
         self.sent = []
         self.parsed: list[str] = []
+        # What the client waits for: a simple query, or the Sync that ends an extended one.
+        self.round_trips = 0
         for line in self._file.read().decode(errors="replace").splitlines():
             direction, _length, message, *rest = [*line.split("\t"), "", ""]
+            if direction == "F" and message in {"Query", "Sync"}:
+                self.round_trips += 1
             if direction == "F" and message == "Query":
                 self.sent.append(rest[0].strip(' "'))
             elif direction == "F" and message == "Parse":

@@ -226,6 +226,27 @@ class TestRequests:
         assert response.status_code == 400
         assert not fake.requests and not LLMCall.objects.exists()
 
+    @pytest.mark.django_db(transaction=True)
+    def test_a_proxied_call_waits_for_postgresql_once_the_log_row(
+        self, shop: ServiceClient, fake: FakeProvider, make_route: Route
+    ) -> None:
+        """Authentication, grants, routing and prices come from in-process caches; the call
+        log's INSERT is its own transaction, one round trip: nothing else on the hot path."""
+        from tests.approvals.test_bulk import LibpqTrace
+
+        make_route("shop", "primary/ok")
+        for _ in range(2):  # warm: the key, the grants, the route, the price, the statement
+            assert (
+                shop.post_json("/llm/v1/chat/completions", {"messages": MESSAGES}).status_code
+                == 200
+            )
+        with LibpqTrace() as trace:
+            response = shop.post_json("/llm/v1/chat/completions", {"messages": MESSAGES})
+        assert response.status_code == 200
+        assert trace.round_trips == 1, trace.sent
+        assert trace.statements() == ["INSERT"], trace.sent
+        assert LLMCall.objects.filter(id=response["X-Gatehouse-Call-Id"]).exists()
+
     def test_get_on_completions_is_405(self, shop: ServiceClient, fake: FakeProvider) -> None:
         assert shop.get("/llm/v1/chat/completions").status_code == 405
 
