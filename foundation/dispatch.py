@@ -48,57 +48,37 @@ def _match(path: str, view_names: tuple[str, ...]) -> ResolverMatch | None:
     return match
 
 
-def route(path: str) -> tuple[str, tuple[str, ...]] | None:
-    """The DIRECT_DISPATCH entry (prefix, view names) whose prefix `path` starts with, if any."""
-    for prefix, view_names in settings.DIRECT_DISPATCH.items():
-        if path.startswith(prefix):
-            return prefix, tuple(view_names)
-    return None
-
-
-def direct_match(
-    request: HttpRequest, path: str, view_names: tuple[str, ...]
-) -> ResolverMatch | None:
-    """The match of a path that may go straight to its view, or None: down the stack with it."""
-    # CommonMiddleware refuses or redirects by these before any view: it keeps its say.
-    if settings.DISALLOWED_USER_AGENTS or settings.PREPEND_WWW:
-        return None
-    match = _match(path, view_names)
-    if match is None or not (
-        getattr(match.func, "csrf_exempt", False) or request.method in _SAFE_METHODS
-    ):
-        return None  # CsrfViewMiddleware.process_view has its say
-    return match
-
-
-def serve(request: HttpRequest, match: ResolverMatch) -> HttpResponseBase:
-    """What the skipped middleware and URL resolving did for the request, and the view: the Host
-    check, `resolver_match`, the 503 for a backing service, X-Frame-Options, Content-Length. An
-    exception that is not a backing service's is raised for Django's handler to answer."""
-    request.get_host()  # DisallowedHost (400) for a Host not in ALLOWED_HOSTS, as before
-    request.resolver_match = match
-    try:
-        response: HttpResponseBase = match.func(request)
-    except Exception as exc:
-        unavailable = answer_unavailable(request, exc)
-        if unavailable is None:
-            raise  # Django's handler answers it: logged, handler500
-        response = unavailable
-    if "X-Frame-Options" not in response and not getattr(response, "xframe_options_exempt", False):
-        response["X-Frame-Options"] = settings.X_FRAME_OPTIONS.upper()
-    if not response.streaming and "Content-Length" not in response:
-        response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
-    return response
-
-
 class DirectDispatchMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        self.routes = [(prefix, tuple(names)) for prefix, names in settings.DIRECT_DISPATCH.items()]
 
     def __call__(self, request: HttpRequest) -> Any:
-        path = request.path_info
-        found = route(path)
-        match = direct_match(request, path, found[1]) if found is not None else None
-        if match is None:
-            return self.get_response(request)
-        return serve(request, match)
+        match = None
+        # CommonMiddleware refuses or redirects by these before any view: it keeps its say.
+        if not (settings.DISALLOWED_USER_AGENTS or settings.PREPEND_WWW):
+            path = request.path_info
+            for prefix, view_names in self.routes:
+                if path.startswith(prefix):
+                    match = _match(path, view_names)
+                    break
+        if match is None or not (
+            getattr(match.func, "csrf_exempt", False) or request.method in _SAFE_METHODS
+        ):
+            return self.get_response(request)  # CsrfViewMiddleware.process_view has its say
+        request.get_host()  # DisallowedHost (400) for a Host not in ALLOWED_HOSTS, as before
+        request.resolver_match = match
+        try:
+            response: HttpResponseBase = match.func(request)
+        except Exception as exc:
+            unavailable = answer_unavailable(request, exc)
+            if unavailable is None:
+                raise  # Django's handler answers it: logged, handler500
+            response = unavailable
+        if "X-Frame-Options" not in response and not getattr(
+            response, "xframe_options_exempt", False
+        ):
+            response["X-Frame-Options"] = settings.X_FRAME_OPTIONS.upper()
+        if not response.streaming and "Content-Length" not in response:
+            response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
+        return response
