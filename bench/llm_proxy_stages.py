@@ -7,9 +7,9 @@ own process, and Gatehouse's WSGI application called directly with a WSGI enviro
 socket into Gatehouse): what granian hands the application is the same, so the difference between
 these stages and bench/llm_overhead.py's proxy figure is the server and the client's two hops.
 Each stage is timed alone, interleaved with the others call by call; p50 / p99 in ms.
-The same POST also goes through Django's own WSGIHandler (the whole middleware chain, which
-config.wsgi's handler skips for the proxy's paths: foundation/handler.py), and one stage times a
-pooled database connection taken and given back, as every request that touches the database does.
+One stage times a pooled database connection taken and given back, as every request that
+touches the database does (the view alone keeps its connection between calls; the WSGI stages
+take one from the pool and give it back at request_finished).
 """
 
 from __future__ import annotations
@@ -106,22 +106,14 @@ def run(args: argparse.Namespace) -> None:
     def request(method: str, path: str, payload: bytes = b"") -> WSGIRequest:
         return WSGIRequest(environ(method, path, payload))
 
-    # Django's own WSGIHandler: the whole middleware chain for every path (what config.wsgi served
-    # before foundation/handler.py took the proxy's paths past it).
-    from django.core.handlers.wsgi import WSGIHandler
-
-    chain = WSGIHandler()
-
-    def wsgi(
-        method: str, path: str, payload: bytes = b"", app: Any = application
-    ) -> Callable[[], None]:
+    def wsgi(method: str, path: str, payload: bytes = b"") -> Callable[[], None]:
         def call() -> None:
             status: list[str] = []
 
             def start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
                 status.append(line)
 
-            out = app(environ(method, path, payload), start_response)
+            out = application(environ(method, path, payload), start_response)
             try:
                 for _ in out:
                     pass
@@ -187,9 +179,6 @@ def run(args: argparse.Namespace) -> None:
 
     stages: dict[str, Callable[[], Any]] = {
         "wsgi POST /llm/v1/chat/completions": wsgi("POST", "/llm/v1/chat/completions", body),
-        "… the same through Django's WSGIHandler": wsgi(
-            "POST", "/llm/v1/chat/completions", body, chain
-        ),
         "bare proxy app, POST": bare(body),
         "bare proxy app, POST, stream": bare(stream_body),
         "wsgi POST …, stream": wsgi("POST", "/llm/v1/chat/completions", stream_body),
