@@ -30,6 +30,7 @@ from llmcalls.client import CompletionStream, LLMError
 
 CALL_ID_HEADER = "X-Gatehouse-Call-Id"
 FEATURE_HEADER = "X-Gatehouse-Feature"
+_FEATURE_META = "HTTP_X_GATEHOUSE_FEATURE"  # the header's key in request.META
 # Chat-completion parameters a caller may send; the route's own params override them.
 ALLOWED_FIELDS = frozenset(
     {
@@ -113,7 +114,8 @@ def _problem(status: int, code: str, message: str, *, loc: list[str] | None = No
 
 
 def _service(request: HttpRequest) -> Service | None:
-    header = request.headers.get("Authorization", "")
+    # META, not request.headers: that builds a dict of every header on each request.
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
@@ -193,7 +195,7 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     refused = _body_problem(body)
     if refused is not None:
         return refused
-    feature = request.headers.get(FEATURE_HEADER, "").strip() or service.name
+    feature = request.META.get(_FEATURE_META, "").strip() or service.name
     if feature not in routing.granted_features(service_id=service.pk):
         return _problem(
             403,
