@@ -376,20 +376,25 @@ def _fields_of(row: Model) -> dict[str, object]:
     return {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields}
 
 
-def test_new_row_builds_what_the_constructor_builds(shop: ServiceClient) -> None:
-    action_type = ActionType.objects.get(key="refund.issue")
+def _proposal_values(shop: ServiceClient, **extra: object) -> dict[str, object]:
+    """A new proposal's values, as the submit gives them to new_row."""
     now = timezone.now()
-    values = {
+    return {
         "id": uuid.uuid4(),
         "service": shop.service,
-        "action_type": action_type,
+        "action_type": ActionType.objects.get(key="refund.issue"),
         "payload": {"amount": 5},
         "confidence": 0.5,
         "summary": "s",
-        "llm_call_id": None,
         "created_at": now,
         "updated_at": now,
+        **extra,
     }
+
+
+def test_new_row_builds_what_the_constructor_builds(shop: ServiceClient) -> None:
+    values = _proposal_values(shop, llm_call_id=None)
+    action_type, now = values["action_type"], values["created_at"]
 
     built, constructed = bulk.new_row(Proposal, **values), Proposal(**values)
 
@@ -414,19 +419,7 @@ def test_new_row_refuses_what_the_constructor_refuses(shop: ServiceClient) -> No
 def test_new_row_skips_the_constructor_unless_something_listens(
     shop: ServiceClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    action_type = ActionType.objects.get(key="refund.issue")
-    now = timezone.now()
-    values = {
-        "id": uuid.uuid4(),
-        "service": shop.service,
-        "action_type": action_type,
-        "payload": {"amount": 5},
-        "confidence": 0.5,
-        "summary": "s",
-        "decision_rule_version": 2,
-        "created_at": now,
-        "updated_at": now,
-    }
+    values = _proposal_values(shop, decision_rule_version=2)
     expected = _fields_of(Proposal(**values))
     constructed: list[Model] = []
     original_init = Model.__init__
