@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from approvals import locks, rules
-from approvals.rules import AutoDecision
+from approvals.rules import AutoDecision, CompiledRule
 from telemetry import tracing
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def decide_automatically(
     """
     ruleset = rules.current_ruleset()
     applicable = ruleset.for_action_type(action_type.pk)
-    if any(rule.uses_stats for rule in applicable):
+    if _reads_database(applicable):
         locks.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
     with tracing.span(
         "gatehouse.rules.evaluate", {"gatehouse.action_type": action_type.key}
@@ -82,17 +82,22 @@ def decide_automatically(
                 "gatehouse.outcome": decision.outcome,
             },
         )
-    if new and policy_checks and decision.outcome == "approve":
-        decision = _run_checks(proposal=proposal, action_type=action_type, decision=decision)
+    if new and policy_checks:
+        decision = run_policy_checks(proposal=proposal, action_type=action_type, decision=decision)
     return decision
+
+
+def _reads_database(applicable: list[CompiledRule]) -> bool:
+    """Whether any of these rules reads velocity figures (a spend cap): they are read under the
+    per-service-and-type lock, inside the transaction that records the outcome."""
+    return any(rule.uses_stats for rule in applicable)
 
 
 def reads_database(action_type: ActionType) -> bool:
     """Whether the rules for this type read the database (velocity figures, under the lock
     `decide_automatically` takes): only then must they run inside the recording transaction.
     The policy checks of an approval may read or write too (`run_policy_checks`)."""
-    applicable = rules.current_ruleset().for_action_type(action_type.pk)
-    return any(rule.uses_stats for rule in applicable)
+    return _reads_database(rules.current_ruleset().for_action_type(action_type.pk))
 
 
 def run_policy_checks(

@@ -216,21 +216,17 @@ class Pool:
     ) -> httpx2.Response:
         try:
             sock.settimeout(read)
+            sent = 0
             try:
                 sent = sock.send(data)
+                if sent < len(data):
+                    sock.sendall(memoryview(data)[sent:])
             except TimeoutError as exc:
                 raise httpx2.WriteTimeout(str(exc) or "timed out") from exc
             except OSError as exc:
-                if reused:  # nothing of the request left: safe to send it on a new connection
+                if reused and not sent:  # nothing of it left: safe to send on a new connection
                     raise _Retry from exc
                 raise httpx2.WriteError(str(exc)) from exc
-            if sent < len(data):
-                try:
-                    sock.sendall(memoryview(data)[sent:])
-                except TimeoutError as exc:
-                    raise httpx2.WriteTimeout(str(exc) or "timed out") from exc
-                except OSError as exc:
-                    raise httpx2.WriteError(str(exc)) from exc
             answer = http.client.HTTPResponse(sock, method="POST")
             try:
                 answer.begin()

@@ -131,7 +131,6 @@ def proposal_submit(
             proposal = _new_proposal(service, action_type, data, idempotency_key, request_hash)
             decision: AutoDecision | None = None
             new: _NewProposal | None = None
-            alone = False
             if not decisions.reads_database(action_type):
                 # Rules that read no velocity figures read nothing from the database: they
                 # decide before any transaction. A proposal they send to review is then one
@@ -147,18 +146,22 @@ def proposal_submit(
                 )
                 if decision.outcome == "review":
                     new = _decided(proposal, action_type, decision)
-                    alone = new.insert_is_all and not bulk.transaction_started()
+            alone = new is not None and new.insert_is_all and not bulk.transaction_started()
             if not alone:
                 with transaction.atomic():
-                    if decision is None:
-                        decision = decisions.decide_automatically(
-                            proposal=proposal, service=service, action_type=action_type, new=True
-                        )
-                    else:
-                        decision = decisions.run_policy_checks(
-                            proposal=proposal, action_type=action_type, decision=decision
-                        )
-                    new = _decided(proposal, action_type, decision)
+                    if new is None:  # not decided yet, or an approval still to be checked
+                        if decision is None:
+                            decision = decisions.decide_automatically(
+                                proposal=proposal,
+                                service=service,
+                                action_type=action_type,
+                                new=True,
+                            )
+                        else:
+                            decision = decisions.run_policy_checks(
+                                proposal=proposal, action_type=action_type, decision=decision
+                            )
+                        new = _decided(proposal, action_type, decision)
                     alone = new.insert_is_all and not bulk.transaction_started()
                     if not alone:
                         replay = None
