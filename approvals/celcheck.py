@@ -486,3 +486,34 @@ def _string_literal(node: Any) -> str | None:
             return text[2:-1]
         return text[1:-1]
     return None
+
+
+def stats_calls(expression: str) -> frozenset[tuple[str, str, str]]:
+    """The `stats.count(…)` and `stats.approved_sum(…)` calls of a condition whose two arguments
+    are plain string literals, as (method, first argument, window): figures it may read, known
+    before it runs (approvals/decisions.py reads them with the lock it takes, in one round
+    trip). A call with a computed argument (or an escape in its literal) is not included: it is
+    read when the condition runs."""
+    found: set[tuple[str, str, str]] = set()
+    for node in parse(expression).iter_subtrees():
+        if node.data != "member_dot_arg" or _ident_name(node.children[0]) != "stats":
+            continue
+        children = node.children
+        if not (len(children) > 2 and isinstance(children[-1], Tree)):
+            continue
+        args = [_plain_string_literal(arg) for arg in children[-1].children]
+        if len(args) == 2 and args[0] is not None and args[1] is not None:
+            found.add((str(children[1]), args[0], args[1]))
+    return frozenset(found)
+
+
+def _plain_string_literal(node: Any) -> str | None:
+    """A string literal's value when it is spelled as it reads: quoted once, no escape."""
+    inner = _unwrap(node)
+    token = inner.children[0] if isinstance(inner, Tree) and inner.data == "literal" else None
+    if not (isinstance(token, Token) and token.type == "STRING_LIT"):
+        return None
+    text = str(token)
+    if text[:1] not in "'\"" or text[:3] in ("'''", '"""') or "\\" in text:
+        return None
+    return text[1:-1]

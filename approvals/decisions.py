@@ -16,9 +16,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from approvals import locks, rules
+from approvals import rules, velocity
 from approvals.rules import AutoDecision, CompiledRule
 from telemetry import tracing
 
@@ -60,8 +61,22 @@ def decide_automatically(
     """
     ruleset = rules.current_ruleset()
     applicable = ruleset.for_action_type(action_type.pk)
+    sums = None
     if _reads_database(applicable):
-        locks.advisory_xact_lock("rules-stats", service.pk, action_type.pk)
+        # The lock and the sums the rules name (a spend cap's) in one round trip: the lock is
+        # the serial section of every submit of this service and type, held to the commit.
+        sums = velocity.lock_and_sum(
+            lock=("rules-stats", service.pk, action_type.pk),
+            service_id=service.pk,
+            action_type_id=action_type.pk,
+            sums={
+                (first, window)
+                for rule in applicable
+                for method, first, window in rule.stats_calls
+                if method == "approved_sum"
+            },
+            now=timezone.now(),
+        )
     with tracing.span(
         "gatehouse.rules.evaluate", {"gatehouse.action_type": action_type.key}
     ) as span:
@@ -72,6 +87,7 @@ def decide_automatically(
             rules=applicable,
             broken=ruleset.broken,
             payload=payload,
+            sums=sums,
         )
         tracing.set_attributes(
             span,

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,7 @@ from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from approvals import celcost, celmatch, conditions, velocity
+from approvals import celcheck, celcost, celmatch, conditions, velocity
 from approvals.conditions import RuleCompileError, compile_with_cost
 from approvals.conditions import compile_condition as compile_condition  # where callers look
 from approvals.models import ActionType, Proposal, Rule, RuleVersion, Service
@@ -90,6 +90,9 @@ class CompiledRule:
     # The condition with its `matches` calls on anchored patterns rewritten (approvals/celmatch.py),
     # or None; evaluated first, the original deciding whenever it raises.
     fast: cel.Program | None = None
+    # Its stats calls with literal arguments, (method, first argument, window): read ahead with
+    # the lock (approvals/decisions.py).
+    stats_calls: frozenset[tuple[str, str, str]] = frozenset()
     # The trace entry of the common case, built once: entries are only serialised, never changed.
     no_match: dict[str, Any] = field(init=False, repr=False, compare=False)
 
@@ -111,7 +114,15 @@ def compile_rule(spec: RuleSpec) -> CompiledRule:
             fast = cel.compile(rewritten)
         except (ValueError, RuntimeError):
             fast = None
-    return CompiledRule(spec=spec, program=program, uses_stats=uses_stats, cost=cost, fast=fast)
+    stats_calls = celcheck.stats_calls(spec.when) if uses_stats else frozenset()
+    return CompiledRule(
+        spec=spec,
+        program=program,
+        uses_stats=uses_stats,
+        cost=cost,
+        fast=fast,
+        stats_calls=stats_calls,
+    )
 
 
 # --- the per-process cache ---------------------------------------------------------------------
@@ -286,9 +297,15 @@ def _json_numbers_as_doubles(value: Any, extent: celcost.Extent) -> Any:
 
 
 def _stats_functions(
-    *, service_id: int, action_type_id: int, as_of: datetime
+    *,
+    service_id: int,
+    action_type_id: int,
+    as_of: datetime,
+    sums: Mapping[tuple[str, str], float] | None = None,
 ) -> dict[str, Callable[..., Any]]:
-    memo: dict[tuple[Any, ...], Any] = {}
+    memo: dict[tuple[Any, ...], Any] = {
+        ("sum", field_path, window): total for (field_path, window), total in (sums or {}).items()
+    }
 
     def remembered(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         if key not in memo:
@@ -336,6 +353,7 @@ def build_context(
     stats_as_of: datetime | None = None,
     with_stats: bool = True,
     extent: celcost.Extent | None = None,
+    sums: Mapping[tuple[str, str], float] | None = None,
 ) -> cel.Context:
     context = cel.Context(
         {
@@ -356,7 +374,10 @@ def build_context(
     )
     if with_stats:
         functions = _stats_functions(
-            service_id=service.pk, action_type_id=action_type.pk, as_of=stats_as_of or now
+            service_id=service.pk,
+            action_type_id=action_type.pk,
+            as_of=stats_as_of or now,
+            sums=sums,
         )
         for name, fn in functions.items():
             context.add_function(name, fn)
@@ -374,8 +395,12 @@ def evaluate(
     now: datetime | None = None,
     stats_as_of: datetime | None = None,
     time_budget: float | None = None,
+    sums: Mapping[tuple[str, str], float] | None = None,
 ) -> AutoDecision:
-    """Decide a proposal by `rules` (already filtered to its action type, in priority order)."""
+    """Decide a proposal by `rules` (already filtered to its action type, in priority order).
+
+    `sums`: `stats.approved_sum` figures already read, by (field_path, window)
+    (velocity.lock_and_sum); the rules read any other figure themselves."""
     started = time.perf_counter()
     budget = conditions.time_budget() if time_budget is None else time_budget
     now = now or timezone.now()
@@ -399,6 +424,7 @@ def evaluate(
             stats_as_of=stats_as_of,
             with_stats=any(r.uses_stats for r in rules),
             extent=extent,
+            sums=sums,
         )
         context.add_function(celmatch.FUNCTION, celmatch.matches)
     except Exception as exc:  # a payload the library cannot take (too deep, …) fails closed

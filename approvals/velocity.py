@@ -8,12 +8,14 @@ under them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
 from django.db.models import Q
 
+from approvals import locks
 from approvals.models import Proposal
 from config.env import parse_duration
 
@@ -152,17 +154,21 @@ def _minute(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
-def _approved_sum_by_minute(
-    *, service_id: int, action_type_id: int, field: str, since: datetime, as_of: datetime
-) -> float | None:
-    """Whole hours [hour, last_hour) from ApprovedHourSum, the whole minutes around them
-    [first, hour) and [last_hour, last) from ApprovedSum, [since, first) and [last, as_of] from
-    the proposals; None when there is no whole minute, or a minute or hour holds a value it
-    cannot sum (NaN): then the caller sums the rows."""
+def _by_minute(
+    *,
+    service_id: int,
+    action_type_id: int,
+    field: str,
+    since: datetime,
+    as_of: datetime | None,
+    last: datetime,
+) -> tuple[str, list[Any]] | None:
+    """The two columns of the by-minute sum (whole hours and minutes; the rows at both ends) and
+    their parameters; None when the window has no whole minute. `as_of` None: the rows from
+    `last` on have no upper bound."""
     first = _minute(since)
     if first != since:
         first += timedelta(minutes=1)
-    last = _minute(as_of)
     if first >= last:
         return None
     hour = first.replace(minute=0)
@@ -173,33 +179,120 @@ def _approved_sum_by_minute(
         hour = last_hour = last
     # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
     head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
-    tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
+    tail = _ROWS_SUM.format(
+        where="decided_at >= %s" if as_of is None else "decided_at >= %s AND decided_at <= %s"
+    )
     key: list[Any] = [service_id, action_type_id, field]
     rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
+    sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), ({head}) + ({tail})"
+    params = [
+        *key,
+        hour,
+        last_hour,
+        *key,
+        first,
+        hour,
+        *key,
+        last_hour,
+        last,
+        *rows_args,
+        since,
+        first,
+        *rows_args,
+        last,
+        *([] if as_of is None else [as_of]),
+    ]
+    return sql, params
+
+
+def _approved_sum_by_minute(
+    *, service_id: int, action_type_id: int, field: str, since: datetime, as_of: datetime
+) -> float | None:
+    """Whole hours [hour, last_hour) from ApprovedHourSum, the whole minutes around them
+    [first, hour) and [last_hour, last) from ApprovedSum, [since, first) and [last, as_of] from
+    the proposals; None when there is no whole minute, or a minute or hour holds a value it
+    cannot sum (NaN): then the caller sums the rows."""
+    statement = _by_minute(
+        service_id=service_id,
+        action_type_id=action_type_id,
+        field=field,
+        since=since,
+        as_of=as_of,
+        last=_minute(as_of),
+    )
+    if statement is None:
+        return None
+    sql, params = statement
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT ({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), ({head}) + ({tail})
-            """,
-            [
-                *key,
-                hour,
-                last_hour,
-                *key,
-                first,
-                hour,
-                *key,
-                last_hour,
-                last,
-                *rows_args,
-                since,
-                first,
-                *rows_args,
-                last,
-                as_of,
-            ],
-        )
-        sums, rows = cursor.fetchone()
+        cursor.execute(f"SELECT {sql}", params)
+        return _total(cursor.fetchone())
+
+
+def _total(row: tuple[float, float]) -> float | None:
+    sums, rows = row
     if math.isnan(sums):
         return None
     return float(sums) + float(rows)
+
+
+def lock_and_sum(
+    *,
+    lock: tuple[Any, ...],
+    service_id: int,
+    action_type_id: int,
+    sums: Iterable[tuple[str, str]],
+    now: datetime,
+) -> dict[tuple[str, str], float]:
+    """Take the transaction-scoped advisory lock of `lock` (its parts) and read the
+    `approved_sum` of each (field_path, window) in one round trip: the figures a decision under
+    the lock would read, by (field_path, window). Only sums the trigger's tables answer are read
+    ahead (a top-level field, a window of whole minutes); the others, and a sum a minute or hour
+    cannot hold (NaN), are read as the rules run, after the lock. Elsewhere than PostgreSQL the
+    lock is the write transaction's and nothing is read ahead.
+
+    The lock and the sums are two statements sent together: in READ COMMITTED each takes its
+    snapshot when it starts, so the sums see every approval committed before the lock was
+    granted. Their window runs from `now` (taken before the lock) less the window, with no
+    upper bound: an approval committed while this waited for the lock counts even when its
+    decision time is later than `now`.
+    """
+    if connection.vendor != "postgresql":
+        locks.advisory_xact_lock(*lock)
+        return {}
+    columns: list[str] = []
+    params: list[Any] = [locks.advisory_lock_key(*lock)]
+    keys: list[tuple[str, str]] = []
+    for field_path, window in sorted(set(sums)):
+        try:  # a call that cannot be read fails when the rule runs it (closed, with its error)
+            path, since = _path(field_path), now - parse_duration(window)
+        except (ValueError, OverflowError):
+            continue
+        if len(path) != 1 or len(path[0]) > MAX_SUMMED_FIELD:
+            continue
+        statement = _by_minute(
+            service_id=service_id,
+            action_type_id=action_type_id,
+            field=path[0],
+            since=since,
+            as_of=None,
+            last=_minute(now),
+        )
+        if statement is None:
+            continue
+        columns.append(statement[0])
+        params.extend(statement[1])
+        keys.append((field_path, window))
+    take = "SELECT pg_advisory_xact_lock(%s)"
+    with connection.cursor() as cursor:
+        if not columns:
+            cursor.execute(take, params)
+            return {}
+        cursor.execute(f"{take}; SELECT {', '.join(columns)}", params)
+        cursor.nextset()
+        row = cursor.fetchone()
+    figures = {}
+    for index, key in enumerate(keys):
+        total = _total(row[2 * index : 2 * index + 2])
+        if total is not None:
+            figures[key] = total
+    return figures

@@ -478,3 +478,46 @@ def test_approving_many_in_one_transaction_beside_single_approvals_cannot_deadlo
     want = expected(shop.service, refund_type, "payload.amount", as_of - timedelta(hours=3), as_of)
     assert got == pytest.approx(want, abs=1e-6)
     assert_minutes_match_a_recount()
+
+
+@postgresql_only
+@pytest.mark.parametrize("seed", [4, 5])
+def test_the_sums_read_with_the_lock_are_the_sums_the_rules_read(
+    shop: ServiceClient, refund_type: ActionType, seed: int
+) -> None:
+    rng = random.Random(seed)
+    for _ in range(250):
+        make(shop.service, refund_type, rng)
+    calls = {
+        (field, window)
+        for field in ("payload.amount", "payload.fee.amount", "payload.missing")
+        for window in ("1h", "90m", "2h", "150s", "5h", "1d", "45s", "61m")
+    }
+    read = velocity.lock_and_sum(
+        lock=("test", seed),
+        service_id=shop.service.pk,
+        action_type_id=refund_type.pk,
+        sums=calls,
+        now=NOW,
+    )
+    # A nested field and a window without a whole minute are left to the rules.
+    assert set(read) == {
+        (field, window)
+        for field, window in calls
+        if field != "payload.fee.amount" and window != "45s"
+    }
+    for (field, window), total in read.items():
+        plain = velocity.approved_sum(
+            service_id=shop.service.pk,
+            action_type_id=refund_type.pk,
+            field_path=field,
+            window=window,
+            as_of=NOW,
+        )
+        assert total == pytest.approx(plain, abs=1e-6), (field, window)
+    with connection.cursor() as cursor:  # and the lock is this transaction's
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] == 1

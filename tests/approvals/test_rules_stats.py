@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from approvals import services
+from approvals import celcheck, locks, services
 from approvals.models import ActionType, Proposal, Rule
 from tests.conftest import ServiceClient, refund_body
 
@@ -112,3 +113,66 @@ def test_a_reviewers_edit_counts_in_the_approved_sum(
     Proposal.objects.update(final_payload={"order_id": "ORD-0", "amount": 5.0})
     make_rule("sum", action_type=refund_type, when=CAP.replace("<= 100.0", "== 30.0"))
     assert shop.post_json("/api/v1/proposals", refund_body()).json()["state"] == "approved"
+
+
+def _wait_for_a_lock_waiter() -> None:
+    """Until another backend waits for an advisory lock."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.01)
+    raise AssertionError("no submit waited for the lock")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="advisory locks")
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_committed_while_a_submit_waits_for_the_lock_counts(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    """The submit reads its sum with the lock, in one round trip, from a time taken before the
+    lock: an approval decided later than that time, committed while it waited, still counts."""
+    make_rule("within-daily-budget", action_type=refund_type, when=CAP, outcome="approve")
+    outcome: dict[str, Any] = {}
+
+    def submit() -> None:
+        try:
+            data = refund_body(payload={"order_id": "ORD-late", "amount": 30.0})
+            outcome["state"] = services.proposal_submit(
+                service=shop.service, data=data
+            ).proposal.state
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=submit)
+    with transaction.atomic():
+        locks.advisory_xact_lock("rules-stats", shop.service.pk, refund_type.pk)
+        thread.start()
+        _wait_for_a_lock_waiter()
+        _history(shop.service, refund_type, ("approve", "rule", 80.0, 0))  # decided just now
+    thread.join(timeout=30)
+    assert outcome == {"state": "pending_review"}  # 80 + 30 is over the cap of 100
+
+
+@pytest.mark.parametrize(
+    ("when", "calls"),
+    [
+        (CAP, {("approved_sum", "payload.amount", "24h")}),
+        (
+            "stats.count('approve', \"1h\") > 3 || stats.approved_sum('payload.' + 'x', '1h') > 1.0",
+            {("count", "approve", "1h")},  # a computed argument is read when the rule runs
+        ),
+        ("stats.count('a\\x70prove', '1h') > 3", set()),  # an escape: as the rule spells it
+        ("payload.amount > 3.0", set()),
+    ],
+)
+def test_a_rule_names_the_figures_it_reads_with_literal_arguments(
+    when: str, calls: set[tuple[str, str, str]]
+) -> None:
+    assert celcheck.stats_calls(when) == calls
