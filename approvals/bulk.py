@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -378,6 +379,36 @@ def insert_rows_if(
     if inserted:
         _saved(batches)
     return bool(inserted), tuple(row)
+
+
+@contextmanager
+def sent_with_commit() -> Iterator[None]:
+    """Run the block's statements as the last of the outermost atomic block around it and send
+    them with its COMMIT, in one round trip (PostgreSQL's pipeline mode): for the writes that
+    end a transaction whose results nothing reads before the commit (a statement that returns
+    rows still waits for them). The atomic block then finds the transaction committed and runs
+    its on_commit callbacks as usual. An error in the block's statements is raised at the end
+    of the block, translated as Django translates it, and the atomic block rolls back. Inside a
+    savepoint, in a block marked for rollback, or elsewhere than PostgreSQL, the block runs as
+    it is and the atomic block commits.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    raw = conn.connection
+    if not (
+        conn.vendor == "postgresql"
+        and raw is not None
+        and len(conn.atomic_blocks) == 1
+        and conn.commit_on_exit
+        and not conn.needs_rollback
+    ):
+        yield
+        return
+    with conn.wrap_database_errors, raw.pipeline():
+        yield
+        if not conn.needs_rollback:
+            with conn.cursor() as cursor:
+                # Leaving the pipeline sends it all, then waits for the answers (one Sync).
+                cursor.execute("COMMIT")
 
 
 def transaction_started() -> bool:

@@ -171,7 +171,12 @@ def proposal_submit(
                             # What deciding wrote for the proposal that will not be (an audit
                             # sample) goes with it: the replay commits nothing.
                             transaction.set_rollback(True)
-                        result = replay or _record_proposal(new)
+                            result = replay
+                        else:
+                            # The rows with the COMMIT in one round trip: a cap's lock is
+                            # held until the commit, so every round trip it waits counts.
+                            with bulk.sent_with_commit():
+                                result = _record_proposal(new)
             assert new is not None  # decided in one of the two ways above
             if alone:
                 # The decision read nothing (no lock, no velocity figures) and the proposal with

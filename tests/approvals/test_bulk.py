@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -169,6 +170,7 @@ class LibpqTrace:
                 self.sent.append(rest[0].strip(' "'))
             elif direction == "F" and message == "Parse":
                 name, sql = rest[0].strip().split('" "', 1)
+                sql = re.sub(r'"(?: \d+)*$', "", sql)  # the closing quote, the parameter types
                 self.parsed.append(sql)
                 if name.strip('"'):
                     prepared[name.strip('"')] = sql
@@ -282,6 +284,83 @@ def test_a_submit_that_reads_or_writes_more_keeps_its_transaction(
     statements = trace.statements()
     assert statements[0] == "BEGIN" and statements[-1] == "COMMIT", trace.sent
     assert statements[1] == first and "WITH" in statements, trace.sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_spend_cap_s_lock_is_held_for_one_round_trip(
+    shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
+) -> None:
+    cap = "stats.approved_sum('payload.amount', '24h') + payload.amount > 1000.0"
+    make_rule("cap", action_type=refund_type, when=cap, outcome="review")
+    submit(shop, 1.0)  # warm the caches and prepare the INSERT on this connection
+    with LibpqTrace() as trace:
+        proposal_id = submit(shop, 5.0)
+    # BEGIN; the lock with the sum the rule reads (two statements sent together); the proposal
+    # and its events with the COMMIT: once the lock is granted, one more round trip to release.
+    assert trace.statements() == ["BEGIN", "SELECT", "WITH", "COMMIT"], trace.sent
+    assert "pg_advisory_xact_lock" in trace.sent[1] and "; SELECT" in trace.sent[1]
+    assert trace.round_trips == 3, trace.sent
+    assert Proposal.objects.get(pk=proposal_id).state == "pending_review"
+
+
+def _proposal(shop: ServiceClient, action_type: ActionType, **fields: Any) -> Proposal:
+    values: dict[str, Any] = {
+        "service": shop.service,
+        "action_type": action_type,
+        "payload": {},
+        "payload_hash": "x",
+        "confidence": 0.5,
+        "summary": "s",
+        **fields,
+    }
+    return bulk.new_row(Proposal, id=uuid.uuid4(), **values)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writes_sent_with_the_commit_are_committed_with_their_callbacks(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    ran: list[str] = []
+    bulk.insert_rows([_proposal(shop, refund_type)])  # the INSERT prepared on this connection
+    with LibpqTrace() as trace, transaction.atomic():
+        transaction.on_commit(lambda: ran.append("committed"))
+        first = _proposal(shop, refund_type)
+        bulk.insert_rows([first])
+        with bulk.sent_with_commit():
+            second = _proposal(shop, refund_type)
+            bulk.insert_rows([second])
+        assert ran == []  # the callbacks wait for the atomic block's end
+    assert ran == ["committed"]
+    assert trace.statements() == ["BEGIN", "INSERT", "INSERT", "COMMIT"], trace.sent
+    assert trace.round_trips == 3  # BEGIN, the first INSERT, the second with the COMMIT
+    assert Proposal.objects.filter(pk__in=[first.pk, second.pk]).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_fails_with_the_commit_rolls_the_transaction_back(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    ran: list[str] = []
+    with pytest.raises(IntegrityError), transaction.atomic():  # Django's, as elsewhere
+        transaction.on_commit(lambda: ran.append("committed"))
+        first = _proposal(shop, refund_type)
+        bulk.insert_rows([first])
+        with bulk.sent_with_commit():
+            bulk.insert_rows([_proposal(shop, refund_type, confidence=2.0)])  # refused (CHECK)
+    assert ran == []
+    assert not Proposal.objects.filter(pk=first.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_savepoint_the_outer_block_still_decides(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    with transaction.atomic():
+        with transaction.atomic(), bulk.sent_with_commit():
+            proposal = _proposal(shop, refund_type)
+            bulk.insert_rows([proposal])
+        transaction.set_rollback(True)
+    assert not Proposal.objects.filter(pk=proposal.pk).exists()
 
 
 @pytest.mark.django_db(transaction=True)
