@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -22,7 +23,7 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Int2, Int4
 
-from approvals import bulk
+from approvals import bulk, rules
 from approvals.models import ActionType, AuditEvent, Proposal, Rule
 from config.env import database_from_url
 from tests.conftest import ServiceClient, refund_body
@@ -193,12 +194,25 @@ def submit(shop: ServiceClient, amount: float, **headers: str) -> uuid.UUID:
     return uuid.UUID(response.json()["id"])
 
 
+def warm(shop: ServiceClient, **headers: str) -> None:
+    """Submit once (the key, the type and the rules cached; the submit's statement prepared on
+    this connection), then wait for this process's rules listener, so that the submits a test
+    traces ask the database nothing about rules (until it listens, each one checks)."""
+    submit(shop, 1.0, **headers)
+    deadline = time.monotonic() + 10
+    while not rules._listener.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rules._listener.connected, "the rules listener did not connect"
+    rules.current_ruleset()  # told of "anything may have changed" on connecting: reload once
+    assert rules._listener.fresh()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_proposal_for_review_is_one_statement_without_begin_or_commit(
     shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
 ) -> None:
     make_rule("big", action_type=refund_type, when="payload.amount > 1000.0", outcome="reject")
-    submit(shop, 1.0)  # warm the caches (key, type, rules) so only the submit itself is traced
+    warm(shop)  # only the submit itself is traced
     with LibpqTrace() as trace:
         proposal_id = submit(shop, 5.0)
     assert trace.statements() == ["WITH"], trace.sent  # the proposal and its audit events
@@ -215,7 +229,7 @@ def test_the_submit_s_statement_is_parsed_and_planned_once_per_connection(
     shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
 ) -> None:
     make_rule("big", action_type=refund_type, when="payload.amount > 1000.0", outcome="reject")
-    submit(shop, 1.0)  # the first on this connection prepares it (Parse with a name)
+    warm(shop)  # the first on this connection prepares it (Parse with a name)
     with LibpqTrace() as trace:
         ids = [submit(shop, amount) for amount in (5.0, 6.0)]
     # Each binds the values to the statement prepared before: no SQL sent, nothing parsed.
@@ -278,7 +292,7 @@ def test_a_submit_that_reads_or_writes_more_keeps_its_transaction(
     make_rule("r", action_type=refund_type, when=when, outcome=outcome)
     shop.service.callback_url = "https://example.com/callback"
     shop.service.save()
-    submit(shop, 1.0, **({"Idempotency-Key": "warm"} if headers else {}))
+    warm(shop, **({"Idempotency-Key": "warm"} if headers else {}))
     with LibpqTrace() as trace:
         submit(shop, 5.0, **headers)
     statements = trace.statements()
@@ -292,7 +306,7 @@ def test_a_spend_cap_s_lock_is_held_for_one_round_trip(
 ) -> None:
     cap = "stats.approved_sum('payload.amount', '24h') + payload.amount > 1000.0"
     make_rule("cap", action_type=refund_type, when=cap, outcome="review")
-    submit(shop, 1.0)  # warm the caches and prepare the INSERT on this connection
+    warm(shop)
     with LibpqTrace() as trace:
         proposal_id = submit(shop, 5.0)
     # BEGIN; the lock with the sum the rule reads (two statements sent together); the proposal
@@ -387,7 +401,7 @@ def test_a_proposal_with_a_new_idempotency_key_is_one_statement_too(
     shop: ServiceClient, make_rule: Callable[..., Rule], refund_type: ActionType
 ) -> None:
     make_rule("big", action_type=refund_type, when="payload.amount > 1000.0", outcome="reject")
-    submit(shop, 1.0, **{"Idempotency-Key": "warm"})
+    warm(shop, **{"Idempotency-Key": "warm"})
     body = refund_body(payload={"order_id": "ORD-7", "amount": 5.0, "currency": "EUR"})
     with LibpqTrace() as trace:
         first = shop.post_json("/api/v1/proposals", body, **{"Idempotency-Key": "k-2"})
@@ -587,7 +601,7 @@ def test_only_a_decision_that_may_touch_the_database_opens_a_transaction(
     atomic_blocks: int,
 ) -> None:
     make_rule("r", action_type=refund_type, when=when, outcome=outcome)
-    submit(shop, 1.0)  # warm the caches (key, type, rules)
+    warm(shop)
     entered: list[object] = []
     original = transaction.Atomic.__enter__
 
