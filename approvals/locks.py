@@ -11,6 +11,9 @@ import hashlib
 
 from django.db import connection
 
+# Waits for the lock of advisory_lock_key(parts) and holds it to the end of the transaction.
+XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+
 
 def advisory_lock_key(*parts: object) -> int:
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
@@ -35,4 +38,4 @@ def advisory_xact_lock(*parts: object) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_lock_key(*parts)])
+        cursor.execute(XACT_LOCK, [advisory_lock_key(*parts)])

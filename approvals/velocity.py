@@ -160,13 +160,14 @@ def _by_minute(
     action_type_id: int,
     field: str,
     since: datetime,
-    as_of: datetime | None,
-    last: datetime,
+    as_of: datetime,
+    bounded: bool = True,
 ) -> tuple[str, list[Any]] | None:
     """The two columns of the by-minute sum (whole hours and minutes; the rows at both ends) and
-    their parameters; None when the window has no whole minute. `as_of` None: the rows from
-    `last` on have no upper bound."""
+    their parameters; None when the window has no whole minute. Not `bounded`: the rows from
+    `as_of`'s minute on have no upper bound."""
     first = _minute(since)
+    last = _minute(as_of)
     if first != since:
         first += timedelta(minutes=1)
     if first >= last:
@@ -180,7 +181,7 @@ def _by_minute(
     # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
     head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
     tail = _ROWS_SUM.format(
-        where="decided_at >= %s" if as_of is None else "decided_at >= %s AND decided_at <= %s"
+        where="decided_at >= %s AND decided_at <= %s" if bounded else "decided_at >= %s"
     )
     key: list[Any] = [service_id, action_type_id, field]
     rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
@@ -200,7 +201,7 @@ def _by_minute(
         first,
         *rows_args,
         last,
-        *([] if as_of is None else [as_of]),
+        *([as_of] if bounded else []),
     ]
     return sql, params
 
@@ -218,7 +219,6 @@ def _approved_sum_by_minute(
         field=field,
         since=since,
         as_of=as_of,
-        last=_minute(as_of),
     )
     if statement is None:
         return None
@@ -274,20 +274,19 @@ def lock_and_sum(
             action_type_id=action_type_id,
             field=path[0],
             since=since,
-            as_of=None,
-            last=_minute(now),
+            as_of=now,
+            bounded=False,
         )
         if statement is None:
             continue
         columns.append(statement[0])
         params.extend(statement[1])
         keys.append((field_path, window))
-    take = "SELECT pg_advisory_xact_lock(%s)"
     with connection.cursor() as cursor:
         if not columns:
-            cursor.execute(take, params)
+            cursor.execute(locks.XACT_LOCK, params)
             return {}
-        cursor.execute(f"{take}; SELECT {', '.join(columns)}", params)
+        cursor.execute(f"{locks.XACT_LOCK}; SELECT {', '.join(columns)}", params)
         cursor.nextset()
         row = cursor.fetchone()
     figures = {}
