@@ -883,6 +883,10 @@ def stream(
 _DONE = object()
 
 
+# How long a stream's end may take to arrive after its [DONE] for the connection to be kept.
+_DRAIN_SECONDS = 0.5
+
+
 class _Live:
     """An open provider stream whose first chunks have been read already."""
 
@@ -893,16 +897,23 @@ class _Live:
         self.buffered: list[dict[str, Any]] = []
         self.ttft: float | None = None
         self.request_id = response.headers.get("x-request-id", "")
+        self.done = False  # the provider sent [DONE]
 
     def chunks(self) -> Iterator[dict[str, Any] | object]:
         yield from self.buffered
         for data in self.events:
             if data == "[DONE]":
+                self.done = True
                 yield _DONE
                 return
             yield _parse_chunk(data)
 
     def close(self) -> None:
+        body = self.response.stream
+        if self.done and isinstance(body, transport.Body):
+            # Only the body's end is left after [DONE]: read it (the deadline's watchdog still
+            # watches), so the connection goes back to the pool rather than being closed.
+            body.drain(_DRAIN_SECONDS)
         _watchdog.cancel(self.watch)
         try:
             self.response.close()

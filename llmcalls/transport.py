@@ -327,6 +327,29 @@ class Body(httpx2.SyncByteStream):
             )
         self._whole = True
 
+    def drain(self, timeout: float, limit: int = 65536) -> None:
+        """Read what is left of a body whose content the caller has whole already (a stream past
+        its `[DONE]`: the chunked body's last, empty chunk), so that `close()` gives the
+        connection back to the pool instead of closing it; the next request to the provider
+        then skips a new connection (a TCP, and for https a TLS, handshake). Anything but a
+        clean end within `timeout` and `limit` bytes leaves the connection to be closed."""
+        sock, answer = self._sock, self._answer
+        if sock is None or self._whole:
+            return
+        try:
+            sock.settimeout(timeout)
+            while limit > 0:
+                chunk = answer.read1(limit)
+                if not chunk:
+                    break
+                limit -= len(chunk)
+            else:
+                return
+        except (OSError, ValueError, http.client.HTTPException):
+            return
+        if answer.chunked or not answer.length:
+            self._whole = True
+
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is None:

@@ -52,7 +52,13 @@ class Upstream:
         extra: bytes = b"",
         length: int | None = None,
         tls: ssl.SSLContext | None = None,
+        events: list[bytes] | None = None,
+        end: bool = True,
     ) -> None:
+        # events: answer a server-sent event stream, one chunk each, ended by the empty chunk
+        # unless `end` is false (then the connection stays silent after them).
+        self.events = events
+        self.end = end
         self.close_after = close_after
         self.reset = reset
         self.body = body if body is not None else json.dumps(ANSWER).encode()
@@ -111,6 +117,15 @@ class Upstream:
                 while len(rest) < size:
                     rest += conn.recv(65536)
                 seen.append((first, data[: len(head) + 4] + rest))
+                if self.events is not None:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n"
+                        + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in self.events)
+                    )
+                    if self.end:
+                        conn.sendall(b"0\r\n\r\n")
+                    continue
                 length = self.length if self.length is not None else len(self.body)
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -177,6 +192,44 @@ def test_calls_share_one_kept_alive_connection_and_each_request_is_one_write(
         assert lines[b"accept-encoding"] == b"gzip, deflate"  # as httpx2 asked
         assert lines[b"content-type"] == b"application/json"
         assert json.loads(body) == {"model": "ok", "messages": MESSAGES}
+
+
+def _events() -> list[bytes]:
+    chunk = {
+        "id": "chatcmpl-raw",
+        "object": "chat.completion.chunk",
+        "model": "ok",
+        "choices": [{"index": 0, "delta": {"content": "Yes."}, "finish_reason": "stop"}],
+    }
+    return [b"data: " + json.dumps(chunk).encode() + b"\n\n", b"data: [DONE]\n\n"]
+
+
+def test_a_stream_read_to_its_done_gives_its_connection_back_for_the_next_call(
+    route: Any, upstreams: list[Upstream]
+) -> None:
+    upstreams.append(upstream := Upstream(events=_events()))
+    route(upstream.url())
+    for _ in range(3):
+        with client.stream(feature="support", messages=MESSAGES) as stream:
+            assert "".join(delta.text for delta in stream) == "Yes."
+    [requests] = upstream.connections  # one connection for the three streams
+    assert len(requests) == 3
+    assert LLMCall.objects.filter(status="ok", stream=True).count() == 3
+
+
+def test_a_stream_whose_end_does_not_follow_its_done_ends_at_once_on_a_closed_connection(
+    route: Any, upstreams: list[Upstream]
+) -> None:
+    upstreams.append(upstream := Upstream(events=_events(), end=False))
+    route(upstream.url(), deadline=10)
+    started = time.monotonic()
+    for _ in range(2):
+        with client.stream(feature="support", messages=MESSAGES) as stream:
+            assert "".join(delta.text for delta in stream) == "Yes."
+    # Each waited for the body's end no longer than the drain's bound, then closed it.
+    assert time.monotonic() - started < 2 * client._DRAIN_SECONDS + 1
+    assert [len(c) for c in upstream.connections] == [1, 1]
+    assert LLMCall.objects.filter(status="ok", stream=True).count() == 2
 
 
 def test_a_connection_the_provider_closed_while_idle_is_not_used(
