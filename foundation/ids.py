@@ -24,3 +24,10 @@ def uuid7() -> uuid.UUID:
     value = value & ~(0xF << 76) | 7 << 76
     value = value & ~(0x3 << 62) | 0x2 << 62
     return uuid.UUID(int=value)
+
+
+def uuid7_seconds(value: uuid.UUID) -> float | None:
+    """When a version 7 UUID was made (Unix seconds, to the millisecond); None for another kind."""
+    if value.version != 7:
+        return None
+    return (value.int >> 80) / 1000

@@ -20,7 +20,9 @@ A call follows its feature's route (llmcalls.routing):
 3. One deadline covers all of this; each attempt gets what is left of it, or at most the
    route's attempt_timeout, so that a model that hangs is retried or left for the next one
    while there is still time.
-4. Whatever happens, one LLMCall row records it (llmcalls.services.call_log_write).
+4. Whatever happens, one LLMCall row records it (llmcalls.services.call_log_write), before the
+   call returns; except that a caller may take a successful call's row to write it later
+   (`complete(log_later=True)`: the proxy writes it once the answer is sent, llmcalls.proxy).
 
 Streams fall back only until the first token arrives; after that a broken stream is an error
 (StreamCut) for the caller and in the log, never a short success.
@@ -29,6 +31,7 @@ Streams fall back only until the first token arrives; after that a broken stream
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import heapq
 import itertools
@@ -142,6 +145,39 @@ class Completion:
     raw: dict[str, Any]  # the chat.completion as the provider sent it (or as it was cached)
     cache_kind: str = ""  # "exact" or "semantic" when cache_hit
     similarity: float | None = None  # of the question a semantic hit was answered for
+    # complete(log_later=True): the call's row, not written yet; the caller writes it.
+    log_pending: PendingLog | None = None
+
+
+class PendingLog:
+    """A successful call's row, built when the call ended and written later, exactly once.
+
+    `write()` stores it as the call would have (services.call_log_write: the INSERT, or the
+    record to the `llmcalls` logger if that fails; the metrics, log line and span), in the
+    context the call ended in: its log line keeps the request's id and its span the request's
+    trace. A second `write()` does nothing. One dropped unwritten leaves its record in the log.
+    """
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self._record: dict[str, Any] | None = record
+        self._context = contextvars.copy_context()
+
+    @property
+    def written(self) -> bool:
+        return self._record is None
+
+    def write(self) -> None:
+        record, self._record = self._record, None
+        if record is not None:
+            self._context.run(services.call_log_write, record=record)
+
+    def __del__(self) -> None:
+        if self._record is not None:
+            with contextlib.suppress(Exception):
+                logger.error(
+                    "llm call log row dropped before it was written; the record follows: %s",
+                    json.dumps(self._record, default=str, ensure_ascii=False),
+                )
 
 
 @dataclass
@@ -341,10 +377,20 @@ class _Answer:
 
 
 def _finish(
-    call: _Call, target: Target, answer: _Answer, *, hit: bool, error: LLMError | None = None
+    call: _Call,
+    target: Target,
+    answer: _Answer,
+    *,
+    hit: bool,
+    error: LLMError | None = None,
+    later: bool = False,
 ) -> Completion | None:
     """End a call, whole or streamed: its usage and cost, the cache fill, one log record, and the
-    Completion (None when `error` ended it: the record is then the error's, with what arrived)."""
+    Completion (None when `error` ended it: the record is then the error's, with what arrived).
+
+    `later`: hand the record back in `Completion.log_pending` instead of writing it, unless the
+    route has a daily budget (its sum must see every finished call before the next one starts).
+    """
     usage = Usage() if hit else Usage.from_openai(answer.usage)
     cost, missing = (Decimal(0), False) if hit else _cost(target.provider, target.model, usage)
     fields: dict[str, Any] = {
@@ -380,7 +426,11 @@ def _finish(
         cache.set(call.cache_key(target), {"raw": answer.raw}, timeout=call.route.cache_ttl)
     record = call.record(status="ok", response_model=answer.response_model, **fields)
     call.logged = True
-    services.call_log_write(record=record)
+    pending = None
+    if later and call.route is not None and call.route.daily_budget_usd is None:
+        pending = PendingLog(record)
+    else:
+        services.call_log_write(record=record)
     if not hit and call.semantic is not None:
         _semantic_store(call, target, answer, cost)
     return Completion(
@@ -398,6 +448,7 @@ def _finish(
         raw=answer.raw,
         cache_kind=("semantic" if served else "exact") if hit else "",
         similarity=served.similarity if served else None,
+        log_pending=pending,
     )
 
 
@@ -798,6 +849,7 @@ def complete(
     deadline: float | timedelta | None = None,
     service: str = "",
     route: str | None = None,
+    log_later: bool = False,
     **params: Any,
 ) -> Completion:
     """One chat completion along the feature's route. Raises LLMError (logged) when none comes.
@@ -805,6 +857,9 @@ def complete(
     `route` names another route to follow (e.g. an eval trying several models); the call is
     still logged, and budgeted, under `feature`. `deadline` (seconds or a timedelta) overrides
     the route's. Other keyword arguments are request parameters (temperature, tools, …).
+    `log_later`: a successful call on a route without a daily budget returns its row unwritten
+    (`Completion.log_pending`), for the caller to write once it has passed the answer on; a
+    failed call is logged before the error is raised, as always.
     """
     call = _Call(
         feature=feature,
@@ -830,7 +885,7 @@ def complete(
         request_id=request_id,
         response_model=data.get("model") or target.model,
     )
-    result = _finish(call, target, answer, hit=hit)
+    result = _finish(call, target, answer, hit=hit, later=log_later)
     assert result is not None  # no error: a result
     return result
 

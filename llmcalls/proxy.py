@@ -7,6 +7,25 @@ Nothing the caller sends is taken on trust: the feature must be granted to the s
 only chat-completion parameters (others: 400 naming the field). The route decides the model; the
 `model` in the request is not used to pick one. Responses carry `X-Gatehouse-Call-Id`; errors are
 in OpenAI's shape (`{"error": {...}}`) so the SDK raises them.
+
+A successful non-streamed call's log row is written after its answer is sent: the response's
+`close()`, which the WSGI server (granian, after the body with its Content-Length), Django's ASGI
+handler (after the last body message) and Django's test client call once the body is out. The
+INSERT and its commit (0.6-1.3 ms) are then off the answer's path, and the caller reads the
+answer while the row is written. Everything else is logged before the answer as before: failed
+calls (committed durably), routes with a daily budget (the next call's sum must see this one's
+cost), streams (their row is written when the stream ends, before its `[DONE]`), and
+`client.complete()` called in-process. A proposal citing the call's id posted before the row is
+committed waits for it briefly (approvals.services.proposals: `_check_own_llm_call`).
+
+What a crash loses: a process that dies between sending the answer and `close()` (a window of a
+millisecond or so per call) loses the row of a call whose answer the caller got: its cost is
+missing from the log and the dashboard, and a proposal citing it is refused (422) as citing no
+call. The design already loses the row of a call whose process dies while it waits for the
+provider (a window of the whole upstream call, seconds for a real model, during which the
+provider may bill it too), so the loss is of the same kind and a far shorter window; no budget
+is affected (budgeted routes write first), and a failed `close()` write logs the full record to
+the `llmcalls` logger as a failed write always did.
 """
 
 from __future__ import annotations
@@ -26,7 +45,7 @@ from approvals.services import api_key_authenticate
 from foundation import jsonfast, problems
 from foundation.errors import ApplicationError, problem
 from llmcalls import client, routing
-from llmcalls.client import CompletionStream, LLMError
+from llmcalls.client import CompletionStream, LLMError, PendingLog
 
 CALL_ID_HEADER = "X-Gatehouse-Call-Id"
 FEATURE_HEADER = "X-Gatehouse-Feature"
@@ -213,13 +232,13 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
             )
         else:
             result = client.complete(
-                feature=feature, messages=messages, service=service.name, **params
+                feature=feature, messages=messages, service=service.name, log_later=True, **params
             )
     except LLMError as exc:
         return _error(exc.status, exc.message, exc.code, call_id=exc.call_id)
     if not body.get("stream"):
         # orjson: the provider's answer re-encoded several times faster than json.dumps.
-        response = HttpResponse(jsonfast.dumps(result.raw), content_type="application/json")
+        response = _Answer(jsonfast.dumps(result.raw), result.log_pending)
         response[CALL_ID_HEADER] = str(result.call_id)
         response["X-Gatehouse-Cache"] = result.cache_kind or "miss"
         return response
@@ -234,6 +253,21 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
     streaming["Cache-Control"] = "no-cache"
     streaming["X-Accel-Buffering"] = "no"
     return streaming
+
+
+class _Answer(HttpResponse):
+    """A completion's answer; its call's row is written when the server closes it (sent)."""
+
+    def __init__(self, content: bytes, pending: PendingLog | None) -> None:
+        super().__init__(content, content_type="application/json")
+        self.pending = pending
+
+    def close(self) -> None:
+        try:
+            if self.pending is not None:
+                self.pending.write()  # once: a second close() finds it written
+        finally:
+            super().close()  # request_finished: the connection goes back to the pool
 
 
 def _sse(stream: CompletionStream, *, include_usage: bool) -> Iterator[bytes]:

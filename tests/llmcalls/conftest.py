@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -10,7 +11,7 @@ from django.core.cache import cache
 
 from llmcalls import client, routing, services
 from llmcalls.breaker import breaker
-from llmcalls.models import ModelPrice
+from llmcalls.models import LLMCall, ModelPrice
 from tests.live_app import serve
 from tests.llmcalls.fake_provider import FakeProvider
 
@@ -107,3 +108,17 @@ def grant(db: None) -> Callable[..., None]:
         routing.forget()
 
     return make
+
+
+def logged_call(call_id: str, *, within: float = 5.0) -> LLMCall:
+    """A proxied call's row, read from another process or thread than the server's: the server
+    writes a successful call's row once the answer is sent (llmcalls.proxy), so the client may
+    hold the answer a moment before the row is committed."""
+    deadline = time.monotonic() + within
+    while True:
+        row = LLMCall.objects.filter(id=call_id).first()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    assert row is not None, f"no row for call {call_id} within {within}s"
+    return row

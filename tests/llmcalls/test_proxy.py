@@ -11,7 +11,7 @@ import pytest
 
 from llmcalls.models import LLMCall
 from tests.conftest import ServiceClient
-from tests.llmcalls.conftest import MESSAGES
+from tests.llmcalls.conftest import MESSAGES, logged_call
 from tests.llmcalls.fake_provider import FakeProvider
 
 Route = Callable[..., None]
@@ -55,7 +55,7 @@ class TestThroughTheSdk:
 
         assert completion.choices[0].message.content == "Hello from the fake provider."
         assert completion.usage is not None and completion.usage.prompt_tokens == 12
-        call = LLMCall.objects.get(id=raw.headers["x-gatehouse-call-id"])
+        call = logged_call(raw.headers["x-gatehouse-call-id"])  # written once the answer is sent
         assert (call.feature, call.service, call.status) == ("shop", "shop", "ok")
         assert call.params == {"temperature": 0.2}
         assert fake.requests[0].body["model"] == "ok"  # the route decides the model
@@ -70,9 +70,7 @@ class TestThroughTheSdk:
         ).chat.completions.with_raw_response.create(model="x", messages=PROMPT)
 
         assert raw.parse().model == "small"
-        assert LLMCall.objects.get(id=raw.headers["x-gatehouse-call-id"]).feature == (
-            "support-refunds"
-        )
+        assert logged_call(raw.headers["x-gatehouse-call-id"]).feature == "support-refunds"
 
     def test_a_streamed_completion_through_the_proxy(
         self, proxy_url: str, fake: FakeProvider, make_route: Route, shop: ServiceClient

@@ -240,9 +240,195 @@ def test_the_connection_goes_back_to_the_pool_when_the_response_is_closed(
     production: Any, shop: ServiceClient, fake: FakeProvider
 ) -> None:
     answer = call(production, "POST", CHAT, key=shop.key, body={"messages": MESSAGES})
-    assert connection.connection is not None  # the call's log row took one
-    answer.read()  # the server closes the response: request_finished
+    assert connection.connection is not None  # the key's check took one
+    answer.read()  # the server closes the response: the call's row, then request_finished
     assert connection.connection is None
+
+
+# --- the call's row, written once the answer is sent ------------------------------------------
+
+# What a row holds that differs from one call to the next of the same request.
+PER_CALL = {"id", "created_at", "latency_ms"}
+
+
+def row(call_id: str) -> dict[str, Any]:
+    values = {
+        f.name: getattr(LLMCall.objects.get(pk=call_id), f.attname)
+        for f in LLMCall._meta.concrete_fields
+        if f.name not in PER_CALL
+    }
+    values["attempt_log"] = [
+        {k: v for k, v in attempt.items() if k != "ms"} for attempt in values["attempt_log"]
+    ]
+    return values
+
+
+def test_the_calls_row_is_written_when_the_server_closes_the_answer_and_once(
+    production: Any, shop: ServiceClient, fake: FakeProvider
+) -> None:
+    answer = call(production, "POST", CHAT, key=shop.key, body={"messages": MESSAGES})
+    call_id = answer.header("X-Gatehouse-Call-Id") or ""
+    assert answer.code == 200 and answer.header("Content-Length")
+    assert not LLMCall.objects.filter(pk=call_id).exists()  # answered, not logged yet
+
+    # A server that closes the answer without iterating it, and twice.
+    answer.iterable.close()  # type: ignore[attr-defined]
+    answer.iterable.close()  # type: ignore[attr-defined]
+
+    assert LLMCall.objects.filter(pk=call_id, service="shop", status="ok").count() == 1
+    assert LLMCall.objects.count() == 1
+
+
+def test_the_row_written_after_the_answer_is_the_row_written_before_it(
+    production: Any, shop: ServiceClient, fake: FakeProvider
+) -> None:
+    from llmcalls import client
+
+    request = {"messages": MESSAGES, "temperature": 0.2, "max_tokens": 50}
+    answer = call(production, "POST", CHAT, key=shop.key, body=request, x_request_id="req-1")
+    answer.read()
+    # The same call in-process, logged before complete() returns (the path before this change).
+    before = client.complete(
+        feature="shop", service="shop", messages=MESSAGES, temperature=0.2, max_tokens=50
+    )
+    after = LLMCall.objects.get(pk=answer.header("X-Gatehouse-Call-Id") or "")
+
+    assert row(str(after.pk)) == row(str(before.call_id))
+    assert after.created_at < LLMCall.objects.get(pk=before.call_id).created_at
+    assert 0 < (after.latency_ms or 0) < 5000
+
+
+def test_the_calls_log_line_and_metrics_come_with_the_row_under_the_requests_id(
+    production: Any, shop: ServiceClient, fake: FakeProvider
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from telemetry import logs
+
+    def counted() -> float:
+        labels = {"feature": "shop", "model": "ok", "status": "ok"}
+        return REGISTRY.get_sample_value("gatehouse_model_calls_total", labels) or 0.0
+
+    lines: list[tuple[str, str, str]] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno == logging.INFO:
+                lines.append((record.llm_call_id, logs.request_id.get(), record.getMessage()))  # type: ignore[attr-defined]
+
+    handler = Lines()
+    llm_logger = logging.getLogger("llmcalls")
+    level = llm_logger.level
+    llm_logger.addHandler(handler)
+    llm_logger.setLevel(logging.INFO)
+    try:
+        before = counted()
+        answer = call(
+            production,
+            "POST",
+            CHAT,
+            key=shop.key,
+            body={"messages": MESSAGES},
+            x_request_id="req-7",
+        )
+        assert (counted(), lines) == (before, [])  # answered: observed with the row, later
+        answer.read()
+    finally:
+        llm_logger.removeHandler(handler)
+        llm_logger.setLevel(level)
+
+    [(call_id, request_id, message)] = lines
+    assert call_id == answer.header("X-Gatehouse-Call-Id")
+    assert request_id == "req-7"  # the request's, though the middleware has reset it by now
+    assert message.startswith("model call shop ok ok")
+    assert counted() == before + 1
+
+
+def test_a_deferred_write_that_fails_puts_the_record_in_the_log(
+    production: Any,
+    shop: ServiceClient,
+    fake: FakeProvider,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmcalls import services
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database unavailable")
+
+    monkeypatch.setattr(services, "_insert", refuse)
+    answer = call(production, "POST", CHAT, key=shop.key, body={"messages": MESSAGES})
+    body = json.loads(answer.read())
+
+    assert answer.code == 200 and body["choices"][0]["message"]["content"] == fake.ANSWER
+    assert "llm call log write failed; the record follows" in caplog.text
+    assert (answer.header("X-Gatehouse-Call-Id") or "-") in caplog.text
+    assert "Is order 42 eligible" in caplog.text
+
+
+def test_failed_calls_and_budgeted_routes_are_logged_before_the_answer(
+    production: Any,
+    shop: ServiceClient,
+    grant: Callable[..., None],
+    make_route: Route,
+    fake: FakeProvider,
+    prices: None,
+) -> None:
+    grant(shop, "broken")
+    grant(shop, "budgeted")
+    make_route("broken", "primary/500", deadline=1)
+    make_route("budgeted", "primary/ok", budget="100")
+    failed = call(
+        production,
+        "POST",
+        CHAT,
+        key=shop.key,
+        body={"messages": MESSAGES},
+        x_gatehouse_feature="broken",
+    )
+    budgeted = call(
+        production,
+        "POST",
+        CHAT,
+        key=shop.key,
+        body={"messages": MESSAGES},
+        x_gatehouse_feature="budgeted",
+    )
+
+    # Both rows are in before either answer is closed: an error is durable, and the next call
+    # on a budgeted route must count this one's cost.
+    assert failed.code == 502 and budgeted.code == 200
+    assert LLMCall.objects.get(pk=failed.header("X-Gatehouse-Call-Id") or "").status == "error"
+    assert LLMCall.objects.get(pk=budgeted.header("X-Gatehouse-Call-Id") or "").cost_usd
+    failed.read()
+    budgeted.read()
+    assert LLMCall.objects.count() == 2
+
+
+def test_a_proposal_citing_the_call_while_its_row_is_being_written_is_accepted(
+    production: Any, shop: ServiceClient, fake: FakeProvider
+) -> None:
+    import threading
+    import time
+
+    from tests.conftest import refund_body
+
+    answer = call(production, "POST", CHAT, key=shop.key, body={"messages": MESSAGES})
+    call_id = answer.header("X-Gatehouse-Call-Id") or ""
+
+    def server_closes_a_moment_later() -> None:
+        time.sleep(0.01)
+        answer.read()
+
+    server = threading.Thread(target=server_closes_a_moment_later)
+    server.start()
+    try:
+        response = shop.post_json("/api/v1/proposals", refund_body(llm_call_id=call_id))
+    finally:
+        server.join()
+
+    assert response.status_code == 201, response.content
+    assert response.json()["llm_call_id"] == call_id
 
 
 def test_a_host_not_allowed_is_refused(production: Any, shop: ServiceClient, settings: Any) -> None:
