@@ -91,16 +91,56 @@ def _is_superuser(connection: Any) -> bool:
 _flush_by_delete()
 
 
+# --- pytest-xdist (`make test` runs PYTEST_WORKERS of them): a Redis database per worker ------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
+    """Worker gwN gets the Redis database of REDIS_URL plus N, before it imports the settings:
+    the channel layer's and Celery's keys live in the numbered database, and the pub/sub
+    channels carry its number or the worker's own PostgreSQL database name (pytest-django
+    gives each worker one: test_<name>_gwN, so NOTIFY channels and advisory locks are apart)."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        return
+    parts = urlsplit(url)
+    first = int(parts.path.lstrip("/") or 0)
+    if first + len(specs) > 16:
+        raise pytest.UsageError(
+            f"{len(specs)} workers need Redis databases {first}-{first + len(specs) - 1} "
+            f"from REDIS_URL={url}: pick a lower number or fewer workers"
+        )
+    for number, spec in enumerate(specs, start=first):
+        spec.env["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{number}"))
+
+
 # --- approvals' own tests without insights, in the background (tests/without_insights.py) ----
 
 _without_insights_key = pytest.StashKey[Any]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests import without_insights
+
+    if not hasattr(config, "workerinput"):
+        return
+    # Under pytest-xdist the test runs the background run itself, on the worker that takes it;
+    # first, so that run starts at once and the other workers share the rest (--dist
+    # worksteal). Every worker orders its collection alike, as xdist requires.
+    chosen = [item for item in items if item.nodeid == without_insights.NODE_ID]
+    for item in chosen:
+        items.remove(item)
+        items.insert(0, item)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     from tests import without_insights
 
     chosen = [item for item in session.items if item.nodeid == without_insights.NODE_ID]
-    if not chosen or session.config.option.collectonly:
+    if not chosen or session.config.option.collectonly or hasattr(session.config, "workerinput"):
         return
     # The test only collects the run's result: last, so the rest of the suite overlaps the run.
     session.items.remove(chosen[0])

@@ -27,11 +27,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from tests import live_app
 
 ROOT = Path(__file__).resolve().parent.parent
-PORTS = range(18200, 18300)
 
 
 def free_port() -> int:
-    return live_app.free_port(PORTS.start, PORTS.stop)
+    return live_app.any_free_port()
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:

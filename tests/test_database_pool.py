@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import sys
 import tempfile
@@ -80,7 +81,8 @@ def test_a_connection_with_anything_to_read_gets_the_full_check(
     idle.execute("LISTEN gatehouse_pool_test")
     with psycopg.connect(_url(), autocommit=True) as other:
         other.execute("NOTIFY gatehouse_pool_test")
-    time.sleep(0.2)  # the notification reaches idle's socket
+    # Until the notification reaches idle's socket (a fixed sleep is too short on a loaded machine).
+    assert select.select([idle.pgconn.socket], [], [], 10)[0], "no notification within 10 s"
     assert "Query" in _sent_during(idle, lambda: check_connection(idle))
     assert _sent_during(idle, lambda: check_connection(idle)) == ""  # read: quiet again
 

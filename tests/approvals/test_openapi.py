@@ -20,12 +20,11 @@ from tests.openapi_contract import DocumentChecker, run_schemathesis
 from tests.schemathesis_hooks import OPEN_ACTION_TYPE
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-APP_PORT = 18540  # llmcalls' and evals' live apps have their own
 
 
 @pytest.fixture(scope="module")
 def api_url() -> Iterator[str]:
-    yield from live_app.serve(APP_PORT)
+    yield from live_app.serve(live_app.any_free_port())
 
 
 @pytest.fixture

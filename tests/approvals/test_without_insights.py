@@ -81,7 +81,8 @@ def test_the_project_starts_and_migrates_without_insights(without_insights: dict
 
 def test_approvals_own_tests_pass_without_insights(approvals_without_insights: Any) -> None:
     # All of approvals' tests, in a process of their own started when collection ended
-    # (tests/without_insights.py): this test runs last and collects the result.
+    # (tests/without_insights.py): this test runs last and collects the result (under
+    # pytest-xdist it runs first on its worker and waits while the others run the rest).
     code, out = approvals_without_insights.result()
     assert code == 0, f"approvals' tests without insights failed:\n{out[-6000:]}"
     assert " passed" in out and "failed" not in out

@@ -27,8 +27,13 @@ from tests.live_app import CHROMIUM_ARGS, any_free_port
 
 CHROMIUM = "/usr/bin/chromium"
 
-# A fixed port when asked (each developer has a range), else any free loopback port.
-PORT = int(os.environ.get("BROWSER_TEST_PORT") or any_free_port())
+# A fixed port when asked (each developer has a range; pytest-xdist's worker gwN takes the
+# port + N), else any free loopback port.
+PORT = (
+    int(os.environ["BROWSER_TEST_PORT"]) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
+    if os.environ.get("BROWSER_TEST_PORT")
+    else any_free_port()
+)
 SERVER_LIFETIME = 900  # seconds; the server stops by itself after this even if pytest dies
 
 
@@ -55,7 +60,10 @@ class LiveServer:
         self.env, self.port = env, port
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = open(Path(settings.BASE_DIR) / ".browser-server.log", "w")  # noqa: SIM115
+        # One log per pytest-xdist worker: each worker has a server of its own.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        log = Path(settings.BASE_DIR) / f".browser-server{'-' + worker if worker else ''}.log"
+        self.log = open(log, "w")  # noqa: SIM115
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -91,7 +99,9 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def asgi_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
+def asgi_server(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     if connection.vendor != "postgresql":
         pytest.fail("browser tests run against PostgreSQL: set DATABASE_URL")
     with django_db_blocker.unblock():
@@ -107,6 +117,11 @@ def asgi_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveS
         "HOT_PATH_CACHE_SECONDS": "0",
         "SITE_URL": f"http://127.0.0.1:{PORT}",
     }
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # collectstatic rewrites the manifest even when no file changed: under pytest-xdist,
+        # each worker's server gets static files of its own, never the ones another worker's
+        # collectstatic is rewriting (or the ones the other processes of the suite read).
+        env["STATIC_ROOT"] = str(tmp_path_factory.mktemp("static"))
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
         cwd=settings.BASE_DIR,

@@ -16,21 +16,17 @@ from approvals import services
 from approvals.models import ActionType, Proposal
 from tests.clients.fake_model import FakeToolModel
 from tests.clients.proxy import MisbehavingProxy
-from tests.live_app import serve
-
-APP_PORT = 18620
-PROXY_PORT = 18640
-MODEL_PORT = 18660
+from tests.live_app import any_free_port, serve
 
 
 @pytest.fixture(scope="session")
 def live_gatehouse() -> Iterator[str]:
-    yield from serve(APP_PORT)
+    yield from serve(any_free_port())
 
 
 @pytest.fixture(scope="session")
 def _proxy(live_gatehouse: str) -> Iterator[MisbehavingProxy]:
-    proxy = MisbehavingProxy(live_gatehouse, PROXY_PORT).start()
+    proxy = MisbehavingProxy(live_gatehouse, any_free_port()).start()
     yield proxy
     proxy.stop()
 
@@ -43,7 +39,7 @@ def proxy(_proxy: MisbehavingProxy) -> MisbehavingProxy:
 
 @pytest.fixture(scope="session")
 def _fake_model() -> Iterator[FakeToolModel]:
-    model = FakeToolModel(MODEL_PORT).start()
+    model = FakeToolModel(any_free_port()).start()
     yield model
     model.stop()
 

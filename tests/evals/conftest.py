@@ -17,15 +17,14 @@ from llmcalls import services as llm_services
 from llmcalls.breaker import breaker
 from llmcalls.models import ModelPrice
 from tests.evals.scripted_provider import ScriptedProvider
+from tests.live_app import any_free_port
 
-# Our own port (the llmcalls tests use theirs): several helpers run tests at once.
-SCRIPTED_PORT = 18510
 EXAMPLES = Path(__file__).resolve().parents[2] / "evals" / "examples"
 
 
 @pytest.fixture(scope="session")
 def scripted_server() -> Iterator[ScriptedProvider]:
-    server = ScriptedProvider(SCRIPTED_PORT)
+    server = ScriptedProvider(any_free_port())
     server.start()
     yield server
     server.stop()

@@ -11,16 +11,14 @@ from django.test import Client
 
 from evals import services
 from evals.models import EvalResult, EvalRun, EvalSet
-from tests.live_app import read_chart, serve
+from tests.live_app import any_free_port, read_chart, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-APP_PORT = 18520  # ours; llmcalls' live app has its own
 
 
 @pytest.fixture(scope="module")
 def live_app() -> Iterator[str]:
-    yield from serve(APP_PORT)
+    yield from serve(any_free_port())
 
 
 def test_the_accuracy_chart_draws_under_script_src_self(

@@ -12,16 +12,13 @@ from django.core.cache import cache
 from llmcalls import client, routing, services
 from llmcalls.breaker import breaker
 from llmcalls.models import LLMCall, ModelPrice
-from tests.live_app import serve
+from tests.live_app import any_free_port, serve
 from tests.llmcalls.fake_provider import FakeProvider
-
-FAKE_PORT = 18310
-APP_PORT = 18320
 
 
 @pytest.fixture(scope="session")
 def fake_server() -> Iterator[FakeProvider]:
-    server = FakeProvider(FAKE_PORT).start()
+    server = FakeProvider(any_free_port()).start()
     yield server
     server.stop()
 
@@ -29,7 +26,7 @@ def fake_server() -> Iterator[FakeProvider]:
 @pytest.fixture(scope="session")
 def live_app() -> Iterator[str]:
     """The whole app under uvicorn (the production ASGI server) on loopback, in a thread."""
-    yield from serve(APP_PORT)
+    yield from serve(any_free_port())
 
 
 @pytest.fixture
