@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -127,6 +128,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def restartable_port() -> int:
+    """A free port for a server the test stops and starts again on it: below the kernel's
+    ephemeral range. A kernel-chosen port lies in that range, so while such a server is down
+    any process's outgoing connection may take the port as its own end, and the restart fails
+    to bind (seen with three pytest-xdist workers connecting on loopback)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+        first_ephemeral = int(ranges.read().split()[0])
+    low = max(1024, first_ephemeral - 12000)
+    for port in random.sample(range(low, first_ephemeral), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{first_ephemeral - 1}")
 
 
 def wait_for_http(url: str, *, seconds: float, process: Process | None = None) -> None:

@@ -1,4 +1,5 @@
-"""A PostgreSQL and a Redis of the test's own, on free loopback ports, to stop and start at will
+"""A PostgreSQL and a Redis of the test's own, on free loopback ports below the ephemeral range
+(tests.stack.restartable_port), to stop and start at will
 (the shared servers serve other test runs and are never touched)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.stack import free_port
+from tests.stack import restartable_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -21,7 +22,7 @@ class PrivatePostgres:
     """initdb into a temporary folder; pg_ctl start/stop. As root it runs as `postgres`."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = restartable_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gatehouse-pg-"))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
@@ -88,7 +89,7 @@ class PrivateRedis:
     """redis-server without persistence: a restart comes back empty, like a lost broker."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = restartable_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
