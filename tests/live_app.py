@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import pytest
@@ -20,14 +20,19 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 def free_port(first: int, last: int) -> int:
     """The first port of the range that nothing listens on (another run may hold one)."""
-    for port in range(first, last):
+    return first_free(range(first, last))
+
+
+def first_free(ports: Sequence[int]) -> int:
+    """The first of these loopback ports that nothing holds."""
+    for port in ports:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise OSError(f"ports {first}-{last - 1} are all taken")
+    raise OSError(f"ports {min(ports)}-{max(ports)} are all taken")
 
 
 def any_free_port() -> int:

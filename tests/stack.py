@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.live_app import first_free
+
 ROOT = Path(__file__).resolve().parent.parent
 LIFETIME = 300  # seconds: every process stops by itself after this even if pytest dies
 
@@ -138,14 +140,7 @@ def restartable_port() -> int:
     with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
         first_ephemeral = int(ranges.read().split()[0])
     low = max(1024, first_ephemeral - 12000)
-    for port in random.sample(range(low, first_ephemeral), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{first_ephemeral - 1}")
+    return first_free(random.sample(range(low, first_ephemeral), 200))
 
 
 def wait_for_http(url: str, *, seconds: float, process: Process | None = None) -> None:
