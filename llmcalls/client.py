@@ -162,10 +162,6 @@ class PendingLog:
         self._record: dict[str, Any] | None = record
         self._context = contextvars.copy_context()
 
-    @property
-    def written(self) -> bool:
-        return self._record is None
-
     def write(self) -> None:
         record, self._record = self._record, None
         if record is not None:

@@ -13,7 +13,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.live_app import first_free
+from tests.live_app import any_free_port, first_free
 
 ROOT = Path(__file__).resolve().parent.parent
 LIFETIME = 300  # seconds: every process stops by itself after this even if pytest dies
@@ -127,9 +126,7 @@ def nginx(*, port: int, web_port: int, live_port: int, logdir: Path) -> Process:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return any_free_port()
 
 
 def restartable_port() -> int:

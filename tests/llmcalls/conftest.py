@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -12,6 +11,7 @@ from django.core.cache import cache
 from llmcalls import client, routing, services
 from llmcalls.breaker import breaker
 from llmcalls.models import LLMCall, ModelPrice
+from tests.execution_support import wait_until
 from tests.live_app import any_free_port, serve
 from tests.llmcalls.fake_provider import FakeProvider
 
@@ -111,11 +111,9 @@ def logged_call(call_id: str, *, within: float = 5.0) -> LLMCall:
     """A proxied call's row, read from another process or thread than the server's: the server
     writes a successful call's row once the answer is sent (llmcalls.proxy), so the client may
     hold the answer a moment before the row is committed."""
-    deadline = time.monotonic() + within
-    while True:
-        row = LLMCall.objects.filter(id=call_id).first()
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
-    assert row is not None, f"no row for call {call_id} within {within}s"
+    row: LLMCall = wait_until(
+        lambda: LLMCall.objects.filter(id=call_id).first(),
+        timeout=within,
+        what=f"the row of call {call_id}",
+    )
     return row
