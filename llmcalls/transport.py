@@ -6,10 +6,11 @@ httpx2's transport (h11's state machine, httpcore2's pool, headers and body writ
 leanest — the request line, the headers and the body built as one bytes object and written in
 one send — and reads the answer with http.client's own parser (status line, headers, chunked
 and content-length bodies). The answer is handed back as an `httpx2.Response` whose stream reads
-that parser, so the rest of llmcalls (errors.ProviderStatus, Retry-After, gzip/deflate decoding,
-`iter_lines` for streams) sees exactly what httpx2 gave it; failures are raised as httpx2's own
-exceptions (ConnectError, ConnectTimeout, ReadTimeout, WriteError, RemoteProtocolError …), as
-httpcore2 maps them, so llmcalls.errors classifies them unchanged.
+that parser, so the rest of llmcalls (errors.ProviderStatus, Retry-After, gzip/deflate decoding)
+sees exactly what httpx2 gave it (a stream's events are read from `Body` itself when there is
+nothing to decode: llmcalls.client._body); failures are raised as httpx2's own exceptions
+(ConnectError, ConnectTimeout, ReadTimeout, WriteError, RemoteProtocolError …), as httpcore2
+maps them, so llmcalls.errors classifies them unchanged.
 
 What it keeps of httpx2's transport:
 - one pool per provider origin, bounded (at most `max_connections` open, `max_idle` kept, each

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from decimal import Decimal
 
+import httpx2
 import pytest
 
-from llmcalls import client
+from llmcalls import client, transport
 from llmcalls.models import LLMCall
 from tests.llmcalls.conftest import MESSAGES
 from tests.llmcalls.fake_provider import FakeProvider
@@ -168,3 +170,56 @@ def test_a_cut_stream_is_not_cached(fake: FakeProvider, make_route: Route) -> No
     again = client.stream(feature="support", messages=MESSAGES)
     list(again)
     assert not again.cache_hit and len(fake.requests) == 2
+
+
+def _shut(sock: socket.socket) -> bool:
+    """Whether the watchdog shut this socket down (its peer reads the end at once)."""
+    sock.settimeout(0.01)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+def test_the_watchdog_cuts_each_stream_at_its_own_deadline_and_never_a_cancelled_one() -> None:
+    watchdog = client._Watchdog()
+    pairs = [socket.socketpair() for _ in range(3)]
+    late, early, cancelled = (
+        httpx2.Response(200, extensions={"network_stream": transport.Network(ours)})
+        for ours, _ in pairs
+    )
+    now = time.monotonic()
+    watchdog.watch(now + 30, late)
+    cancel = watchdog.watch(now + 0.2, cancelled)
+    watchdog.watch(now + 0.4, early)  # earlier than the first: the sleeping thread must wake
+    watchdog.cancel(cancel)
+    time.sleep(0.1)
+    assert not any(_shut(theirs) for _, theirs in pairs)
+    deadline = time.monotonic() + 2
+    while not _shut(pairs[1][1]):
+        assert time.monotonic() < deadline, "the earlier deadline was missed"
+    assert time.monotonic() - now >= 0.4
+    assert not _shut(pairs[0][1]) and not _shut(pairs[2][1])
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("ends", [[b"\n"], [b"\r\n"], [b"\r"], [b"\r\n", b"\n", b"\r"]])
+def test_event_lines_end_in_lf_crlf_or_cr_however_the_chunks_split_them(
+    ends: list[bytes],
+) -> None:
+    lines = [
+        b'data: {"a": 1}',
+        b"",
+        b": comment",
+        b"data: x\xe2\x80\xa8y",
+        b"",
+        b"data: [DONE]",
+        b"",
+    ]
+    stream = b"".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+    for first in range(len(stream) + 1):
+        for second in range(first, len(stream) + 1):
+            chunks = [stream[:first], stream[first:second], stream[second:]]
+            assert list(client._lines(chunks)) == lines, (first, second)

@@ -232,6 +232,27 @@ def test_a_stream_whose_end_does_not_follow_its_done_ends_at_once_on_a_closed_co
     assert LLMCall.objects.filter(status="ok", stream=True).count() == 2
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx2"])
+def test_a_streamed_chunk_holding_line_separators_as_they_are_arrives_whole(
+    route: Any, upstreams: list[Upstream], settings: Any, lean: bool
+) -> None:
+    # JSON may carry U+2028, U+2029 and U+0085 unescaped; only CR and LF end an event's line.
+    settings.LLM_LEAN_HTTP = lean
+    text = "one\u2028two\u2029three\x85four"
+    chunk = {
+        "id": "chatcmpl-raw",
+        "object": "chat.completion.chunk",
+        "model": "ok",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}],
+    }
+    event = b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\r\n\r\n"
+    upstreams.append(upstream := Upstream(events=[event, b"data: [DONE]\r\n\r\n"]))
+    route(upstream.url())
+    with client.stream(feature="support", messages=MESSAGES) as stream:
+        assert "".join(delta.text for delta in stream) == text
+    assert LLMCall.objects.get(status="ok").response_text == text
+
+
 def test_a_connection_the_provider_closed_while_idle_is_not_used(
     route: Any, upstreams: list[Upstream]
 ) -> None:
