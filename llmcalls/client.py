@@ -943,7 +943,8 @@ class _Live:
 
     def __init__(self, response: _http.Response, watch: int) -> None:
         self.response = response
-        self.events = _sse(_lines(_body(response)))
+        self.body = _body(response)
+        self.events = _sse(_lines(self.body))
         self.watch = watch
         self.buffered: list[dict[str, Any]] = []
         self.ttft: float | None = None
@@ -960,16 +961,36 @@ class _Live:
             yield _parse_chunk(data)
 
     def close(self) -> None:
-        body = self.response.stream
-        if self.done and isinstance(body, transport.Body):
-            # Only the body's end is left after [DONE]: read it (the deadline's watchdog still
-            # watches), so the connection goes back to the pool rather than being closed.
-            body.drain(_DRAIN_SECONDS)
+        if self.done:
+            self._drain()
         _watchdog.cancel(self.watch)
         try:
             self.response.close()
         except Exception:
             logger.debug("closing a provider stream failed", exc_info=True)
+
+    def _drain(self) -> None:
+        """Only the body's end is left after [DONE] (the chunked body's last, empty chunk): read
+        it, within _DRAIN_SECONDS and 64 KiB, so that the connection goes back to the pool rather
+        than being closed; anything else, and the connection is closed as before."""
+        stream = self.response.stream
+        if isinstance(stream, transport.Body):
+            stream.drain(_DRAIN_SECONDS)  # (the deadline's watchdog still watches)
+            return
+        # httpx2's transport reads with the attempt's timeout: a watch of its own bounds the wait
+        # (a connection it shuts down is closed, and one shut down once back in httpx2's pool
+        # is found closed there before it is used).
+        bound = _watchdog.watch(time.monotonic() + _DRAIN_SECONDS, self.response)
+        left = 65536
+        try:
+            for piece in self.body:  # its end gives the connection back (httpx2's iter_raw)
+                left -= len(piece)
+                if left <= 0:
+                    return
+        except Exception:
+            logger.debug("reading a provider stream's end failed", exc_info=True)
+        finally:
+            _watchdog.cancel(bound)
 
 
 class _Replay:

@@ -204,9 +204,11 @@ def _events() -> list[bytes]:
     return [b"data: " + json.dumps(chunk).encode() + b"\n\n", b"data: [DONE]\n\n"]
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx2"])
 def test_a_stream_read_to_its_done_gives_its_connection_back_for_the_next_call(
-    route: Any, upstreams: list[Upstream]
+    route: Any, upstreams: list[Upstream], settings: Any, lean: bool
 ) -> None:
+    settings.LLM_LEAN_HTTP = lean
     upstreams.append(upstream := Upstream(events=_events()))
     route(upstream.url())
     for _ in range(3):
@@ -217,9 +219,11 @@ def test_a_stream_read_to_its_done_gives_its_connection_back_for_the_next_call(
     assert LLMCall.objects.filter(status="ok", stream=True).count() == 3
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx2"])
 def test_a_stream_whose_end_does_not_follow_its_done_ends_at_once_on_a_closed_connection(
-    route: Any, upstreams: list[Upstream]
+    route: Any, upstreams: list[Upstream], settings: Any, lean: bool
 ) -> None:
+    settings.LLM_LEAN_HTTP = lean
     upstreams.append(upstream := Upstream(events=_events(), end=False))
     route(upstream.url(), deadline=10)
     started = time.monotonic()
