@@ -148,6 +148,12 @@ _WHOLE_SUM = """
 _MINUTES_SUM = _WHOLE_SUM.format(table="approvals_approvedsum", unit="minute")
 # Whole hours [first, last), the same sums rolled up by the same trigger (approvals 0017).
 _HOURS_SUM = _WHOLE_SUM.format(table="approvals_approvedhoursum", unit="hour")
+# Whole minutes from a minute on, with no upper bound: the end of a window that is open (the
+# spend cap's, read under its lock: lock_and_sum).
+_MINUTES_FROM = """
+    SELECT COALESCE(SUM(total), 0) FROM approvals_approvedsum
+    WHERE service_id = %s AND action_type_id = %s AND field = %s AND minute >= %s
+"""
 
 
 def _minute(moment: datetime) -> datetime:
@@ -164,8 +170,14 @@ def _by_minute(
     bounded: bool = True,
 ) -> tuple[str, list[Any]] | None:
     """The two columns of the by-minute sum (whole hours and minutes; the rows at both ends) and
-    their parameters; None when the window has no whole minute. Not `bounded`: the rows from
-    `as_of`'s minute on have no upper bound."""
+    their parameters; None when the window has no whole minute.
+
+    Not `bounded`, the window has no upper bound: from `as_of`'s minute on every minute row
+    counts whole, so the end of the window is read from ApprovedSum rather than from the
+    proposals (the same approvals: a minute row is the sum of those decided in it, kept in the
+    same transaction), and the proposals are read at the start only. That read of the
+    proposals is the costly one to plan (18 indexes, with statistics on a filled table), and it
+    runs under the spend cap's lock on every submit."""
     first = _minute(since)
     last = _minute(as_of)
     if first != since:
@@ -178,13 +190,26 @@ def _by_minute(
     last_hour = last.replace(minute=0)
     if hour >= last_hour:  # no whole hour: every whole minute from ApprovedSum
         hour = last_hour = last
-    # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
-    head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
-    tail = _ROWS_SUM.format(
-        where="decided_at >= %s AND decided_at <= %s" if bounded else "decided_at >= %s"
-    )
     key: list[Any] = [service_id, action_type_id, field]
     rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
+    head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
+    if not bounded:
+        sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_FROM}), ({head})"
+        return sql, [
+            *key,
+            hour,
+            last_hour,
+            *key,
+            first,
+            hour,
+            *key,
+            last_hour,
+            *rows_args,
+            since,
+            first,
+        ]
+    # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
+    tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
     sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), ({head}) + ({tail})"
     params = [
         *key,
@@ -201,7 +226,7 @@ def _by_minute(
         first,
         *rows_args,
         last,
-        *([as_of] if bounded else []),
+        as_of,
     ]
     return sql, params
 
@@ -254,7 +279,8 @@ def lock_and_sum(
     snapshot when it starts, so the sums see every approval committed before the lock was
     granted. Their window runs from `now` (taken before the lock) less the window, with no
     upper bound: an approval committed while this waited for the lock counts even when its
-    decision time is later than `now`.
+    decision time is later than `now`. The proposals are read for the window's first partial
+    minute only; from `now`'s minute on, the minute rows answer (`_by_minute`).
     """
     if connection.vendor != "postgresql":
         locks.advisory_xact_lock(*lock)

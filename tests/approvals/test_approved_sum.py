@@ -521,3 +521,45 @@ def test_the_sums_read_with_the_lock_are_the_sums_the_rules_read(
             "AND pid = pg_backend_pid()"
         )
         assert cursor.fetchone()[0] == 1
+
+
+@postgresql_only
+def test_the_sum_read_with_the_lock_ends_with_the_minute_rows(
+    shop: ServiceClient, refund_type: ActionType
+) -> None:
+    """Under the spend cap's lock the window has no end, so its last minutes are read whole from
+    ApprovedSum (the current minute and any later one), and the proposals only for the window's
+    first partial minute: a figure put in a minute row shows there, one put in the first
+    partial minute's row does not."""
+    rng = random.Random(9)
+    now = NOW - timedelta(seconds=20)  # inside the minute 11:59
+    for _ in range(20):
+        make(shop.service, refund_type, rng, state="approved", decision_outcome="approve")
+    calls = {("payload.amount", "3h")}
+
+    def read() -> float:
+        with transaction.atomic():
+            figures = velocity.lock_and_sum(
+                lock=("test", 9),
+                service_id=shop.service.pk,
+                action_type_id=refund_type.pk,
+                sums=calls,
+                now=now,
+            )
+        return figures[("payload.amount", "3h")]
+
+    before = read()
+    with connection.cursor() as cursor:  # only to prove which source is read
+        for minute, total in (
+            (now.replace(second=0), 10.0),  # the current minute: read from its row
+            (now.replace(second=0) + timedelta(minutes=2), 100.0),  # a later one: counted too
+            (now.replace(second=0) - timedelta(hours=3), 1000.0),  # the first partial minute
+        ):
+            cursor.execute(
+                "INSERT INTO approvals_approvedsum (service_id, action_type_id, field, minute, "
+                "total) VALUES (%s, %s, 'amount', %s, %s) ON CONFLICT (service_id, "
+                "action_type_id, field, minute) DO UPDATE SET total = "
+                "approvals_approvedsum.total + EXCLUDED.total",
+                [shop.service.pk, refund_type.pk, minute, total],
+            )
+    assert read() == pytest.approx(before + 110)
