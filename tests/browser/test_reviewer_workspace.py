@@ -18,6 +18,7 @@ from approvals import services
 from approvals.management.commands.simulate_service import make_proposal
 from approvals.models import ActionType, Proposal, Service
 from foundation import configfile
+from tests.browser.conftest import wait_until_resynced
 from tests.conftest import REFUND_SCHEMA, refund_body
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -142,7 +143,7 @@ def test_decisions_appear_live_in_the_history_as_its_filters_allow(
     sam.goto(sam.url.rstrip("/") + "/history/")
     sam.wait_for_selector("#history-rows")
     sam.wait_for_selector("#live-status[data-state=open]")
-    sam.wait_for_timeout(3000)  # past the page's own resync after connecting
+    wait_until_resynced(sam)  # its re-render would replace a row the push placed
     sam.evaluate("window.__loadedOnce = true")
     dialogs: list[str] = []
 
