@@ -228,8 +228,8 @@ class UnderLoad:
         self.thread.join(timeout=15)
 
     def backlog(self, acknowledged: set[str]) -> str:
-        """Where the acknowledged proposals that were not executed stand, their outbox messages
-        and the ends of the worker's and beat's logs: what a timed-out wait reports."""
+        """Where the acknowledged proposals that were not executed stand, their outbox messages,
+        whether the worker and beat still run, and their logs: what a timed-out wait reports."""
         ids = sorted(acknowledged - executed_ids(self.database_url))
         with psycopg.connect(self.database_url) as conn:
             states = conn.execute(
@@ -245,7 +245,9 @@ class UnderLoad:
                 [ids],
             ).fetchall()
         logs = "\n".join(
-            f"--- {name} (end) ---\n{process.log()[-3000:]}"
+            f"--- {name}: {'running' if process.alive() else 'EXITED'}; its CRITICAL lines: "
+            f"{[line for line in process.log().splitlines() if ' CRITICAL ' in line][-5:]}; "
+            f"its log's end:\n{process.log()[-3000:]}"
             for name, process in self.app.processes.items()
             if name in ("worker", "beat")
         )
