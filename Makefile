@@ -9,11 +9,13 @@ TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/1)
 # The 25 slowest tests are listed after each run, so a CI log shows where its minutes went.
 PYTEST_ARGS ?= --durations=25
 # pytest-xdist processes (0: one process, the default). The suite mostly waits on servers,
-# browsers and subprocesses: three ran pytest in 515-736 s against 815 s in one (bench/README.md,
-# helper ci), but one run of the landed tree in three timed out in a browser test (cause not
-# found), so CI keeps one process. Worker gwN uses Redis database (TEST_REDIS_URL's number + N)
-# and PostgreSQL database test_<name>_gwN (tests/conftest.py). worksteal: a worker that runs dry
-# takes half of the longest queue.
+# browsers and subprocesses: three ran pytest in 371-399 s against 619 s in one (bench/README.md,
+# helpers ci and xdist). Not the default yet: under three workers' load the Celery worker of the
+# Redis-restart faults test can exit (kombu's "Unrecoverable error" when Redis goes away while it
+# holds an unacknowledged message; bench/README.md, helper xdist), so CI keeps one process.
+# Worker gwN uses Redis database (TEST_REDIS_URL's number + N) and PostgreSQL database
+# test_<name>_gwN (tests/conftest.py). worksteal: a worker that runs dry takes half of the
+# longest queue.
 PYTEST_WORKERS ?= 0
 PYTEST_XDIST := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist worksteal)
 TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key DATABASE_URL=$(TEST_DATABASE_URL) \

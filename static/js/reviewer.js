@@ -126,6 +126,24 @@
     placed.classList.add("arrived");
   }
 
+  // --- the claim ----------------------------------------------------------------------------
+  // The proposal page claims with one POST as it opens (then renews every minute), and htmx
+  // swaps only a 2xx answer. A 503 (PostgreSQL or Redis out of reach for a moment, answered
+  // with Retry-After: foundation/unavailable.py) or a request that got no answer left the
+  // panel at "Claiming…" for good, and the decision forms then refused for want of a claim.
+  // Such a failure asks again, after the server's Retry-After (at most 10 s; else 2 s).
+  body.addEventListener("htmx:afterRequest", function (event) {
+    var panel = event.detail.elt;
+    var xhr = event.detail.xhr;
+    if (!panel || panel.id !== "claim-panel" || event.detail.successful) return;
+    if (xhr && xhr.status && xhr.status < 500) return; // an answer that will not change
+    var after = Number(xhr && xhr.getResponseHeader("Retry-After"));
+    var delay = after > 0 ? Math.min(after, 10) : 2;
+    window.setTimeout(function () {
+      if (document.body.contains(panel)) htmx.trigger(panel, "retry");
+    }, delay * 1000);
+  });
+
   // Claims lapse on their own; hide labels whose time has passed until the next push.
   function expireClaims() {
     var now = Date.now() / 1000;

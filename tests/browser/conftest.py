@@ -23,18 +23,22 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.live_app import CHROMIUM_ARGS, any_free_port
+from tests.live_app import CHROMIUM_ARGS
+from tests.stack import restartable_port
 
 CHROMIUM = "/usr/bin/chromium"
 
 # A fixed port when asked (each developer has a range; pytest-xdist's worker gwN takes the
-# port + N), else any free loopback port.
+# port + N), else a free one below the ephemeral range: a test stops the server and starts it
+# again on its port (tests.stack.restartable_port).
 PORT = (
     int(os.environ["BROWSER_TEST_PORT"]) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
     if os.environ.get("BROWSER_TEST_PORT")
-    else any_free_port()
+    else restartable_port()
 )
-SERVER_LIFETIME = 900  # seconds; the server stops by itself after this even if pytest dies
+# Seconds; the server stops by itself after this even if pytest dies. Under pytest-xdist a
+# worker's first browser test may come early in the run and its last near the end.
+SERVER_LIFETIME = 3600
 
 
 def _database_url() -> str:
@@ -60,10 +64,7 @@ class LiveServer:
         self.env, self.port = env, port
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
-        # One log per pytest-xdist worker: each worker has a server of its own.
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-        log = Path(settings.BASE_DIR) / f".browser-server{'-' + worker if worker else ''}.log"
-        self.log = open(log, "w")  # noqa: SIM115
+        self.log = open(_server_log(), "w")  # noqa: SIM115
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -77,7 +78,7 @@ class LiveServer:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                "info",  # every request's answer: a failed test shows the server's side
             ],
             cwd=settings.BASE_DIR,
             env=self.env,
@@ -175,15 +176,56 @@ def log_in(page: Any, live_url: str, username: str, password: str) -> None:
     page.wait_for_selector("#queue-rows")
 
 
+_page_log = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed browser test's report carries what its pages saw (each request's answer,
+    requests that got none, console messages) and the end of the server's log."""
+    report = yield
+    lines = item.stash.get(_page_log, None)
+    if report.failed and lines:
+        report.sections.append(("browser pages", "\n".join(lines[-400:])))
+        log = _server_log()
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-150:]
+            report.sections.append(("browser server log (end)", "\n".join(tail)))
+    return report
+
+
+def _server_log() -> Path:
+    """The server's log: one per pytest-xdist worker, as each worker has a server of its own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return Path(settings.BASE_DIR) / f".browser-server{'-' + worker if worker else ''}.log"
+
+
+def _record(page: Any, who: str, lines: list[str]) -> None:
+    def add(text: str) -> None:
+        now = time.time()
+        lines.append(
+            f"{time.strftime('%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1000):03d} {who}: {text}"
+        )
+
+    page.on("response", lambda r: add(f"{r.status} {r.request.method} {r.url}"))
+    page.on("requestfailed", lambda r: add(f"no answer: {r.method} {r.url} ({r.failure})"))
+    page.on("console", lambda m: add(f"console {m.type}: {m.text}"))
+    page.on("websocket", lambda ws: add(f"websocket {ws.url}"))
+
+
 @pytest.fixture
-def open_as(browser: Any, live_url: str) -> Iterator[Callable[[str, str], Any]]:
+def open_as(
+    browser: Any, live_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str, str], Any]]:
     """Log a reviewer in, in a fresh browser context of their own, and open the queue."""
     contexts: list[Any] = []
+    lines = request.node.stash.setdefault(_page_log, [])
 
     def login(username: str, password: str) -> Any:
         context = browser.new_context(viewport={"width": 1280, "height": 860})
         contexts.append(context)
         page = context.new_page()
+        _record(page, username, lines)
         page.set_default_timeout(10_000)
         log_in(page, live_url, username, password)
         page.wait_for_selector("#live-status[data-state=open]")
@@ -192,6 +234,19 @@ def open_as(browser: Any, live_url: str) -> Iterator[Callable[[str, str], Any]]:
     yield login
     for context in contexts:
         context.close()
+
+
+def wait_until_resynced(page: Any) -> None:
+    """Wait until the page's two resyncs after its socket opened (static/js/reviewer.js: at once
+    and ABSENCE_MEMORY_MS later) are answered and swapped in: until then a re-render may still
+    replace what a test placed or is about to read. The page's own resource timings count its
+    htmx requests (a queue or history page makes no other on its own)."""
+    page.wait_for_function(
+        """() => performance.getEntriesByType("resource")
+                   .filter(e => e.initiatorType === "xmlhttprequest").length >= 2
+                 && !document.querySelector(".htmx-request, .htmx-settling, .htmx-swapping")""",
+        timeout=30_000,
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from approvals.management.commands.simulate_service import make_proposal
 from approvals.models import ActionType, Proposal, Service
 from insights import services as insights_services
 from llmcalls.models import LLMCall
-from tests.browser.conftest import log_in
+from tests.browser.conftest import log_in, wait_until_resynced
 from tests.browser.test_insights import plant_insights_history
 from tests.browser.test_reviewer_workspace import HOSTILE
 from tests.evals.conftest import make_refund_set
@@ -209,7 +209,7 @@ def test_on_a_390px_phone_the_queue_is_cards_the_nav_collapses_and_decisions_are
 ) -> None:
     page = reviewer_page(PHONE)
     page.wait_for_selector("#live-status[data-state=open]", state="attached")  # in the menu
-    page.wait_for_timeout(3000)  # past the page's own resync after connecting, which re-renders
+    wait_until_resynced(page)  # the page's resync after connecting re-renders the rows
     assert no_sideways_scroll(page)
     # Each proposal is a card showing its summary, type, risk, confidence, age and claim.
     cards = page.locator("#queue-rows tr[data-queue-row]")
@@ -321,7 +321,7 @@ def test_live_arrivals_are_announced_politely_without_moving_focus_or_motion(
 ) -> None:
     page = reviewer_page(reduced_motion="reduce")
     page.wait_for_selector("#live-status[data-state=open]")
-    page.wait_for_timeout(3000)  # past the page's own resync after connecting
+    wait_until_resynced(page)  # past the page's own resync after connecting
     page.locator("#queue-filters select[name=risk]").focus()
     region = page.locator("#announcer")
     assert (

@@ -227,15 +227,48 @@ class UnderLoad:
         self.load.stopping.set()
         self.thread.join(timeout=15)
 
+    def backlog(self, acknowledged: set[str]) -> str:
+        """Where the acknowledged proposals that were not executed stand, their outbox messages,
+        whether the worker and beat still run, and their logs: what a timed-out wait reports."""
+        ids = sorted(acknowledged - executed_ids(self.database_url))
+        with psycopg.connect(self.database_url) as conn:
+            states = conn.execute(
+                "SELECT state, count(*) FROM approvals_proposal WHERE id = ANY(%s::uuid[]) "
+                "GROUP BY state",
+                [ids],
+            ).fetchall()
+            messages = conn.execute(
+                "SELECT kind, status, attempts, locked_until IS NOT NULL, next_attempt_at - now(), "
+                "left(last_error, 160), count(*) FROM approvals_outboxmessage "
+                "WHERE proposal_id = ANY(%s::uuid[]) GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 7 DESC "
+                "LIMIT 15",
+                [ids],
+            ).fetchall()
+        logs = "\n".join(
+            f"--- {name}: {'running' if process.alive() else 'EXITED'}; its CRITICAL lines: "
+            f"{[line for line in process.log().splitlines() if ' CRITICAL ' in line][-5:]}; "
+            f"its log's end:\n{process.log()[-3000:]}"
+            for name, process in self.app.processes.items()
+            if name in ("worker", "beat")
+        )
+        return (
+            f"{len(ids)} of {len(acknowledged)} not executed; their states {states}; their "
+            f"outbox messages (kind, status, attempts, leased, due in, last error, count) "
+            f"{messages}\n{logs}"
+        )
+
     def executed_once(self, receiver: Receiver, *, timeout: float) -> int:
         """Waits until every acknowledged proposal is executed and delivered; returns how many
         deliveries were repeats (the receiver applies each webhook-id once)."""
         acknowledged = self.load.acknowledged()
-        wait_until(
-            lambda: acknowledged <= executed_ids(self.database_url),
-            timeout=timeout,
-            what="every acknowledged proposal executed",
-        )
+        try:
+            wait_until(
+                lambda: acknowledged <= executed_ids(self.database_url),
+                timeout=timeout,
+                what="every acknowledged proposal executed",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.backlog(acknowledged)}") from None
         expected = {execute_id(i) for i in acknowledged}
         assert expected <= receiver.distinct_ids("/execute")
         return len([d for d in receiver.of("/execute") if d.webhook_id in expected]) - len(expected)
