@@ -193,42 +193,15 @@ def _by_minute(
     key: list[Any] = [service_id, action_type_id, field]
     rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
     head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
+    # The whole hours, the whole minutes before them, and the start of the minutes after them.
+    wholes = [*key, hour, last_hour, *key, first, hour, *key, last_hour]
     if not bounded:
         sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_FROM}), ({head})"
-        return sql, [
-            *key,
-            hour,
-            last_hour,
-            *key,
-            first,
-            hour,
-            *key,
-            last_hour,
-            *rows_args,
-            since,
-            first,
-        ]
+        return sql, [*wholes, *rows_args, since, first]
     # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
     tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
     sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), ({head}) + ({tail})"
-    params = [
-        *key,
-        hour,
-        last_hour,
-        *key,
-        first,
-        hour,
-        *key,
-        last_hour,
-        last,
-        *rows_args,
-        since,
-        first,
-        *rows_args,
-        last,
-        as_of,
-    ]
-    return sql, params
+    return sql, [*wholes, last, *rows_args, since, first, *rows_args, last, as_of]
 
 
 def _approved_sum_by_minute(

@@ -29,10 +29,6 @@ from tests import live_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    return live_app.any_free_port()
-
-
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -81,7 +77,7 @@ class Receiver:
     """
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = live_app.any_free_port()
         self.secret = ""
         self.deliveries: list[Delivery] = []
         self.effects: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.live_app import any_free_port, first_free
+from tests.live_app import first_free
 
 ROOT = Path(__file__).resolve().parent.parent
 LIFETIME = 300  # seconds: every process stops by itself after this even if pytest dies
@@ -123,10 +123,6 @@ def nginx(*, port: int, web_port: int, live_port: int, logdir: Path) -> Process:
     )
     command = f"{binary} -p {prefix} -c {prefix}/nginx.conf -e {prefix}/error.log"
     return Process("nginx", command, env=dict(os.environ), logdir=logdir)
-
-
-def free_port() -> int:
-    return any_free_port()
 
 
 def restartable_port() -> int:

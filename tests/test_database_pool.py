@@ -28,6 +28,7 @@ from config.postgres.base import FastTzLoader, check_connection
 from tests import stack
 from tests.conftest import ServiceClient, refund_body
 from tests.execution_support import database_url
+from tests.live_app import any_free_port
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the pool is PostgreSQL's"
@@ -191,7 +192,7 @@ def test_a_freshly_started_web_process_answers_a_burst_without_waiting_for_conne
     grown one by one, every request of the burst waited and got 503.)"""
     db = settings.DATABASES["default"]
     relay = SlowAccept(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432), delay=0.5)
-    port = stack.free_port()
+    port = any_free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url().replace(f":{db['PORT'] or 5432}/", f":{relay.port}/"),

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.execution_support import ROOT, free_port, wait_until
+from tests.execution_support import ROOT, wait_until
+from tests.live_app import any_free_port
 from tests.stack import manage
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_run_stack_executes_in_the_embedded_default_and_stops_every_child(
     created = json.loads(
         manage(env, "create_service", "demo", "--action-types", "refund.issue", "--json")
     )
-    port = free_port()
+    port = any_free_port()
     log = (tmp_path / "stack.log").open("wb")
     stack = subprocess.Popen(
         [

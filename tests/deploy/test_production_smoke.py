@@ -26,7 +26,7 @@ import redis
 
 from tests import stack
 from tests.execution_support import Receiver, wait_until
-from tests.live_app import CHROMIUM_ARGS
+from tests.live_app import CHROMIUM_ARGS, any_free_port
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def deployed(
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make test does it)")
     database = stack.PostgresDatabase(os.environ["DATABASE_URL"], "smoke").create()
-    port, web_port, live_port = stack.free_port(), stack.free_port(), stack.free_port()
+    port, web_port, live_port = any_free_port(), any_free_port(), any_free_port()
     env = production_env(
         port=port, web_port=web_port, live_port=live_port, database_url=database.url, tmp=tmp_path
     )

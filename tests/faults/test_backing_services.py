@@ -25,6 +25,7 @@ import pytest
 from tests import stack
 from tests.execution_support import Receiver, wait_until
 from tests.faults.private_servers import PrivatePostgres, PrivateRedis
+from tests.live_app import any_free_port
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +134,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> It
             tmp,
             database_url=server.create_database(database_name()),
             redis_url=broker.start().url,
-            port=stack.free_port(),
+            port=any_free_port(),
         )
         created = stack.release_and_configure(env, tmp, webhook_url=receiver.url("/execute"))
         broker.stop()
@@ -162,7 +163,7 @@ def start_stack(
 ) -> tuple[Stack, list[stack.Process]]:
     """Web, worker and beat on the released database (migrated, the refund configuration, the
     service)."""
-    port = stack.free_port()
+    port = any_free_port()
     env = stack_env(tmp, database_url=database_url, redis_url=redis_url, port=port)
     env["STATIC_ROOT"] = str(released.static_root)
     receiver.secret = released.created["webhook_secret"]

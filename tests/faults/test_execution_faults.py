@@ -21,7 +21,8 @@ from django.contrib.auth.models import User
 
 from approvals.models import ActionType, Attempt, Proposal
 from tests.conftest import ServiceClient, decide_as, refund_body
-from tests.execution_support import ROOT, Receiver, Reply, database_url, free_port, wait_until
+from tests.execution_support import ROOT, Receiver, Reply, database_url, wait_until
+from tests.live_app import any_free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -119,7 +120,7 @@ def test_an_approval_committed_while_the_broker_is_unreachable_is_delivered_late
     workers: Any, receiver: Receiver, shop: ServiceClient, reviewer: User
 ) -> None:
     proposals = submit(shop, 3)
-    dead_broker = f"redis://127.0.0.1:{free_port()}/3"  # nothing listens there
+    dead_broker = f"redis://127.0.0.1:{any_free_port()}/3"  # nothing listens there
     script = (
         "from django.contrib.auth.models import User\n"
         "from approvals import services\n"

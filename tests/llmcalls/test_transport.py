@@ -194,14 +194,17 @@ def test_calls_share_one_kept_alive_connection_and_each_request_is_one_write(
         assert json.loads(body) == {"model": "ok", "messages": MESSAGES}
 
 
-def _events() -> list[bytes]:
+def _events(content: str = "Yes.", end: bytes = b"\n") -> list[bytes]:
+    """One chunk holding `content` (as it is: JSON need not escape non-ASCII) and [DONE], each
+    line ended by `end`."""
     chunk = {
         "id": "chatcmpl-raw",
         "object": "chat.completion.chunk",
         "model": "ok",
-        "choices": [{"index": 0, "delta": {"content": "Yes."}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}],
     }
-    return [b"data: " + json.dumps(chunk).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    data = json.dumps(chunk, ensure_ascii=False).encode()
+    return [b"data: " + data + end + end, b"data: [DONE]" + end + end]
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx2"])
@@ -243,14 +246,7 @@ def test_a_streamed_chunk_holding_line_separators_as_they_are_arrives_whole(
     # JSON may carry U+2028, U+2029 and U+0085 unescaped; only CR and LF end an event's line.
     settings.LLM_LEAN_HTTP = lean
     text = "one\u2028two\u2029three\x85four"
-    chunk = {
-        "id": "chatcmpl-raw",
-        "object": "chat.completion.chunk",
-        "model": "ok",
-        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}],
-    }
-    event = b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\r\n\r\n"
-    upstreams.append(upstream := Upstream(events=[event, b"data: [DONE]\r\n\r\n"]))
+    upstreams.append(upstream := Upstream(events=_events(text, end=b"\r\n")))
     route(upstream.url())
     with client.stream(feature="support", messages=MESSAGES) as stream:
         assert "".join(delta.text for delta in stream) == text

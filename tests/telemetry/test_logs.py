@@ -23,7 +23,8 @@ from llmcalls import routing
 from llmcalls import services as llm_services
 from telemetry import logs
 from tests.conftest import ServiceClient, refund_body
-from tests.execution_support import ROOT, Receiver, Reply, free_port
+from tests.execution_support import ROOT, Receiver, Reply
+from tests.live_app import any_free_port
 from tests.llmcalls.fake_provider import FakeProvider
 from tests.telemetry.crash_urls import CRASH_MESSAGE_SECRET
 
@@ -207,7 +208,7 @@ def test_no_credential_reaches_a_log_line_or_an_error_page(
     execution.outbox_deliver(message_id=message.pk)
 
     # Model calls: a provider that echoes the key it was sent, through the client and the proxy.
-    fake_server = FakeProvider(free_port()).start()
+    fake_server = FakeProvider(any_free_port()).start()
     request.addfinalizer(fake_server.stop)
     monkeypatch.setenv("GATEHOUSE_PROVIDER_OBS_TEST_KEY", PROVIDER_KEY)
     llm_services.provider_upsert(

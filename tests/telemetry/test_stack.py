@@ -32,7 +32,8 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from approvals.models import ActionType, Proposal
 from tests.conftest import ServiceClient, refund_body
-from tests.execution_support import ROOT, Receiver, Worker, database_url, free_port, wait_until
+from tests.execution_support import ROOT, Receiver, Worker, database_url, wait_until
+from tests.live_app import any_free_port
 from tests.telemetry.otlp_receiver import OtlpReceiver
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -111,7 +112,7 @@ def stack(
     started: list[Process | Worker] = []
 
     def start() -> tuple[str, list[Process]]:
-        port = free_port()
+        port = any_free_port()
         web = Process(
             [
                 sys.executable,
@@ -155,7 +156,7 @@ def stack(
 
 
 def prometheus(tmp_path: Path, target: str) -> tuple[str, Process]:
-    port = free_port()
+    port = any_free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(  # JSON is YAML
