@@ -178,7 +178,7 @@ class Proposal(models.Model):
 
     # Time-ordered (foundation.ids): new proposals share the index pages of their moment.
     id = models.UUIDField(primary_key=True, default=ids.uuid7, editable=False)
-    # Indexed by proposal_service_created and proposal_velocity, which lead with it.
+    # Indexed by proposal_service_created and proposal_outcome_decided, which lead with it.
     service = models.ForeignKey(
         Service, on_delete=models.PROTECT, related_name="proposals", db_index=False
     )
@@ -252,8 +252,13 @@ class Proposal(models.Model):
             # History filtered by state, latest change first (selectors.history_for_reviewer).
             models.Index(fields=["state", "updated_at", "id"], name="proposal_state_updated"),
             models.Index(fields=["service", "created_at", "id"], name="proposal_service_created"),
+            # Velocity (approvals/velocity.py): decided proposals of a service and type by
+            # outcome and time, the only way a plan made without the values can read them
+            # (migration 0019).
             models.Index(
-                fields=["service", "action_type", "state", "decided_at"], name="proposal_velocity"
+                fields=["service", "action_type", "decision_outcome", "decided_at"],
+                condition=models.Q(decided_at__isnull=False),
+                name="proposal_outcome_decided",
             ),
             # History pages on (updated_at, id), latest change first.
             models.Index(fields=["updated_at", "id"], name="proposal_updated"),

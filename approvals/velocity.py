@@ -20,8 +20,9 @@ from approvals.models import Proposal
 from config.env import parse_duration
 
 OUTCOMES = ("approve", "reject", "review", "any")
-# The states an approved proposal can be in; with decided_at they use the proposal_velocity
-# index (service, action_type, state, decided_at) instead of every row of the service and type.
+# The states a decided proposal can be in, by outcome; with the outcome and decided_at they read
+# the index proposal_outcome_decided (service, action_type, decision_outcome, decided_at) rather
+# than every row of the service and type.
 _STATES = {
     "approve": [
         Proposal.State.APPROVED,
@@ -115,15 +116,13 @@ def approved_sum(
 
 MAX_SUMMED_FIELD = 200  # longer keys are not summed by minute (the trigger skips them)
 
-# The sum over approved proposals of one service and type whose decided_at satisfies {where}.
-_ROWS_SUM = """
-    SELECT COALESCE(SUM(CASE
-        WHEN jsonb_typeof(COALESCE(final_payload, payload) #> %s) = 'number'
-        THEN (COALESCE(final_payload, payload) #>> %s)::float8 ELSE 0 END), 0)
-    FROM approvals_proposal
-    WHERE service_id = %s AND action_type_id = %s AND state = ANY(%s)
-      AND decision_outcome = 'approve' AND ({where})
-"""
+# The sum of a payload path over the approved proposals of one service and type decided in
+# [since, until): a plpgsql function whose plan PostgreSQL makes once per connection (approvals
+# 0019), where the statement itself would be planned anew each time against the proposals'
+# 18 indexes; its parameters are service, type, path, since, until.
+_ROWS_SUM = "gatehouse_approved_rows_sum(%s, %s, %s, %s, %s)"
+# decided_at <= as_of, as a bound the range excludes: PostgreSQL and Python keep microseconds.
+_INCLUSIVE = timedelta(microseconds=1)
 
 
 def _approved_sum_rows(
@@ -132,8 +131,8 @@ def _approved_sum_rows(
     """The plain sum over every approval in the window (PostgreSQL)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s"),
-            [path, path, service_id, action_type_id, list(_STATES["approve"]), since, as_of],
+            f"SELECT {_ROWS_SUM}",
+            [service_id, action_type_id, path, since, as_of + _INCLUSIVE],
         )
         return float(cursor.fetchone()[0])
 
@@ -175,9 +174,8 @@ def _by_minute(
     Not `bounded`, the window has no upper bound: from `as_of`'s minute on every minute row
     counts whole, so the end of the window is read from ApprovedSum rather than from the
     proposals (the same approvals: a minute row is the sum of those decided in it, kept in the
-    same transaction), and the proposals are read at the start only. That read of the
-    proposals is the costly one to plan (18 indexes, with statistics on a filled table), and it
-    runs under the spend cap's lock on every submit."""
+    same transaction), and the proposals are read at the start only: under the spend cap's
+    lock, on every submit."""
     first = _minute(since)
     last = _minute(as_of)
     if first != since:
@@ -191,17 +189,15 @@ def _by_minute(
     if hour >= last_hour:  # no whole hour: every whole minute from ApprovedSum
         hour = last_hour = last
     key: list[Any] = [service_id, action_type_id, field]
-    rows_args: list[Any] = [[field], [field], service_id, action_type_id, list(_STATES["approve"])]
-    head = _ROWS_SUM.format(where="decided_at >= %s AND decided_at < %s")
+    rows_key: list[Any] = [service_id, action_type_id, [field]]
     # The whole hours, the whole minutes before them, and the start of the minutes after them.
     wholes = [*key, hour, last_hour, *key, first, hour, *key, last_hour]
     if not bounded:
-        sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_FROM}), ({head})"
-        return sql, [*wholes, *rows_args, since, first]
-    # Two plain ranges rather than one OR: each is an index range of proposal_velocity.
-    tail = _ROWS_SUM.format(where="decided_at >= %s AND decided_at <= %s")
-    sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), ({head}) + ({tail})"
-    return sql, [*wholes, last, *rows_args, since, first, *rows_args, last, as_of]
+        sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_FROM}), {_ROWS_SUM}"
+        return sql, [*wholes, *rows_key, since, first]
+    # Two ranges rather than one OR: each is an index range of proposal_outcome_decided.
+    sql = f"({_HOURS_SUM}) + ({_MINUTES_SUM}) + ({_MINUTES_SUM}), {_ROWS_SUM} + {_ROWS_SUM}"
+    return sql, [*wholes, last, *rows_key, since, first, *rows_key, last, as_of + _INCLUSIVE]
 
 
 def _approved_sum_by_minute(

@@ -266,6 +266,74 @@ def test_the_minutes_are_read_from_the_index_alone(
     ]
 
 
+@postgresql_only
+@pytest.mark.parametrize("pending", [0, 30_000])
+def test_the_approved_rows_have_one_generic_plan_that_bounds_every_column(
+    shop: ServiceClient, refund_type: ActionType, pending: int
+) -> None:
+    """The rows of a sum are read by gatehouse_approved_rows_sum (approvals 0019), whose plan
+    PostgreSQL makes once per connection without the values, so it must be the one way that
+    stays cheap as the table grows: proposal_outcome_decided bound on the service, the type, the
+    outcome and the decision time. Made on an empty table, and on one of many pending rows that
+    was never analysed (the case where a plan through proposal_velocity bound only service and
+    type). auto_explain hands the function's own plan back as a notice."""
+    template = make(
+        shop.service,
+        refund_type,
+        random.Random(1),
+        state="pending_review",
+        decision_outcome="",
+        decided_at=None,
+    )
+    with connection.cursor() as cursor:
+        if pending:  # copies of a pending row, in this transaction: the table's pages grow
+            listed = ", ".join(
+                f"{f.column}" for f in Proposal._meta.concrete_fields if f.primary_key is False
+            )
+            cursor.execute(
+                f"INSERT INTO approvals_proposal (id, {listed}) "  # noqa: S608 - the model's columns
+                f"SELECT gen_random_uuid(), {listed} FROM approvals_proposal, "
+                f"generate_series(1, %s) WHERE id = %s",
+                [pending, template.pk],
+            )
+        cursor.execute("LOAD 'auto_explain'")
+        for name, value in [
+            ("log_min_duration", "0"),
+            ("log_nested_statements", "on"),
+            ("log_level", "notice"),
+            ("log_format", "json"),
+        ]:
+            cursor.execute(f"SET LOCAL auto_explain.{name} = {value}")
+        plans: list[dict[str, Any]] = []
+        raw = connection.connection
+
+        def notice(diagnostic: Any) -> None:
+            text = diagnostic.message_primary or ""
+            if "gatehouse_approved_rows_sum" not in text and "approvals_proposal" in text:
+                plans.append(json.loads(text.split("plan:", 1)[1])["Plan"])
+
+        raw.add_notice_handler(notice)
+        try:
+            cursor.execute("DISCARD PLANS")  # this connection's earlier plan of the function
+            for _ in range(2):  # planned on the first call, the same plan on the second
+                cursor.execute(
+                    "SELECT " + velocity._ROWS_SUM,
+                    [shop.service.pk, refund_type.pk, ["amount"], NOW - timedelta(hours=24), NOW],
+                )
+                assert cursor.fetchone() == (0.0,)
+        finally:
+            raw.remove_notice_handler(notice)
+    assert len(plans) == 2 and plans[0] == plans[1]
+    scans = [n for n in nodes(plans[0]) if n.get("Relation Name") or n.get("Index Name")]
+    conditions = " ".join(n.get("Index Cond", "") for n in scans)
+    assert [n.get("Index Name") for n in scans if n.get("Index Name")] == [
+        "proposal_outcome_decided"
+    ], scans
+    for bound in ["service_id = $1", "action_type_id = $2", "decision_outcome", "decided_at >= $4"]:
+        assert bound in conditions, conditions
+    assert "decided_at < $5" in conditions, conditions
+
+
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
