@@ -206,14 +206,19 @@ def test_the_worker_survives_losing_redis_while_it_holds_an_unacknowledged_messa
     broker = redis.Redis.from_url(settings.REDIS_URL)
     broker.delete("celery")  # messages earlier tests left in the queue
     private = redis.Redis.from_url(private_redis.url)
-    # No periodic message may join the held one while the test looks (beat's first reconcile
-    # comes after 5 s): the held message must be the only one, with the next BRPOP waiting.
     worker = workers(
         "holder",
         REDIS_URL=private_redis.url,
         EXECUTION_TIMEOUT="10s",
         OUTBOX_RECONCILE_INTERVAL="5s",
         EXPIRY_INTERVAL="1h",
+    )
+    # The held message must be the only one, with the worker's next BRPOP waiting: start
+    # just after a reconcile, so that no periodic message joins it while the test looks.
+    wait_until(
+        lambda: re.search(r"approvals\.reconcile_outbox\[\S+\] succeeded", worker.log()),
+        timeout=20,
+        what="the embedded beat's first reconcile",
     )
     proposals = submit(shop, 3)
     for proposal in proposals:
