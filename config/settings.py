@@ -354,6 +354,10 @@ HOT_PATH_CACHE_SECONDS = env_float("HOT_PATH_CACHE_SECONDS", 5.0)
 # (the embedded default: web, worker and beat on one machine, started by `manage.py run_stack`).
 BROKER_DIR = Path(env_str("BROKER_DIR", str(BASE_DIR / ".broker")))
 CELERY_BROKER_URL = REDIS_URL or "filesystem://localhost/"
+# kombu's Redis transport, except that a closing channel leaves the messages it held to the
+# outbox reconciler: kombu 5.7's push-back could end the worker when Redis went away (broker.py).
+if REDIS_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
     {"socket_timeout": 5, "socket_connect_timeout": 2}
     if REDIS_URL

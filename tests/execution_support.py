@@ -241,11 +241,21 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill9(self) -> None:
         """SIGKILL the whole group (main process, pool children, beat): no cleanup at all."""
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def warm_shutdown(self, *, timeout: float = 30) -> None:
+        """SIGTERM to the main process alone, as a supervisor stops it: Celery's warm shutdown
+        lets the pool finish the tasks it runs and starts nothing more."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

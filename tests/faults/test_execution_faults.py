@@ -6,13 +6,14 @@ loopback that deduplicates by webhook-id. Nothing may be lost and no effect may 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 import redis
@@ -22,6 +23,7 @@ from django.contrib.auth.models import User
 from approvals.models import ActionType, Attempt, Proposal
 from tests.conftest import ServiceClient, decide_as, refund_body
 from tests.execution_support import ROOT, Receiver, Reply, database_url, wait_until
+from tests.faults.private_servers import PrivateRedis
 from tests.live_app import any_free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -173,3 +175,128 @@ def test_after_a_kill_under_a_backlog_the_reconciler_resends_only_what_was_lost(
     # Lost with the killed worker: what it ran and what it held, and (with this test's 1 s grace)
     # the few a live worker held a second at the end of the backlog; never the queue again.
     assert resent <= 20, log[-3000:]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, to stop and start (the shared one serves others)."""
+    server = PrivateRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_worker_survives_losing_redis_while_it_holds_an_unacknowledged_message(
+    workers: Any,
+    receiver: Receiver,
+    shop: ServiceClient,
+    reviewer: User,
+    private_redis: PrivateRedis,
+) -> None:
+    """Both pool processes busy, a third message delivered and held (in Redis's `unacked`
+    hash, not yet acknowledged: the worker acknowledges when a pool process starts it), and
+    Redis goes away. With celery/kombu 5.7 the worker's cleanup restored the held message after
+    the transport's client was cleared and died ("Unrecoverable error: AttributeError(...
+    'hostname')"); config/broker.py. The worker must stay, and once Redis is back (empty) the
+    reconciler delivers what the lost queue held: each effect once."""
+    shop.service.callback_url = ""  # one message per proposal: its execution
+    shop.service.save()
+    receiver.respond = lambda d, nth: Reply(200, delay=4 if d.path == "/execute" else 0)
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery")  # messages earlier tests left in the queue
+    private = redis.Redis.from_url(private_redis.url)
+    worker = workers(
+        "holder",
+        REDIS_URL=private_redis.url,
+        EXECUTION_TIMEOUT="10s",
+        OUTBOX_RECONCILE_INTERVAL="5s",
+        EXPIRY_INTERVAL="1h",
+    )
+    # The held message must be the only one, with the worker's next BRPOP waiting: start
+    # just after a reconcile, so that no periodic message joins it while the test looks.
+    wait_until(
+        lambda: re.search(r"approvals\.reconcile_outbox\[\S+\] succeeded", worker.log()),
+        timeout=20,
+        what="the embedded beat's first reconcile",
+    )
+    proposals = submit(shop, 3)
+    for proposal in proposals:
+        decide_as(reviewer, proposal)
+    # The web side published to the suite's Redis; hand the three messages to the worker's.
+    queued = cast(list[bytes], broker.lrange("celery", 0, -1))
+    assert len(queued) == 3
+    private.rpush("celery", *queued)
+    broker.delete("celery")
+
+    wait_until(
+        lambda: (
+            len(receiver.of("/execute")) == 2
+            and private.hlen("unacked") == 1
+            and private.llen("celery") == 0
+        ),
+        timeout=20,
+        what="two executions in flight and the third message held unacknowledged",
+    )
+    offset = len(worker.log())
+    private_redis.stop()
+    wait_until(
+        lambda: not worker.alive() or "Cannot connect to" in worker.log()[offset:],
+        timeout=20,
+        what="the worker to retry the broker or exit",
+    )
+    assert worker.alive(), worker.log()[offset:][-3000:]
+
+    private_redis.start()  # on the same port, empty: the held message is gone with it
+    wait_until(lambda: states(proposals) == {"executed"}, timeout=40, what="all executed")
+    assert worker.alive()
+    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    assert sorted(d.webhook_id for d in receiver.of("/execute")) == sorted(expected)
+    assert set(receiver.effects) == expected
+
+
+def test_a_message_held_at_shutdown_is_left_to_the_reconciler_and_its_late_copy_does_nothing(
+    workers: Any, receiver: Receiver, shop: ServiceClient, reviewer: User
+) -> None:
+    """What config/broker.py gives up, and why that is safe: a worker that stops while holding
+    a delivered, unacknowledged message no longer pushes it back to the queue; the reconciler
+    sends the outbox row again, and the copy kombu restores from Redis's `unacked` hash after
+    the visibility timeout finds the row done and does nothing."""
+    shop.service.callback_url = ""
+    shop.service.save()
+    receiver.respond = lambda d, nth: Reply(200, delay=3 if d.path == "/execute" else 0)
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery", "unacked", "unacked_index")
+    slow = {"EXECUTION_TIMEOUT": "10s", "EXPIRY_INTERVAL": "1h"}
+    worker = workers("holder", OUTBOX_RECONCILE_INTERVAL="1h", **slow)
+    proposals = submit(shop, 3)
+    for proposal in proposals:
+        decide_as(reviewer, proposal)
+    wait_until(
+        lambda: (
+            len(receiver.of("/execute")) == 2
+            and broker.hlen("unacked") == 1
+            and broker.llen("celery") == 0
+        ),
+        timeout=20,
+        what="two executions in flight and the third message held unacknowledged",
+    )
+    [held] = cast(dict[bytes, bytes], broker.hgetall("unacked")).values()
+    worker.warm_shutdown()  # the two calls finish, the held message is not started
+    assert broker.llen("celery") == 0  # not pushed back …
+    assert broker.hlen("unacked") == 1  # … but kept where the visibility timeout finds it
+    assert states(proposals) == {"executed", "approved"}
+
+    replacement = workers("replacement", OUTBOX_RECONCILE_INTERVAL="1s", **slow)
+    wait_until(lambda: states(proposals) == {"executed"}, timeout=40, what="all executed")
+    # What kombu's restore_visible does an hour later: the held message back on the queue.
+    message, _exchange, routing_key = json.loads(held)
+    message["headers"]["redelivered"] = True
+    broker.lpush(routing_key, json.dumps(message))
+    wait_until(
+        lambda: "not due, taken by another worker, or done" in replacement.log(),
+        timeout=20,
+        what="the late copy to be consumed",
+    )
+    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    assert sorted(d.webhook_id for d in receiver.of("/execute")) == sorted(expected)
