@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -358,6 +359,11 @@ CELERY_BROKER_URL = REDIS_URL or "filesystem://localhost/"
 # outbox reconciler: kombu 5.7's push-back could end the worker when Redis went away (broker.py).
 if REDIS_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT = "config.broker:Transport"
+    # A transport named by its class loses kombu's reading of the rediss:// scheme: TLS, the
+    # server's certificate verified unless the URL's ssl_cert_reqs says otherwise (redis-py's
+    # default, as for the app's other Redis clients).
+    if REDIS_URL.startswith("rediss://") and "ssl_cert_reqs=" not in REDIS_URL:
+        CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
     {"socket_timeout": 5, "socket_connect_timeout": 2}
     if REDIS_URL

@@ -61,3 +61,31 @@ def test_the_embedded_default_starts_without_any_server(tmp_path: object) -> Non
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize(
+    ("url", "ssl"),
+    [
+        ("rediss://cache.internal:6380/0", "CERT_REQUIRED"),
+        ("rediss://cache.internal:6380/0?ssl_cert_reqs=none", "CERT_NONE"),
+        ("redis://cache.internal:6379/0", "False"),
+    ],
+)
+def test_the_broker_speaks_tls_to_a_rediss_url(url: str, ssl: str) -> None:
+    """The broker's transport is named by class (config/broker.py), which kombu does not read
+    as rediss: TLS must still be on, the certificate verified unless the URL says otherwise."""
+    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "REDIS_URL"}}
+    shown = (
+        "from config.celery import app; c = app.connection_for_write(); "
+        "print(c.transport_cls, getattr(c.ssl and c.ssl['ssl_cert_reqs'], 'name', c.ssl))"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", shown],
+        env={**base, "DEBUG": "1", "REDIS_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["config.broker:Transport", ssl]
