@@ -73,29 +73,28 @@ def _build_concurrently(schema_editor, index: models.Index, model) -> None:
         schema_editor.add_index(model, index, concurrently=True)
 
 
-def forward(apps, schema_editor):
-    proposal = apps.get_model("approvals", "Proposal")
+def _swap(schema_editor, proposal, build: models.Index, drop: models.Index) -> None:
     if schema_editor.connection.vendor != "postgresql":
-        schema_editor.add_index(proposal, NEW_INDEX)
-        schema_editor.remove_index(proposal, OLD_INDEX)
+        schema_editor.add_index(proposal, build)
+        schema_editor.remove_index(proposal, drop)
         return
-    _build_concurrently(schema_editor, NEW_INDEX, proposal)
-    schema_editor.remove_index(proposal, OLD_INDEX, concurrently=True)
-    schema_editor.execute(FUNCTION)
+    _build_concurrently(schema_editor, build, proposal)
+    schema_editor.remove_index(proposal, drop, concurrently=True)
+
+
+def forward(apps, schema_editor):
+    _swap(schema_editor, apps.get_model("approvals", "Proposal"), NEW_INDEX, OLD_INDEX)
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(FUNCTION)
 
 
 def backward(apps, schema_editor):
-    proposal = apps.get_model("approvals", "Proposal")
-    if schema_editor.connection.vendor != "postgresql":
-        schema_editor.add_index(proposal, OLD_INDEX)
-        schema_editor.remove_index(proposal, NEW_INDEX)
-        return
-    schema_editor.execute(
-        "DROP FUNCTION IF EXISTS "
-        "gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)"
-    )
-    _build_concurrently(schema_editor, OLD_INDEX, proposal)
-    schema_editor.remove_index(proposal, NEW_INDEX, concurrently=True)
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(
+            "DROP FUNCTION IF EXISTS "
+            "gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)"
+        )
+    _swap(schema_editor, apps.get_model("approvals", "Proposal"), OLD_INDEX, NEW_INDEX)
 
 
 class Migration(migrations.Migration):

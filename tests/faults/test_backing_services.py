@@ -187,15 +187,6 @@ def private_postgres(released: Released) -> Iterator[PrivatePostgres]:
         server.destroy()
 
 
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def database_name() -> str:
     return os.environ["DATABASE_URL"].rsplit("/", 1)[1].split("?")[0] + "_faults"
 

@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -177,14 +177,18 @@ def test_after_a_kill_under_a_backlog_the_reconciler_resends_only_what_was_lost(
     assert resent <= 20, log[-3000:]
 
 
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    """A redis-server of this test's own, to stop and start (the shared one serves others)."""
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def wait_for_one_held(receiver: Receiver, broker: redis.Redis) -> None:
+    """Both pool processes running an execution and the third message delivered and held (in
+    Redis's `unacked` hash, not yet acknowledged), with nothing left in the queue."""
+    wait_until(
+        lambda: (
+            len(receiver.of("/execute")) == 2
+            and broker.hlen("unacked") == 1
+            and broker.llen("celery") == 0
+        ),
+        timeout=20,
+        what="two executions in flight and the third message held unacknowledged",
+    )
 
 
 def test_the_worker_survives_losing_redis_while_it_holds_an_unacknowledged_message(
@@ -229,15 +233,7 @@ def test_the_worker_survives_losing_redis_while_it_holds_an_unacknowledged_messa
     private.rpush("celery", *queued)
     broker.delete("celery")
 
-    wait_until(
-        lambda: (
-            len(receiver.of("/execute")) == 2
-            and private.hlen("unacked") == 1
-            and private.llen("celery") == 0
-        ),
-        timeout=20,
-        what="two executions in flight and the third message held unacknowledged",
-    )
+    wait_for_one_held(receiver, private)
     offset = len(worker.log())
     private_redis.stop()
     wait_until(
@@ -272,15 +268,7 @@ def test_a_message_held_at_shutdown_is_left_to_the_reconciler_and_its_late_copy_
     proposals = submit(shop, 3)
     for proposal in proposals:
         decide_as(reviewer, proposal)
-    wait_until(
-        lambda: (
-            len(receiver.of("/execute")) == 2
-            and broker.hlen("unacked") == 1
-            and broker.llen("celery") == 0
-        ),
-        timeout=20,
-        what="two executions in flight and the third message held unacknowledged",
-    )
+    wait_for_one_held(receiver, broker)
     [held] = cast(dict[bytes, bytes], broker.hgetall("unacked")).values()
     worker.warm_shutdown()  # the two calls finish, the held message is not started
     assert broker.llen("celery") == 0  # not pushed back …
