@@ -58,7 +58,7 @@ $$;
 """
 
 
-def _build_concurrently(schema_editor, index: models.Index, model) -> None:
+def _build_concurrently(schema_editor, model, index: models.Index) -> None:
     """CREATE INDEX CONCURRENTLY, first dropping what a failed build left (an invalid index)."""
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(
@@ -78,7 +78,7 @@ def _swap(schema_editor, proposal, build: models.Index, drop: models.Index) -> N
         schema_editor.add_index(proposal, build)
         schema_editor.remove_index(proposal, drop)
         return
-    _build_concurrently(schema_editor, build, proposal)
+    _build_concurrently(schema_editor, proposal, build)
     schema_editor.remove_index(proposal, drop, concurrently=True)
 
 

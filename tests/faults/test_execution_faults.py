@@ -51,6 +51,11 @@ def submit(client: ServiceClient, n: int) -> list[Proposal]:
     return list(Proposal.objects.filter(pk__in=ids))
 
 
+def execution_ids(proposals: list[Proposal]) -> set[str]:
+    """The webhook-id of each proposal's execution."""
+    return {f"msg_{p.pk.hex}_execute" for p in proposals}
+
+
 def states(proposals: list[Proposal]) -> set[str]:
     return set(
         Proposal.objects.filter(pk__in=[p.pk for p in proposals]).values_list("state", flat=True)
@@ -108,7 +113,7 @@ def test_messages_the_broker_lost_are_all_delivered_by_the_reconciler(
 
     workers()
     wait_until(lambda: states(proposals) == {"executed"}, timeout=60, what="all executed")
-    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    expected = execution_ids(proposals)
     assert receiver.distinct_ids("/execute") == expected
     assert set(receiver.effects) >= expected
     wait_until(
@@ -166,7 +171,7 @@ def test_after_a_kill_under_a_backlog_the_reconciler_resends_only_what_was_lost(
     worker.kill9()  # with messages in flight and the rest still queued
     worker.start()
     wait_until(lambda: states(proposals) == {"executed"}, timeout=90, what="all executed")
-    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    expected = execution_ids(proposals)
     assert receiver.distinct_ids("/execute") == expected
     log = worker.log()
     resent = sum(int(n) for n in re.findall(r"re-dispatching (\d+) outbox messages", log))
@@ -246,7 +251,7 @@ def test_the_worker_survives_losing_redis_while_it_holds_an_unacknowledged_messa
     private_redis.start()  # on the same port, empty: the held message is gone with it
     wait_until(lambda: states(proposals) == {"executed"}, timeout=40, what="all executed")
     assert worker.alive()
-    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    expected = execution_ids(proposals)
     assert sorted(d.webhook_id for d in receiver.of("/execute")) == sorted(expected)
     assert set(receiver.effects) == expected
 
@@ -286,5 +291,5 @@ def test_a_message_held_at_shutdown_is_left_to_the_reconciler_and_its_late_copy_
         timeout=20,
         what="the late copy to be consumed",
     )
-    expected = {f"msg_{p.pk.hex}_execute" for p in proposals}
+    expected = execution_ids(proposals)
     assert sorted(d.webhook_id for d in receiver.of("/execute")) == sorted(expected)
