@@ -493,7 +493,7 @@ MetricSamples = list[tuple[str, tuple[str, ...], float]]
 
 def metrics_pending(*, now: datetime | None = None) -> MetricSamples:
     """Pending proposals per action type and the age of the oldest: one grouped query on the
-    partial index proposal_pending_created (pending rows only)."""
+    partial index proposal_pending_arrival (pending rows only)."""
     from django.db.models import Count, Min
 
     now = now or timezone.now()

@@ -14,6 +14,8 @@ the p95 of each page, the submit's throughput against the same submit on an empt
 (same run), `stats.approved_sum('payload.amount', '24h')` with 100,000 approvals in its window,
 `insights.check` over all types, each query's EXPLAIN (ANALYZE, BUFFERS) and the database size
 per million proposals.
+`--only pile` measures the queue pages again after adding 130,000 pending proposals of one type
+in the last two hours (then deletes them): pending rows piled up at the end of the table.
 
     flock /tmp/gatehouse-bench.lock .venv/bin/python bench/growth.py [--refill] [--only …]
 """
@@ -41,6 +43,7 @@ SCALE = float(os.environ.get("GROWTH_SCALE", "1"))  # a smaller database to try 
 DECIDED = int(1_000_000 * SCALE)
 RECENT_APPROVED = int(100_000 * SCALE)  # of DECIDED: approved by a rule in the last 24 h
 PENDING = int(100_000 * SCALE)
+PILE = int(130_000 * SCALE)  # --only pile: pending proposals of one type, the last 2 hours
 LLM_CALLS = int(1_000_000 * SCALE)
 EVAL_RESULTS = int(100_000 * SCALE)
 EVAL_CASES = int(1_000 * SCALE)
@@ -199,7 +202,7 @@ SELECT gen_random_uuid(), (ARRAY[{s1},{s2},{s3}])[1 + g % 3], (ARRAY[{t1},{t2},{
     created, created, created + interval '30 days',
     CASE WHEN g % 3 = 0 THEN created + interval '4 hours' END
 FROM (
-    SELECT g, {anchor} - interval '7 days' + (g - {base}) * (interval '7 days' / {n}) AS created,
+    SELECT g, {anchor} - {span} + (g - {base}) * ({span} / {n}) AS created,
         jsonb_build_object('order_id', 'ORD-' || g, 'amount', 500 + g % 5000, 'currency', 'EUR') AS payload
     FROM generate_series({base}, {base} + {n} - 1) g
 ) a
@@ -364,7 +367,10 @@ def fill(database: str, env: dict[str, str]) -> None:
     steps: list[tuple[str, str]] = [
         ("decided proposals", DECIDED_SQL.format(n=DECIDED - RECENT_APPROVED, base=1, **values)),
         ("recent approvals", RECENT_SQL.format(n=RECENT_APPROVED, base=DECIDED, **values)),
-        ("pending proposals", PENDING_SQL.format(n=PENDING, base=2 * DECIDED, **values)),
+        (
+            "pending proposals",
+            PENDING_SQL.format(n=PENDING, base=2 * DECIDED, span="interval '7 days'", **values),
+        ),
         ("reviews", REVIEWS_SQL),
         ("audit samples", AUDIT_SAMPLES_SQL),
         ("audit events", AUDIT_SQL.format(limit=DECIDED + PENDING)),
@@ -529,6 +535,7 @@ def pages(
     floor_env: dict[str, str] | None,
     port: int,
     warmup: int = 16,
+    paths: list[tuple[str, str, str]] | None = None,
 ) -> list[tuple[str, float, float]]:
     """Each page's p50 and p95, one request at a time. With `floor_env` (the same fixtures at a
     hundredth of the size) each page is measured there right before, and the ratio printed.
@@ -552,7 +559,7 @@ def pages(
                 )
             )
             targets.append((base, session_cookies(server_env, who)))
-        for name, path, user in page_paths():
+        for name, path, user in paths or page_paths():
             figures = []
             for base, cookies in targets:
                 samples = []
@@ -578,6 +585,43 @@ def pages(
                 f"(HTTP {status}, {loadavg()})"
             )
     return rows
+
+
+def pile(env: dict[str, str], args: argparse.Namespace) -> None:
+    """The queue when pending proposals of one type pile up: PILE of refund.issue in the last two
+    hours (a service flooding the queue, as the submit rounds here do), analysed as autovacuum
+    would, the queue pages measured, then the pile deleted. The planner, pricing the plain
+    created_at index as if pending rows were spread evenly over time, walked 870,017 decided
+    rows for the first page (migration 0020)."""
+    from django.db import connection
+
+    ids = fixtures()
+    one_type = {**ids, "s2": ids["s1"], "s3": ids["s1"], "t2": ids["t1"], "t3": ids["t1"]}
+    values = {**one_type, "anchor": "now()", "reviewers": REVIEWERS, "words": WORDS}
+    base = 3 * DECIDED
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
+        cursor.execute(PENDING_SQL.format(n=PILE, base=base, span="interval '2 hours'", **values))
+        cursor.execute("ANALYZE approvals_proposal")
+        cursor.execute("SELECT count(*) FROM approvals_proposal WHERE state = 'pending_review'")
+        (pending,) = cursor.fetchone()
+    print(
+        f"\nthe queue with {PILE:,} more pending refund.issue in the last 2 hours ({pending:,} pending):"
+    )
+    try:
+        queue = [(n, p, who) for n, p, who in page_paths() if n.startswith("queue")]
+        queue.append(
+            ("queue ?type=email.send&order=newest", "/?type=email.send&order=newest", "reviewer1")
+        )
+        pages(env, args.requests, floor_env=None, port=args.port, warmup=args.warmup, paths=queue)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM approvals_proposal WHERE external_id IN "
+                "(SELECT 'ticket-' || g FROM generate_series(%s, %s) g)",
+                [base, base + PILE - 1],
+            )
+            cursor.execute("VACUUM (ANALYZE) approvals_proposal")
 
 
 def submit_key(database: str) -> str:
@@ -747,7 +791,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             f"{(time.perf_counter() - t0) * 1000:.0f} ms ({len(result.alerts)} alerts, "
             f"{len(result.brakes)} brakes) ({loadavg()})"
         )
-    if "explain" in args.only or "pages" in args.only:
+    if "explain" in args.only or "pages" in args.only or "pile" in args.only:
         manage(env, "collectstatic", "--noinput", "-v", "0")  # the pages' manifest (DEBUG off)
     if "explain" in args.only:
         page_queries(args.explain_ms)
@@ -761,6 +805,8 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             floor_env = bench_env(args.floor_database, DB_POOL_MAX="8", REDIS_URL=args.redis_url)
             fill_floor(args)
         pages(env, args.requests, floor_env=floor_env, port=args.port, warmup=args.warmup)
+    if "pile" in args.only:
+        pile(env, args)
     if "submit" in args.only:
         print(
             "\nsubmit (POST /api/v1/proposals as growth-1, a spend-cap rule, wrk -c32), "
@@ -809,7 +855,9 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="first of 3 ports (else free ones)")
     parser.add_argument(
-        "--only", nargs="*", default=["sizes", "sum", "check", "explain", "pages", "submit"]
+        "--only",
+        nargs="*",
+        default=["sizes", "sum", "check", "explain", "pages", "pile", "submit"],
     )
     args = parser.parse_args()
     env = bench_env(args.database, DB_POOL_MAX="8", REDIS_URL=args.redis_url)

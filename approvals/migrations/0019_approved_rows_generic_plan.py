@@ -25,6 +25,8 @@ the rows in Python.
 
 from django.db import migrations, models
 
+from approvals.migrations._indexes import swap
+
 NEW_INDEX = models.Index(
     fields=["service", "action_type", "decision_outcome", "decided_at"],
     condition=models.Q(decided_at__isnull=False),
@@ -58,32 +60,8 @@ $$;
 """
 
 
-def _build_concurrently(schema_editor, model, index: models.Index) -> None:
-    """CREATE INDEX CONCURRENTLY, first dropping what a failed build left (an invalid index)."""
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = %s",
-            [index.name],
-        )
-        row = cursor.fetchone()
-    if row is not None and row[0]:
-        schema_editor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index.name}"')
-    if row is None or row[0]:
-        schema_editor.add_index(model, index, concurrently=True)
-
-
-def _swap(schema_editor, proposal, build: models.Index, drop: models.Index) -> None:
-    if schema_editor.connection.vendor != "postgresql":
-        schema_editor.add_index(proposal, build)
-        schema_editor.remove_index(proposal, drop)
-        return
-    _build_concurrently(schema_editor, proposal, build)
-    schema_editor.remove_index(proposal, drop, concurrently=True)
-
-
 def forward(apps, schema_editor):
-    _swap(schema_editor, apps.get_model("approvals", "Proposal"), NEW_INDEX, OLD_INDEX)
+    swap(schema_editor, apps.get_model("approvals", "Proposal"), NEW_INDEX, OLD_INDEX)
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(FUNCTION)
 
@@ -94,7 +72,7 @@ def backward(apps, schema_editor):
             "DROP FUNCTION IF EXISTS "
             "gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)"
         )
-    _swap(schema_editor, apps.get_model("approvals", "Proposal"), OLD_INDEX, NEW_INDEX)
+    swap(schema_editor, apps.get_model("approvals", "Proposal"), OLD_INDEX, NEW_INDEX)
 
 
 class Migration(migrations.Migration):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from django.db import connection, transaction
 from approvals import velocity
 from approvals.models import ActionType, ApprovedHourSum, ApprovedSum, Proposal, Service
 from tests.conftest import ServiceClient
+from tests.plans import copy_proposal, nodes
 
 APPROVED = ["approved", "executing", "executed", "failed"]
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
@@ -287,15 +287,7 @@ def test_the_approved_rows_have_one_generic_plan_that_bounds_every_column(
     )
     with connection.cursor() as cursor:
         if pending:  # copies of a pending row, in this transaction: the table's pages grow
-            listed = ", ".join(
-                f"{f.column}" for f in Proposal._meta.concrete_fields if f.primary_key is False
-            )
-            cursor.execute(
-                f"INSERT INTO approvals_proposal (id, {listed}) "  # noqa: S608 - the model's columns
-                f"SELECT gen_random_uuid(), {listed} FROM approvals_proposal, "
-                f"generate_series(1, %s) WHERE id = %s",
-                [pending, template.pk],
-            )
+            copy_proposal(template, pending)
         cursor.execute("LOAD 'auto_explain'")
         for name, value in [
             ("log_min_duration", "0"),
@@ -332,12 +324,6 @@ def test_the_approved_rows_have_one_generic_plan_that_bounds_every_column(
     for bound in ["service_id = $1", "action_type_id = $2", "decision_outcome", "decided_at >= $4"]:
         assert bound in conditions, conditions
     assert "decided_at < $5" in conditions, conditions
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
 
 
 def test_values_a_float_cannot_sum_exactly_fall_back_to_the_rows(

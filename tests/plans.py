@@ -1,0 +1,48 @@
+"""What PostgreSQL's planner does with a statement: its plan's nodes, and a table grown in SQL
+to the shape where a plan goes wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import connection
+
+from approvals.models import Proposal
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+def explain(sql: str) -> dict[str, Any]:
+    """The plan PostgreSQL would run `sql` (a statement as executed, values inlined) with."""
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
+        (plan,) = cursor.fetchone()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    return plan[0]["Plan"]
+
+
+def index_scans(plan: dict[str, Any], table: str) -> list[str]:
+    """The indexes (or "Seq Scan") the plan reads `table` through."""
+    return [
+        n.get("Index Name", n["Node Type"]) for n in nodes(plan) if n.get("Relation Name") == table
+    ]
+
+
+def copy_proposal(template: Proposal, count: int, **columns: str) -> None:
+    """`count` copies of `template` in one INSERT … SELECT, each column in `columns` given as an
+    SQL expression that may use the copy's number `g` (1 … count)."""
+    names = [str(f.column) for f in Proposal._meta.concrete_fields if not f.primary_key]
+    values = [columns.get(name, name) for name in names]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO approvals_proposal (id, {', '.join(names)}) "  # noqa: S608 - the model's columns
+            f"SELECT gen_random_uuid(), {', '.join(values)} FROM approvals_proposal, "
+            f"generate_series(1, %s) g WHERE id = %s",
+            [count, template.pk],
+        )
