@@ -25,7 +25,7 @@ the rows in Python.
 
 from django.db import migrations, models
 
-from approvals.migrations._indexes import swap
+from approvals.migrations._indexes import ReplaceIndex
 
 NEW_INDEX = models.Index(
     fields=["service", "action_type", "decision_outcome", "decided_at"],
@@ -60,19 +60,17 @@ $$;
 """
 
 
-def forward(apps, schema_editor):
-    swap(schema_editor, apps.get_model("approvals", "Proposal"), NEW_INDEX, OLD_INDEX)
+def create_function(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(FUNCTION)
 
 
-def backward(apps, schema_editor):
+def drop_function(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(
             "DROP FUNCTION IF EXISTS "
             "gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)"
         )
-    swap(schema_editor, apps.get_model("approvals", "Proposal"), OLD_INDEX, NEW_INDEX)
 
 
 class Migration(migrations.Migration):
@@ -81,11 +79,6 @@ class Migration(migrations.Migration):
     dependencies = [("approvals", "0018_proposal_id_uuid7")]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.RemoveIndex(model_name="proposal", name="proposal_velocity"),
-                migrations.AddIndex(model_name="proposal", index=NEW_INDEX),
-            ],
-            database_operations=[migrations.RunPython(forward, backward)],
-        )
+        ReplaceIndex("proposal", drop=OLD_INDEX, build=NEW_INDEX),
+        migrations.RunPython(create_function, drop_function),
     ]

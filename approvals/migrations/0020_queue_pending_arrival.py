@@ -16,7 +16,7 @@ Built and dropped CONCURRENTLY on PostgreSQL (not atomic), so the queue keeps be
 
 from django.db import migrations, models
 
-from approvals.migrations._indexes import swap
+from approvals.migrations._indexes import ReplaceIndex
 
 NEW_INDEX = models.Index(
     fields=["created_at"],
@@ -30,25 +30,9 @@ OLD_INDEX = models.Index(
 )
 
 
-def forward(apps, schema_editor):
-    swap(schema_editor, apps.get_model("approvals", "Proposal"), NEW_INDEX, OLD_INDEX)
-
-
-def backward(apps, schema_editor):
-    swap(schema_editor, apps.get_model("approvals", "Proposal"), OLD_INDEX, NEW_INDEX)
-
-
 class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [("approvals", "0019_approved_rows_generic_plan")]
 
-    operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.RemoveIndex(model_name="proposal", name="proposal_pending_created"),
-                migrations.AddIndex(model_name="proposal", index=NEW_INDEX),
-            ],
-            database_operations=[migrations.RunPython(forward, backward)],
-        )
-    ]
+    operations = [ReplaceIndex("proposal", drop=OLD_INDEX, build=NEW_INDEX)]

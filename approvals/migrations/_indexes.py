@@ -5,6 +5,7 @@ decisions go on meanwhile (the migration using this is not atomic); elsewhere pl
 """
 
 from django.db import models
+from django.db.migrations.operations.base import Operation
 
 
 def _build_concurrently(schema_editor, model, index: models.Index) -> None:
@@ -30,3 +31,36 @@ def swap(schema_editor, model, build: models.Index, drop: models.Index) -> None:
         return
     _build_concurrently(schema_editor, model, build)
     schema_editor.remove_index(model, drop, concurrently=True)
+
+
+class ReplaceIndex(Operation):
+    """In the state, `drop` removed from `model_name` and `build` added; in the database, `build`
+    built first and `drop` dropped after, CONCURRENTLY on PostgreSQL (the migration must not be
+    atomic). Backwards, the other way round."""
+
+    reversible = True
+
+    def __init__(self, model_name: str, drop: models.Index, build: models.Index) -> None:
+        self.model_name = model_name
+        self.drop = drop
+        self.build = build
+
+    def deconstruct(self):
+        return (self.__class__.__name__, [self.model_name, self.drop, self.build], {})
+
+    def state_forwards(self, app_label, state) -> None:
+        state.remove_index(app_label, self.model_name.lower(), self.drop.name)
+        state.add_index(app_label, self.model_name.lower(), self.build)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            swap(schema_editor, model, self.build, self.drop)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            swap(schema_editor, model, self.drop, self.build)
+
+    def describe(self) -> str:
+        return f"Replace index {self.drop.name} on {self.model_name} with {self.build.name}"
