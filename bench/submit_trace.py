@@ -120,6 +120,23 @@ def analyse(run: list[tuple[float, str, str, str]]) -> dict[str, Any]:
     }
 
 
+def round_trips(run: list[tuple[float, str, str, str]]) -> Iterator[tuple[str, float]]:
+    """(its first statement, ms from its first message to PostgreSQL's ReadyForQuery) of each
+    round trip of a submit."""
+    label, sent = "", None
+    for at, direction, kind, text in run:
+        if direction == "F":
+            if sent is None:
+                sent = at
+            if not label and kind in ("Query", "Parse"):
+                label = text
+            elif not label and kind == "Bind":
+                label = "(prepared) " + text
+        elif kind == "ReadyForQuery" and sent is not None:
+            yield " ".join(label.split())[:100], (at - sent) * 1000
+            label, sent = "", None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +215,17 @@ def main() -> None:
         print("\none submit (ms from its first message; F: Gatehouse, B: PostgreSQL):")
         for at, direction, kind, text in run:
             print(f"  {(at - start) * 1000:8.3f} {direction} {kind:16} {text[:110]}")
+    by_statement: dict[str, list[float]] = {}
+    for run in runs:
+        for label, ms in round_trips(run):
+            by_statement.setdefault(label, []).append(ms)
+    print("\neach round trip, by its first statement: count, median and p90 ms")
+    for label, values in by_statement.items():
+        values.sort()
+        print(
+            f"  {len(values):5} {statistics.median(values):7.3f} {values[int(len(values) * 0.9)]:7.3f}"
+            f"  {label}"
+        )
     print(f"\n{len(figures)} submits on {args.database}, median (p90):")
     for name in ("round_trips", "statements", "held_ms", "python_ms", "server_ms", "total_ms"):
         values = sorted(f[name] for f in figures)
