@@ -46,3 +46,37 @@ def copy_proposal(template: Proposal, count: int, **columns: str) -> None:
             f"generate_series(1, %s) g WHERE id = %s",
             [count, template.pk],
         )
+
+
+def nested_plans(sql: str, params: list[Any], *, runs: int = 2) -> list[dict[str, Any]]:
+    """The plans of the statements that read a table inside the functions `sql` calls (run `runs`
+    times), handed back by auto_explain as notices, after `DISCARD PLANS` (this connection's
+    earlier plans of a function). In the caller's transaction: the settings are LOCAL."""
+    plans: list[dict[str, Any]] = []
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        for name, value in [
+            ("log_min_duration", "0"),
+            ("log_nested_statements", "on"),
+            ("log_level", "notice"),
+            ("log_format", "json"),
+        ]:
+            cursor.execute(f"SET LOCAL auto_explain.{name} = {value}")
+        raw = connection.connection
+
+        def notice(diagnostic: Any) -> None:
+            text = diagnostic.message_primary or ""
+            if "plan:" in text:
+                plan = json.loads(text.split("plan:", 1)[1])["Plan"]
+                if any(n.get("Relation Name") for n in nodes(plan)):  # not the call itself
+                    plans.append(plan)
+
+        raw.add_notice_handler(notice)
+        try:
+            cursor.execute("DISCARD PLANS")
+            for _ in range(runs):
+                cursor.execute(sql, params)
+                cursor.fetchall()
+        finally:
+            raw.remove_notice_handler(notice)
+    return plans

@@ -25,7 +25,7 @@ the rows in Python.
 
 from django.db import migrations, models
 
-from approvals.migrations._indexes import ReplaceIndex
+from approvals.migrations._operations import PostgresFunction, ReplaceIndex
 
 NEW_INDEX = models.Index(
     fields=["service", "action_type", "decision_outcome", "decided_at"],
@@ -38,39 +38,15 @@ OLD_INDEX = models.Index(
 
 # $1 service, $2 action type, $3 the field's path, [$4, $5) the decision times. The states are
 # those the trigger of 0013 counts.
-FUNCTION = """
-CREATE OR REPLACE FUNCTION gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)
-RETURNS float8 LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-    total float8;
-BEGIN
-    SELECT COALESCE(SUM(CASE
-        WHEN jsonb_typeof(COALESCE(final_payload, payload) #> $3) = 'number'
-        THEN (COALESCE(final_payload, payload) #>> $3)::float8 ELSE 0 END), 0)
-    INTO total
-    FROM approvals_proposal
-    WHERE service_id = $1 AND action_type_id = $2 AND decision_outcome = 'approve'
-      AND decided_at >= $4 AND decided_at < $5
-      AND state IN ('approved', 'executing', 'executed', 'failed');
-    RETURN total;
-END
-$$;
+SELECT = """
+SELECT COALESCE(SUM(CASE
+    WHEN jsonb_typeof(COALESCE(final_payload, payload) #> $3) = 'number'
+    THEN (COALESCE(final_payload, payload) #>> $3)::float8 ELSE 0 END), 0)
+FROM approvals_proposal
+WHERE service_id = $1 AND action_type_id = $2 AND decision_outcome = 'approve'
+  AND decided_at >= $4 AND decided_at < $5
+  AND state IN ('approved', 'executing', 'executed', 'failed')
 """
-
-
-def create_function(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FUNCTION)
-
-
-def drop_function(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(
-            "DROP FUNCTION IF EXISTS "
-            "gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)"
-        )
 
 
 class Migration(migrations.Migration):
@@ -80,5 +56,7 @@ class Migration(migrations.Migration):
 
     operations = [
         ReplaceIndex("proposal", drop=OLD_INDEX, build=NEW_INDEX),
-        migrations.RunPython(create_function, drop_function),
+        PostgresFunction(
+            "gatehouse_approved_rows_sum(bigint, bigint, text[], timestamptz, timestamptz)", SELECT
+        ),
     ]

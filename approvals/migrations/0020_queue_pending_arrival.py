@@ -16,7 +16,7 @@ Built and dropped CONCURRENTLY on PostgreSQL (not atomic), so the queue keeps be
 
 from django.db import migrations, models
 
-from approvals.migrations._indexes import ReplaceIndex
+from approvals.migrations._operations import ReplaceIndex
 
 NEW_INDEX = models.Index(
     fields=["created_at"],

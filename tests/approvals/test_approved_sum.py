@@ -5,7 +5,6 @@ one, and under concurrent writers."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from django.db import connection, transaction
 from approvals import velocity
 from approvals.models import ActionType, ApprovedHourSum, ApprovedSum, Proposal, Service
 from tests.conftest import ServiceClient
-from tests.plans import copy_proposal, nodes
+from tests.plans import copy_proposal, nested_plans, nodes
 
 APPROVED = ["approved", "executing", "executed", "failed"]
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
@@ -232,12 +231,12 @@ def test_the_sum_is_read_from_whole_hours_and_the_minutes_around_them(
 
 
 @postgresql_only
-def test_the_minutes_are_read_from_the_index_alone(
+def test_the_index_that_carries_the_total_arbitrates_one_row_per_minute(
     shop: ServiceClient, refund_type: ActionType
 ) -> None:
-    """approvedsum_minute carries `total` (approvals 0016): the whole minutes' read is an Index
-    Only Scan, so a day's window reads no heap page per minute; and it still arbitrates the
-    trigger's ON CONFLICT (one row per minute, summed)."""
+    """approvedsum_minute carries `total` (approvals 0016), so that the whole minutes are read
+    from it alone (the next test), and it still arbitrates the trigger's ON CONFLICT: one row
+    per minute, summed."""
     rng = random.Random(3)
     minute = NOW - timedelta(minutes=30)
     for second in (1, 20, 40):
@@ -252,18 +251,58 @@ def test_the_minutes_are_read_from_the_index_alone(
         )
     rows = ApprovedSum.objects.filter(service=shop.service, field="amount", minute=minute)
     assert [row.total for row in rows] == [7.5]
-    args: list[Any] = [shop.service.pk, refund_type.pk, "amount", NOW - timedelta(hours=24), NOW]
-    with connection.cursor() as cursor:
-        # A test table is a few rows: force an index path, then ask which one.
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("SET LOCAL enable_bitmapscan = off")
-        cursor.execute("EXPLAIN (FORMAT JSON) " + velocity._MINUTES_SUM, args)
-        (plan,) = cursor.fetchone()
-    plan = plan if isinstance(plan, list) else json.loads(plan)
-    scans = list(nodes(plan[0]["Plan"]))
-    assert [(n["Node Type"], n.get("Index Name")) for n in scans if "Relation Name" in n] == [
-        ("Index Only Scan", "approvedsum_minute")
-    ]
+
+
+# first, hour, last_hour, last: minutes either side of eight whole hours.
+WHOLE_SUMS_BOUNDS = [
+    NOW - timedelta(hours=9, minutes=30),
+    NOW - timedelta(hours=9),
+    NOW - timedelta(hours=1),
+    NOW - timedelta(minutes=10),
+]
+EVERY_WHOLE_SUM_INDEXED = [
+    ("Index Scan", "approvedhoursum_hour"),
+    ("Index Only Scan", "approvedsum_minute"),
+    ("Index Only Scan", "approvedsum_minute"),
+]
+
+
+def index_scans(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(n["Node Type"], n.get("Index Name")) for n in nodes(plan) if "Relation Name" in n]
+
+
+@postgresql_only
+@pytest.mark.parametrize("grown", [False, True])
+def test_the_whole_sums_have_one_generic_plan_bounded_on_every_column(
+    shop: ServiceClient, refund_type: ActionType, grown: bool
+) -> None:
+    """The whole hours and minutes of a sum are read by gatehouse_whole_sums (approvals 0021),
+    whose plan PostgreSQL makes once per connection without the values: the unique index of
+    each table bound on all four columns (the minutes' from the index alone: it carries
+    `total`), made on empty tables (the first call after a start) and on tables of 40,000
+    minutes and 5,000 hours of other services, never analysed."""
+    if grown:
+        other = Service.objects.create(name="other-shop")
+        with connection.cursor() as cursor:
+            for table, unit, count in [
+                ("approvals_approvedsum", "minute", 40_000),
+                ("approvals_approvedhoursum", "hour", 5_000),
+            ]:
+                cursor.execute(
+                    f"INSERT INTO {table} (service_id, action_type_id, field, {unit}, total) "  # noqa: S608 - our tables
+                    f"SELECT %s, %s, 'amount', %s - g * interval '1 {unit}', 1.0 "
+                    f"FROM generate_series(1, %s) g",
+                    [other.pk, refund_type.pk, NOW, count],
+                )
+    plans = nested_plans(
+        "SELECT " + velocity._WHOLE_SUMS,
+        [shop.service.pk, refund_type.pk, "amount", *WHOLE_SUMS_BOUNDS],
+    )
+    assert len(plans) == 2 and plans[0] == plans[1]
+    assert index_scans(plans[0]) == EVERY_WHOLE_SUM_INDEXED, plans[0]
+    conditions = " ".join(n.get("Index Cond", "") for n in nodes(plans[0]))
+    for bound in ["service_id = $1", "action_type_id = $2", "field = $3", "< $7"]:
+        assert bound in conditions, conditions
 
 
 @postgresql_only
@@ -285,36 +324,12 @@ def test_the_approved_rows_have_one_generic_plan_that_bounds_every_column(
         decision_outcome="",
         decided_at=None,
     )
-    with connection.cursor() as cursor:
-        if pending:  # copies of a pending row, in this transaction: the table's pages grow
-            copy_proposal(template, pending)
-        cursor.execute("LOAD 'auto_explain'")
-        for name, value in [
-            ("log_min_duration", "0"),
-            ("log_nested_statements", "on"),
-            ("log_level", "notice"),
-            ("log_format", "json"),
-        ]:
-            cursor.execute(f"SET LOCAL auto_explain.{name} = {value}")
-        plans: list[dict[str, Any]] = []
-        raw = connection.connection
-
-        def notice(diagnostic: Any) -> None:
-            text = diagnostic.message_primary or ""
-            if "gatehouse_approved_rows_sum" not in text and "approvals_proposal" in text:
-                plans.append(json.loads(text.split("plan:", 1)[1])["Plan"])
-
-        raw.add_notice_handler(notice)
-        try:
-            cursor.execute("DISCARD PLANS")  # this connection's earlier plan of the function
-            for _ in range(2):  # planned on the first call, the same plan on the second
-                cursor.execute(
-                    "SELECT " + velocity._ROWS_SUM,
-                    [shop.service.pk, refund_type.pk, ["amount"], NOW - timedelta(hours=24), NOW],
-                )
-                assert cursor.fetchone() == (0.0,)
-        finally:
-            raw.remove_notice_handler(notice)
+    if pending:  # copies of a pending row, in this transaction: the table's pages grow
+        copy_proposal(template, pending)
+    plans = nested_plans(  # planned on the first call, the same plan on the second
+        "SELECT " + velocity._ROWS_SUM,
+        [shop.service.pk, refund_type.pk, ["amount"], NOW - timedelta(hours=24), NOW],
+    )
     assert len(plans) == 2 and plans[0] == plans[1]
     scans = [n for n in nodes(plans[0]) if n.get("Relation Name") or n.get("Index Name")]
     conditions = " ".join(n.get("Index Cond", "") for n in scans)

@@ -1,7 +1,8 @@
-"""Index swaps shared by migrations (the loader skips this module: its name starts with `_`).
+"""Operations shared by migrations (the loader skips this module: its name starts with `_`).
 
-On PostgreSQL the new index is built and the old one dropped CONCURRENTLY, so submits and
-decisions go on meanwhile (the migration using this is not atomic); elsewhere plainly.
+ReplaceIndex: on PostgreSQL the new index is built and the old one dropped CONCURRENTLY, so
+submits and decisions go on meanwhile (the migration using it is not atomic); elsewhere plainly.
+PostgresFunction: a function only PostgreSQL has.
 """
 
 from django.db import models
@@ -64,3 +65,37 @@ class ReplaceIndex(Operation):
 
     def describe(self) -> str:
         return f"Replace index {self.drop.name} on {self.model_name} with {self.build.name}"
+
+
+class PostgresFunction(Operation):
+    """`signature` (name and argument types) as a PL/pgSQL function returning the float8 that
+    `select` (one SELECT of one value, $1 … for the arguments) gives, its plan made once per
+    connection (`plan_cache_mode = force_generic_plan`): without the values, so `select` must
+    have only one right way to read its rows. PostgreSQL only; backwards, dropped."""
+
+    reversible = True
+
+    def __init__(self, signature: str, select: str) -> None:
+        self.signature = signature
+        self.select = select
+
+    def deconstruct(self):
+        return (self.__class__.__name__, [self.signature, self.select], {})
+
+    def state_forwards(self, app_label, state) -> None:
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(
+                f"CREATE OR REPLACE FUNCTION {self.signature} RETURNS float8 "
+                "LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$\n"
+                f"DECLARE total float8;\nBEGIN\n{self.select}\nINTO total;\nRETURN total;\nEND\n$$"
+            )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(f"DROP FUNCTION IF EXISTS {self.signature}")
+
+    def describe(self) -> str:
+        return f"Create function {self.signature} (PostgreSQL)"
