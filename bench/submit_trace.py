@@ -120,6 +120,11 @@ def analyse(run: list[tuple[float, str, str, str]]) -> dict[str, Any]:
     }
 
 
+def median_p90(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.9)]
+
+
 def round_trips(run: list[tuple[float, str, str, str]]) -> Iterator[tuple[str, float]]:
     """(its first statement, ms from its first message to PostgreSQL's ReadyForQuery) of each
     round trip of a submit."""
@@ -221,16 +226,12 @@ def main() -> None:
             by_statement.setdefault(label, []).append(ms)
     print("\neach round trip, by its first statement: count, median and p90 ms")
     for label, values in by_statement.items():
-        values.sort()
-        print(
-            f"  {len(values):5} {statistics.median(values):7.3f} {values[int(len(values) * 0.9)]:7.3f}"
-            f"  {label}"
-        )
+        median, p90 = median_p90(values)
+        print(f"  {len(values):5} {median:7.3f} {p90:7.3f}  {label}")
     print(f"\n{len(figures)} submits on {args.database}, median (p90):")
     for name in ("round_trips", "statements", "held_ms", "python_ms", "server_ms", "total_ms"):
-        values = sorted(f[name] for f in figures)
-        p90 = values[int(len(values) * 0.9)]
-        print(f"  {name:12} {statistics.median(values):8.3f} ({p90:.3f})")
+        median, p90 = median_p90([f[name] for f in figures])
+        print(f"  {name:12} {median:8.3f} ({p90:.3f})")
 
 
 if __name__ == "__main__":

@@ -27,10 +27,13 @@ def explain(sql: str) -> dict[str, Any]:
     return plan[0]["Plan"]
 
 
-def index_scans(plan: dict[str, Any], table: str) -> list[str]:
-    """The indexes (or "Seq Scan") the plan reads `table` through."""
+def scans(plan: dict[str, Any], table: str | None = None) -> list[tuple[str, str | None]]:
+    """(node type, index name or None) of each node of the plan that reads a table (`table`
+    only, if given)."""
     return [
-        n.get("Index Name", n["Node Type"]) for n in nodes(plan) if n.get("Relation Name") == table
+        (n["Node Type"], n.get("Index Name"))
+        for n in nodes(plan)
+        if "Relation Name" in n and table in (None, n["Relation Name"])
     ]
 
 

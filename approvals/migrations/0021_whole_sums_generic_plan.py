@@ -10,8 +10,8 @@ last) sums the whole hours [hour, last_hour) and the whole minutes [first, hour)
 (`force_generic_plan`, as 0019's gatehouse_approved_rows_sum). The conditions are the unique
 indexes' columns in order, three equalities and a range, so a plan made without the values has
 one right way: each unique index bound on every column, the minutes' read from the index alone
-(it carries `total`, 0016). A test reads the plan on empty tables and on grown ones. An open window (the cap's) passes a `last`
-that no minute reaches.
+(it carries `total`, 0016). A test reads the plan on empty tables and on grown ones. An open
+window (the cap's) passes a `last` that no minute reaches.
 
 PostgreSQL only: elsewhere the trigger's tables are empty and velocity sums the proposals.
 """

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from approvals import velocity
 from approvals.models import ActionType, ApprovedHourSum, ApprovedSum, Proposal, Service
 from tests.conftest import ServiceClient
-from tests.plans import copy_proposal, nested_plans, nodes
+from tests.plans import copy_proposal, nested_plans, nodes, scans
 
 APPROVED = ["approved", "executing", "executed", "failed"]
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
@@ -267,10 +267,6 @@ EVERY_WHOLE_SUM_INDEXED = [
 ]
 
 
-def index_scans(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
-    return [(n["Node Type"], n.get("Index Name")) for n in nodes(plan) if "Relation Name" in n]
-
-
 @postgresql_only
 @pytest.mark.parametrize("grown", [False, True])
 def test_the_whole_sums_have_one_generic_plan_bounded_on_every_column(
@@ -299,7 +295,7 @@ def test_the_whole_sums_have_one_generic_plan_bounded_on_every_column(
         [shop.service.pk, refund_type.pk, "amount", *WHOLE_SUMS_BOUNDS],
     )
     assert len(plans) == 2 and plans[0] == plans[1]
-    assert index_scans(plans[0]) == EVERY_WHOLE_SUM_INDEXED, plans[0]
+    assert scans(plans[0]) == EVERY_WHOLE_SUM_INDEXED, plans[0]
     conditions = " ".join(n.get("Index Cond", "") for n in nodes(plans[0]))
     for bound in ["service_id = $1", "action_type_id = $2", "field = $3", "< $7"]:
         assert bound in conditions, conditions
@@ -331,11 +327,11 @@ def test_the_approved_rows_have_one_generic_plan_that_bounds_every_column(
         [shop.service.pk, refund_type.pk, ["amount"], NOW - timedelta(hours=24), NOW],
     )
     assert len(plans) == 2 and plans[0] == plans[1]
-    scans = [n for n in nodes(plans[0]) if n.get("Relation Name") or n.get("Index Name")]
-    conditions = " ".join(n.get("Index Cond", "") for n in scans)
-    assert [n.get("Index Name") for n in scans if n.get("Index Name")] == [
+    read = [n for n in nodes(plans[0]) if n.get("Relation Name") or n.get("Index Name")]
+    conditions = " ".join(n.get("Index Cond", "") for n in read)
+    assert [n.get("Index Name") for n in read if n.get("Index Name")] == [
         "proposal_outcome_decided"
-    ], scans
+    ], read
     for bound in ["service_id = $1", "action_type_id = $2", "decision_outcome", "decided_at >= $4"]:
         assert bound in conditions, conditions
     assert "decided_at < $5" in conditions, conditions
