@@ -29,10 +29,11 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from approvals.demo_model import embeddings_response
+from foundation.httpserver import LoopbackHTTPServer
 
 
 @dataclass
@@ -54,7 +55,7 @@ class FakeProvider:
         self._scripts: dict[tuple[str, str], deque[str]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.usage = {"prompt_tokens": 12, "completion_tokens": 7, "cached_tokens": 0}
 
@@ -83,14 +84,13 @@ class FakeProvider:
         self._stop.clear()
         for port in range(self.port, self.port + tries):
             try:
-                self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+                self._server = LoopbackHTTPServer(("127.0.0.1", port), _handler_for(self))
             except OSError:
                 continue
             self.port = port
             break
         else:
             raise OSError(f"ports {self.port}-{self.port + tries - 1} are all taken")
-        self._server.daemon_threads = True
         assert self._server is not None
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from foundation.httpserver import LoopbackHTTPServer
 
 TOKEN = "xoxb-test-token"
 
@@ -29,7 +31,7 @@ class FakeSlack:
     errors: dict[str, str] = field(default_factory=dict)  # method → error to answer with
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    server: ThreadingHTTPServer | None = None
+    server: LoopbackHTTPServer | None = None
     _ts: int = 0
 
     @property
@@ -106,7 +108,7 @@ class FakeSlack:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

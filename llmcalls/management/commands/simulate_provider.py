@@ -15,12 +15,13 @@ import json
 import random
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from approvals import demo_model
+from foundation.httpserver import LoopbackHTTPServer
 
 
 def completion(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def completion(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     }
 
 
-def make_server(host: str, port: int, *, latency: tuple[float, float]) -> ThreadingHTTPServer:
+def make_server(host: str, port: int, *, latency: tuple[float, float]) -> LoopbackHTTPServer:
     rng = random.Random()
 
     class Handler(BaseHTTPRequestHandler):
@@ -92,9 +93,7 @@ def make_server(host: str, port: int, *, latency: tuple[float, float]) -> Thread
             time.sleep(rng.uniform(*latency))
             self._send(200, completion(body, rng))
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    return LoopbackHTTPServer((host, port), Handler)
 
 
 class Command(BaseCommand):
