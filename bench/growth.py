@@ -14,6 +14,10 @@ the p95 of each page, the submit's throughput against the same submit on an empt
 (same run), `stats.approved_sum('payload.amount', '24h')` with 100,000 approvals in its window,
 `insights.check` over all types, each query's EXPLAIN (ANALYZE, BUFFERS) and the database size
 per million proposals.
+The submit runs a whole unmeasured round on each database, then `--rounds` rounds of
+`--seconds` on each, alternating which goes first; it prints each side's median req/s, the median
+of the rounds' full/empty ratios, and the same for their CPU a submit (the server's processes and
+that database's backends), which the machine's scheduling moves least.
 `--only pile` measures the queue pages again after adding 130,000 pending proposals of one type
 in the last two hours (then deletes them): pending rows piled up at the end of the table.
 
@@ -37,7 +41,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_submit import BODY, CAP_RULE  # the same submit and spend cap, empty and full
-from common import ROOT, bench_env, fresh_database, manage, serve, wal_counters, wrk_post
+from common import (
+    ROOT,
+    SESSIONS,
+    bench_env,
+    fresh_database,
+    manage,
+    serve,
+    wal_counters,
+    wrk_post,
+)
 
 SCALE = float(os.environ.get("GROWTH_SCALE", "1"))  # a smaller database to try the fill on
 DECIDED = int(1_000_000 * SCALE)
@@ -636,42 +649,71 @@ def submit_key(database: str) -> str:
 
 def submit(
     runs: list[tuple[str, dict[str, str], str]], seconds: int, rounds: int, *, port: int
-) -> list[float]:
-    """The submit's median req/s on each (name, env, key), rounds alternating between them."""
+) -> tuple[list[float], list[float], list[float]]:
+    """The submit on each (name, env, key), rounds alternating which goes first. Returns each
+    side's median req/s; for each side after the first, the median of its rounds' req/s over
+    the first side's in the same round; and the median of the first side's CPU a submit (its
+    server's processes and its database's backends) over this side's in the same round."""
     import contextlib
 
     figures: list[list[float]] = [[] for _ in runs]
+    cpu: list[list[float]] = [[] for _ in runs]
     with contextlib.ExitStack() as stack:
         urls = [
             stack.enter_context(
                 serve(env, server="granian-wsgi", workers=2, threads=8, port=port and port + i)
             )
-            + "/api/v1/proposals"
             for i, (_name, env, _key) in enumerate(runs)
         ]
-        for url, (_name, _env, key) in zip(urls, runs, strict=True):
-            wrk_post(url, BODY, auth=f"Bearer {key}", seconds=2)
+
+        def post(i: int, seconds: int) -> dict[str, float]:
+            """A run on side i; its CPU is that server's processes' and that database's."""
+            _name, env, key = runs[i]
+            return wrk_post(
+                urls[i] + "/api/v1/proposals",
+                BODY,
+                auth=f"Bearer {key}",
+                seconds=seconds,
+                database=env["DATABASE_URL"].rsplit("/", 1)[1],
+                sessions={SESSIONS[urls[i]]},
+            )
+
+        # A whole unmeasured round each: the empty database is created for this run, and after
+        # a 2 s warm-up its first measured round ran 15 and 18 % under the median of its others in
+        # two of three runs.
+        for i in range(len(runs)):
+            post(i, seconds)
         for round_ in range(rounds):
             # Each round swaps which side goes first, so neither always follows the other.
-            order = list(enumerate(zip(urls, runs, strict=True)))
-            for i, (url, (name, env, key)) in order if round_ % 2 == 0 else order[::-1]:
+            order = list(range(len(runs)))
+            for i in order if round_ % 2 == 0 else order[::-1]:
+                name = runs[i][0]
                 wal = wal_counters()
-                database = env["DATABASE_URL"].rsplit("/", 1)[1]
-                run = wrk_post(url, BODY, auth=f"Bearer {key}", seconds=seconds, database=database)
+                run = post(i, seconds)
                 written = wal_counters()
                 records, fpi, wal_bytes = (
                     written[counter] - wal[counter]
                     for counter in ("wal_records", "wal_fpi", "wal_bytes")
                 )
                 figures[i].append(run["rps"])
+                cpu[i].append(run["cpu_ms_server"] + run["cpu_ms_postgres"])
                 n = max(run["requests"], 1)
                 print(
                     f"  {name}: {run['rps']:.0f} req/s p50 {run['p50_ms']:.0f} ms "
                     f"p99 {run['p99_ms']:.0f} ms non2xx {run['non2xx']:.0f}; a submit: "
+                    f"server {run['cpu_ms_server']:.2f} ms CPU, "
                     f"PostgreSQL {run['cpu_ms_postgres']:.2f} ms CPU, WAL {wal_bytes / n / 1024:.1f} KB "
                     f"in {records / n:.1f} records, {fpi / n:.2f} full-page images ({loadavg()})"
                 )
-    return [statistics.median(f) for f in figures]
+    by_round = [
+        statistics.median(side / first for side, first in zip(figures[i], figures[0], strict=True))
+        for i in range(1, len(runs))
+    ]
+    cpu_by_round = [
+        statistics.median(first / side for side, first in zip(cpu[i], cpu[0], strict=True))
+        for i in range(1, len(runs))
+    ]
+    return [statistics.median(f) for f in figures], by_round, cpu_by_round
 
 
 def explain(sql: str, params: list[Any]) -> str:
@@ -821,13 +863,17 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
             )
         )["api_key"]
         manage(env, "apply", "-", stdin=CAP_RULE)
-        empty, full = submit(
+        (empty, full), (by_round,), (by_cpu,) = submit(
             [("empty", empty_env, empty_key), ("full", env, submit_key(args.database))],
             args.seconds,
             args.rounds,
             port=args.port,
         )
-        print(f"submit: empty {empty:.0f} req/s, full {full:.0f} req/s: {full / empty:.2f}x")
+        print(
+            f"submit: empty {empty:.0f} req/s, full {full:.0f} req/s: {full / empty:.2f}x; "
+            f"median of the rounds' full/empty {by_round:.2f}x; of their CPU a submit "
+            f"(server and PostgreSQL), empty/full {by_cpu:.2f}x"
+        )
     if "pile" in args.only:  # last: its rows are added and deleted, which leaves the table changed
         pile(env, args)
 
@@ -844,8 +890,8 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=16, help="unmeasured requests per page first (0: one)"
     )
-    parser.add_argument("--seconds", type=int, default=5, help="per submit round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8, help="per submit round")
+    parser.add_argument("--rounds", type=int, default=10, help="submit rounds on each database")
     parser.add_argument("--explain-ms", type=float, default=5.0)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
     parser.add_argument(
